@@ -1,0 +1,1 @@
+"""Pure, synchronous domain logic: no clock reads, no settings, no I/O."""
