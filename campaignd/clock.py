@@ -75,3 +75,28 @@ def utc(dt: datetime) -> datetime:
     if dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC)
+
+
+class ScaledClock:
+    """Wall time sped up ``scale`` times from ``start`` (the sandbox's market time).
+
+    In sandbox mode the daemon lives in the market's world: event timestamps, dayparts and
+    budgets' days are market time, while agent cadences stay in real seconds so that a demo shows
+    decisions within minutes.
+    """
+
+    def __init__(self, start: datetime, scale: float) -> None:
+        if scale <= 0:
+            raise ValueError("scale must be > 0")
+        self.start = start.astimezone(UTC)
+        self.scale = scale
+        self._t0 = time.monotonic()
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=(time.monotonic() - self._t0) * self.scale)
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self._t0) * self.scale
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds / self.scale)

@@ -51,7 +51,13 @@ def to_micros(amount: Decimal) -> int:
 
 
 def from_micros(micros: int) -> Decimal:
-    return (Decimal(micros) / MICROS).quantize(Decimal("0.000001"))
+    """Integer micros → exact Decimal currency units, with 2 to 6 decimal places."""
+    exact = Decimal(int(micros)).scaleb(-6)
+    for places in ("0.01", "0.001", "0.0001", "0.00001"):
+        q = exact.quantize(Decimal(places))
+        if q == exact:
+            return q
+    return exact.quantize(Decimal("0.000001"))
 
 
 # --- values --------------------------------------------------------------------------------

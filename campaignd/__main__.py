@@ -1,0 +1,3 @@
+from campaignd.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Agents: small classes that read a registry snapshot and return recommendations (no I/O)."""

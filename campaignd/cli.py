@@ -1,0 +1,449 @@
+"""The ``campaignd`` command line (typer). Thin: parse, call, print.
+
+Exit codes: 0 ok; 1 runtime failure or unhealthy; 2 bad input (a message names the field and the
+fix, never a traceback). Every listing command has ``--json`` with stable keys; human output
+uses rich tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from campaignd import __version__
+from campaignd.errors import BadInput, CampaigndError, NotFound
+
+app = typer.Typer(name="campaignd", no_args_is_help=True, add_completion=False,
+                  help="campaignd: every campaign as thousands of micro-experiments.",
+                  pretty_exceptions_enable=False)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect settings.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+campaign_app = typer.Typer(no_args_is_help=True, help="Campaign specs and stored campaigns.")
+sandbox_app = typer.Typer(no_args_is_help=True, help="The simulated Beeswax-compatible DSP.")
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(sandbox_app, name="sandbox")
+
+# Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", envvar="CAMPAIGND_CONFIG", help="Settings file (TOML).",
+    show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable keys).")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Map our errors to exit codes: BadInput → 2, anything else of ours → 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BadInput as exc:
+            err.print(f"[bold red]error:[/] {_escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from None
+        except NotFound as exc:
+            err.print(f"[bold red]error:[/] {_escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from None
+        except CampaigndError as exc:
+            err.print(f"[bold red]error:[/] {_escape(str(exc))}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+    return escape(text)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _settings(config: Path | None) -> Any:
+    from campaignd.settings import load_settings
+    return load_settings(config)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"campaignd {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback,
+                                          is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """campaignd: a campaign-optimization daemon."""
+
+
+# --- run / status ----------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def run(config: ConfigOpt = None,
+        no_upgrade: Annotated[bool, typer.Option(
+            "--no-upgrade", help="Do not upgrade the database schema at start.")] = False,
+        ) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    from campaignd.daemon import run_daemon
+    settings = _settings(config)
+    if no_upgrade:
+        settings.database.upgrade_on_start = False
+    raise typer.Exit(run_daemon(settings))
+
+
+@app.command()
+@handle_errors
+def status(config: ConfigOpt = None, json_out: JsonOpt = False,
+           timeout: Annotated[float, typer.Option(help="Seconds to wait for the API.")] = 3.0,
+           ) -> None:
+    """Report the daemon's state; exit 0 only when it is running and healthy."""
+    from campaignd.status import read_status
+    settings = _settings(config)
+    st = anyio.run(functools.partial(read_status, settings, timeout=timeout))
+    if json_out:
+        print_json(st)
+    else:
+        _print_status(st)
+    raise typer.Exit(0 if st.get("state") == "running" and st.get("healthy") else 1)
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    colour = {"running": "green", "unhealthy": "yellow", "stopped": "red"}.get(st["state"], "red")
+    out.print(f"campaignd [bold {colour}]{st['state']}[/]"
+              + (f"  pid {st['pid']}  up {st['uptime_s']:.0f} s  version {st['version']}"
+                 if st.get("pid") else "")
+              + (f"  (source: {st.get('source')})" if st.get("source") else ""))
+    for p in st.get("problems", []):
+        out.print(f"  [yellow]problem:[/] {_escape(p)}")
+    if st.get("campaigns"):
+        t = Table("campaign", "cells", "active", "daily budget", "lifetime budget", "spend",
+                  title="Campaigns", title_justify="left")
+        for c in st["campaigns"]:
+            t.add_row(c["id"], str(c["cells_total"]), str(c["cells_active"]),
+                      f"{c['daily_budget']} {c['currency']}",
+                      f"{c['lifetime_budget']} {c['currency']}", f"{c['spend']} {c['currency']}")
+        out.print(t)
+    if st.get("agents"):
+        t = Table("agent", "cadence", "runs", "last run", "last duration", "last error",
+                  "next run", title="Agents", title_justify="left")
+        for a in st["agents"]:
+            dur = a.get("last_duration_s")
+            t.add_row(a["name"], f"{a['cadence_s']:g} s", str(a["runs"]),
+                      a.get("last_run") or "—",
+                      "—" if dur is None else f"{dur * 1000:.1f} ms", a.get("last_error") or "—",
+                      a.get("next_run") or "—")
+        out.print(t)
+    ev = st.get("events")
+    if ev:
+        lag = ev.get("lag_s")
+        out.print(f"events: {ev['ingested']} ingested, {ev['duplicates']} duplicates, "
+                  f"{ev['dead_lettered']} dead-lettered, lag "
+                  + ("—" if lag is None else f"{lag:.2f} s"))
+    dsp = st.get("dsp")
+    if dsp:
+        out.print(f"dsp: {dsp['adapter']} {'healthy' if dsp['healthy'] else 'UNHEALTHY'}"
+                  f" ({dsp.get('line_items', 0)} line items) {_escape(str(dsp.get('detail')))}")
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+@config_app.command("check")
+@handle_errors
+def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """Validate the settings and print them resolved (secrets masked)."""
+    settings = _settings(config)
+    data = settings.masked()
+    if json_out:
+        print_json({"ok": True, "config_file": str(settings.config_file or ""), "settings": data})
+        return
+    out.print(f"[green]ok[/]: {settings.config_file or '(no file: defaults and environment)'}")
+    t = Table("setting", "value", title="Resolved settings", title_justify="left")
+    for key, value in _flatten(data):
+        t.add_row(key, _escape(json.dumps(value) if not isinstance(value, str) else value))
+    out.print(t)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows.extend(_flatten(v, key + "."))
+        else:
+            rows.append((key, v))
+    return rows
+
+
+# --- db --------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+@handle_errors
+def db_upgrade(config: ConfigOpt = None) -> None:
+    """Upgrade the database schema to the newest revision."""
+    from campaignd.daemon import database_url, masked_database_url
+    from campaignd.errors import StorageError
+    from campaignd.stores.sql.migrate import upgrade
+    settings = _settings(config)
+    try:
+        rev = anyio.run(upgrade, database_url(settings))
+    except Exception as exc:
+        raise StorageError(f"cannot upgrade {masked_database_url(settings)}: {exc}") from None
+    out.print(f"database {masked_database_url(settings)} at revision {rev}")
+
+
+# --- campaigns -------------------------------------------------------------------------------
+
+
+@campaign_app.command("plan")
+@handle_errors
+def campaign_plan(spec: Annotated[Path, typer.Argument(help="Campaign spec (TOML).")],
+                  json_out: JsonOpt = False,
+                  cells: Annotated[bool, typer.Option("--cells", help="List every cell.")] = False,
+                  ) -> None:
+    """Validate a spec and show its cells (nothing is stored)."""
+    from campaignd.domain.campaign import atomize, cell_dict, load_spec, spec_summary
+    s = load_spec(spec)
+    cell_list = atomize(s)
+    summary = spec_summary(s, cell_list)
+    if json_out:
+        if cells:
+            summary["cell_list"] = [cell_dict(c) for c in cell_list]
+        print_json(summary)
+        return
+    dims = " × ".join(f"{n} {d}" for d, n in summary["dimensions"].items())
+    out.print(f"[bold]{s.id}[/] ({_escape(s.name)}): {dims}"
+              + (f" − {len(s.exclusions)} exclusion rule(s)" if s.exclusions else "")
+              + f" = [bold]{len(cell_list)}[/] cells")
+    out.print(f"budget {s.lifetime_budget} {s.currency} lifetime, {s.daily_budget} "
+              f"{s.currency} daily; flight {s.flight_start.isoformat()} → "
+              f"{s.flight_end.isoformat()}; objective {s.objective}")
+    if cells:
+        t = Table("#", "cell id", "audience", "creative", "bid strategy", "daypart", "platform")
+        for c in cell_list:
+            t.add_row(str(c.index), c.cell_id, c.audience, c.creative, c.bid_strategy,
+                      c.daypart, c.platform)
+        out.print(t)
+
+
+@campaign_app.command("add")
+@handle_errors
+def campaign_add(spec: Annotated[Path, typer.Argument(help="Campaign spec (TOML).")],
+                 config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """Store a campaign and its cells in the database (idempotent)."""
+    from campaignd.domain.campaign import atomize, load_spec
+    s = load_spec(spec)
+    cell_list = atomize(s)
+    settings = _settings(config)
+
+    async def go() -> Any:
+        store = await _open_sql(settings)
+        try:
+            return await store.upsert_campaign(s, cell_list)
+        finally:
+            await store.close()
+
+    result = anyio.run(go)
+    data = {"campaign_id": s.id, "cells": len(cell_list), "created": result.created,
+            "cells_added": result.cells_added, "cells_unchanged": result.cells_unchanged,
+            "cells_removed": result.cells_removed}
+    if json_out:
+        print_json(data)
+    else:
+        verb = "created" if result.created else "updated"
+        out.print(f"campaign {s.id} {verb}: {len(cell_list)} cells "
+                  f"({result.cells_added} added, {result.cells_unchanged} unchanged, "
+                  f"{result.cells_removed} removed)")
+
+
+async def _open_sql(settings: Any) -> Any:
+    from campaignd.daemon import database_url
+    from campaignd.stores.sql.migrate import upgrade
+    from campaignd.stores.sql.repository import SqlStore
+    url = database_url(settings)
+    if settings.database.upgrade_on_start:
+        await upgrade(url)
+    return await SqlStore.connect(url)
+
+
+def _campaign_row(c: Any) -> dict[str, Any]:
+    from campaignd.domain.campaign import from_micros
+    return {
+        "id": c.id, "name": c.name, "currency": c.currency, "objective": c.objective,
+        "status": c.status, "cells_total": c.cells_total, "cells_active": c.cells_active,
+        "lifetime_budget": str(from_micros(c.lifetime_budget_micros)),
+        "daily_budget": str(from_micros(c.daily_budget_micros)),
+        "spend": str(from_micros(c.spend_micros)),
+        "flight_start": c.flight_start.isoformat(), "flight_end": c.flight_end.isoformat(),
+    }
+
+
+@campaign_app.command("list")
+@handle_errors
+def campaign_list(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """List stored campaigns."""
+    settings = _settings(config)
+
+    async def go() -> Any:
+        store = await _open_sql(settings)
+        try:
+            return await store.list_campaigns()
+        finally:
+            await store.close()
+
+    rows = [_campaign_row(c) for c in anyio.run(go)]
+    if json_out:
+        print_json({"campaigns": rows})
+        return
+    t = Table("id", "name", "status", "cells", "active", "daily budget", "lifetime budget",
+              "spend", "flight")
+    for r in rows:
+        t.add_row(r["id"], _escape(r["name"]), r["status"], str(r["cells_total"]),
+                  str(r["cells_active"]), f"{r['daily_budget']} {r['currency']}",
+                  f"{r['lifetime_budget']} {r['currency']}", f"{r['spend']} {r['currency']}",
+                  f"{r['flight_start'][:10]} → {r['flight_end'][:10]}")
+    out.print(t)
+
+
+@campaign_app.command("show")
+@handle_errors
+def campaign_show(campaign_id: Annotated[str, typer.Argument(help="Campaign id.")],
+                  config: ConfigOpt = None, json_out: JsonOpt = False,
+                  cells: Annotated[bool, typer.Option("--cells", help="List every cell.")] = False,
+                  ) -> None:
+    """Show one stored campaign."""
+    settings = _settings(config)
+
+    async def go() -> Any:
+        store = await _open_sql(settings)
+        try:
+            detail = await store.get_campaign(campaign_id)
+            cell_rows = await store.list_cells(campaign_id) if (detail and cells) else []
+            return detail, cell_rows
+        finally:
+            await store.close()
+
+    detail, cell_rows = anyio.run(go)
+    if detail is None:
+        raise NotFound(f"campaign_id: no stored campaign {campaign_id!r}; "
+                       "list them with `campaignd campaign list`")
+    data = {**_campaign_row(detail), "cells_by_status": dict(detail.cells_by_status),
+            "spec": detail.spec}
+    if cells:
+        data["cell_list"] = [_cell_row(c) for c in cell_rows]
+    if json_out:
+        print_json(data)
+        return
+    out.print(f"[bold]{data['id']}[/] {_escape(data['name'])} ({data['status']}), objective "
+              f"{data['objective']}")
+    out.print(f"budget {data['lifetime_budget']} {data['currency']} lifetime, "
+              f"{data['daily_budget']} daily; spend {data['spend']}; flight "
+              f"{data['flight_start']} → {data['flight_end']}")
+    out.print("cells: " + ", ".join(f"{k} {v}" for k, v in data["cells_by_status"].items()))
+    if cells:
+        t = Table("cell id", "audience", "creative", "bid", "daypart", "platform", "status",
+                  "line item", "budget")
+        for c in data["cell_list"]:
+            t.add_row(c["cell_id"], c["audience"], c["creative"], c["bid_strategy"],
+                      c["daypart"], c["platform"], c["status"], str(c["dsp_line_item_id"] or "—"),
+                      c["budget"] or "—")
+        out.print(t)
+
+
+def _cell_row(c: Any) -> dict[str, Any]:
+    from campaignd.domain.campaign import from_micros
+    return {"cell_id": c.cell_id, "index": c.index, "audience": c.audience,
+            "creative": c.creative, "bid_strategy": c.bid_strategy, "daypart": c.daypart,
+            "platform": c.platform, "status": c.status, "dsp_line_item_id": c.dsp_line_item_id,
+            "budget": None if c.budget_micros is None else str(from_micros(c.budget_micros))}
+
+
+# --- sandbox and simulate --------------------------------------------------------------------
+
+
+@sandbox_app.command("serve")
+@handle_errors
+def sandbox_serve(
+    scenario: Annotated[Path, typer.Option("--scenario", help="Scenario file (TOML).")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8480,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    seed: Annotated[int, typer.Option(help="Random seed of the market.")] = 0,
+    time_scale: Annotated[float, typer.Option(help="Market seconds per real second.")] = 1.0,
+) -> None:
+    """Run the sandbox DSP (Beeswax-compatible API over a ground-truth market) standalone."""
+    from campaignd import logs
+    from campaignd.dsp.sandbox.scenarios import load_scenario
+    from campaignd.dsp.sandbox.service import serve_standalone
+    if time_scale <= 0:
+        raise BadInput("must be greater than 0", field="--time-scale", value=time_scale)
+    load_scenario(scenario)  # validate before binding anything
+    logs.configure("INFO", "auto")
+    try:
+        anyio.run(functools.partial(serve_standalone, scenario, port=port, host=host, seed=seed,
+                                    time_scale=time_scale))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+@handle_errors
+def simulate(
+    scenario: Annotated[Path, typer.Option("--scenario", help="Scenario file (TOML).")],
+    days: Annotated[float, typer.Option(help="Simulated days.")] = 7.0,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same report).")] = 1,
+    campaign: Annotated[Path | None, typer.Option(
+        "--campaign", help="Campaign spec (default: the scenario's campaign).")] = None,
+    policy: Annotated[str, typer.Option(help="Policy: uniform | seed (baselines).")] = "uniform",
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write a self-contained HTML report here.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the agents on a virtual clock against the market and compare with the oracle."""
+    from campaignd.sim.driver import run_simulation
+    if days <= 0:
+        raise BadInput("must be greater than 0", field="--days", value=days)
+    result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
+                            policy=policy, report_html=report)
+    if json_out:
+        print_json(result)
+        return
+    t = Table("measure", "value", title=f"simulate {result.get('scenario')} · policy "
+              f"{result.get('policy')} · seed {result.get('seed')}", title_justify="left")
+    for k, v in result.items():
+        if not isinstance(v, dict | list):
+            t.add_row(k, str(v))
+    out.print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

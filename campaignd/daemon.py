@@ -1,0 +1,468 @@
+"""The composition root: builds every component from settings and runs them in one task group.
+
+Start-up order (each step fails fast with a clear ``StartupError``, exit code 1):
+bind the HTTP port → open and upgrade the database → open the hot store → load campaigns →
+start the DSP (the in-process sandbox when ``dsp.adapter = "sandbox"``) → sync campaigns to the
+DSP → start event ingestion, the job supervisor, the status publisher and the HTTP server →
+sd_notify READY.
+
+SIGTERM/SIGINT: sd_notify STOPPING, cancel the task group (running agents finish or are
+cancelled at their next await), publish a final ``stopped`` status, close the stores, exit 0 —
+all within 10 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+from sqlalchemy.engine import make_url
+
+from campaignd import __version__
+from campaignd import logs as logmod
+from campaignd.agents.monitor import PerformanceMonitor
+from campaignd.clock import Clock, ScaledClock, SystemClock
+from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
+from campaignd.domain.cells import CellSnapshot, CellTable
+from campaignd.errors import BadInput, CampaigndError, StartupError, StorageError
+from campaignd.metrics import Metrics
+from campaignd.scheduling import JobSpec, RunRecord, Supervisor
+from campaignd.settings import Settings, secret_values
+from campaignd.stores.base import HotStore
+from campaignd.stores.sql.repository import AgentRun, SqlStore
+from campaignd.systemd import Notifier
+from campaignd.web.app import create_app, tokens_equal
+
+log = logmod.get_logger("campaignd.daemon")
+
+SHUTDOWN_BUDGET_S = 10.0
+STATUS_INTERVAL_S = 5.0
+STATUS_STALE_S = 30.0
+
+
+def database_url(settings: Settings) -> str:
+    """The database URL with the secret password filled in (never log the result)."""
+    url = make_url(settings.database.url)
+    if settings.database.password is not None:
+        url = url.set(password=settings.database.password.get_secret_value())
+    return url.render_as_string(hide_password=False)
+
+
+def masked_database_url(settings: Settings) -> str:
+    return make_url(settings.database.url).render_as_string(hide_password=True)
+
+
+def token_path(settings: Settings) -> Path:
+    return settings.state_dir / "api-token"
+
+
+def load_or_create_token(settings: Settings) -> str:
+    """The bearer token for mutating calls: from settings, else a generated one kept (0600) in
+    the state directory so that the CLI on the same host can use it."""
+    if settings.http.api_token is not None:
+        return settings.http.api_token.get_secret_value()
+    path = token_path(settings)
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; another process may hold the port."
+            " Set http.port in the config (or CAMPAIGND_HTTP__PORT) to a free port") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_http(app: Any, sock: socket.socket, *,
+                     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=2)
+    server = _Server(config)
+    task_status.started()
+    await server.serve(sockets=[sock])
+
+
+@dataclass(slots=True)
+class CampaignRuntime:
+    spec: CampaignSpec
+    cells: list[Cell]
+    table: CellTable
+    line_items: dict[str, int]
+    """cell id → DSP line item id (filled by the DSP sync)."""
+
+
+class Daemon:
+    """One running campaignd: the composition root and the control plane the web layer reads."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.wall = SystemClock()
+        if clock is not None:
+            self.clock: Clock = clock
+        elif settings.dsp.adapter == "sandbox":
+            # The daemon lives in the sandbox market's (sped-up) time; see ScaledClock.
+            self.clock = ScaledClock(self.wall.now(), settings.dsp.sandbox.time_scale)
+        else:
+            self.clock = self.wall
+        self.metrics = Metrics()
+        self.notifier = Notifier()
+        self.started_at = self.wall.now()
+        self.t0 = time.monotonic()
+        self.campaigns: dict[str, CampaignRuntime] = {}
+        self.sql: SqlStore | None = None
+        self.hot: HotStore | None = None
+        self.supervisor: Supervisor | None = None
+        self.dsp: Any = None  # DSPService, built in _start_dsp
+        self.ingest: Any = None  # EventIngestor
+        self.monitor = PerformanceMonitor()
+        self._token = ""
+        self._problems: list[str] = []
+        self._ready = False
+        self._stopping = False
+        self._campaign_summaries: list[dict[str, Any]] = []
+
+    # --- control plane (read by the web layer) ----------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        agents = self.supervisor.status() if self.supervisor else []
+        problems = list(self._problems)
+        if self.supervisor and not self.supervisor.healthy():
+            problems.append("an agent failed its last three runs")
+        dsp = self.dsp.status() if self.dsp is not None else {
+            "adapter": self.settings.dsp.adapter, "healthy": False, "line_items": 0,
+            "detail": "starting"}
+        if self._ready and not dsp["healthy"]:
+            problems.append(f"DSP adapter unhealthy: {dsp.get('detail')}")
+        events = self.ingest.status() if self.ingest is not None else {
+            "ingested": 0, "dead_lettered": 0, "duplicates": 0, "lag_s": None, "cursor": None}
+        healthy = self._ready and not self._stopping and not problems
+        state = "stopped" if self._stopping else ("running" if healthy else "unhealthy")
+        return {
+            "state": state, "healthy": healthy, "pid": os.getpid(),
+            "instance": self.settings.instance, "version": __version__,
+            "started_at": self.started_at.isoformat(), "uptime_s": round(
+                time.monotonic() - self.t0, 3), "heartbeat_at": self.wall.now().isoformat(),
+            "market_time": self.clock.now().isoformat(),
+            "control_url": self.settings.control_url,
+            "campaigns": self._campaign_status(), "agents": agents, "events": events,
+            "dsp": dsp, "decision": {"mode": self.settings.decision.mode,
+                                     "risk_budget": self.settings.decision.risk_budget},
+            "problems": problems,
+        }
+
+    def _campaign_status(self) -> list[dict[str, Any]]:
+        out = []
+        for cid, rt in self.campaigns.items():
+            spend = int(rt.table.counts["spend_micros"].sum())
+            out.append({
+                "id": cid, "name": rt.spec.name, "currency": rt.spec.currency,
+                "cells_total": len(rt.cells),
+                "cells_active": (self.dsp.active_count(cid) if self.dsp is not None else 0),
+                "lifetime_budget": str(rt.spec.lifetime_budget),
+                "daily_budget": str(rt.spec.daily_budget), "spend": str(from_micros(spend)),
+                "impressions": int(rt.table.counts["impressions"].sum()),
+                "conversions": int(rt.table.counts["conversions"].sum()),
+            })
+        return out
+
+    async def campaigns_list(self) -> list[dict[str, Any]]:
+        return self._campaign_status()
+
+    async def campaign(self, campaign_id: str) -> dict[str, Any] | None:
+        rt = self.campaigns.get(campaign_id)
+        if rt is None:
+            return None
+        summary = next(c for c in self._campaign_status() if c["id"] == campaign_id)
+        return {**summary, "dimensions": rt.spec.dimension_counts(),
+                "totals": rt.table.totals(), "objective": rt.spec.objective,
+                "flight": {"start": rt.spec.flight_start.isoformat(),
+                           "end": rt.spec.flight_end.isoformat()}}
+
+    def trigger(self, job: str) -> bool:
+        return self.supervisor.trigger(job) if self.supervisor else False
+
+    def check_token(self, token: str) -> bool:
+        return bool(self._token) and tokens_equal(token, self._token)
+
+    def snapshots(self) -> dict[str, CellSnapshot]:
+        return {cid: rt.table.snapshot() for cid, rt in self.campaigns.items()}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the process exit code."""
+        s = self.settings
+        logmod.register_secrets(secret_values(s))
+        sock = bind_socket(s.http.host, s.http.port)
+        try:
+            await self._open_stores()
+            self._token = load_or_create_token(s)
+            logmod.register_secrets([self._token])
+            await self._load_campaigns()
+            self.metrics.up.set(1)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_signals, tg.cancel_scope, name="signals")
+                await self._start_dsp(tg)
+                self.supervisor = Supervisor(self._jobs(), clock=self.wall,
+                                             on_record=self._record_run)
+                await tg.start(self.supervisor.run, name="supervisor")
+                await tg.start(serve_http, create_app(_Plane(self)), sock, name="http")
+                self._ready = True
+                await self._publish_status()
+                tg.start_soon(self._status_loop, name="status")
+                self.notifier.ready(f"running {len(self.campaigns)} campaign(s)")
+                log.info("campaignd ready", control_url=s.control_url,
+                         campaigns=len(self.campaigns), dsp=s.dsp.adapter,
+                         mode=s.decision.mode)
+        finally:
+            self._stopping = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_BUDGET_S / 2):
+                await self._shutdown()
+            sock.close()
+        return 0
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("shutting down", signal=signal.Signals(signum).name)
+                self._stopping = True
+                self.notifier.stopping()
+                scope.cancel()
+                return
+
+    async def _open_stores(self) -> None:
+        s = self.settings
+        url = database_url(s)
+        if s.database.upgrade_on_start:
+            from campaignd.stores.sql.migrate import upgrade
+            try:
+                rev = await upgrade(url)
+            except Exception as exc:
+                raise StartupError(f"cannot upgrade the database at {masked_database_url(s)}: "
+                                   f"{_short(exc)}; check database.url and that the server "
+                                   "is running") from None
+            log.info("database ready", url=masked_database_url(s), revision=rev)
+        try:
+            self.sql = await SqlStore.connect(url)
+        except StorageError as exc:
+            raise StartupError(str(exc)) from None
+        self.hot = await open_hot_store(s, self.clock)
+
+    async def _load_campaigns(self) -> None:
+        assert self.sql is not None
+        for path in self.settings.campaigns:
+            try:
+                spec = load_spec(path)
+                cells = atomize(spec)
+            except BadInput as exc:
+                # A bad spec is a user error: report it, keep the daemon (and other campaigns).
+                self._problems.append(f"campaign spec {path}: {exc}")
+                log.error("campaign spec rejected", path=str(path), error=str(exc))
+                continue
+            result = await self.sql.upsert_campaign(spec, cells)
+            self.campaigns[spec.id] = CampaignRuntime(spec, cells, CellTable(spec.id, cells), {})
+            self.metrics.cells.labels(spec.id, "total").set(len(cells))
+            log.info("campaign loaded", campaign=spec.id, cells=len(cells),
+                     cells_added=result.cells_added)
+
+    async def _start_dsp(self, tg: anyio.abc.TaskGroup) -> None:
+        from campaignd.dsp.service import DSPService
+        from campaignd.pipeline.ingest import EventIngestor
+
+        assert self.sql is not None and self.hot is not None
+        self.dsp = DSPService(self.settings, self.sql, clock=self.clock)
+        await tg.start(self.dsp.run, name="dsp")
+        for rt in self.campaigns.values():
+            rt.line_items = await self.dsp.sync_campaign(rt.spec, rt.cells)
+        self.ingest = EventIngestor(
+            adapter=self.dsp.adapter, sql=self.sql, hot=self.hot, metrics=self.metrics,
+            clock=self.clock, poll_s=self.settings.dsp.events_poll_s)
+        for rt in self.campaigns.values():
+            self.ingest.register(rt.table, self.dsp.line_item_cells(rt.spec.id))
+        await tg.start(self.ingest.run, name="ingest")
+
+    def _jobs(self) -> list[JobSpec]:
+        a = self.settings.agents
+        jobs = [JobSpec("monitor", a.monitor_s, self._run_monitor, a.timeout_s)]
+        if self.dsp is not None:
+            jobs.append(JobSpec("reconcile", self.settings.dsp.reconcile_s,
+                                self._run_reconcile, max(a.timeout_s, 60.0),
+                                kind="maintenance"))
+        return jobs
+
+    async def _run_monitor(self, now: datetime) -> int:
+        # Agents decide in the DSP's time (the sandbox market's, when sped up).
+        snaps = self.snapshots()
+        recs = await anyio.to_thread.run_sync(self.monitor.run, snaps, self.clock.now())
+        return len(recs)
+
+    async def _run_reconcile(self, now: datetime) -> int:
+        drift = await self.dsp.reconcile()
+        return drift
+
+    async def _record_run(self, rec: RunRecord) -> None:
+        self.metrics.agent_runs.labels(rec.agent, rec.outcome).inc()
+        self.metrics.agent_duration.labels(rec.agent).observe(rec.duration_s)
+        if self.sql is not None:
+            await self.sql.record_agent_run(AgentRun(
+                agent=rec.agent, started_at=rec.started_at, finished_at=rec.finished_at,
+                duration_s=rec.duration_s, outcome=rec.outcome, error=rec.error,
+                recommendations=rec.recommendations))
+
+    async def _status_loop(self) -> None:
+        interval = STATUS_INTERVAL_S
+        wd = self.notifier.watchdog_interval_s()
+        if wd is not None:
+            interval = min(interval, wd)
+        while True:
+            await anyio.sleep(interval)
+            await self._publish_status()
+            st = self.status()
+            if st["healthy"]:
+                self.notifier.watchdog()
+            self.notifier.status(f"{st['state']}: {st['events']['ingested']} events, "
+                                 f"{len(st['campaigns'])} campaign(s)")
+
+    async def _publish_status(self) -> None:
+        st = self.status()
+        self.metrics.dsp_healthy.set(1 if st["dsp"]["healthy"] else 0)
+        for c in st["campaigns"]:
+            self.metrics.spend_micros.labels(c["id"]).set(
+                int(self.campaigns[c["id"]].table.counts["spend_micros"].sum()))
+        try:
+            if self.sql is not None:
+                await self.sql.write_status(self.settings.instance, os.getpid(), __version__,
+                                            self.started_at, st, now=self.wall.now())
+            if self.hot is not None:
+                await self.hot.set_json(f"status:{self.settings.instance}", st,
+                                        ttl_s=STATUS_STALE_S)
+        except Exception as exc:
+            log.warning("could not publish status", error=_short(exc))
+
+    async def _shutdown(self) -> None:
+        self.metrics.up.set(0)
+        if self.ingest is not None:
+            with contextlib.suppress(Exception):
+                await self.ingest.flush()
+        if self.sql is not None:
+            with contextlib.suppress(Exception):
+                st = self.status()
+                await self.sql.write_status(self.settings.instance, os.getpid(), __version__,
+                                            self.started_at, st, now=self.wall.now())
+        if self.dsp is not None:
+            with contextlib.suppress(Exception):
+                await self.dsp.aclose()
+        if self.hot is not None:
+            with contextlib.suppress(Exception):
+                await self.hot.close()
+        if self.sql is not None:
+            with contextlib.suppress(Exception):
+                await self.sql.close()
+        self.notifier.close()
+        log.info("campaignd stopped")
+
+
+class _Plane:
+    """Adapter from the Daemon to the web layer's ControlPlane protocol."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+
+    def status(self) -> dict[str, Any]:
+        return self.d.status()
+
+    async def campaigns(self) -> list[dict[str, Any]]:
+        return await self.d.campaigns_list()
+
+    async def campaign(self, campaign_id: str) -> dict[str, Any] | None:
+        return await self.d.campaign(campaign_id)
+
+    def trigger(self, job: str) -> bool:
+        return self.d.trigger(job)
+
+    def metrics(self) -> bytes:
+        return self.d.metrics.render()
+
+    def check_token(self, token: str) -> bool:
+        return self.d.check_token(token)
+
+
+async def open_hot_store(settings: Settings, clock: Clock) -> HotStore:
+    """The hot store named by ``redis.url``: Redis when set, in-memory otherwise."""
+    if not settings.redis.url:
+        from campaignd.stores.memory import InMemoryHotStore
+        return InMemoryHotStore(clock=clock)
+    from campaignd.stores.redis import RedisHotStore
+    password = settings.redis.password.get_secret_value() if settings.redis.password else None
+    store = RedisHotStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix,
+                                   password=password)
+    try:
+        with anyio.fail_after(5):
+            await store.ping()
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await store.close()
+        raise StartupError(f"cannot reach Redis at {make_url_safe(settings.redis.url)}: "
+                           f"{_short(exc)}; start Redis or set redis.url = \"\" for the "
+                           "in-memory hot store") from None
+    return store
+
+
+def make_url_safe(url: str) -> str:
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def run_daemon(settings: Settings) -> int:
+    """Entry point used by ``campaignd run``: configure logs, run, map errors to exit codes."""
+    logmod.configure(settings.log.level, settings.log.format, settings.log.file)
+    try:
+        return anyio.run(Daemon(settings).run)
+    except StartupError as exc:
+        log.error("campaignd cannot start", error=str(exc))
+        return 1
+    except CampaigndError as exc:
+        log.error("campaignd failed", error=str(exc))
+        return 1

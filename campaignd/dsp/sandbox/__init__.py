@@ -1,0 +1,12 @@
+"""The sandbox: a Beeswax-compatible HTTP server over a ground-truth market.
+
+``SandboxService`` runs it in-process (the daemon's sandbox mode, the tests);
+``serve_standalone`` runs it from a scenario file (``campaignd sandbox serve``).
+"""
+
+from campaignd.dsp.sandbox.faults import FaultConfig, ScriptedFault
+from campaignd.dsp.sandbox.server import SandboxState, create_app
+from campaignd.dsp.sandbox.service import SandboxService, serve_standalone
+
+__all__ = ["FaultConfig", "SandboxService", "SandboxState", "ScriptedFault", "create_app",
+           "serve_standalone"]

@@ -1,0 +1,273 @@
+"""The DSP as a daemon component: the adapter (and, in sandbox mode, the in-process sandbox),
+campaign sync (spec → advertiser, campaign, creatives, one line item per cell) and
+reconciliation (read line items back and compare with what campaignd believes).
+
+Sync is idempotent end to end: every DSP object carries a deterministic ``alternative_id``
+(``campaignd:<campaign>``, ``campaignd:<campaign>:<creative>``, ``campaignd:<campaign>:<cell>``)
+and the adapter looks objects up by it before creating anything, so a restart — or a crash in
+the middle of a sync — never duplicates a line item. A sync that fails on a DSP error is kept
+pending and retried by the reconciliation job; the daemon stays up and reports the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from campaignd.clock import Clock
+from campaignd.domain.campaign import Audience, BidStrategy, CampaignSpec, Cell, Daypart, Platform
+from campaignd.dsp.base import CreativeSpec, DSPAdapter, LineItem, LineItemSpec, Targeting
+from campaignd.errors import DSPError
+from campaignd.logs import get_logger
+from campaignd.settings import Settings
+
+log = get_logger("campaignd.dsp")
+
+
+def campaign_alt_id(campaign_id: str) -> str:
+    return f"campaignd:{campaign_id}"
+
+
+def creative_alt_id(campaign_id: str, creative_id: str) -> str:
+    return f"campaignd:{campaign_id}:{creative_id}"
+
+
+def cell_targeting(spec: CampaignSpec, cell: Cell) -> Targeting:
+    """The DSP targeting of one cell: its audience's ZIPs and signals, its daypart's hours of
+    the week (viewer-local), its platform's app bundles and device types."""
+    aud = spec.level("audience", cell.audience)
+    dp = spec.level("daypart", cell.daypart)
+    pf = spec.level("platform", cell.platform)
+    assert isinstance(aud, Audience) and isinstance(dp, Daypart) and isinstance(pf, Platform)
+    return Targeting(zips=aud.zips, segments=aud.signals, hours_of_week=dp.hours_of_week(),
+                     app_bundles=pf.app_bundles, device_types=pf.device_types)
+
+
+def initial_budgets(spec: CampaignSpec, n_cells: int) -> tuple[int, int]:
+    """An equal split of the campaign's budgets (micros, floored: the sum never exceeds the
+    campaign's caps). The reallocation agent moves money from there."""
+    return spec.lifetime_budget_micros // n_cells, spec.daily_budget_micros // n_cells
+
+
+@dataclass(slots=True)
+class _CampaignState:
+    spec: CampaignSpec
+    cells: list[Cell]
+    dsp_campaign_id: int | None = None
+    line_items: dict[str, LineItem] = field(default_factory=dict)
+    """cell id → line item as last read from the DSP."""
+    synced: bool = False
+    error: str | None = None
+
+
+class DSPService:
+    def __init__(self, settings: Settings, sql: Any, *, clock: Clock) -> None:
+        self.settings = settings
+        self.sql = sql
+        self.clock = clock
+        self.adapter: DSPAdapter | None = None
+        self.sandbox: Any = None
+        self.sandbox_url: str | None = None
+        self.campaigns: dict[str, _CampaignState] = {}
+        self.last_reconcile: dict[str, Any] | None = None
+        self._advertiser_id: int | None = settings.dsp.beeswax.advertiser_id
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        async with anyio.create_task_group() as tg:
+            if s.dsp.adapter == "sandbox":
+                self.sandbox_url = await tg.start(self._run_sandbox)
+                base_url, email = self.sandbox_url, s.dsp.sandbox.email
+                password: Any = s.dsp.sandbox.password
+                rps, timeout, retries = 200.0, 10.0, 6
+            else:
+                b = s.dsp.beeswax
+                base_url, email, password = b.base_url, b.email, b.password
+                rps, timeout, retries = b.rate_limit_rps, b.timeout_s, b.max_retries + 1
+            from campaignd.dsp.beeswax import BeeswaxAdapter
+            b = s.dsp.beeswax
+            self.adapter = BeeswaxAdapter(
+                email=email, password=password, base_url=base_url, rate_limit_per_s=rps,
+                rate_burst=max(1, int(rps)), max_attempts=retries, timeout_s=timeout,
+                breaker_threshold=b.breaker_failures, breaker_cooldown_s=b.breaker_cooldown_s)
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self.adapter.aclose()
+
+    async def _run_sandbox(self, *, task_status: TaskStatus[str]) -> None:
+        from campaignd.dsp.sandbox.faults import FaultConfig
+        from campaignd.dsp.sandbox.market import Market
+        from campaignd.dsp.sandbox.scenarios import load_scenario
+        from campaignd.dsp.sandbox.service import SandboxService
+
+        sb = self.settings.dsp.sandbox
+        scenario = load_scenario(sb.scenario)
+        f = sb.faults
+        faults = FaultConfig(seed=f.seed, rate_429=f.rate_limit_rate, max_rps=f.max_rps,
+                             retry_after_s=f.retry_after_s, rate_5xx=f.server_error_rate,
+                             rate_slow=f.slow_rate, slow_seconds=f.slow_s, rate_drop=f.drop_rate,
+                             rate_session_expiry=f.session_expiry_rate,
+                             rate_duplicate=f.duplicate_rate, rate_reorder=f.reorder_rate,
+                             rate_malformed=f.malformed_rate)
+        # The market starts at the daemon's "now" (the scaled sandbox clock), so the campaign's
+        # flight and the viewers' local dayparts line up with what the daemon sees.
+        market = Market(scenario, seed=sb.seed, start=self.clock.now())
+        self.sandbox = SandboxService(market, email=sb.email,
+                                      password=sb.password.get_secret_value(),
+                                      time_scale=sb.time_scale, faults=faults, host=sb.host,
+                                      port=sb.port)
+        await self.sandbox.run(task_status=task_status)
+
+    async def aclose(self) -> None:
+        if self.adapter is not None:
+            await self.adapter.aclose()
+
+    # --- sync ----------------------------------------------------------------------------
+
+    async def sync_campaign(self, spec: CampaignSpec, cells: Sequence[Cell]) -> dict[str, int]:
+        """Make the DSP hold the campaign and one line item per cell; return cell → line item.
+
+        On a DSP error the campaign stays pending (retried by ``reconcile``) and what was
+        synced so far is returned.
+        """
+        st = self.campaigns.setdefault(spec.id, _CampaignState(spec, list(cells)))
+        st.spec, st.cells = spec, list(cells)
+        try:
+            await self._sync(st)
+            st.synced, st.error = True, None
+        except DSPError as exc:
+            st.error = f"{type(exc).__name__}: {exc}"
+            log.error("campaign sync failed; will retry", campaign=spec.id, error=st.error)
+        return {cid: li.id for cid, li in st.line_items.items()}
+
+    async def _sync(self, st: _CampaignState) -> None:
+        assert self.adapter is not None
+        spec = st.spec
+        if self._advertiser_id is None:
+            adv = await self.adapter.ensure_advertiser(
+                alternative_id=f"campaignd:advertiser:{spec.advertiser or spec.id}",
+                name=spec.advertiser or spec.name)
+            self._advertiser_id = adv.id
+        camp = await self.adapter.ensure_campaign(
+            advertiser_id=self._advertiser_id, alternative_id=campaign_alt_id(spec.id),
+            name=spec.name, lifetime_budget_micros=spec.lifetime_budget_micros,
+            daily_budget_micros=spec.daily_budget_micros, start=spec.flight_start,
+            end=spec.flight_end)
+        st.dsp_campaign_id = camp.id
+        creatives = await self.adapter.ensure_creatives([
+            CreativeSpec(alternative_id=creative_alt_id(spec.id, c.id),
+                         advertiser_id=self._advertiser_id, name=c.name or c.id,
+                         type=c.type,  # type: ignore[arg-type]
+                         click_url=c.click_url, duration_s=c.duration_s)
+            for c in spec.creatives])
+        creative_ids = {c.id: cr.id for c, cr in zip(spec.creatives, creatives, strict=True)}
+        lifetime, daily = initial_budgets(spec, len(st.cells))
+        items = []
+        for cell in st.cells:
+            bid = spec.level("bid_strategy", cell.bid_strategy)
+            cre = spec.level("creative", cell.creative)
+            assert isinstance(bid, BidStrategy)
+            items.append(LineItemSpec(
+                alternative_id=cell.alternative_id, campaign_id=camp.id, name=cell.name(),
+                lifetime_budget_micros=lifetime, daily_budget_micros=daily,
+                cpm_bid_micros=int(bid.cpm_bid * 1_000_000), start=spec.flight_start,
+                end=spec.flight_end, type=cre.type,  # type: ignore[union-attr,arg-type]
+                bid_strategy=bid.strategy, targeting=cell_targeting(spec, cell),
+                creative_weights={creative_ids[cell.creative]: 100}, active=True))
+        created = await self.adapter.create_line_items(items)
+        st.line_items = {cell.cell_id: li for cell, li in zip(st.cells, created, strict=True)}
+        await self.sql.put_dsp_ids("campaign", {spec.id: camp.id})
+        await self.sql.put_dsp_ids("creative", {f"{spec.id}:{k}": v
+                                                for k, v in creative_ids.items()})
+        await self.sql.set_cell_line_items({cid: li.id for cid, li in st.line_items.items()},
+                                           status="active")
+        await self.sql.update_cell_budgets({cid: (li.lifetime_budget_micros,
+                                                  li.daily_budget_micros)
+                                            for cid, li in st.line_items.items()})
+        log.info("campaign synced to the DSP", campaign=spec.id, dsp_campaign=camp.id,
+                 line_items=len(created), active=sum(li.active for li in created))
+
+    # --- reconciliation ------------------------------------------------------------------
+
+    async def reconcile(self) -> int:
+        """Retry pending syncs, then read every line item back; return the number of line items
+        whose DSP state differs from campaignd's (missing, paused unexpectedly, budget drift)."""
+        assert self.adapter is not None
+        drift = 0
+        details: list[str] = []
+        for st in self.campaigns.values():
+            if not st.synced:
+                await self.sync_campaign(st.spec, st.cells)
+                if not st.synced:
+                    continue
+            ids = [li.id for li in st.line_items.values()]
+            current = {li.id: li for li in await self.adapter.get_line_items(ids)}
+            for cid, known in st.line_items.items():
+                now = current.get(known.id)
+                if now is None:
+                    drift += 1
+                    details.append(f"{cid}: line item {known.id} missing on the DSP")
+                    continue
+                if (now.active != known.active
+                        or now.lifetime_budget_micros != known.lifetime_budget_micros
+                        or now.daily_budget_micros != known.daily_budget_micros):
+                    drift += 1
+                    details.append(f"{cid}: line item {known.id} changed outside campaignd")
+                st.line_items[cid] = now
+        self.last_reconcile = {"at": datetime.now(UTC).isoformat(), "drift": drift,
+                               "details": details[:20]}
+        if drift:
+            log.warning("reconciliation found drift", drift=drift, examples=details[:5])
+        return drift
+
+    # --- read model ----------------------------------------------------------------------
+
+    def line_item_cells(self, campaign_id: str) -> dict[int, str]:
+        st = self.campaigns.get(campaign_id)
+        return {} if st is None else {li.id: cid for cid, li in st.line_items.items()}
+
+    def active_count(self, campaign_id: str) -> int:
+        st = self.campaigns.get(campaign_id)
+        return 0 if st is None else sum(1 for li in st.line_items.values() if li.active)
+
+    def status(self) -> dict[str, Any]:
+        pending = [cid for cid, st in self.campaigns.items() if not st.synced]
+        detail = "ok"
+        healthy = True
+        if self.adapter is None:
+            healthy, detail = False, "starting"
+        else:
+            h = self.adapter.health()
+            if not h.healthy:
+                healthy, detail = False, f"circuit {h.circuit}; last error: {h.last_error}"
+            requests, retries, rate_limited = h.requests, h.retries, h.rate_limited
+        if pending:
+            healthy = False
+            errors = "; ".join(f"{cid}: {self.campaigns[cid].error}" for cid in pending)
+            detail = f"campaign sync pending ({errors})"
+        out: dict[str, Any] = {
+            "adapter": self.settings.dsp.adapter, "healthy": healthy, "detail": detail,
+            "line_items": sum(len(st.line_items) for st in self.campaigns.values()),
+            "base_url": self.sandbox_url or self.settings.dsp.beeswax.base_url,
+            "last_reconcile": self.last_reconcile,
+        }
+        if self.adapter is not None:
+            out.update(requests=requests, retries=retries, rate_limited=rate_limited)
+        return out
+
+
+async def close_quietly(adapter: DSPAdapter | None) -> None:
+    if adapter is not None:
+        with contextlib.suppress(Exception):
+            await adapter.aclose()

@@ -1,0 +1,36 @@
+"""Prometheus metrics, one registry per daemon (so tests can run several in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_ingested = Counter("campaignd_events_ingested_total",
+                                       "Events accepted into the registry", ["kind"], registry=r)
+        self.events_duplicate = Counter("campaignd_events_duplicate_total",
+                                        "Events dropped as at-least-once duplicates", registry=r)
+        self.events_dead = Counter("campaignd_events_dead_lettered_total",
+                                   "Events sent to the dead letter", ["reason"], registry=r)
+        self.event_lag = Gauge("campaignd_event_lag_seconds",
+                               "Age of the newest ingested event when it was ingested",
+                               registry=r)
+        self.agent_runs = Counter("campaignd_agent_runs_total", "Agent and job runs",
+                                  ["agent", "outcome"], registry=r)
+        self.agent_duration = Histogram("campaignd_agent_duration_seconds", "Run duration",
+                                        ["agent"], registry=r,
+                                        buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                                 10, 30))
+        self.cells = Gauge("campaignd_cells", "Cells per campaign and status",
+                           ["campaign", "status"], registry=r)
+        self.spend_micros = Gauge("campaignd_spend_micros", "Ingested spend per campaign",
+                                  ["campaign"], registry=r)
+        self.dsp_healthy = Gauge("campaignd_dsp_healthy", "1 when the DSP adapter is healthy",
+                                 registry=r)
+        self.up = Gauge("campaignd_up", "1 while the daemon runs", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

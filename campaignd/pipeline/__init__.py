@@ -1,0 +1,2 @@
+"""Event pipeline: decode → validate → dedupe → enrich → aggregate (see ``schema`` for the wire
+format)."""

@@ -1,0 +1,331 @@
+"""Settings: a TOML file (``--config`` or ``CAMPAIGND_CONFIG``) overridden by ``CAMPAIGND_*``
+environment variables (nested with ``__``, e.g. ``CAMPAIGND_HTTP__PORT=9000``).
+
+Secrets (DSP password, API token, database and Redis passwords) are ``SecretStr``: given in the
+environment or read from a ``*_file`` path, never printed (``masked()`` shows ``**********``).
+Relative paths inside the file (campaign specs, scenarios, state directory) are resolved against
+the file's directory, so a config works from any working directory. Every validation failure is
+reported as a ``ConfigError`` naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from campaignd.errors import ConfigError
+
+ENV_PREFIX = "CAMPAIGND_"
+CONFIG_ENV = "CAMPAIGND_CONFIG"
+
+_file_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_file_data",
+                                                                            default={})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _read_secret_file(path: Path | None, key: str) -> SecretStr | None:
+    if path is None:
+        return None
+    try:
+        return SecretStr(Path(path).read_text(encoding="utf-8").rstrip("\r\n"))
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {str(path)!r} for {key}: {exc.strerror}") \
+            from None
+
+
+class DatabaseSettings(_Section):
+    url: str = Field("sqlite+aiosqlite:///./campaignd.db",
+                     description="SQLAlchemy async URL: sqlite+aiosqlite:///PATH or "
+                                 "postgresql+asyncpg://USER@HOST:PORT/DB")
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    upgrade_on_start: bool = True
+
+    @model_validator(mode="after")
+    def _secret(self) -> DatabaseSettings:
+        if self.password is None:
+            self.password = _read_secret_file(self.password_file, "database.password_file")
+        if not (self.url.startswith("sqlite+aiosqlite://")
+                or self.url.startswith("postgresql+asyncpg://")):
+            raise ValueError("database.url must start with sqlite+aiosqlite:// or "
+                             "postgresql+asyncpg://")
+        return self
+
+
+class RedisSettings(_Section):
+    url: str = Field("", description="redis://HOST:PORT/DB; empty = in-memory hot store")
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    key_prefix: str = "campaignd:"
+
+    @model_validator(mode="after")
+    def _secret(self) -> RedisSettings:
+        if self.password is None:
+            self.password = _read_secret_file(self.password_file, "redis.password_file")
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis.url must be empty or start with redis://, rediss:// or unix://")
+        return self
+
+
+class FaultSettings(_Section):
+    """Sandbox fault injection (all off by default)."""
+
+    rate_limit_rate: float = Field(0.0, ge=0, le=1)
+    retry_after_s: float = Field(1.0, ge=0)
+    server_error_rate: float = Field(0.0, ge=0, le=1)
+    slow_rate: float = Field(0.0, ge=0, le=1)
+    slow_s: float = Field(0.5, ge=0)
+    drop_rate: float = Field(0.0, ge=0, le=1)
+    max_rps: float | None = Field(None, gt=0, description="answer 429 above this request rate")
+    session_expiry_rate: float = Field(0.0, ge=0, le=1)
+    duplicate_rate: float = Field(0.0, ge=0, le=1)
+    reorder_rate: float = Field(0.0, ge=0, le=1)
+    malformed_rate: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+
+
+class SandboxSettings(_Section):
+    scenario: Path = Path("config/scenarios/seed.toml")
+    seed: int = 0
+    time_scale: float = Field(60.0, gt=0, le=100_000,
+                              description="market seconds per real second")
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 = any free port")
+    email: str = "sandbox@campaignd.local"
+    password: SecretStr = SecretStr("sandbox")
+    faults: FaultSettings = FaultSettings()
+
+
+class BeeswaxSettings(_Section):
+    base_url: str = Field("", description="https://<buzz_key>.api.beeswax.com")
+    buzz_key: str = ""
+    email: str = ""
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    advertiser_id: int | None = None
+    rate_limit_rps: float = Field(20.0, gt=0, le=1000)
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secret(self) -> BeeswaxSettings:
+        if self.password is None:
+            self.password = _read_secret_file(self.password_file, "dsp.beeswax.password_file")
+        return self
+
+
+class DSPSettings(_Section):
+    adapter: Literal["sandbox", "beeswax"] = "sandbox"
+    sandbox: SandboxSettings = SandboxSettings()
+    beeswax: BeeswaxSettings = BeeswaxSettings()
+    events_poll_s: float = Field(1.0, gt=0, description="seconds between event-feed reads")
+    reconcile_s: float = Field(300.0, gt=0, description="seconds between line-item read-backs")
+
+    @model_validator(mode="after")
+    def _beeswax_complete(self) -> DSPSettings:
+        if self.adapter == "beeswax":
+            missing = [k for k in ("base_url", "email") if not getattr(self.beeswax, k)]
+            if self.beeswax.password is None:
+                missing.append("password (or password_file, or CAMPAIGND_DSP__BEESWAX__PASSWORD)")
+            if missing:
+                raise ValueError("dsp.adapter = 'beeswax' needs dsp.beeswax."
+                                 + ", dsp.beeswax.".join(missing))
+        return self
+
+
+class AgentSettings(_Section):
+    """Cadences in seconds."""
+
+    monitor_s: float = Field(30.0, gt=0)
+    reallocation_s: float = Field(120.0, gt=0)
+    discovery_s: float = Field(300.0, gt=0)
+    creative_s: float = Field(600.0, gt=0)
+    synthesizer_s: float = Field(900.0, gt=0)
+    timeout_s: float = Field(25.0, gt=0, description="an agent run is cancelled after this")
+
+
+class DecisionSettings(_Section):
+    mode: Literal["live", "shadow", "approve"] = "shadow"
+    risk_budget: float = Field(0.2, ge=0, le=1)
+
+
+class HTTPSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8470, ge=0, le=65535)
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _secret(self) -> HTTPSettings:
+        if self.api_token is None:
+            self.api_token = _read_secret_file(self.api_token_file, "http.api_token_file")
+        return self
+
+
+class LogSettings(_Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file: Path | None = None
+
+
+class Settings(BaseSettings):
+    """All of campaignd's settings. Build with ``load_settings``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+                                      extra="forbid", validate_default=True)
+
+    instance: str = "default"
+    state_dir: Path = Path("./var")
+    campaigns: list[Path] = []
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    dsp: DSPSettings = DSPSettings()
+    agents: AgentSettings = AgentSettings()
+    decision: DecisionSettings = DecisionSettings()
+    http: HTTPSettings = HTTPSettings()
+    log: LogSettings = LogSettings()
+
+    config_file: Path | None = Field(None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_source = InitSettingsSource(settings_cls, init_kwargs=_file_data.get())
+        return (init_settings, env_settings, file_source)
+
+    def resolve_paths(self, base: Path) -> Settings:
+        """Make relative paths absolute against ``base`` (the config file's directory)."""
+
+        def fix(p: Path | None) -> Path | None:
+            if p is None or p.is_absolute():
+                return p
+            return (base / p).resolve()
+
+        self.state_dir = fix(self.state_dir)  # type: ignore[assignment]
+        self.campaigns = [fix(p) for p in self.campaigns]  # type: ignore[misc]
+        self.dsp.sandbox.scenario = fix(self.dsp.sandbox.scenario)  # type: ignore[assignment]
+        self.log.file = fix(self.log.file)
+        return self
+
+    def masked(self) -> dict[str, Any]:
+        """The resolved settings as plain data, secrets shown as ``**********``."""
+        return _mask(self.model_dump(mode="json", exclude={"config_file"}))
+
+    @property
+    def control_url(self) -> str:
+        host = self.http.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http.port}"
+
+
+def _mask(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _mask(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_mask(v) for v in data]
+    return data
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+    msg = err.get("msg", "invalid")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    typ = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if typ == "extra_forbidden":
+        return f"{loc}: is not a known setting (see campaignd.toml.example for every key)"
+    if typ == "literal_error" and "expected" in ctx:
+        return f"{loc}: {err.get('input')!r} is not allowed; use {ctx['expected']}"
+    shown = err.get("input")
+    got = ""
+    if shown is not None and not isinstance(shown, dict) and "password" not in loc \
+            and "token" not in loc:
+        got = f" (got {shown!r})"
+    return f"{loc or 'settings'}: {msg}{got}"
+
+
+def load_settings(config: str | Path | None = None, *,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Load settings from ``config`` (or ``$CAMPAIGND_CONFIG``) and the environment.
+
+    Raises ``ConfigError`` (exit code 2) naming each bad key.
+    """
+    env = os.environ if environ is None else environ
+    path_str = str(config) if config is not None else env.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    path: Path | None = None
+    if path_str:
+        path = Path(path_str)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError("file not found", field="--config", value=str(path),
+                              fix="give the path of a TOML settings file, e.g. "
+                                  "campaignd.toml.example") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", field="--config",
+                              value=str(path)) from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"is not valid TOML: {exc}", field=str(path),
+                              fix="fix the syntax at the line and column shown") from None
+    token = _file_data.set(data)
+    saved_env = None
+    try:
+        if environ is not None:
+            saved_env = dict(os.environ)
+            os.environ.clear()
+            os.environ.update(environ)
+        settings = Settings()
+    except ValidationError as exc:
+        problems = [_describe_error(e) for e in exc.errors()]
+        where = str(path) if path else "settings"
+        raise ConfigError(f"{len(problems)} invalid setting(s):\n  - " + "\n  - ".join(problems),
+                          field=where) from None
+    except ValueError as exc:  # secret files
+        raise ConfigError(str(exc), field=str(path) if path else "settings") from None
+    finally:
+        _file_data.reset(token)
+        if saved_env is not None:
+            os.environ.clear()
+            os.environ.update(saved_env)
+    settings.config_file = path.resolve() if path else None
+    base = path.resolve().parent if path else Path.cwd()
+    return settings.resolve_paths(base)
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret's plain value, for the log redactor."""
+    out = []
+    for s in (settings.database.password, settings.redis.password, settings.dsp.beeswax.password,
+              settings.http.api_token):
+        if s is not None and s.get_secret_value():
+            out.append(s.get_secret_value())
+    return out

@@ -1,0 +1,307 @@
+"""The simulator: a campaign, a policy and the sandbox market on a virtual clock, in-process.
+
+``run_simulation`` atomizes the campaign, creates one DSP line item per cell (targeting from the
+cell's levels: the audience's ZIPs and signals, the daypart's hours of week, the platform's app
+bundles, the creative level id as creative key, the bid strategy's CPM bid), and steps the
+market. Every ``decision_seconds`` (2 simulated minutes) the policy sees the per-cell counts
+observed so far and returns per-cell daily budgets; the driver enforces the campaign's caps and
+applies them. Then it runs the oracle (``campaignd.sim.oracle``) on a second market with the same
+seed and reports achieved vs oracle. No HTTP, no sleeping: the clock is a ``VirtualClock``.
+
+Caps, enforced on whatever a policy returns (so no policy can overspend):
+
+- daily: ``sum(max(budget_i, spent_today_i)) <= campaign daily budget``: budget above what a cell
+  already spent today is scaled down proportionally when the sum would exceed the cap (a cell
+  cut below its spend simply stops for the day);
+- lifetime: each line item's lifetime budget = its spend so far + a share of the campaign's
+  remaining lifetime budget proportional to its daily budget, so the sum can never exceed it.
+
+Money in the report is decimal strings in currency units; ratios are floats. The same scenario,
+campaign, policy, seed and days give the same report except ``wall_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from campaignd.clock import VirtualClock
+from campaignd.domain.campaign import (
+    DIMENSIONS,
+    CampaignSpec,
+    Cell,
+    atomize,
+    from_micros,
+    load_spec,
+)
+from campaignd.dsp.sandbox.market import TOTAL_KEYS, Market
+from campaignd.dsp.sandbox.model import LineItemConfig
+from campaignd.dsp.sandbox.scenarios import Scenario, load_scenario
+from campaignd.errors import BadInput
+from campaignd.sim.oracle import OraclePolicy
+from campaignd.sim.policies import Observations, Policy, PolicyContext, make_policy
+
+DECISION_SECONDS = 120
+SAMPLE_SECONDS = 3600
+_T = {k: i for i, k in enumerate(TOTAL_KEYS)}
+_OBJECTIVE_TOTAL = {"conversions": "conversions", "revenue": "conversion_value_micros",
+                    "completed_views": "completes", "clicks": "clicks"}
+
+
+def line_item_configs(spec: CampaignSpec, cells: list[Cell], daily_micros: int,
+                      campaign_id: int = 1) -> list[LineItemConfig]:
+    """One DSP line item per cell, ids ``1..n`` in cell order."""
+    out = []
+    for i, c in enumerate(cells):
+        a = spec.level("audience", c.audience)
+        p = spec.level("platform", c.platform)
+        d = spec.level("daypart", c.daypart)
+        b = spec.level("bid_strategy", c.bid_strategy)
+        out.append(LineItemConfig(
+            line_item_id=i + 1, campaign_id=campaign_id, active=True,
+            lifetime_budget_micros=spec.lifetime_budget_micros,
+            daily_budget_micros=daily_micros,
+            cpm_bid_micros=int(b.cpm_bid * 1_000_000),  # type: ignore[union-attr]
+            creatives={c.creative: 1},
+            zips=frozenset(a.zips), segments=frozenset(a.signals),  # type: ignore[union-attr]
+            hours_of_week=frozenset(d.hours_of_week()),  # type: ignore[union-attr]
+            app_bundles=frozenset(p.app_bundles),  # type: ignore[union-attr]
+            start=spec.flight_start, end=spec.flight_end,
+            alternative_id=c.alternative_id,
+        ))
+    return out
+
+
+def targeting_groups(configs: list[LineItemConfig]) -> np.ndarray:
+    """Group id per line item: equal ids buy the same inventory (same targeting)."""
+    keys: dict[tuple[Any, ...], int] = {}
+    return np.array([keys.setdefault((c.zips, c.segments, c.hours_of_week, c.app_bundles),
+                                     len(keys)) for c in configs], dtype=np.int64)
+
+
+def enforce_caps(budgets: np.ndarray, spent_today: np.ndarray, daily_cap: int) -> np.ndarray:
+    """Scale budget above today's spend so that ``sum(max(b, spent)) <= daily_cap``."""
+    b = np.maximum(np.asarray(budgets, dtype=np.int64), 0)
+    s = np.asarray(spent_today, dtype=np.int64)
+    head = np.maximum(b - s, 0)
+    room = daily_cap - int(np.maximum(s, 0).sum())
+    total = int(head.sum())
+    if total <= max(room, 0):
+        return b
+    if room <= 0:
+        return np.minimum(b, s)
+    scaled = (head.astype(object) * room // total).astype(np.int64)  # exact integer scaling
+    return np.where(b > s, s + scaled, b)
+
+
+def lifetime_shares(budgets: np.ndarray, spent_total: np.ndarray, lifetime_cap: int) -> np.ndarray:
+    """Per-line-item lifetime budgets whose sum never exceeds the campaign's lifetime cap."""
+    rem = max(0, lifetime_cap - int(spent_total.sum()))
+    tot = int(budgets.sum())
+    if tot <= 0:
+        return spent_total.astype(np.int64).copy()
+    share = (budgets.astype(object) * rem // tot).astype(np.int64)
+    return spent_total.astype(np.int64) + share
+
+
+@dataclass
+class RunTrace:
+    """What one run did, sampled hourly (for the HTML report)."""
+
+    times: list[datetime] = field(default_factory=list)
+    objective: list[float] = field(default_factory=list)
+    spend_micros: list[int] = field(default_factory=list)
+    level_share: dict[str, list[list[float]]] = field(default_factory=dict)
+    actions: list[int] = field(default_factory=list)
+    totals: np.ndarray | None = None
+    actions_by_kind: dict[str, int] = field(default_factory=dict)
+    decisions: int = 0
+    days_touched: int = 0
+    """UTC days the run overlaps: the budget available is the daily budget times this."""
+
+
+def _observe(market: Market, now: datetime, cell_ids: tuple[str, ...],
+             budgets: np.ndarray) -> Observations:
+    t = market.totals_array()
+    return Observations(
+        now=now, cell_ids=cell_ids, impressions=t[_T["impressions"]],
+        spend_micros=t[_T["spend_micros"]], clicks=t[_T["clicks"]],
+        completes=t[_T["completes"]], viewable=t[_T["viewable"]],
+        measurable=t[_T["measurable"]], conversions=t[_T["conversions"]],
+        conversion_value_micros=t[_T["conversion_value_micros"]],
+        spent_today_micros=market.spent_today_micros(), budgets_micros=budgets.copy())
+
+
+def run_policy(market: Market, policy: Policy, ctx: PolicyContext, *, start: datetime,
+               end: datetime, decision_seconds: int) -> RunTrace:
+    """Drive ``market`` with ``policy`` from ``start`` to ``end`` on a virtual clock."""
+    clock = VirtualClock(start)
+    spec = ctx.spec
+    cells = ctx.cells
+    n = len(cells)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    cell_ids = tuple(c.cell_id for c in cells)
+    level_idx = {d: np.array([[lvl.id for lvl in spec.levels(d)].index(getattr(c, d))
+                              for c in cells]) for d in DIMENSIONS}
+    n_levels = {d: len(spec.levels(d)) for d in DIMENSIONS}
+    trace = RunTrace(level_share={d: [] for d in DIMENSIONS})
+    budgets = np.zeros(n, dtype=np.int64)
+    objective_key = _T[_OBJECTIVE_TOTAL[spec.objective]]
+    next_sample = start
+    actions_this_hour = 0
+    while True:
+        now = clock.now()
+        obs = _observe(market, now, cell_ids, budgets)
+        if now < end:
+            wanted = np.asarray(policy.decide(obs, now), dtype=np.int64)
+            if wanted.shape != (n,):
+                raise BadInput("returned budgets of the wrong shape", field="policy",
+                               value=wanted.shape, fix=f"return one budget per cell ({n})")
+            new = enforce_caps(wanted, obs.spent_today_micros, ctx.daily_budget_micros)
+            changed = int(np.count_nonzero(new != budgets))
+            if trace.decisions > 0:
+                trace.actions_by_kind["budget_change"] = (
+                    trace.actions_by_kind.get("budget_change", 0) + changed)
+                actions_this_hour += changed
+            trace.decisions += 1
+            budgets = new
+            life = lifetime_shares(budgets, obs.spend_micros, ctx.lifetime_budget_micros)
+            market.set_budgets(ids, budgets, life)
+        if now >= next_sample or now >= end:
+            tot = market.totals_array()
+            trace.times.append(now)
+            trace.objective.append(float(tot[objective_key].sum()))
+            trace.spend_micros.append(int(tot[_T["spend_micros"]].sum()))
+            total_b = max(1, int(budgets.sum()))
+            for d in DIMENSIONS:
+                trace.level_share[d].append(
+                    list(np.bincount(level_idx[d], budgets, minlength=n_levels[d]) / total_b))
+            trace.actions.append(actions_this_hour)
+            actions_this_hour = 0
+            next_sample = now + timedelta(seconds=SAMPLE_SECONDS)
+        if now >= end:
+            break
+        step_end = min(end, now + timedelta(seconds=decision_seconds))
+        market.advance(step_end, emit_events=False)
+        clock.set(step_end)
+    trace.totals = market.totals_array()
+    last = end - timedelta(microseconds=1)
+    trace.days_touched = (last.date() - start.date()).days + 1
+    return trace
+
+
+@dataclass
+class SimulationResult:
+    report: dict[str, Any]
+    scenario: Scenario
+    spec: CampaignSpec
+    cells: list[Cell]
+    policy_trace: RunTrace
+    oracle_trace: RunTrace
+
+
+def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = None,
+             days: float, seed: int, policy: str = "uniform",
+             decision_seconds: int = DECISION_SECONDS, oracle: bool = True) -> SimulationResult:
+    """Run a policy (and the oracle) and return the report with the traces behind it."""
+    wall0 = time.perf_counter()
+    if not days > 0:
+        raise BadInput("must be positive", field="days", value=days, fix="e.g. --days 7")
+    scenario = load_scenario(scenario_path)
+    spec = load_spec(campaign_path) if campaign_path is not None else scenario.campaign
+    cells = atomize(spec)
+    start = scenario.default_start
+    end = start + timedelta(days=days)
+    ctx = PolicyContext(spec, cells, spec.lifetime_budget_micros, spec.daily_budget_micros,
+                        seed=seed, decision_seconds=decision_seconds)
+    configs = line_item_configs(spec, cells, 0)
+
+    def fresh_market() -> Market:
+        m = Market(scenario, seed=seed, start=start)
+        for cfg in configs:
+            m.configure(cfg)
+        return m
+
+    market = fresh_market()
+    if policy == "oracle":
+        pol: Policy = OraclePolicy(ctx, market, targeting_groups(configs))
+        ptrace = run_policy(market, pol, ctx, start=start, end=end,
+                            decision_seconds=OraclePolicy.decision_seconds)
+    else:
+        pol = make_policy(policy, ctx)
+        ptrace = run_policy(market, pol, ctx, start=start, end=end,
+                            decision_seconds=decision_seconds)
+    if oracle:
+        om = fresh_market()
+        otrace = run_policy(om, OraclePolicy(ctx, om, targeting_groups(configs)), ctx,
+                            start=start, end=end, decision_seconds=OraclePolicy.decision_seconds)
+    else:
+        otrace = ptrace
+    report = _report(scenario, spec, cells, policy, seed, days, ptrace, otrace,
+                     time.perf_counter() - wall0)
+    return SimulationResult(report, scenario, spec, cells, ptrace, otrace)
+
+
+def _money(micros: int) -> str:
+    return str(from_micros(int(micros)))
+
+
+def _report(scenario: Scenario, spec: CampaignSpec, cells: list[Cell], policy: str, seed: int,
+            days: float, p: RunTrace, o: RunTrace, wall: float) -> dict[str, Any]:
+    assert p.totals is not None and o.totals is not None
+    pt = p.totals.sum(axis=1)
+    ot = o.totals.sum(axis=1)
+    key = _T[_OBJECTIVE_TOTAL[spec.objective]]
+    achieved, best = int(pt[key]), int(ot[key])
+    budget = min(spec.lifetime_budget_micros, spec.daily_budget_micros * p.days_touched)
+    return {
+        "scenario": scenario.name,
+        "campaign": spec.id,
+        "policy": policy,
+        "seed": seed,
+        "days": days,
+        "cells": len(cells),
+        "objective": spec.objective,
+        "impressions": int(pt[_T["impressions"]]),
+        "clicks": int(pt[_T["clicks"]]),
+        "completed_views": int(pt[_T["completes"]]),
+        "viewable": int(pt[_T["viewable"]]),
+        "conversions": int(pt[_T["conversions"]]),
+        "conversion_value": _money(pt[_T["conversion_value_micros"]]),
+        "spend": _money(pt[_T["spend_micros"]]),
+        "budget": _money(budget),
+        "oracle_impressions": int(ot[_T["impressions"]]),
+        "oracle_conversions": int(ot[_T["conversions"]]),
+        "oracle_conversion_value": _money(ot[_T["conversion_value_micros"]]),
+        "oracle_completed_views": int(ot[_T["completes"]]),
+        "oracle_clicks": int(ot[_T["clicks"]]),
+        "oracle_spend": _money(ot[_T["spend_micros"]]),
+        "capture_ratio": round(achieved / best, 4) if best > 0 else None,
+        "actions": dict(sorted(p.actions_by_kind.items())) or {"budget_change": 0},
+        "decisions": p.decisions,
+        "wall_seconds": round(wall, 3),
+    }
+
+
+def run_simulation(scenario_path: str | Path, *, campaign_path: str | Path | None = None,
+                   days: float, seed: int, policy: str = "uniform",
+                   report_html: Path | None = None) -> dict[str, Any]:
+    """Simulate ``days`` of the campaign under ``policy`` against the scenario's market; return
+    the JSON report (and write the HTML report to ``report_html`` if given)."""
+    result = simulate(scenario_path, campaign_path=campaign_path, days=days, seed=seed,
+                      policy=policy)
+    if report_html is not None:
+        from campaignd.sim.report import write_html_report
+
+        write_html_report(Path(report_html), result)
+    return result.report
+
+
+__all__ = ["DECISION_SECONDS", "RunTrace", "SimulationResult", "enforce_caps",
+           "lifetime_shares", "line_item_configs", "run_policy", "run_simulation", "simulate",
+           "targeting_groups"]

@@ -1,0 +1,174 @@
+"""The Redis hot store (``redis.asyncio``): shared by processes, writes pipelined.
+
+Key scheme (``P`` is the configurable prefix, ``campaignd:`` by default; campaign and cell ids
+never contain ``:``)::
+
+    P json:{key}                               string  JSON record (set_json), optional PX TTL
+    P seen:{namespace}:{id}                    string  "1", SET NX PX ttl (mark_seen)
+    P cells:{campaign_id}                      set     cell ids that have running totals
+    P tot:{campaign_id}:{cell_id}              hash    metric -> running total (no expiry)
+    P s:{campaign_id}:{cell_id}:{epoch_s}      hash    metric -> count in that second, EXPIRE ttl
+    P m:{campaign_id}:{cell_id}:{epoch_min}    hash    metric -> count in that minute
+                                                       (epoch_min = epoch_s // 60), EXPIRE ttl
+
+Buckets are one small hash per cell and second/minute that had events, so memory follows the
+event rate, not the cell count; the 24 h TTL bounds it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from campaignd.errors import StorageError
+from campaignd.stores.base import BUCKET_TTL_S, HotStore, check_ttl, window_buckets
+
+DEFAULT_PREFIX = "campaignd:"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}" if creds else url
+
+
+class RedisHotStore(HotStore):
+    def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX,
+                 where: str = "Redis") -> None:
+        """Wrap ``client``, which must be built with ``decode_responses=True``."""
+        self._r = client
+        self.prefix = prefix
+        self._where = where
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, password: str | None = None,
+                 timeout_s: float = 5.0) -> RedisHotStore:
+        """Build a store for ``url`` (``redis://host:port/db``); connects lazily (see ``ping``).
+
+        ``password`` is used when the URL carries none (redis-py lets the URL's win).
+        """
+        client = Redis.from_url(url, password=password, decode_responses=True,
+                                socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        return cls(client, prefix=prefix, where=f"Redis at {mask_url(url)}")
+
+    @asynccontextmanager
+    async def _mapped(self, doing: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise StorageError(f"{self._where}: {doing} failed: {exc}; check that Redis is "
+                               "running and the URL, password and database are right") from exc
+
+    async def ping(self) -> None:
+        async with self._mapped("ping"):
+            await self._r.ping()
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    # --- JSON records ---------------------------------------------------------------------
+
+    async def set_json(self, key: str, value: Mapping[str, Any],
+                       ttl_s: float | None = None) -> None:
+        px = None
+        if ttl_s is not None:
+            check_ttl(ttl_s)
+            px = _ms(ttl_s)
+        text = json.dumps(value)
+        async with self._mapped("set_json"):
+            await self._r.set(f"{self.prefix}json:{key}", text, px=px)
+
+    async def get_json(self, key: str) -> dict[str, Any] | None:
+        async with self._mapped("get_json"):
+            text = await self._r.get(f"{self.prefix}json:{key}")
+        return None if text is None else json.loads(text)
+
+    # --- dedupe ---------------------------------------------------------------------------
+
+    async def mark_seen(self, namespace: str, ids: Sequence[str], ttl_s: float) -> list[bool]:
+        check_ttl(ttl_s)
+        if not ids:
+            return []
+        px = _ms(ttl_s)
+        # SET NX is atomic per id, and the pipeline runs in order, so a repeat within the
+        # batch finds the key its first occurrence just set.
+        async with self._mapped("mark_seen"), self._r.pipeline(transaction=False) as pipe:
+            for id_ in ids:
+                pipe.set(f"{self.prefix}seen:{namespace}:{id_}", "1", nx=True, px=px)
+            replies = await pipe.execute()
+        return [bool(r) for r in replies]
+
+    # --- per-cell counters and buckets ----------------------------------------------------
+
+    def _cell_key(self, kind: str, campaign_id: str, cell_id: str) -> str:
+        return f"{self.prefix}{kind}:{campaign_id}:{cell_id}"
+
+    async def add_counts(self, campaign_id: str, counts: Mapping[str, Mapping[str, int]], *,
+                         at_epoch_s: int, ttl_s: int = BUCKET_TTL_S) -> None:
+        check_ttl(ttl_s)
+        if not counts:
+            return
+        async with self._mapped("add_counts"), self._r.pipeline(transaction=False) as pipe:
+            pipe.sadd(f"{self.prefix}cells:{campaign_id}", *counts.keys())
+            for cell_id, metrics in counts.items():
+                tot = self._cell_key("tot", campaign_id, cell_id)
+                sec = f"{self._cell_key('s', campaign_id, cell_id)}:{at_epoch_s}"
+                mnt = f"{self._cell_key('m', campaign_id, cell_id)}:{at_epoch_s // 60}"
+                for metric, n in metrics.items():
+                    pipe.hincrby(tot, metric, int(n))
+                    pipe.hincrby(sec, metric, int(n))
+                    pipe.hincrby(mnt, metric, int(n))
+                if metrics:
+                    pipe.expire(sec, ttl_s)
+                    pipe.expire(mnt, ttl_s)
+            await pipe.execute()
+
+    async def cell_totals(self, campaign_id: str, cell_id: str) -> dict[str, int]:
+        async with self._mapped("cell_totals"):
+            raw = await self._r.hgetall(self._cell_key("tot", campaign_id, cell_id))
+        return _ints(raw)
+
+    async def cell_window(self, campaign_id: str, cell_id: str, *, since_epoch_s: int,
+                          until_epoch_s: int) -> dict[str, int]:
+        kind, slots = window_buckets(since_epoch_s, until_epoch_s)
+        if not slots:
+            return {}
+        base = self._cell_key(kind, campaign_id, cell_id)
+        async with self._mapped("cell_window"), self._r.pipeline(transaction=False) as pipe:
+            for slot in slots:
+                pipe.hgetall(f"{base}:{slot}")
+            buckets = await pipe.execute()
+        out: dict[str, int] = {}
+        for bucket in buckets:
+            for metric, n in bucket.items():
+                out[metric] = out.get(metric, 0) + int(n)
+        return out
+
+    async def campaign_totals(self, campaign_id: str) -> dict[str, dict[str, int]]:
+        async with self._mapped("campaign_totals"):
+            members = await self._r.smembers(f"{self.prefix}cells:{campaign_id}")
+            cells = sorted(str(m) for m in members)
+            if not cells:
+                return {}
+            async with self._r.pipeline(transaction=False) as pipe:
+                for cell_id in cells:
+                    pipe.hgetall(self._cell_key("tot", campaign_id, cell_id))
+                rows = await pipe.execute()
+        return {cell: _ints(row) for cell, row in zip(cells, rows, strict=True)}
+
+
+def _ints(raw: Mapping[Any, Any]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in raw.items()}
+
+
+def _ms(ttl_s: float) -> int:
+    return max(1, round(ttl_s * 1000))

@@ -1,0 +1,97 @@
+"""Programmatic Alembic: upgrade a database to the head revision, no alembic.ini needed.
+
+``upgrade(url)`` is what ``campaignd db upgrade`` and the daemon's start-up call; it is safe to
+run on every start (a database at head is left as it is).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, pool, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+
+from campaignd.errors import StorageError
+from campaignd.stores.sql.repository import (
+    build_engine,
+    check_sqlite_directory,
+    error_reason,
+    masked,
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_FIX = ("check the database URL and that the server is running (SQLite: that the file's "
+        "directory exists and is writable)")
+_LOCK_KEY = 0x63616D706169676E  # "campaign": the advisory lock serializing upgrades
+
+
+def alembic_config() -> Config:
+    """An Alembic config pointing at the packaged migrations (for ``command.*`` calls)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision shipped with this version of campaignd."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "no migrations packaged"
+    return head
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+def _current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def upgrade(url: str | URL, *, password: str | None = None, revision: str = "head") -> str:
+    """Migrate the database at ``url`` to ``revision`` (default: head); return its revision now.
+
+    Raises ``StorageError`` naming the URL (password masked) if the database cannot be reached
+    or a migration fails; a failed migration leaves the database where it was (the whole
+    upgrade is one transaction). Upgrades from several processes queue behind each other (an
+    advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite). Within one process, do not run
+    two at once: Alembic's migration context is global.
+    """
+    engine = build_engine(url, password=password, poolclass=pool.NullPool)
+    try:
+        check_sqlite_directory(engine.url)
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two processes upgrading at once (daemon start, `campaignd db upgrade`): the
+                # second waits here, then finds the schema at head and does nothing.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                   {"key": _LOCK_KEY})
+            await conn.run_sync(_upgrade, revision)
+            current = await conn.run_sync(_current)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"cannot migrate the database at {masked(engine.url)}: "
+                           f"{error_reason(exc)}; {_FIX}") from exc
+    finally:
+        await engine.dispose()
+    assert current is not None
+    return current
+
+
+async def current_revision(url: str | URL, *, password: str | None = None) -> str | None:
+    """The database's revision, or ``None`` if it was never migrated."""
+    engine = build_engine(url, password=password, poolclass=pool.NullPool)
+    try:
+        check_sqlite_directory(engine.url)
+        async with engine.connect() as conn:
+            return await conn.run_sync(_current)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"cannot read the schema revision of the database at "
+                           f"{masked(engine.url)}: {error_reason(exc)}; {_FIX}") from exc
+    finally:
+        await engine.dispose()

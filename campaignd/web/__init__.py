@@ -1,0 +1,1 @@
+"""The control API, the dashboard and the metrics endpoint (starlette)."""

@@ -1,0 +1,239 @@
+"""The hot store contract: every test runs on the in-memory store and on real Redis.
+
+Expiry is checked on the in-memory store by moving its virtual clock, and on Redis by reading
+the keys' PTTL — never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from campaignd.clock import VirtualClock
+from campaignd.stores.base import BUCKET_TTL_S, SECOND_WINDOW_MAX_S, HotStore
+from campaignd.stores.memory import InMemoryHotStore
+from campaignd.stores.redis import RedisHotStore, mask_url
+
+T0 = int(datetime(2026, 11, 15, 12, 0, tzinfo=UTC).timestamp())  # a whole minute
+
+
+async def pttl_ms(store: RedisHotStore, redis_url: str, key: str) -> int:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return int(await client.pttl(store.prefix + key))
+    finally:
+        await client.aclose()
+
+
+# --- JSON records --------------------------------------------------------------------------
+
+
+async def test_json_round_trip(hot_store: HotStore) -> None:
+    assert await hot_store.get_json("status") is None
+    record = {"pid": 42, "agents": ["monitor", "reallocation"], "nested": {"ok": True},
+              "spend_micros": 150_000_000_000}
+    await hot_store.set_json("status", record, ttl_s=None)
+    got = await hot_store.get_json("status")
+    assert got == record
+    assert got is not record
+    got["pid"] = 0  # the stored record is not the returned object
+    assert (await hot_store.get_json("status"))["pid"] == 42  # type: ignore[index]
+    await hot_store.set_json("status", {"pid": 7}, ttl_s=None)
+    assert await hot_store.get_json("status") == {"pid": 7}
+    await hot_store.set_json("tuples", {"t": (1, 2)}, ttl_s=None)
+    assert await hot_store.get_json("tuples") == {"t": [1, 2]}
+
+
+async def test_json_ttl(hot_store: HotStore, virtual_clock: VirtualClock,
+                        request: pytest.FixtureRequest) -> None:
+    await hot_store.set_json("heartbeat", {"at": 1}, ttl_s=30)
+    await hot_store.set_json("forever", {"at": 1}, ttl_s=None)
+    if isinstance(hot_store, RedisHotStore):
+        url = request.getfixturevalue("redis_url")
+        assert 25_000 < await pttl_ms(hot_store, url, "json:heartbeat") <= 30_000
+        assert await pttl_ms(hot_store, url, "json:forever") == -1  # no expiry
+    else:
+        virtual_clock.advance(29.9)
+        assert await hot_store.get_json("heartbeat") == {"at": 1}
+        virtual_clock.advance(0.2)
+        assert await hot_store.get_json("heartbeat") is None
+        virtual_clock.advance(365 * 86400)
+        assert await hot_store.get_json("forever") == {"at": 1}
+    with pytest.raises(ValueError):
+        await hot_store.set_json("bad", {}, ttl_s=0)
+
+
+# --- dedupe --------------------------------------------------------------------------------
+
+
+async def test_mark_seen_new_and_duplicates(hot_store: HotStore) -> None:
+    assert await hot_store.mark_seen("events", [], ttl_s=60) == []
+    assert await hot_store.mark_seen("events", ["a", "b"], ttl_s=60) == [True, True]
+    assert await hot_store.mark_seen("events", ["b", "c", "a"], ttl_s=60) == [False, True, False]
+    # duplicates inside one batch: only the first occurrence is new
+    assert await hot_store.mark_seen("events", ["d", "d", "e", "d", "e"], ttl_s=60) == [
+        True, False, True, False, False]
+    # namespaces are independent
+    assert await hot_store.mark_seen("other", ["a", "a"], ttl_s=60) == [True, False]
+
+
+async def test_mark_seen_expiry(hot_store: HotStore, virtual_clock: VirtualClock,
+                                request: pytest.FixtureRequest) -> None:
+    assert await hot_store.mark_seen("ev", ["x"], ttl_s=60) == [True]
+    if isinstance(hot_store, RedisHotStore):
+        url = request.getfixturevalue("redis_url")
+        first = await pttl_ms(hot_store, url, "seen:ev:x")
+        assert 55_000 < first <= 60_000
+        # a duplicate does not extend the mark
+        assert await hot_store.mark_seen("ev", ["x"], ttl_s=600) == [False]
+        assert await pttl_ms(hot_store, url, "seen:ev:x") <= first
+    else:
+        virtual_clock.advance(30)
+        assert await hot_store.mark_seen("ev", ["x"], ttl_s=600) == [False]  # no extension
+        virtual_clock.advance(29.5)
+        assert await hot_store.mark_seen("ev", ["x"], ttl_s=60) == [False]
+        virtual_clock.advance(1)
+        assert await hot_store.mark_seen("ev", ["x", "x"], ttl_s=60) == [True, False]
+
+
+async def test_memory_mark_seen_is_bounded(virtual_clock: VirtualClock) -> None:
+    store = InMemoryHotStore(virtual_clock, max_seen=3)
+    assert await store.mark_seen("ev", ["a", "b", "c", "d"], ttl_s=60) == [True] * 4
+    # "a", the oldest, was evicted to stay within 3 marks; the newest are remembered
+    assert await store.mark_seen("ev", ["d", "c"], ttl_s=60) == [False, False]
+    assert await store.mark_seen("ev", ["a"], ttl_s=60) == [True]
+    assert len(store._seen) == 3
+    virtual_clock.advance(61)
+    assert await store.mark_seen("ev", ["z"], ttl_s=60) == [True]
+    assert len(store._seen) == 1  # expired marks are purged, not just ignored
+
+
+# --- counters and buckets ------------------------------------------------------------------
+
+
+async def test_add_counts_totals(hot_store: HotStore) -> None:
+    assert await hot_store.cell_totals("camp", "c1") == {}
+    assert await hot_store.campaign_totals("camp") == {}
+    await hot_store.add_counts("camp", {"c1": {"impressions": 10, "spend_micros": 250_000},
+                                        "c2": {"impressions": 1}}, at_epoch_s=T0)
+    await hot_store.add_counts("camp", {"c1": {"impressions": 5, "clicks": 0}},
+                               at_epoch_s=T0 + 3600)
+    await hot_store.add_counts("other", {"c1": {"impressions": 1000}}, at_epoch_s=T0)
+    await hot_store.add_counts("camp", {}, at_epoch_s=T0)
+    assert await hot_store.cell_totals("camp", "c1") == {
+        "impressions": 15, "spend_micros": 250_000, "clicks": 0}
+    assert await hot_store.campaign_totals("camp") == {
+        "c1": {"impressions": 15, "spend_micros": 250_000, "clicks": 0},
+        "c2": {"impressions": 1}}
+    assert await hot_store.campaign_totals("other") == {"c1": {"impressions": 1000}}
+
+
+async def test_cell_window(hot_store: HotStore) -> None:
+    for offset, n in [(0, 1), (1, 2), (70, 4), (899, 8), (3600, 16)]:
+        await hot_store.add_counts("camp", {"c1": {"imp": n}, "c2": {"imp": 100}},
+                                   at_epoch_s=T0 + offset)
+
+    async def window(since: int, until: int) -> dict[str, int]:
+        return await hot_store.cell_window("camp", "c1", since_epoch_s=T0 + since,
+                                           until_epoch_s=T0 + until)
+
+    # short windows (≤ 15 min): exact, per second, half-open [since, until)
+    assert await window(0, 1) == {"imp": 1}
+    assert await window(0, 2) == {"imp": 3}
+    assert await window(1, 71) == {"imp": 6}
+    assert await window(0, SECOND_WINDOW_MAX_S) == {"imp": 15}
+    assert await window(2, 70) == {}
+    assert await window(5, 5) == {}
+    # long windows: whole minutes overlapping the window
+    assert await window(0, 3601) == {"imp": 31}
+    assert await window(0, 3600) == {"imp": 15}
+    assert await window(30, 1000) == {"imp": 15}  # widened to the minute of T0
+    assert await window(61, 61 + SECOND_WINDOW_MAX_S + 1) == {"imp": 12}  # minutes 1..16
+    with pytest.raises(ValueError):
+        await window(10, 9)
+
+
+async def test_buckets_expire_after_24h(hot_store: HotStore, virtual_clock: VirtualClock,
+                                        request: pytest.FixtureRequest) -> None:
+    await hot_store.add_counts("camp", {"c1": {"imp": 3}}, at_epoch_s=T0)
+    if isinstance(hot_store, RedisHotStore):
+        url = request.getfixturevalue("redis_url")
+        for key in (f"s:camp:c1:{T0}", f"m:camp:c1:{T0 // 60}"):
+            assert BUCKET_TTL_S * 1000 - 10_000 < await pttl_ms(hot_store, url, key) <= (
+                BUCKET_TTL_S * 1000)
+        assert await pttl_ms(hot_store, url, "tot:camp:c1") == -1  # totals never expire
+        await hot_store.add_counts("camp", {"c1": {"imp": 1}}, at_epoch_s=T0 + 1, ttl_s=120)
+        assert 110_000 < await pttl_ms(hot_store, url, f"s:camp:c1:{T0 + 1}") <= 120_000
+        return
+    virtual_clock.advance(BUCKET_TTL_S - 1)
+    assert await hot_store.cell_window("camp", "c1", since_epoch_s=T0,
+                                       until_epoch_s=T0 + 60) == {"imp": 3}
+    virtual_clock.advance(2)  # 24 h + 1 s after the write
+    assert await hot_store.cell_window("camp", "c1", since_epoch_s=T0,
+                                       until_epoch_s=T0 + 60) == {}
+    assert await hot_store.cell_window("camp", "c1", since_epoch_s=T0,
+                                       until_epoch_s=T0 + 86400) == {}
+    assert await hot_store.cell_totals("camp", "c1") == {"imp": 3}
+
+
+async def test_memory_bucket_ttl_restarts_on_write(virtual_clock: VirtualClock) -> None:
+    store = InMemoryHotStore(virtual_clock)
+    await store.add_counts("camp", {"c1": {"imp": 1}}, at_epoch_s=T0)
+    virtual_clock.advance(BUCKET_TTL_S - 10)
+    await store.add_counts("camp", {"c1": {"imp": 1}}, at_epoch_s=T0)  # same second bucket
+    virtual_clock.advance(20)  # past the first write's expiry, not the second's
+    assert await store.cell_window("camp", "c1", since_epoch_s=T0,
+                                   until_epoch_s=T0 + 1) == {"imp": 2}
+    virtual_clock.advance(BUCKET_TTL_S)
+    assert await store.cell_window("camp", "c1", since_epoch_s=T0, until_epoch_s=T0 + 1) == {}
+    assert store._buckets == {}  # purged, not only hidden
+    assert store._bucket_expiry == []
+
+
+events = st.lists(st.tuples(st.integers(0, 7200), st.integers(-5, 50)), max_size=40)
+windows = st.tuples(st.integers(0, 7300), st.integers(0, 2000))
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=events, window=windows)
+def test_memory_window_matches_its_rule(events: list[tuple[int, int]],
+                                        window: tuple[int, int]) -> None:
+    """The reference store's windows equal a brute-force reading of the documented rule."""
+    store = InMemoryHotStore(VirtualClock(datetime(2026, 11, 15, tzinfo=UTC)))
+    since, length = T0 + window[0], window[1]
+    until = since + length
+
+    async def run() -> dict[str, int]:
+        for at, n in events:
+            await store.add_counts("camp", {"c": {"n": n}}, at_epoch_s=T0 + at)
+        return await store.cell_window("camp", "c", since_epoch_s=since, until_epoch_s=until)
+
+    got = asyncio.run(run())
+    if length <= SECOND_WINDOW_MAX_S:
+        inside = [n for at, n in events if since <= T0 + at < until]
+    else:
+        start, end = since // 60 * 60, -(-until // 60) * 60
+        inside = [n for at, n in events if start <= T0 + at < end]
+    assert got == ({"n": sum(inside)} if inside else {})
+
+
+# --- Redis specifics -----------------------------------------------------------------------
+
+
+async def test_redis_unreachable_is_a_storage_error() -> None:
+    from campaignd.errors import StorageError
+
+    store = RedisHotStore.from_url("redis://:hunter2@127.0.0.1:1/0", timeout_s=2)
+    try:
+        with pytest.raises(StorageError) as info:
+            await store.ping()
+    finally:
+        await store.close()
+    assert "127.0.0.1:1" in str(info.value)
+    assert "hunter2" not in str(info.value)
+    assert mask_url("redis://user:pw@h:1/2") == "redis://user:***@h:1/2"

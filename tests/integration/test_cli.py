@@ -1,0 +1,131 @@
+"""The CLI as a user runs it: a real process, exit codes, --json shapes, errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = ROOT / "config" / "campaigns" / "madhive_12345.toml"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "campaignd", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
+
+
+def test_version() -> None:
+    from campaignd import __version__
+    r = cli("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"campaignd {__version__}"
+
+
+def test_plan_json_counts_cells() -> None:
+    r = cli("campaign", "plan", str(SEED), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data == {"campaign_id": "madhive_12345", "cells": 432,
+                    "dimensions": {"audience": 3, "creative": 3, "bid_strategy": 3,
+                                   "daypart": 4, "platform": 4}}
+    r = cli("campaign", "plan", str(SEED), "--json", "--cells")
+    cells = json.loads(r.stdout)["cell_list"]
+    assert len(cells) == 432 and len({c["cell_id"] for c in cells}) == 432
+    assert set(cells[0]) == {"cell_id", "index", "audience", "creative", "bid_strategy",
+                             "daypart", "platform", "alternative_id"}
+
+
+def test_plan_human_output() -> None:
+    r = cli("campaign", "plan", str(SEED))
+    assert r.returncode == 0
+    assert "432" in r.stdout and "cells" in r.stdout
+
+
+def test_bad_spec_exits_2_naming_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SEED.read_text().replace('"10001", ', '"1000x", ', 1))
+    r = cli("campaign", "plan", str(bad))
+    assert r.returncode == 2
+    assert "audiences[0].zips" in r.stderr and "1000x" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli("campaign", "plan", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and "file not found" in r.stderr
+
+
+def test_config_check(tmp_path: Path) -> None:
+    r = cli("config", "check", "--config", "campaignd.toml.example", "--json",
+            env={"CAMPAIGND_HTTP__API_TOKEN": "tok-abcdef-123456"})
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["ok"] is True
+    assert data["settings"]["http"]["api_token"] == "**********"
+    assert "tok-abcdef-123456" not in r.stdout
+    assert data["settings"]["agents"]["reallocation_s"] == 120
+    r = cli("config", "check", "--config", "campaignd.toml.example")
+    assert r.returncode == 0 and "decision.mode" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[decision]\nmode = "yolo"\n')
+    r = cli("config", "check", "--config", str(bad))
+    assert r.returncode == 2
+    assert "decision.mode" in r.stderr and "yolo" in r.stderr and "'live'" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli("config", "check", "--config", str(bad), env={"CAMPAIGND_DECISION__MODE": "live"})
+    assert r.returncode == 0  # the environment overrides the file
+
+
+def test_unknown_command_and_bad_option_exit_2() -> None:
+    assert cli("frobnicate").returncode == 2
+    assert cli("campaign", "plan").returncode == 2
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    return {"CAMPAIGND_DATABASE__URL": url}
+
+
+def test_db_upgrade_and_campaign_store(db_env: dict[str, str]) -> None:
+    r = cli("db", "upgrade", env=db_env)
+    assert r.returncode == 0, r.stderr
+    r = cli("campaign", "add", str(SEED), "--json", env=db_env)
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout)
+    assert first["created"] is True and first["cells_added"] == 432
+    r = cli("campaign", "add", str(SEED), "--json", env=db_env)
+    second = json.loads(r.stdout)
+    assert second["created"] is False and second["cells_added"] == 0
+    assert second["cells_unchanged"] == 432
+    r = cli("campaign", "list", "--json", env=db_env)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["campaigns"]
+    assert [c["id"] for c in rows] == ["madhive_12345"]
+    assert rows[0]["cells_total"] == 432
+    assert rows[0]["lifetime_budget"] == "150000.00"
+    r = cli("campaign", "show", "madhive_12345", "--json", "--cells", env=db_env)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert len(shown["cell_list"]) == 432 and shown["daily_budget"] == "2500.00"
+    r = cli("campaign", "show", "nope", env=db_env)
+    assert r.returncode == 2 and "nope" in r.stderr
+    r = cli("campaign", "list", env=db_env)
+    assert r.returncode == 0 and "madhive_12345" in r.stdout
+
+
+def test_status_when_stopped_exits_1(tmp_path: Path) -> None:
+    env = {"CAMPAIGND_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 's.db'}",
+           "CAMPAIGND_HTTP__PORT": "1"}
+    r = cli("status", "--json", env=env)
+    assert r.returncode == 1
+    data = json.loads(r.stdout)
+    assert data["state"] == "stopped" and data["healthy"] is False

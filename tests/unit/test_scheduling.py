@@ -1,0 +1,107 @@
+"""The supervisor: cadences, one instance per job, timeouts, isolation of failures."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import anyio
+import pytest
+
+from campaignd.scheduling import JobSpec, RunRecord, Supervisor
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_jobs_run_and_failures_are_isolated() -> None:
+    records: list[RunRecord] = []
+    calls = {"good": 0, "bad": 0}
+
+    async def good(now: datetime) -> int:
+        calls["good"] += 1
+        return 3
+
+    async def bad(now: datetime) -> int:
+        calls["bad"] += 1
+        raise RuntimeError("boom")
+
+    async def record(rec: RunRecord) -> None:
+        records.append(rec)
+
+    sup = Supervisor([JobSpec("good", 0.05, good, 1.0, first_delay_s=0.0),
+                      JobSpec("bad", 0.05, bad, 1.0, first_delay_s=0.0)], on_record=record)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sup.run)
+        with anyio.fail_after(5):
+            while calls["good"] < 3 or calls["bad"] < 3:
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    good_runs = [r for r in records if r.agent == "good"]
+    bad_runs = [r for r in records if r.agent == "bad"]
+    assert good_runs and all(r.outcome == "ok" and r.recommendations == 3 for r in good_runs)
+    assert bad_runs and all(r.outcome == "error" and "boom" in (r.error or "") for r in bad_runs)
+    st = {s["name"]: s for s in sup.status()}
+    assert st["bad"]["last_error"] == "RuntimeError: boom"
+    assert st["good"]["last_outcome"] == "ok"
+    assert not sup.healthy()  # bad failed its last three runs
+
+
+async def test_timeout_and_single_instance() -> None:
+    started = anyio.Event()
+    release = anyio.Event()
+    runs: list[RunRecord] = []
+
+    async def slow(now: datetime) -> int:
+        started.set()
+        await release.wait()
+        return 0
+
+    async def stuck(now: datetime) -> int:
+        await anyio.sleep(10)
+        return 0
+
+    async def record(rec: RunRecord) -> None:
+        runs.append(rec)
+
+    sup = Supervisor([JobSpec("slow", 3600, slow, 5.0, first_delay_s=3600),
+                      JobSpec("stuck", 3600, stuck, 0.1, first_delay_s=3600)], on_record=record)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sup.run)
+        assert sup.trigger("slow")
+        with anyio.fail_after(2):
+            await started.wait()
+        # While the first run is going, more ticks are skipped, not queued in parallel.
+        assert sup.trigger("slow") and sup.trigger("slow")
+        await anyio.sleep(0.05)
+        assert sup.jobs["slow"].skipped == 2
+        release.set()
+        assert sup.trigger("stuck")
+        with anyio.fail_after(3):
+            while len(runs) < 2:
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    by = {r.agent: r for r in runs}
+    assert by["slow"].outcome == "ok"
+    assert by["stuck"].outcome == "timeout"
+    assert not sup.trigger("unknown")
+
+
+async def test_apscheduler_fires_on_cadence() -> None:
+    n = 0
+
+    async def job(now: datetime) -> None:
+        nonlocal n
+        n += 1
+
+    sup = Supervisor([JobSpec("tick", 0.1, job, 1.0, first_delay_s=0.0)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(sup.run)
+        await anyio.sleep(0.75)
+        tg.cancel_scope.cancel()
+    # 0.75 s at a 0.1 s cadence: several runs, not one and not dozens.
+    assert 3 <= n <= 9
+    assert sup.jobs["tick"].next_run is not None

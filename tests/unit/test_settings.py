@@ -1,0 +1,97 @@
+"""Settings: file + environment precedence, secrets from files, errors naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from campaignd.errors import ConfigError
+from campaignd.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "campaignd.toml.example"
+
+
+def test_example_config_loads_with_documented_defaults() -> None:
+    s = load_settings(EXAMPLE, environ={})
+    assert s.database.url == "sqlite+aiosqlite:///./campaignd.db"
+    assert s.redis.url == ""
+    assert s.dsp.adapter == "sandbox"
+    assert (s.agents.monitor_s, s.agents.reallocation_s, s.agents.discovery_s,
+            s.agents.creative_s, s.agents.synthesizer_s) == (30, 120, 300, 600, 900)
+    assert s.decision.risk_budget == 0.2
+    assert s.http.host == "127.0.0.1"
+    assert s.campaigns == [ROOT / "config" / "campaigns" / "madhive_12345.toml"]
+    assert s.dsp.sandbox.scenario == ROOT / "config" / "scenarios" / "seed.toml"
+
+
+def test_defaults_without_a_file() -> None:
+    s = load_settings(None, environ={})
+    assert s.decision.mode == "shadow"
+    assert s.http.port == 8470
+    assert s.http.host == "127.0.0.1"
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[http]\nport = 9000\n[decision]\nmode = "approve"\n')
+    s = load_settings(cfg, environ={"CAMPAIGND_HTTP__PORT": "9100",
+                                    "CAMPAIGND_DSP__SANDBOX__FAULTS__DROP_RATE": "0.25"})
+    assert s.http.port == 9100
+    assert s.decision.mode == "approve"
+    assert s.dsp.sandbox.faults.drop_rate == 0.25
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('instance = "east"\n')
+    s = load_settings(None, environ={"CAMPAIGND_CONFIG": str(cfg)})
+    assert s.instance == "east"
+
+
+def test_secret_from_file_is_masked(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t-token-value\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[http]\napi_token_file = "{secret}"\n')
+    s = load_settings(cfg, environ={"CAMPAIGND_DSP__BEESWAX__PASSWORD": "hunter2hunter2"})
+    assert s.http.api_token is not None
+    assert s.http.api_token.get_secret_value() == "s3cr3t-token-value"
+    dumped = json.dumps(s.masked())
+    assert "s3cr3t-token-value" not in dumped
+    assert "hunter2hunter2" not in dumped
+    assert "**********" in dumped
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ('[decision]\nmode = "lve"\n', "decision.mode: 'lve' is not allowed; use 'live', 'shadow'"),
+    ("[decision]\nrisk_budget = 3\n", "decision.risk_budget"),
+    ("[http]\nport = 70000\n", "http.port"),
+    ("[http]\nprot = 1\n", "http.prot: is not a known setting"),
+    ('[database]\nurl = "mysql://x"\n', "database.url must start with"),
+    ('[dsp]\nadapter = "beeswax"\n', "dsp.beeswax.base_url"),
+    ("[agents]\nmonitor_s = -1\n", "agents.monitor_s"),
+    ("[http\n", "not valid TOML"),
+])
+def test_invalid_settings_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, environ={})
+    assert needle in str(info.value)
+
+
+def test_missing_file_and_secret_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "missing.toml", environ={})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[http]\napi_token_file = "{tmp_path / "nope"}"\n')
+    with pytest.raises(ConfigError, match="api_token_file"):
+        load_settings(cfg, environ={})
+
+
+def test_bad_environment_value_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="http.port"):
+        load_settings(None, environ={"CAMPAIGND_HTTP__PORT": "many"})
