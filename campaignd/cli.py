@@ -7,6 +7,7 @@ uses rich tables.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -404,11 +405,9 @@ def sandbox_serve(
         raise BadInput("must be greater than 0", field="--time-scale", value=time_scale)
     load_scenario(scenario)  # validate before binding anything
     logs.configure("INFO", "auto")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         anyio.run(functools.partial(serve_standalone, scenario, port=port, host=host, seed=seed,
                                     time_scale=time_scale))
-    except KeyboardInterrupt:
-        pass
 
 
 @app.command()

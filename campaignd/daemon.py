@@ -311,7 +311,9 @@ class Daemon:
             rt.line_items = await self.dsp.sync_campaign(rt.spec, rt.cells)
         self.ingest = EventIngestor(
             adapter=self.dsp.adapter, sql=self.sql, hot=self.hot, metrics=self.metrics,
-            clock=self.clock, poll_s=self.settings.dsp.events_poll_s)
+            clock=self.clock, poll_s=self.settings.dsp.events_poll_s,
+            time_scale=(self.settings.dsp.sandbox.time_scale
+                        if self.settings.dsp.adapter == "sandbox" else 1.0))
         for rt in self.campaigns.values():
             self.ingest.register(rt.table, self.dsp.line_item_cells(rt.spec.id))
         await tg.start(self.ingest.run, name="ingest")

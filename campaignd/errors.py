@@ -108,7 +108,9 @@ class DSPAuthError(DSPError):
 
 
 class DSPRejected(DSPError):
-    """The DSP refused the request as invalid (HTTP 400); ``field_errors`` maps field path to messages."""
+    """The DSP refused the request as invalid (HTTP 400).
+
+    ``field_errors`` maps a field path to its messages."""
 
     def __init__(self, message: str, field_errors: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)

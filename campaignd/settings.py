@@ -29,8 +29,8 @@ from campaignd.errors import ConfigError
 ENV_PREFIX = "CAMPAIGND_"
 CONFIG_ENV = "CAMPAIGND_CONFIG"
 
-_file_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_file_data",
-                                                                            default={})
+_file_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "_file_data", default=None)
 
 
 class _Section(BaseModel):
@@ -212,7 +212,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        file_source = InitSettingsSource(settings_cls, init_kwargs=_file_data.get())
+        file_source = InitSettingsSource(settings_cls, init_kwargs=_file_data.get() or {})
         return (init_settings, env_settings, file_source)
 
     def resolve_paths(self, base: Path) -> Settings:
@@ -305,7 +305,7 @@ def load_settings(config: str | Path | None = None, *,
             os.environ.update(environ)
         settings = Settings()
     except ValidationError as exc:
-        problems = [_describe_error(e) for e in exc.errors()]
+        problems = [_describe_error(dict(e)) for e in exc.errors()]
         where = str(path) if path else "settings"
         raise ConfigError(f"{len(problems)} invalid setting(s):\n  - " + "\n  - ".join(problems),
                           field=where) from None

@@ -33,7 +33,7 @@ class Notifier:
         return True
 
     def ready(self, status: str = "") -> bool:
-        return self.notify("READY=1\nMAINPID=%d" % os.getpid()
+        return self.notify(f"READY=1\nMAINPID={os.getpid()}"
                            + (f"\nSTATUS={status}" if status else ""))
 
     def status(self, status: str) -> bool:

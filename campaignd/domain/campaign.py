@@ -99,7 +99,7 @@ class Daypart:
 
     def hours_of_week(self) -> tuple[int, ...]:
         """Hour-of-week buckets (0 = Sunday 00:00, as Beeswax's ``user_time_of_week``)."""
-        out = []
+        out: list[int] = []
         for d in self.days:
             sunday_based = (d + 1) % 7
             out.extend(sunday_based * 24 + h for h in self.hours)
@@ -150,7 +150,7 @@ class CampaignSpec:
     """Default value of one conversion, for ROAS when the DSP reports none."""
 
     def levels(self, dimension: str) -> tuple[Level, ...]:
-        return getattr(self, SPEC_TABLES[dimension])  # type: ignore[no-any-return]
+        return getattr(self, SPEC_TABLES[dimension])
 
     def dimension_counts(self) -> dict[str, int]:
         return {d: len(self.levels(d)) for d in DIMENSIONS}
@@ -371,8 +371,8 @@ def _parse_level(dim: str, i: int, raw: Any, errs: _Collector) -> Level | None:
         if (not isinstance(hours, list) or not hours
                 or not all(isinstance(h, int) and not isinstance(h, bool) and 0 <= h <= 23
                            for h in hours)):
-            errs.add(f"{where}.hours", "must be a non-empty list of hours 0–23 (viewer's local time)",
-                     hours)
+            errs.add(f"{where}.hours",
+                     "must be a non-empty list of hours 0–23 (viewer's local time)", hours)
             return None
         if len(set(hours)) != len(hours):
             errs.add(f"{where}.hours", "lists an hour twice", hours)

@@ -45,7 +45,8 @@ class _Target:
 
 class EventIngestor:
     def __init__(self, *, adapter: Any, sql: Any, hot: Any, metrics: Metrics, clock: Clock,
-                 poll_s: float = 1.0, batch: int = 5000, checkpoint: str = "events") -> None:
+                 poll_s: float = 1.0, batch: int = 5000, checkpoint: str = "events",
+                 time_scale: float = 1.0) -> None:
         self.adapter = adapter
         self.sql = sql
         self.hot = hot
@@ -54,6 +55,8 @@ class EventIngestor:
         self.poll_s = poll_s
         self.batch = batch
         self.checkpoint_name = checkpoint
+        self.time_scale = time_scale
+        """DSP seconds per real second (the sandbox's speed-up); lag is reported in real s."""
         self.cursor: str | None = None
         self._targets: dict[int, _Target] = {}
         self.ingested = 0
@@ -166,7 +169,7 @@ class EventIngestor:
                     table.add(pos, metric, n)
             await self.hot.add_counts(campaign_id, plain, at_epoch_s=at)
         if newest_us:
-            self.lag_s = max(0.0, (now_us - newest_us) / 1e6)
+            self.lag_s = max(0.0, (now_us - newest_us) / 1e6 / self.time_scale)
             self.metrics.event_lag.set(self.lag_s)
 
     def _classify(self, m: AdLogMessage, now_us: int) -> tuple[str, AdLogMessage, _Target,

@@ -51,10 +51,10 @@ def env_without_campaignd(**extra: str) -> dict[str, str]:
     return env
 
 
-def status(cfg: Path) -> tuple[int, dict]:
+def status(cfg: Path, **env: str) -> tuple[int, dict]:
     r = subprocess.run([sys.executable, "-m", "campaignd", "status", "--config", str(cfg),
                         "--json"], capture_output=True, text=True, timeout=30,
-                       env=env_without_campaignd())
+                       env=env_without_campaignd(**env))
     return r.returncode, json.loads(r.stdout)
 
 
@@ -88,14 +88,25 @@ def drain(sock: socket.socket) -> list[str]:
             return out
 
 
-def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["embedded", "postgres+redis"])
+def backend_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The embedded defaults (SQLite, in-memory hot store), and the production pair."""
+    if request.param == "embedded":
+        return {}
+    return {"CAMPAIGND_DATABASE__URL": request.getfixturevalue("postgres_url"),
+            "CAMPAIGND_REDIS__URL": request.getfixturevalue("redis_url"),
+            "CAMPAIGND_REDIS__KEY_PREFIX": request.getfixturevalue("redis_prefix")}
+
+
+def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  # type: ignore[no-untyped-def]
+                                              backend_env: dict[str, str]) -> None:
     port = free_port()
     cfg = write_config(tmp_path, port)
     sock_path, nsock = notify_socket
     proc = subprocess.Popen(
         [sys.executable, "-m", "campaignd", "run", "--config", str(cfg)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env_without_campaignd(NOTIFY_SOCKET=str(sock_path)))
+        env=env_without_campaignd(NOTIFY_SOCKET=str(sock_path), **backend_env))
     try:
         def running() -> dict | None:
             if proc.poll() is not None:
@@ -156,8 +167,8 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket) ->
         assert time.monotonic() - t0 < 10
         messages = "\n".join(drain(nsock))
         assert "READY=1" in messages and "STOPPING=1" in messages and "STATUS=" in messages
-        code, st = status(cfg)
-        assert code == 1 and st["state"] == "stopped"
+        code, st = status(cfg, **backend_env)
+        assert code == 1 and st["state"] == "stopped" and st["source"] == "database"
         log_text = (tmp_path / "campaignd.log").read_text()
         assert token not in log_text
         assert '"campaignd ready"' in log_text or "campaignd ready" in log_text

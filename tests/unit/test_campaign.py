@@ -99,7 +99,7 @@ def test_validation_names_the_field(seed_data: dict, mutate, field: str, needle:
     problems = _problems(seed_data)
     fields = [p.field for p in problems]
     assert field in fields, fields
-    text = str([p for p in problems if p.field == field][0])
+    text = str(next(p for p in problems if p.field == field))
     assert needle in text
 
 

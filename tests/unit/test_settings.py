@@ -93,5 +93,5 @@ def test_missing_file_and_secret_file(tmp_path: Path) -> None:
 
 
 def test_bad_environment_value_names_the_key() -> None:
-    with pytest.raises(ConfigError, match="http.port"):
+    with pytest.raises(ConfigError, match=r"http\.port"):
         load_settings(None, environ={"CAMPAIGND_HTTP__PORT": "many"})
