@@ -45,13 +45,13 @@ class PerformanceMonitor(Agent):
     def __init__(self, *, metric: Literal["ctr", "cvr", "completion"] = "cvr",
                  threshold_ratio: float = 0.5, confidence: float = 0.95,
                  min_trials: int = 200, rule: Literal["posterior", "raw"] = "posterior",
-                 prior_strength: float = 20.0) -> None:
+                 prior_successes: float = 2.0) -> None:
         self.metric = metric
         self.threshold_ratio = threshold_ratio
         self.confidence = confidence
         self.min_trials = min_trials
         self.rule = rule
-        self.prior_strength = prior_strength
+        self.prior_successes = prior_successes
         self.last_metrics: dict[str, dict[str, Any]] = {}
 
     def run(self, snapshots: Mapping[str, CellSnapshot], now: datetime) -> list[Recommendation]:
@@ -78,8 +78,8 @@ class PerformanceMonitor(Agent):
                     observed = np.where(trials > 0, succ / np.maximum(trials, 1), np.nan)
                 p_below = (observed < threshold).astype(float)
             else:
-                a0 = self.prior_strength * pooled
-                b0 = self.prior_strength * (1 - pooled)
+                a0 = self.prior_successes
+                b0 = self.prior_successes * (1 - pooled) / pooled
                 p_below = beta.cdf(threshold, a0 + succ, b0 + trials - succ)
             flagged = np.nonzero(eligible & (p_below >= self.confidence))[0]
             for i in flagged:

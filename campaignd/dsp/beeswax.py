@@ -31,16 +31,12 @@ and never edited; ``update_targeting`` points the line item at another expressio
 from __future__ import annotations
 
 import csv
-import email.utils
-import hashlib
 import io
 import json
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -60,6 +56,15 @@ from campaignd.dsp.base import (
     LineItemSpec,
     Targeting,
 )
+from campaignd.dsp.beeswax_codec import (
+    decimal_to_micros,
+    flatten_errors,
+    micros_to_decimal,
+    targeting_from_modules,
+    targeting_key,
+    targeting_modules,
+)
+from campaignd.dsp.resilience import CircuitBreaker, Sleep, TokenBucket, parse_retry_after
 from campaignd.errors import (
     DSPAuthError,
     DSPCircuitOpen,
@@ -72,186 +77,11 @@ from campaignd.errors import (
 
 log = structlog.get_logger(__name__)
 
-Sleep = Callable[[float], Awaitable[None]]
 ID_BATCH = 40
-MICROS = 1_000_000
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 # --- conversions at the boundary ---------------------------------------------------------------
-
-
-def micros_to_decimal(micros: int) -> str:
-    """Integer micros → the decimal string Beeswax v2 accepts (exact, no float)."""
-    return format(Decimal(micros).scaleb(-6).normalize(), "f") if micros else "0"
-
-
-def decimal_to_micros(value: Any) -> int:
-    """A v2 decimal (string, or a number from a lenient endpoint) → integer micros."""
-    try:
-        d = Decimal(str(value))
-    except InvalidOperation:
-        raise DSPTransientError(f"Beeswax returned a non-decimal amount {value!r}") from None
-    return int((d * MICROS).to_integral_value(rounding=ROUND_HALF_EVEN))
-
-
-def flatten_errors(body: Any, prefix: str = "") -> dict[str, list[str]]:
-    """DRF's nested 400 body → ``{"spend_budget.lifetime": ["A valid number is required."]}``."""
-    out: dict[str, list[str]] = {}
-    if isinstance(body, dict):
-        for key, value in body.items():
-            out.update(flatten_errors(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(body, list) and all(isinstance(x, str) for x in body):
-        out[prefix or "non_field_errors"] = list(body)
-    elif isinstance(body, list):
-        for i, value in enumerate(body):
-            out.update(flatten_errors(value, f"{prefix}.{i}" if prefix else str(i)))
-    else:
-        out[prefix or "non_field_errors"] = [str(body)]
-    return out
-
-
-def _eq(values: Sequence[Any]) -> dict[str, Any]:
-    return {"any": [{"comparator": "equals", "value": v} for v in values]}
-
-
-def targeting_modules(t: Targeting) -> dict[str, Any]:
-    """``Targeting`` → v2 ``modules`` (values ORed within a key; modules ANDed)."""
-    t = t.normalized()
-    modules: dict[str, Any] = {}
-    if t.zips:
-        modules["geo"] = {"all": {"zip": _eq(t.zips)}}
-    if t.segments:
-        modules["user"] = {"all": {"segment": _eq(t.segments)}}
-    if t.device_types:
-        modules["platform"] = {"all": {"device_type": _eq(t.device_types)}}
-    if t.app_bundles:
-        modules["app_site"] = {"all": {"app_bundle": _eq(t.app_bundles)}}
-    if t.hours_of_week:
-        # [INFER] Beeswax's v2 daypart encoding is not public: a ``time`` module with
-        # ``user_time_of_week`` hour-of-week buckets (0 = Sunday 00h, viewer local time).
-        modules["time"] = {"all": {"user_time_of_week": _eq(t.hours_of_week)}}
-    return modules
-
-
-def targeting_from_modules(modules: Mapping[str, Any] | None) -> Targeting:
-    """v2 ``modules`` → ``Targeting`` (``equals`` terms only; other comparators are ignored)."""
-
-    def values(module: str, key: str) -> tuple[Any, ...]:
-        found: list[Any] = []
-        for block in (modules or {}).get(module, {}).values():
-            for terms in (block.get(key) or {}).values():
-                found.extend(t["value"] for t in terms
-                             if t.get("comparator", "equals") == "equals")
-        return tuple(found)
-
-    return Targeting(
-        zips=tuple(str(v) for v in values("geo", "zip")),
-        segments=tuple(str(v) for v in values("user", "segment")),
-        hours_of_week=tuple(int(v) for v in values("time", "user_time_of_week")),
-        app_bundles=tuple(str(v) for v in values("app_site", "app_bundle")),
-        device_types=tuple(int(v) for v in values("platform", "device_type")),
-    ).normalized()
-
-
-def targeting_key(t: Targeting) -> str:
-    canonical = json.dumps(targeting_modules(t), sort_keys=True, separators=(",", ":"))
-    return "campaignd-te:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """``Retry-After`` (seconds or an HTTP date) → seconds to wait, or None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-# --- flow control -------------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """Client-side rate limit (GCRA form of a token bucket): at most ``rate`` requests/s on
-    average, bursts of ``burst``."""
-
-    def __init__(self, rate: float | None, burst: int = 1,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Sleep = anyio.sleep) -> None:
-        self.interval = 0.0 if not rate else 1.0 / rate
-        self.tolerance = self.interval * max(0, burst - 1)
-        self._tat = 0.0
-        self._monotonic = monotonic
-        self._sleep = sleep
-
-    async def acquire(self) -> float:
-        """Wait for a slot; returns the seconds waited."""
-        if self.interval == 0.0:
-            return 0.0
-        now = self._monotonic()
-        tat = max(self._tat, now)
-        wait = tat - now - self.tolerance
-        self._tat = tat + self.interval
-        if wait > 0:
-            await self._sleep(wait)
-            return wait
-        return 0.0
-
-
-class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures; after ``cooldown_s`` lets one probe
-    through (half-open): success closes it, failure re-opens it."""
-
-    def __init__(self, threshold: int, cooldown_s: float,
-                 monotonic: Callable[[], float]) -> None:
-        self.threshold = max(1, threshold)
-        self.cooldown_s = cooldown_s
-        self._monotonic = monotonic
-        self.state: Literal["closed", "open", "half_open"] = "closed"
-        self.failures = 0
-        self._opened_at = 0.0
-        self._probing = False
-
-    def before_call(self) -> bool:
-        """Raise ``DSPCircuitOpen`` or admit the call; True when the call is the probe."""
-        if self.state == "open":
-            remaining = self.cooldown_s - (self._monotonic() - self._opened_at)
-            if remaining > 0:
-                raise DSPCircuitOpen(
-                    f"Beeswax circuit open after {self.failures} consecutive failures; "
-                    f"next probe in {remaining:.1f}s")
-            self.state = "half_open"
-        if self.state == "half_open":
-            if self._probing:
-                raise DSPCircuitOpen("Beeswax circuit half-open: a probe call is in flight")
-            self._probing = True
-            return True
-        return False
-
-    def release_probe(self) -> None:
-        self._probing = False
-
-    def success(self) -> None:
-        self.failures = 0
-        self.state = "closed"
-        self._probing = False
-
-    def failure(self) -> None:
-        self.failures += 1
-        self._probing = False
-        if self.state == "half_open" or self.failures >= self.threshold:
-            if self.state != "open":
-                log.warning("beeswax.circuit_open", failures=self.failures)
-            self.state = "open"
-            self._opened_at = self._monotonic()
 
 
 class _AuthExpired(Exception):

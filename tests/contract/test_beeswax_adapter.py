@@ -521,7 +521,7 @@ async def test_event_feed_resumes_without_loss_and_surfaces_raw_faults(
 
 
 def test_money_converts_exactly_between_micros_and_decimal_strings() -> None:
-    from campaignd.dsp.beeswax import decimal_to_micros, micros_to_decimal
+    from campaignd.dsp.beeswax_codec import decimal_to_micros, micros_to_decimal
 
     for micros in (0, 1, 999_999, 1_000_000, 347_222_222, 150_000 * 10**6, 2**53 + 1):
         assert decimal_to_micros(micros_to_decimal(micros)) == micros
@@ -530,7 +530,7 @@ def test_money_converts_exactly_between_micros_and_decimal_strings() -> None:
 
 
 def test_error_bodies_flatten_to_field_paths() -> None:
-    from campaignd.dsp.beeswax import flatten_errors
+    from campaignd.dsp.beeswax_codec import flatten_errors
 
     body = {"modules": {"geo": {"all": {"zip": ["bad"]}}}, "alternative_id": ["Not a valid "
                                                                               "string."],
@@ -541,7 +541,7 @@ def test_error_bodies_flatten_to_field_paths() -> None:
 
 
 def test_retry_after_accepts_seconds_and_http_dates() -> None:
-    from campaignd.dsp.beeswax import parse_retry_after
+    from campaignd.dsp.resilience import parse_retry_after
 
     now = datetime(2026, 11, 29, 12, tzinfo=UTC)
     assert parse_retry_after("7", now) == 7.0
@@ -557,7 +557,7 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
               app_bundles=("com.hulu.plus", "com.peacocktv.peacock")),
 ])
 def test_targeting_round_trips_through_v2_modules(targeting: Targeting) -> None:
-    from campaignd.dsp.beeswax import targeting_from_modules, targeting_key, targeting_modules
+    from campaignd.dsp.beeswax_codec import targeting_from_modules, targeting_key, targeting_modules
 
     modules = targeting_modules(targeting)
     assert targeting_from_modules(modules) == targeting.normalized()

@@ -157,5 +157,6 @@ class MarketProtocol(Protocol):
 
     def delivered(self) -> Mapping[int, Mapping[str, int]]:
         """Lifetime totals per line item id: ``impressions``, ``spend_micros``, ``clicks``,
-        ``conversions``, ``conversion_value_micros``, ``completes``, ``viewable``, ``measurable``."""
+        ``conversions``, ``conversion_value_micros``, ``completes``, ``viewable``,
+        ``measurable``."""
         ...

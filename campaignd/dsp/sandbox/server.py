@@ -68,6 +68,14 @@ class Session:
     csrftoken: str
 
 
+def creative_key(creative: dict[str, Any]) -> str:
+    """The market's key for a creative: the last ``:``-separated part of its alternative_id
+    (campaignd writes ``campaignd:<campaign>:<creative level>``; a bare level id works too),
+    or its numeric id when it has none."""
+    alt = creative.get("alternative_id")
+    return alt.rsplit(":", 1)[-1] if alt else str(creative["id"])
+
+
 class SandboxState:
     """Everything the sandbox server holds: objects, sessions, faults, the feed, the market."""
 
@@ -132,7 +140,7 @@ class SandboxState:
             creative = creatives.get(assoc["creative_id"])
             if creative is None or not creative["active"]:
                 continue
-            key = creative.get("alternative_id") or str(creative["id"])
+            key = creative_key(creative)
             weighted = li["creative_weighting_method"] == "WEIGHTED"
             weights[key] = (assoc.get("weighting") or 100) if weighted else 1
         te = None
@@ -189,7 +197,7 @@ class SandboxState:
         for assoc in store.table("line-item-creatives").values():
             creative = store.table("creatives").get(assoc["creative_id"])
             if creative is not None:
-                key = creative.get("alternative_id") or str(creative["id"])
+                key = creative_key(creative)
                 by_key[(assoc["line_item_id"], key)] = creative["id"]
         out = []
         for ev in events:

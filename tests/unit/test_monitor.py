@@ -1,0 +1,59 @@
+"""Performance monitor: posterior flags need evidence; the raw rule flags noise."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+
+from campaignd.agents.monitor import PerformanceMonitor, cell_metrics
+from campaignd.domain.campaign import atomize
+from campaignd.domain.cells import CellTable
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def table_with(seed_spec, imps: np.ndarray, convs: np.ndarray) -> CellTable:  # type: ignore[no-untyped-def]
+    t = CellTable(seed_spec.id, atomize(seed_spec))
+    t.counts["impressions"][:] = imps
+    t.counts["conversions"][:] = convs
+    t.counts["spend_micros"][:] = imps * 25_000
+    return t
+
+
+def test_flags_only_a_clearly_bad_cell(seed_spec) -> None:  # type: ignore[no-untyped-def]
+    n = 432
+    rng = np.random.default_rng(0)
+    imps = np.full(n, 20_000)
+    convs = rng.binomial(20_000, 0.004, n)
+    convs[5] = 10  # 0.05%: clearly below half the pooled 0.4%
+    t = table_with(seed_spec, imps, convs)
+    recs = PerformanceMonitor(metric="cvr").run({seed_spec.id: t.snapshot()}, NOW)
+    flagged = {r.target for r in recs}
+    assert t.cell_ids[5] in flagged
+    assert len(flagged) <= 3  # noise is not flagged
+    r = next(r for r in recs if r.target == t.cell_ids[5])
+    assert r.kind == "flag_underperformer" and r.evidence["p_below_threshold"] > 0.95
+
+
+def test_raw_rule_flags_noise_that_the_posterior_does_not(seed_spec) -> None:  # type: ignore[no-untyped-def]
+    n = 432
+    rng = np.random.default_rng(1)
+    imps = np.full(n, 300)  # sparse: about one conversion per cell
+    convs = rng.binomial(300, 0.003, n)
+    t = table_with(seed_spec, imps, convs)
+    snaps = {seed_spec.id: t.snapshot()}
+    raw = PerformanceMonitor(metric="cvr", rule="raw", min_trials=100).run(snaps, NOW)
+    post = PerformanceMonitor(metric="cvr", min_trials=100).run(snaps, NOW)
+    # Every cell has the same true rate: the raw rule flags the unlucky ones.
+    assert len(raw) > 50
+    assert len(post) == 0
+
+
+def test_metrics_are_derived_per_cell(seed_spec) -> None:  # type: ignore[no-untyped-def]
+    t = table_with(seed_spec, np.full(432, 1000), np.full(432, 2))
+    t.counts["conversion_value_micros"][:] = 90_000_000
+    m = cell_metrics(t.snapshot())
+    assert m["cvr"][0] == 0.002
+    assert m["cpa_micros"][0] == 12_500_000
+    assert m["roas"][0] == 90_000_000 / 25_000_000
