@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from campaignd.clock import VirtualClock
-from campaignd.domain.campaign import atomize, load_spec
+from campaignd.domain.campaign import atomize
 from campaignd.domain.cells import CellTable
 from campaignd.metrics import Metrics
 from campaignd.pipeline import schema as s

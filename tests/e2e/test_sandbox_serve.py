@@ -1,0 +1,68 @@
+"""`campaignd sandbox serve` as a real process: a Beeswax-compatible API on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sandbox_serve_speaks_beeswax() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "campaignd", "sandbox", "serve", "--scenario",
+         str(ROOT / "config" / "scenarios" / "seed.toml"), "--port", str(port),
+         "--time-scale", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=base, timeout=5, trust_env=False) as c:
+            while True:
+                try:
+                    r = c.get("/rest/v2/line-items")
+                    break
+                except httpx.TransportError:
+                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                    assert time.monotonic() < deadline, "sandbox did not start"
+                    time.sleep(0.2)
+            assert r.status_code == 401 and "detail" in r.json()
+            r = c.post("/rest/v2/authenticate", json={
+                "email": "sandbox@campaignd.local", "password": "sandbox",
+                "keep_logged_in": True})
+            assert r.status_code == 200 and r.json()["success"] == "true"
+            r = c.get("/rest/v2/line-items")
+            assert r.status_code == 200
+            assert set(r.json()) >= {"count", "next", "previous", "results"}
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) in (0, 130, -signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sandbox_serve_rejects_a_bad_scenario(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 3\n")
+    r = subprocess.run([sys.executable, "-m", "campaignd", "sandbox", "serve", "--scenario",
+                        str(bad), "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
