@@ -30,7 +30,7 @@ def test_shipped_scenarios_load(name: str) -> None:
 def test_scenario_features() -> None:
     assert load_scenario(SCENARIOS / "seed.toml").campaign.id == "madhive_12345"
     assert len(atomize(load_scenario(SCENARIOS / "seed.toml").campaign)) == 432
-    assert load_scenario(SCENARIOS / "sparse.toml").base.conversion == pytest.approx(0.0005)
+    assert load_scenario(SCENARIOS / "sparse.toml").base.conversion == pytest.approx(0.0004)
     fat = load_scenario(SCENARIOS / "fatigue.toml").fatigue
     assert fat.half_life_impressions is not None and fat.half_life_impressions <= 20_000
     assert load_scenario(SCENARIOS / "drift.toml").drift

@@ -1,0 +1,340 @@
+"""Budget allocation across cells by Thompson sampling of value per dollar.
+
+Usable on its own::
+
+    from campaignd.domain.allocation import Allocator
+    alloc = Allocator(cells=[{"audience": "a1", "platform": "hulu"}, ...], seed=0)
+    spend = alloc.allocate(budget=1000.0, capacity=None)   # ndarray, >= 0, sums to <= budget
+    alloc.observe(trials=trials_array, successes=successes_array)  # counts since the last call
+
+The model (``campaignd.domain.allocation_model``) is an additive logit model of every cell's rate
+on the objective -- main effects per dimension level, pairwise interactions and a per-cell
+residual, all shrunk towards their priors -- fitted from all cells' counts at once by Newton's
+method (Laplace approximation). Cost per trial (e.g. spend per impression) is estimated per cell
+from ``observe(..., spend=...)``, shrunk towards a log-additive main-effects fit for cells with few
+trials; without spend observations a trial costs one money unit.
+
+``allocate`` draws ``draws`` joint posterior samples of every cell's rate, turns each into value
+per money unit (rate x value per success / cost per trial) and fills the budget greedily in that
+order up to each cell's capacity; the allocation is the average of the fills (probability
+matching: a cell gets budget in proportion to how often it ranks among the best that the budget
+can buy). Before the fill, in this order of precedence:
+
+1. **budget** -- never exceeded (hard);
+2. **capacity** -- an optional per-cell upper bound on spend (hard; e.g. what a line item could
+   actually buy, learned by the caller from delivery);
+3. **lower** -- optional per-cell lower bounds, e.g. money already committed today (hard, scaled
+   down only if they alone exceed the budget);
+4. **maximum cut** -- a cell keeps at least ``(1 - max_cut_per_cycle)`` of its previous
+   allocation, and at least ``(1 - max_cut_per_day)`` of its allocation at the last
+   ``begin_day()`` (DV360 cuts a line item by at most 20 % a day: ``DV360_MAX_DAILY_CUT``);
+5. **exploration floor** -- unproven cells (fewer than ``learning_successes`` expected successes
+   at the pooled rate) share ``explore_fraction`` of the budget equally; this is also the
+   learning threshold: an unproven cell is not cut below its floor.
+
+Limits 4 and 5 yield to 1-3 (if they cannot all be met, the amounts above the hard lower bounds
+are scaled down together). Money: any consistent unit, as floats for the optimisation; callers
+convert to integer micros at their edges (``campaignd.sim.policies.ThompsonPolicy`` rounds down
+per cell, so the integer budgets still sum to at most the budget).
+
+Pure: numpy + scipy, no clock, no I/O. The same seed and the same calls give the same results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import ndtri
+
+from campaignd.domain.allocation_model import INTERCEPT, AdditiveLogitModel, Prior, effect_name
+
+DV360_MAX_DAILY_CUT = 0.2
+"""Display & Video 360 lets a line item's budget fall by at most 20 % a day."""
+
+
+@dataclass(frozen=True, slots=True)
+class CellPosterior:
+    """Evidence per cell (arrays aligned with the allocator's cells)."""
+
+    trials: np.ndarray
+    successes: np.ndarray
+    rate_mean: np.ndarray
+    """Posterior mean of the rate (Laplace, by the delta method on the logit scale)."""
+    rate_low: np.ndarray
+    rate_high: np.ndarray
+    """Central credible interval at ``level``."""
+    cost_per_trial: np.ndarray
+    value_per_dollar: np.ndarray
+    """Posterior-mean value per money unit (rate x value per success / cost per trial)."""
+    proven: np.ndarray
+    level: float
+
+
+class Allocator:
+    """Thompson-sampling budget allocator over cells (see the module docstring).
+
+    Keyword options (defaults in brackets): ``draws`` [32] posterior draws averaged per
+    allocation; ``explore_fraction`` [0.05] of the budget is the floor shared by unproven cells;
+    ``learning_successes`` [3.0] expected successes that make a cell proven;
+    ``max_cut_per_cycle`` [0.5] and ``max_cut_per_day`` [None] limit cuts (``None``: no limit);
+    ``value_per_success`` [None: the observed mean value per success if ``value`` was observed,
+    else 1]; ``cost_prior_trials`` [100] pseudo-trials of the cost prior; model options
+    ``dimensions``, ``interactions`` [True], ``main_sd`` [1.0], ``interaction_sd`` [0.5],
+    ``residual_sd`` [0.25] and ``priors`` (effect name -> ``Prior`` or ``(mean, precision)``).
+    """
+
+    def __init__(self, cells: Sequence[Mapping[str, str]], *, seed: int = 0, draws: int = 32,
+                 explore_fraction: float = 0.05, learning_successes: float = 3.0,
+                 max_cut_per_cycle: float | None = 0.5, max_cut_per_day: float | None = None,
+                 value_per_success: float | None = None, cost_prior_trials: float = 100.0,
+                 dimensions: Sequence[str] | None = None, interactions: bool = True,
+                 main_sd: float = 1.0, interaction_sd: float = 0.5, residual_sd: float = 0.25,
+                 priors: Mapping[str, Prior | tuple[float, float]] | None = None) -> None:
+        if draws < 1:
+            raise ValueError(f"draws must be >= 1, got {draws}")
+        if not 0.0 <= explore_fraction <= 1.0:
+            raise ValueError(f"explore_fraction must be in [0, 1], got {explore_fraction}")
+        for name, v in (("max_cut_per_cycle", max_cut_per_cycle),
+                        ("max_cut_per_day", max_cut_per_day)):
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] or None, got {v}")
+        pri = {k: v if isinstance(v, Prior) else Prior(float(v[0]), float(v[1]))
+               for k, v in (priors or {}).items()}
+        self.model = AdditiveLogitModel(cells, dimensions=dimensions, interactions=interactions,
+                                        main_sd=main_sd, interaction_sd=interaction_sd,
+                                        residual_sd=residual_sd, priors=pri)
+        n = self.model.n_cells
+        self.n_cells = n
+        self.draws = draws
+        self.explore_fraction = explore_fraction
+        self.learning_successes = learning_successes
+        self.max_cut_per_cycle = max_cut_per_cycle
+        self.max_cut_per_day = max_cut_per_day
+        self.value_per_success = value_per_success
+        self.cost_prior_trials = cost_prior_trials
+        self._rng = np.random.default_rng([seed, 5])
+        self.trials = np.zeros(n)
+        self.successes = np.zeros(n)
+        self.spend = np.zeros(n)
+        self.value = np.zeros(n)
+        self._spend_seen = False
+        self._value_seen = False
+        self._dirty = True
+        self._cost: np.ndarray | None = None
+        self._previous: np.ndarray | None = None
+        self._day_start: np.ndarray | None = None
+        # main-effect columns (intercept + one level per dimension) for the cost model
+        k = 1 + len(self.model.dimensions)
+        cols = self.model._cols[:, :k]
+        self._cost_X = sp.csr_matrix((np.ones(n * k), cols.ravel(), np.arange(0, n * k + 1, k)),
+                                     shape=(n, 1 + int(cols[:, 1:].max(initial=0))))
+
+    # --- data ----------------------------------------------------------------------------------
+
+    def observe(self, trials: np.ndarray, successes: np.ndarray, *,
+                spend: np.ndarray | None = None, value: np.ndarray | None = None,
+                discount: float = 1.0) -> None:
+        """Add per-cell counts since the last call (floats allowed: e.g. delay-adjusted trials).
+
+        ``spend``: money spent on those trials (enables value per dollar); ``value``: total value
+        of those successes (e.g. revenue); ``discount`` in (0, 1]: first multiply everything
+        observed so far by it (forgetting, for markets that drift)."""
+        t = self._vec(trials, "trials")
+        s = self._vec(successes, "successes")
+        if not 0.0 < discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        if discount != 1.0:
+            for arr in (self.trials, self.successes, self.spend, self.value):
+                arr *= discount
+        self.trials += t
+        self.successes += s
+        if spend is not None:
+            self.spend += self._vec(spend, "spend")
+            self._spend_seen = True
+        if value is not None:
+            self.value += self._vec(value, "value")
+            self._value_seen = True
+        self._dirty = True
+        self._cost = None
+
+    def _vec(self, x: np.ndarray | Sequence[float], name: str) -> np.ndarray:
+        a = np.asarray(x, dtype=float)
+        if a.shape != (self.n_cells,):
+            raise ValueError(f"{name}: need one value per cell ({self.n_cells}), got shape "
+                             f"{a.shape}")
+        if not np.all(np.isfinite(a)) or np.any(a < 0):
+            raise ValueError(f"{name}: values must be finite and >= 0")
+        return a
+
+    def _fit(self) -> None:
+        if self._dirty:
+            self.model.fit(self.trials, self.successes)
+            self._dirty = False
+
+    # --- estimates -----------------------------------------------------------------------------
+
+    def pooled_rate(self) -> float:
+        return float((self.successes.sum() + 0.5) / (self.trials.sum() + 1.0))
+
+    def proven(self) -> np.ndarray:
+        """Cells past the learning threshold (``learning_successes`` expected successes)."""
+        out: np.ndarray = self.trials * self.pooled_rate() >= self.learning_successes
+        return out
+
+    def cost_per_trial(self) -> np.ndarray:
+        """Money per trial per cell: observed, shrunk towards a log-additive main-effects fit."""
+        if self._cost is None:
+            self._cost = self._cost_per_trial()
+        return self._cost.copy()
+
+    def _cost_per_trial(self) -> np.ndarray:
+        n = self.n_cells
+        if not self._spend_seen:
+            return np.ones(n)
+        ok = (self.trials > 0) & (self.spend > 0)
+        if not ok.any():
+            return np.ones(n)
+        y = np.zeros(n)
+        y[ok] = np.log(self.spend[ok] / self.trials[ok])
+        w = np.where(ok, np.minimum(self.trials, 1e6), 0.0)
+        X = self._cost_X
+        A = (X.T @ sp.diags(w) @ X).toarray()
+        lam = 1e-3 * max(float(w.sum()), 1.0) / max(n, 1)
+        A[np.diag_indices_from(A)] += lam
+        A[0, 0] += 1e-9
+        theta = np.linalg.solve(A, X.T @ (w * y))
+        prior = np.exp(X @ theta)
+        k0 = self.cost_prior_trials
+        out: np.ndarray = (self.spend + k0 * prior) / (self.trials + k0)
+        return out
+
+    def _value_per_success(self) -> float:
+        if self.value_per_success is not None:
+            return float(self.value_per_success)
+        if self._value_seen and self.successes.sum() > 0:
+            return float(self.value.sum() / self.successes.sum())
+        return 1.0
+
+    def posterior(self, level: float = 0.9) -> CellPosterior:
+        """Per-cell posterior means and central credible intervals of the rate, and value per
+        money unit, for evidence."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        self._fit()
+        m = self.model
+        eta = m.eta()
+        sd = m.eta_sd()
+        z = float(ndtri(0.5 + level / 2))
+        mean = _sigmoid(eta) + 0.5 * _sigmoid(eta) * (1 - _sigmoid(eta)) * (
+            1 - 2 * _sigmoid(eta)) * sd**2
+        mean = np.clip(mean, 0.0, 1.0)
+        cost = self.cost_per_trial()
+        return CellPosterior(self.trials.copy(), self.successes.copy(), mean,
+                             _sigmoid(eta - z * sd), _sigmoid(eta + z * sd), cost,
+                             mean * self._value_per_success() / cost, self.proven(), level)
+
+    def effects(self) -> dict[str, float]:
+        """Posterior-mode shared effects (logit scale), by name (see ``effect_name``)."""
+        self._fit()
+        return self.model.effects()
+
+    # --- allocation ----------------------------------------------------------------------------
+
+    @property
+    def previous(self) -> np.ndarray | None:
+        """The last allocation returned (the reference for ``max_cut_per_cycle``)."""
+        return None if self._previous is None else self._previous.copy()
+
+    def begin_day(self, reference: np.ndarray | None = None) -> None:
+        """Start a new day for ``max_cut_per_day``: cuts are measured from ``reference``
+        (default: the last allocation)."""
+        ref = self._previous if reference is None else self._vec(reference, "reference")
+        self._day_start = None if ref is None else ref.copy()
+
+    def allocate(self, budget: float, capacity: np.ndarray | None = None, *,
+                 lower: np.ndarray | None = None,
+                 previous: np.ndarray | None = None) -> np.ndarray:
+        """Per-cell spend (float array, >= 0, summing to at most ``budget``).
+
+        ``capacity``: optional per-cell upper bounds (``inf`` = unbounded); ``lower``: optional
+        per-cell lower bounds (committed money); ``previous``: the allocation in force, for the
+        cut limits (default: the last one this allocator returned)."""
+        if not np.isfinite(budget) or budget < 0:
+            raise ValueError(f"budget must be finite and >= 0, got {budget}")
+        n = self.n_cells
+        B = float(budget)
+        cap = np.full(n, np.inf) if capacity is None else np.maximum(
+            np.nan_to_num(np.asarray(capacity, dtype=float), nan=0.0, posinf=np.inf), 0.0)
+        if cap.shape != (n,):
+            raise ValueError(f"capacity: need one value per cell ({n}), got shape {cap.shape}")
+        lo = np.zeros(n) if lower is None else self._vec(lower, "lower")
+        cap = np.maximum(cap, lo)
+        total_lo = float(lo.sum())
+        if total_lo >= B:
+            out = lo * (B / total_lo) if total_lo > 0 else lo.copy()
+            return self._finish(out, B)
+        base = lo.copy()
+        prev = self._previous if previous is None else self._vec(previous, "previous")
+        if prev is not None and self.max_cut_per_cycle is not None:
+            base = np.maximum(base, np.minimum(prev * (1.0 - self.max_cut_per_cycle), cap))
+        if self._day_start is not None and self.max_cut_per_day is not None:
+            base = np.maximum(base, np.minimum(self._day_start * (1.0 - self.max_cut_per_day),
+                                               cap))
+        unproven = ~self.proven()
+        if self.explore_fraction > 0 and unproven.any():
+            floor = self.explore_fraction * B / int(unproven.sum())
+            base = np.where(unproven, np.maximum(base, np.minimum(floor, cap)), base)
+        extra = base - lo
+        room_for_extra = B - total_lo
+        if extra.sum() > room_for_extra:
+            base = lo + extra * (room_for_extra / extra.sum())
+        rest = B - float(base.sum())
+        room = np.minimum(cap - base, max(rest, 0.0))
+        fill = np.zeros(n)
+        if rest > 0 and room.sum() > 0:
+            fill = self._thompson_fill(rest, room)
+        return self._finish(base + fill, B)
+
+    def _finish(self, out: np.ndarray, budget: float) -> np.ndarray:
+        out = np.maximum(out, 0.0)
+        s = float(out.sum())
+        if s > budget:  # float round-off only
+            out *= budget / s * (1 - 1e-12)
+        self._previous = out.copy()
+        return out
+
+    def _thompson_fill(self, rest: float, room: np.ndarray) -> np.ndarray:
+        self._fit()
+        live = np.flatnonzero(room > 0)
+        eta = self.model.draw_eta(self._rng, self.draws)[:, live]
+        vpd = _sigmoid(eta) / self.cost_per_trial()[live][None, :]
+        r_live = room[live]
+        # Only cells that can be reached in some draw need sorting: the cells whose *smallest*
+        # drawn value is at least T have room for the whole rest, so no draw ever funds a cell
+        # whose *largest* drawn value is below T.
+        vmin = vpd.min(axis=0)
+        by_min = np.argsort(-vmin)
+        covered = np.searchsorted(np.cumsum(r_live[by_min]), rest)
+        if covered < live.size:
+            cand = np.flatnonzero(vpd.max(axis=0) >= vmin[by_min[covered]])
+            live, vpd, r_live = live[cand], vpd[:, cand], r_live[cand]
+        order = np.argsort(-vpd, axis=1)
+        r = r_live[order]
+        before = np.cumsum(r, axis=1) - r
+        take = np.clip(rest - before, 0.0, r)
+        fill_live = np.zeros_like(take)
+        np.put_along_axis(fill_live, order, take, axis=1)
+        out = np.zeros(self.n_cells)
+        out[live] = fill_live.mean(axis=0)
+        return out
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * x))
+    return out
+
+
+__all__ = ["DV360_MAX_DAILY_CUT", "INTERCEPT", "Allocator", "CellPosterior", "Prior",
+           "effect_name"]
