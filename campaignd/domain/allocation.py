@@ -83,7 +83,12 @@ class Allocator:
     ``value_per_success`` [None: the observed mean value per success if ``value`` was observed,
     else 1]; ``cost_prior_trials`` [100] pseudo-trials of the cost prior; model options
     ``dimensions``, ``interactions`` [True], ``main_sd`` [1.0], ``interaction_sd`` [0.5],
-    ``residual_sd`` [0.25] and ``priors`` (effect name -> ``Prior`` or ``(mean, precision)``).
+    ``residual_sd`` [0.25] and ``priors`` (effect name -> ``Prior`` or ``(mean, precision)``);
+    ``groups`` [None]: one hashable per cell; cells of one group buy the same inventory (e.g. DSP
+    line items with the same targeting, differing only in creative or bid), so each draw funds
+    one cell per group before any second one (see ``_group_order``); ``exploration_scale``
+    [1.0] multiplies the spread of the posterior draws (1 = Thompson sampling; below 1 exploits
+    more, 0 = greedy on the posterior mode).
     """
 
     def __init__(self, cells: Sequence[Mapping[str, str]], *, seed: int = 0, draws: int = 32,
@@ -92,7 +97,9 @@ class Allocator:
                  value_per_success: float | None = None, cost_prior_trials: float = 100.0,
                  dimensions: Sequence[str] | None = None, interactions: bool = True,
                  main_sd: float = 1.0, interaction_sd: float = 0.5, residual_sd: float = 0.25,
-                 priors: Mapping[str, Prior | tuple[float, float]] | None = None) -> None:
+                 priors: Mapping[str, Prior | tuple[float, float]] | None = None,
+                 groups: Sequence[object] | None = None,
+                 exploration_scale: float = 1.0) -> None:
         if draws < 1:
             raise ValueError(f"draws must be >= 1, got {draws}")
         if not 0.0 <= explore_fraction <= 1.0:
@@ -109,6 +116,9 @@ class Allocator:
         n = self.model.n_cells
         self.n_cells = n
         self.draws = draws
+        if not exploration_scale >= 0:
+            raise ValueError(f"exploration_scale must be >= 0, got {exploration_scale}")
+        self.exploration_scale = exploration_scale
         self.explore_fraction = explore_fraction
         self.learning_successes = learning_successes
         self.max_cut_per_cycle = max_cut_per_cycle
@@ -116,6 +126,13 @@ class Allocator:
         self.value_per_success = value_per_success
         self.cost_prior_trials = cost_prior_trials
         self._rng = np.random.default_rng([seed, 5])
+        self._groups: np.ndarray | None = None
+        if groups is not None:
+            if len(groups) != n:
+                raise ValueError(f"groups: need one group per cell ({n}), got {len(groups)}")
+            ids: dict[object, int] = {}
+            self._groups = np.array([ids.setdefault(g, len(ids)) for g in groups],
+                                    dtype=np.int64)
         self.trials = np.zeros(n)
         self.successes = np.zeros(n)
         self.spend = np.zeros(n)
@@ -310,18 +327,24 @@ class Allocator:
         self._fit()
         live = np.flatnonzero(room > 0)
         eta = self.model.draw_eta(self._rng, self.draws)[:, live]
+        if self.exploration_scale != 1.0:
+            mode = self.model.eta()[live]
+            eta = mode[None, :] + self.exploration_scale * (eta - mode[None, :])
         vpd = _sigmoid(eta) / self.cost_per_trial()[live][None, :]
         r_live = room[live]
-        # Only cells that can be reached in some draw need sorting: the cells whose *smallest*
-        # drawn value is at least T have room for the whole rest, so no draw ever funds a cell
-        # whose *largest* drawn value is below T.
-        vmin = vpd.min(axis=0)
-        by_min = np.argsort(-vmin)
-        covered = np.searchsorted(np.cumsum(r_live[by_min]), rest)
-        if covered < live.size:
-            cand = np.flatnonzero(vpd.max(axis=0) >= vmin[by_min[covered]])
-            live, vpd, r_live = live[cand], vpd[:, cand], r_live[cand]
-        order = np.argsort(-vpd, axis=1)
+        if self._groups is not None:
+            order = self._group_order(vpd, r_live, self._groups[live], rest)
+        else:
+            # Only cells that can be reached in some draw need sorting: the cells whose smallest
+            # drawn value is at least T have room for the whole rest, so no draw ever funds a
+            # cell whose largest drawn value is below T.
+            vmin = vpd.min(axis=0)
+            by_min = np.argsort(-vmin)
+            covered = np.searchsorted(np.cumsum(r_live[by_min]), rest)
+            if covered < live.size:
+                cand = np.flatnonzero(vpd.max(axis=0) >= vmin[by_min[covered]])
+                live, vpd, r_live = live[cand], vpd[:, cand], r_live[cand]
+            order = np.argsort(-vpd, axis=1)
         r = r_live[order]
         before = np.cumsum(r, axis=1) - r
         take = np.clip(rest - before, 0.0, r)
@@ -329,6 +352,32 @@ class Allocator:
         np.put_along_axis(fill_live, order, take, axis=1)
         out = np.zeros(self.n_cells)
         out[live] = fill_live.mean(axis=0)
+        return out
+
+    @staticmethod
+    def _group_order(vpd: np.ndarray, room: np.ndarray, groups: np.ndarray,
+                     rest: float) -> np.ndarray:
+        """Fill order per draw when the cells of a group buy the same inventory: first one cell
+        per group -- the one adding most value over the budget's marginal value per money unit
+        ``lam`` (``room x (v - lam)``: a cheap cell with little room can lose to a dearer one
+        that buys more), all of them by value; then the others (which would share inventory)."""
+        vbar = vpd.mean(axis=0)
+        # lam: where a one-cell-per-group greedy fill on the mean values runs out of budget
+        gmax0 = np.full(int(groups.max()) + 1, -np.inf)
+        np.maximum.at(gmax0, groups, vbar)
+        first = vbar >= gmax0[groups]
+        by = np.flatnonzero(first)[np.argsort(-vbar[first])]
+        reach = np.searchsorted(np.cumsum(room[by]), rest)
+        lam = float(vbar[by[reach]]) if reach < by.size else 0.0
+        score = np.where(vpd > lam, room[None, :] * (vpd - lam), vpd - lam)
+        perm = np.argsort(groups, kind="stable")
+        g_sorted = groups[perm]
+        starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
+        gmax = np.maximum.reduceat(score[:, perm], starts, axis=1)  # (draws, groups present)
+        slot = np.searchsorted(g_sorted[starts], groups)
+        best = score >= gmax[:, slot]
+        key = vpd + best * (float(vpd.max()) + 1.0)
+        out: np.ndarray = np.argsort(-key, axis=1)
         return out
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

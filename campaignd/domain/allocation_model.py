@@ -119,8 +119,11 @@ class AdditiveLogitModel:
         self._XT = self.X.T.tocsr()
         # X' diag(w) X by one bincount over each row's (column, column) pairs, upper triangle
         ia, ib = np.triu_indices(k)
-        self._pair_flat = (col_idx[:, ia] * self.p + col_idx[:, ib]).ravel()
-        self._pairs_per_row = ia.size
+        flat = (col_idx[:, ia] * self.p + col_idx[:, ib]).ravel()
+        self._pair_cells, inv = np.unique(flat, return_inverse=True)
+        rows = np.repeat(np.arange(n, dtype=np.int64), ia.size)
+        self._pair_sum = sp.csr_matrix((np.ones(flat.size), (inv.ravel(), rows)),
+                                       shape=(self._pair_cells.size, n))
         kind = np.array(kinds)
         self.prior_mean = np.zeros(self.p)
         self.prior_prec = np.where(kind == 1, 1.0 / main_sd**2, 1.0 / interaction_sd**2)
@@ -160,8 +163,9 @@ class AdditiveLogitModel:
         lam = self.residual_prec
         wt = w * lam / (w + lam)  # u marginalised out: W - W^2 / (W + lambda_u)
         p = self.p
-        U = np.bincount(self._pair_flat, np.repeat(wt, self._pairs_per_row),
-                        minlength=p * p).reshape(p, p)
+        U = np.zeros(p * p)
+        U[self._pair_cells] = self._pair_sum @ wt
+        U = U.reshape(p, p)
         S = U + U.T
         S[np.diag_indices_from(S)] *= 0.5
         S[np.diag_indices_from(S)] += self.prior_prec

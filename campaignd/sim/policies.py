@@ -14,13 +14,16 @@ Policies here:
   campaign's objective per impression, cut the bottom 20 % of cells' budgets by 50 % and share
   the freed budget equally among the top 20 %. Ties (e.g. cells with no conversion yet) are
   broken by a seeded random order, so the same seed makes the same decisions.
+- ``thompson``: the Bayesian allocator (``campaignd.domain.allocation``) on the observed counts,
+  with delivery capacity learned from what each cell could buy (see ``ThompsonPolicy``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
@@ -128,9 +131,231 @@ class SeedPolicy:
         return b.copy()
 
 
+class ThompsonPolicy:
+    """Budgets from the Bayesian allocator, re-planned every ``replan_seconds`` (and at every UTC
+    midnight) from what the DSP reported -- never from the market's ground truth.
+
+    Every re-plan:
+
+    1. **Counts.** The increments of impressions (trials), the objective's successes
+       (conversions, clicks or completed views; revenue = conversions with their value) and spend
+       since the last re-plan go to the allocator, older counts discounted with a half-life of
+       ``half_life_hours`` (the market drifts and creatives fatigue). Conversions arrive after a
+       delay, so impressions count as trials only as they mature: a pending pool releases them
+       with an exponential delay of mean ``conversion_delay_hours`` (the campaign's conversion
+       lag, a setting; 0 for clicks and completed views).
+    2. **Delivery shape.** Each (audience, daypart) pair buys at its own hours (the daypart's
+       local hours in its ZIPs' time zones): its share of a UTC day's supply by hour starts from
+       the spec (uniform over the targeted hours) and is learned from delivered impressions.
+       ``F(t)`` = the share of today's supply already past.
+    3. **Capacity.** A cell's daily capacity (money it can spend in a day) starts at
+       ``capacity_prior x`` an equal share. Over each interval in which its supply advanced by
+       ``dF``: a cell behind its pace (spent today < 80 % of budget x ``F``) spent all it could,
+       so ``spend / dF`` is a measurement (averaged in); a cell keeping pace may hold more, so its
+       capacity is raised to at least ``capacity_growth x`` its budget (optimism: probe upwards).
+    4. **Allocation.** Today's budget is the daily budget, capped by what the lifetime budget has
+       left. Each cell's committed spend today is a lower bound and its spend today + capacity x
+       (1 - F) an upper bound; the allocator splits the day's budget by Thompson sampling of
+       value per dollar under those bounds, its exploration floor and its cut limits. Budgets are
+       rounded down to micros per cell, so they sum to at most today's budget.
+    """
+
+    name = "thompson"
+
+    def __init__(self, ctx: PolicyContext, *, replan_seconds: int = 600,
+                 half_life_hours: float = 24.0, conversion_delay_hours: float = 3.0,
+                 explore_fraction: float = 0.03, learning_successes: float = 3.0,
+                 max_cut_per_cycle: float | None = 0.5, max_cut_per_day: float | None = None,
+                 capacity_prior: float = 0.1, capacity_growth: float = 2.0,
+                 draws: int = 32, exploration_scale: float = 1.0) -> None:
+        from campaignd.domain.allocation import Allocator
+
+        self._ctx = ctx
+        cells = list(ctx.cells)
+        n = len(cells)
+        self._n = n
+        self._alloc = Allocator([c.levels() for c in cells], seed=ctx.seed, draws=draws,
+                                explore_fraction=explore_fraction,
+                                learning_successes=learning_successes,
+                                max_cut_per_cycle=max_cut_per_cycle,
+                                max_cut_per_day=max_cut_per_day,
+                                groups=[(c.audience, c.daypart, c.platform) for c in cells],
+                                exploration_scale=exploration_scale)
+        self.replan_seconds = replan_seconds
+        self.half_life_hours = half_life_hours
+        delayed = ctx.objective in ("conversions", "revenue")
+        self.delay_hours = conversion_delay_hours if delayed else 0.0
+        self.capacity_growth = capacity_growth
+        self._success_field = {"conversions": "conversions", "revenue": "conversions",
+                               "clicks": "clicks", "completed_views": "completes"}[ctx.objective]
+        keys: dict[tuple[str, str], int] = {}
+        self._group = np.array([keys.setdefault((c.audience, c.daypart), len(keys))
+                                for c in cells], dtype=np.int64)
+        self._group_keys = list(keys)
+        self._prior_shape: np.ndarray | None = None
+        self._seen_shape = np.zeros((len(keys), 24))
+        self._today_shape = np.zeros((len(keys), 24))
+        # capacity is a property of the inventory a line item buys and its bid, not of its
+        # creative: one estimate per supply key (audience, daypart, platform, bid strategy)
+        skeys: dict[tuple[str, str, str, str], int] = {}
+        self._skey = np.array([skeys.setdefault((c.audience, c.daypart, c.platform,
+                                                 c.bid_strategy), len(skeys)) for c in cells],
+                              dtype=np.int64)
+        self._key_capacity = np.full(len(skeys), capacity_prior * ctx.daily_budget_micros)
+        self._last: Observations | None = None
+        self._last_at: datetime | None = None
+        self._pending = np.zeros(n)
+        self._pending_spend = np.zeros(n)
+        self._budgets = np.zeros(n, dtype=np.int64)
+        self._start: datetime | None = None
+
+    @property
+    def allocator(self) -> object:
+        return self._alloc
+
+    # --- delivery shape ---------------------------------------------------------------------
+
+    def _prior(self, now: datetime) -> np.ndarray:
+        if self._prior_shape is None:
+            from zoneinfo import ZoneInfo
+
+            from campaignd.domain.geo import zip_timezone
+
+            spec = self._ctx.spec
+            shape = np.zeros((len(self._group_keys), 24))
+            for g, (aud, dp) in enumerate(self._group_keys):
+                zips = spec.level("audience", aud).zips  # type: ignore[union-attr]
+                hours = spec.level("daypart", dp).hours  # type: ignore[union-attr]
+                for z in zips or ("",):
+                    off = ZoneInfo(zip_timezone(z)).utcoffset(now.replace(tzinfo=None))
+                    off_h = int(off.total_seconds() // 3600) if off is not None else 0
+                    for h in hours:
+                        shape[g, (h - off_h) % 24] += 1.0
+            tot = shape.sum(axis=1, keepdims=True)
+            self._prior_shape = np.where(tot > 0, shape / np.where(tot > 0, tot, 1.0), 1 / 24)
+        return self._prior_shape
+
+    def _shape(self, now: datetime) -> np.ndarray:
+        """Per (audience, daypart): share of a UTC day's supply by UTC hour. Learned from the
+        impressions of complete days only (a partial day would look like a whole one)."""
+        done = self._seen_shape
+        tot = done.sum(axis=1, keepdims=True)
+        seen_n = np.where(tot > 0, done / np.where(tot > 0, tot, 1.0), 0.0)
+        a = np.where(tot > 0, 0.9, 0.0)
+        out: np.ndarray = (1 - a) * self._prior(now) + a * seen_n
+        return out
+
+    def _elapsed(self, shape: np.ndarray, now: datetime) -> np.ndarray:
+        """Per cell: the share of its supply of the UTC day of ``now`` already past."""
+        t = now.astimezone(UTC)
+        h = t.hour
+        frac = (t.minute * 60 + t.second + t.microsecond / 1e6) / 3600
+        f = shape[:, :h].sum(axis=1) + shape[:, h] * frac
+        out: np.ndarray = np.clip(f, 0.0, 1.0)[self._group]
+        return out
+
+    # --- decisions ----------------------------------------------------------------------------
+
+    def decide(self, observations: Observations, now: datetime) -> np.ndarray:
+        ctx = self._ctx
+        obs = observations
+        spent_today = obs.spent_today_micros.astype(np.int64)
+        left = max(0, ctx.lifetime_budget_micros - int(obs.spend_micros.sum()))
+        today = min(ctx.daily_budget_micros, int(spent_today.sum()) + left)
+        if self._last is None or self._last_at is None:
+            self._start = now
+            self._budgets = np.maximum(equal_split(today, self._n), spent_today)
+            if int(self._budgets.sum()) > today:
+                self._budgets = spent_today.copy()
+            self._last, self._last_at = obs, now
+            return self._budgets.copy()
+        new_day = now.astimezone(UTC).date() != self._last_at.astimezone(UTC).date()
+        if not new_day and (now - self._last_at).total_seconds() < self.replan_seconds:
+            return self._budgets.copy()
+        self._learn(obs, now, new_day)
+        if new_day:
+            self._alloc.begin_day()
+        shape = self._shape(now)
+        f_now = self._elapsed(shape, now)
+        s = spent_today.astype(float)
+        cap = s + self._key_capacity[self._skey] * (1.0 - f_now)
+        x = self._alloc.allocate(float(today), cap, lower=np.minimum(s, float(today)),
+                                 previous=obs.budgets_micros.astype(float))
+        budgets = spent_today + np.floor(np.maximum(x - s, 0.0)).astype(np.int64)
+        if int(budgets.sum()) > today:  # only if today's spend already exceeds today's budget
+            budgets = np.minimum(budgets, spent_today)
+        self._budgets = budgets
+        self._last, self._last_at = obs, now
+        return budgets.copy()
+
+    def _learn(self, obs: Observations, now: datetime, new_day: bool) -> None:
+        last, last_at = self._last, self._last_at
+        assert last is not None and last_at is not None
+        dt_h = max((now - last_at).total_seconds() / 3600, 1e-9)
+        d_imps = (obs.impressions - last.impressions).astype(float)
+        d_succ = (getattr(obs, self._success_field)
+                  - getattr(last, self._success_field)).astype(float)
+        d_spend = (obs.spend_micros - last.spend_micros).astype(float)
+        d_value = (obs.conversion_value_micros - last.conversion_value_micros).astype(float)
+        # impressions mature into trials as their conversions have had time to arrive
+        if self.delay_hours > 0:
+            e = math.exp(-dt_h / self.delay_hours)
+            new_mature = 1.0 - self.delay_hours / dt_h * (1.0 - e)
+            trials = self._pending * (1 - e) + d_imps * new_mature
+            spend = self._pending_spend * (1 - e) + d_spend * new_mature
+            self._pending = self._pending * e + d_imps * (1 - new_mature)
+            self._pending_spend = self._pending_spend * e + d_spend * (1 - new_mature)
+        else:
+            trials, spend = d_imps, d_spend
+        discount = 0.5 ** (dt_h / self.half_life_hours) if self.half_life_hours > 0 else 1.0
+        value = d_value if self._ctx.objective == "revenue" else None
+        self._alloc.observe(np.maximum(trials, 0.0), np.maximum(d_succ, 0.0),
+                            spend=np.maximum(spend, 0.0), value=value, discount=discount)
+        # delivery shape: this interval's impressions, by (audience, daypart), at its UTC hour
+        hour = last_at.astimezone(UTC).hour
+        self._today_shape[:, hour] += np.bincount(self._group, np.maximum(d_imps, 0.0),
+                                                  minlength=self._today_shape.shape[0])
+        if new_day:
+            if (last_at - (self._start or last_at)).total_seconds() >= 23 * 3600:
+                self._seen_shape += self._today_shape  # a complete UTC day
+            self._today_shape[:] = 0.0
+            return  # spent today restarted: this interval says nothing clean about capacity
+        shape = self._shape(now)
+        f0 = self._elapsed(shape, last_at)
+        f1 = self._elapsed(shape, now)
+        df = f1 - f0
+        b = obs.budgets_micros.astype(float)
+        s1 = obs.spent_today_micros.astype(float)
+        ds = s1 - last.spent_today_micros.astype(float)
+        active = (df > 0.005) & (b > 0)
+        # pace = share of today's budget spent; cells of one (audience, daypart) share the
+        # market's pacing curve, so the fastest of a group shows where the pace is
+        pace = s1 / np.where(b > 0, b, 1.0)
+        top = np.zeros(len(self._group_keys))
+        np.maximum.at(top, self._group, np.where(b > 0, pace, 0.0))
+        behind = active & (s1 < 0.8 * b * f1) & (pace < 0.7 * top[self._group])
+        nk = self._key_capacity.size
+        k = self._skey
+        key_ds = np.bincount(k, ds, minlength=nk)
+        key_b = np.bincount(k, b, minlength=nk)
+        key_df = np.zeros(nk)
+        np.maximum.at(key_df, k, np.where(active, df, 0.0))
+        key_behind = np.bincount(k, behind, minlength=nk) > 0
+        key_active = np.bincount(k, active, minlength=nk) > 0
+        key_ahead = key_active & ~key_behind & (
+            np.bincount(k, active & (pace >= 0.9 * top[self._group]), minlength=nk) > 0)
+        cap = self._key_capacity
+        rate = key_ds / np.where(key_df > 0, key_df, 1.0)
+        w = key_df / (key_df + 0.05)
+        m = key_behind & (key_df > 0.005)
+        cap[m] += w[m] * (rate[m] - cap[m])
+        up = key_ahead & (key_b >= 0.5 * cap)
+        cap[up] = np.maximum(cap[up], self.capacity_growth * key_b[up])
+
 POLICIES: dict[str, Callable[[PolicyContext], Policy]] = {
     "uniform": UniformPolicy,
     "seed": SeedPolicy,
+    "thompson": ThompsonPolicy,
 }
 
 
@@ -145,5 +370,5 @@ def make_policy(name: str, ctx: PolicyContext) -> Policy:
                        fix=f"use one of {', '.join([*POLICIES, 'oracle'])}") from None
 
 
-__all__ = ["POLICIES", "Observations", "Policy", "PolicyContext", "SeedPolicy", "UniformPolicy",
-           "equal_split", "make_policy"]
+__all__ = ["POLICIES", "Observations", "Policy", "PolicyContext", "SeedPolicy", "ThompsonPolicy",
+           "UniformPolicy", "equal_split", "make_policy"]
