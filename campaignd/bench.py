@@ -1,7 +1,8 @@
 """Benchmarks behind ``scripts/bench``: one JSON object per line on stdout.
 
 Families: ``atomize`` (spec → cells), ``ingest`` (decode → dedupe → aggregate, in-memory hot
-store), ``simulate`` (the baselines over 7 simulated days on seed.toml and large.toml).
+store), ``simulate`` (wall time of the baselines over 7 simulated days on seed.toml and
+large.toml), ``baselines`` (capture ratios of the baselines on every scenario, seeds 1-3).
 """
 
 from __future__ import annotations
@@ -132,8 +133,22 @@ def bench_simulate() -> None:
                  capture_ratio=r.get("capture_ratio"))
 
 
+def bench_baselines() -> None:
+    """Capture ratio of every baseline on every shipped scenario, seeds 1-3, 7 days."""
+    from campaignd.sim.driver import run_simulation
+    for path in sorted((ROOT / "config" / "scenarios").glob("*.toml")):
+        for policy in ("uniform", "seed"):
+            for seed in (1, 2, 3):
+                r = run_simulation(path, days=7, seed=seed, policy=policy)
+                emit("baseline", scenario=path.stem, policy=policy, seed=seed, days=7,
+                     capture_ratio=r["capture_ratio"], conversions=r["conversions"],
+                     oracle_conversions=r["oracle_conversions"], spend=r["spend"],
+                     oracle_spend=r.get("oracle_spend"), budget=r["budget"])
+
+
 FAMILIES: dict[str, Callable[[], None]] = {
     "atomize": bench_atomize, "ingest": bench_ingest, "simulate": bench_simulate,
+    "baselines": bench_baselines,
 }
 
 

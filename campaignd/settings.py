@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from pydantic_settings import (
 )
 
 from campaignd.errors import ConfigError
+from campaignd.tomlfile import read_toml
 
 ENV_PREFIX = "CAMPAIGND_"
 CONFIG_ENV = "CAMPAIGND_CONFIG"
@@ -282,20 +282,8 @@ def load_settings(config: str | Path | None = None, *,
     path: Path | None = None
     if path_str:
         path = Path(path_str)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise ConfigError("file not found", field="--config", value=str(path),
-                              fix="give the path of a TOML settings file, e.g. "
-                                  "campaignd.toml.example") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", field="--config",
-                              value=str(path)) from None
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"is not valid TOML: {exc}", field=str(path),
-                              fix="fix the syntax at the line and column shown") from None
+        data = read_toml(path, field="--config", error=ConfigError,
+                         kind="a TOML settings file, e.g. campaignd.toml.example")
     token = _file_data.set(data)
     saved_env = None
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -24,6 +23,7 @@ from typing import Any
 
 from campaignd.domain.geo import is_real_zip
 from campaignd.errors import BadInput, SpecError, SpecErrors
+from campaignd.tomlfile import read_toml
 
 DIMENSIONS: tuple[str, ...] = ("audience", "creative", "bid_strategy", "daypart", "platform")
 """The test dimensions, in cell-key order. The spec's tables are the plurals below."""
@@ -531,20 +531,9 @@ def parse_spec(data: Mapping[str, Any], source: str = "campaign spec") -> Campai
 
 def load_spec(path: str | Path) -> CampaignSpec:
     """Read and validate a campaign spec file (TOML)."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise SpecError("file not found", field="SPEC", value=str(p),
-                        fix="give the path of a campaign spec TOML file") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read: {exc.strerror}", field="SPEC", value=str(p)) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SpecError(f"is not valid TOML: {exc}", field=str(p),
-                        fix="fix the TOML syntax at the position shown") from None
-    return parse_spec(data, source=str(p))
+    data = read_toml(path, field="SPEC", kind="a campaign spec TOML file, e.g. "
+                     "config/campaigns/madhive_12345.toml")
+    return parse_spec(data, source=str(path))
 
 
 def spec_summary(spec: CampaignSpec, cells: Sequence[Cell]) -> dict[str, Any]:

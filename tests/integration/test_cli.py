@@ -129,3 +129,25 @@ def test_status_when_stopped_exits_1(tmp_path: Path) -> None:
     assert r.returncode == 1
     data = json.loads(r.stdout)
     assert data["state"] == "stopped" and data["healthy"] is False
+
+
+def test_simulate_json_report_and_bad_input(tmp_path: Path) -> None:
+    scenario = str(ROOT / "config" / "scenarios" / "seed.toml")
+    report = tmp_path / "report.html"
+    r = cli("simulate", "--scenario", scenario, "--days", "0.25", "--seed", "3", "--policy",
+            "seed", "--json", "--report", str(report), timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    for key in ("conversions", "conversion_value", "spend", "budget", "impressions",
+                "oracle_conversions", "oracle_conversion_value", "capture_ratio", "actions",
+                "wall_seconds"):
+        assert key in data
+    assert isinstance(data["spend"], str) and "." in data["spend"]  # money as a decimal string
+    html = report.read_text()
+    assert "<svg" in html
+    # Self-contained: no external scripts, styles or images.
+    assert "<script src" not in html and "<link" not in html and "<img" not in html
+    r = cli("simulate", "--scenario", scenario, "--days", "0", timeout=60)
+    assert r.returncode == 2 and "--days" in r.stderr
+    r = cli("simulate", "--scenario", scenario, "--days", "1", "--policy", "best", timeout=60)
+    assert r.returncode == 2 and "uniform" in r.stderr

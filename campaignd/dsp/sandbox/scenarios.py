@@ -46,7 +46,6 @@ the value and the fix.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -62,6 +61,7 @@ from campaignd.domain.campaign import (
 )
 from campaignd.domain.geo import is_real_zip
 from campaignd.errors import BadInput, SpecError, SpecErrors
+from campaignd.tomlfile import read_toml
 
 METRICS: tuple[str, ...] = ("ctr", "completion", "viewability", "conversion")
 """Outcome rates with logit effects, in the market's array order."""
@@ -689,20 +689,9 @@ def _list(data: Mapping[str, Any], key: str, errs: _Errs) -> list[Any]:
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file (TOML); its campaign path is relative to the file."""
+    data = read_toml(path, field="SCENARIO", kind="a scenario TOML file, e.g. "
+                     "config/scenarios/seed.toml")
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise SpecError("file not found", field="SCENARIO", value=str(p),
-                        fix="give the path of a scenario TOML file, e.g. "
-                            "config/scenarios/seed.toml") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read: {exc.strerror}", field="SCENARIO", value=str(p)) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SpecError(f"is not valid TOML: {exc}", field=str(p),
-                        fix="fix the TOML syntax at the position shown") from None
     return parse_scenario(data, base_dir=p.resolve().parent, source=str(p), path=p.resolve())
 
 
