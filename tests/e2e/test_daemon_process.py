@@ -106,7 +106,8 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  #
     proc = subprocess.Popen(
         [sys.executable, "-m", "campaignd", "run", "--config", str(cfg)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env_without_campaignd(NOTIFY_SOCKET=str(sock_path), **backend_env))
+        env=env_without_campaignd(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="2000000",
+                                  **backend_env))
     try:
         def running() -> dict | None:
             if proc.poll() is not None:
@@ -167,6 +168,7 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  #
         assert time.monotonic() - t0 < 10
         messages = "\n".join(drain(nsock))
         assert "READY=1" in messages and "STOPPING=1" in messages and "STATUS=" in messages
+        assert "WATCHDOG=1" in messages  # pinged every WatchdogSec/2 while healthy
         code, st = status(cfg, **backend_env)
         assert code == 1 and st["state"] == "stopped" and st["source"] == "database"
         log_text = (tmp_path / "campaignd.log").read_text()
