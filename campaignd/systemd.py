@@ -27,7 +27,9 @@ class Notifier:
         if self._sock is None or self.address is None:
             return False
         try:
-            self._sock.sendto(message.encode(), self.address)
+            # Never block the event loop: if the manager is not reading (its queue is full),
+            # the datagram is dropped, like sd_notify(3) does with a non-blocking socket.
+            self._sock.sendto(message.encode(), socket.MSG_DONTWAIT, self.address)
         except OSError:
             return False
         return True

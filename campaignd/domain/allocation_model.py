@@ -163,10 +163,10 @@ class AdditiveLogitModel:
         lam = self.residual_prec
         wt = w * lam / (w + lam)  # u marginalised out: W - W^2 / (W + lambda_u)
         p = self.p
-        U = np.zeros(p * p)
-        U[self._pair_cells] = self._pair_sum @ wt
-        U = U.reshape(p, p)
-        S = U + U.T
+        flat = np.zeros(p * p)
+        flat[self._pair_cells] = self._pair_sum @ wt
+        U = flat.reshape(p, p)
+        S: np.ndarray = U + U.T
         S[np.diag_indices_from(S)] *= 0.5
         S[np.diag_indices_from(S)] += self.prior_prec
         return S

@@ -99,11 +99,9 @@ class DSPService:
                 rate_burst=max(1, int(rps)), max_attempts=retries, timeout_s=timeout,
                 breaker_threshold=b.breaker_failures, breaker_cooldown_s=b.breaker_cooldown_s)
             task_status.started()
-            try:
-                await anyio.sleep_forever()
-            finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                    await self.adapter.aclose()
+            # The adapter outlives this task: the daemon closes it (``aclose``) after every
+            # component that uses it has stopped.
+            await anyio.sleep_forever()
 
     async def _run_sandbox(self, *, task_status: TaskStatus[str]) -> None:
         from campaignd.dsp.sandbox.faults import FaultConfig

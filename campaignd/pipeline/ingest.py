@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 from anyio.abc import TaskStatus
 
@@ -81,6 +82,7 @@ class EventIngestor:
         task_status.started()
         backoff = self.poll_s
         while True:
+            await anyio.lowlevel.checkpoint()  # a cancelled loop stops here, not mid-batch
             try:
                 n = await self.poll_once()
                 self.last_error = None

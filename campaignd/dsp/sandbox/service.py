@@ -23,6 +23,9 @@ from campaignd.errors import StartupError
 
 log = structlog.get_logger(__name__)
 
+MAX_CHUNK = timedelta(minutes=5)
+"""The most market time one ``advance`` call of the ticker covers."""
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
@@ -78,7 +81,17 @@ class SandboxService:
             return 0
         elapsed = self.clock.monotonic() - self._t0
         until = self._market_start + timedelta(seconds=elapsed * self.time_scale)
-        return self.state.advance_market(until)
+        # Advance in chunks of at most one market step, yielding between them: a ticker that
+        # fell behind (a busy machine, a high time_scale) catches up without blocking the event
+        # loop, and a shutdown is never stuck behind hours of market time.
+        total = 0
+        while market.now < until:
+            before = market.now
+            total += self.state.advance_market(min(until, before + MAX_CHUNK))
+            if market.now <= before:
+                break
+            await anyio.sleep(0)
+        return total
 
     async def _ticker(self) -> None:
         while True:

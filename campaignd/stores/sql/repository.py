@@ -266,12 +266,24 @@ class SqlStore:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    tx_timeout_s: float = 30.0
+    """Longest a transaction may take before it fails with ``StorageError``."""
+
     @asynccontextmanager
     async def _tx(self, doing: str) -> AsyncIterator[AsyncConnection]:
-        """One transaction; database errors become ``StorageError``, bad arguments stay."""
+        """One transaction; database errors become ``StorageError``, bad arguments stay.
+
+        The transaction is shielded from cancellation: a shutdown waits for it to commit or roll
+        back (a safe point, at most ``tx_timeout_s``) instead of abandoning it half-way, which
+        would leave a connection — and on SQLite the write lock — held until the process dies.
+        """
         try:
-            async with self.engine.begin() as conn:
-                yield conn
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.tx_timeout_s):
+                async with self.engine.begin() as conn:
+                    yield conn
+        except TimeoutError:
+            raise StorageError(f"{self._where}: {doing} took longer than "
+                               f"{self.tx_timeout_s:g} s") from None
         except StatementError as exc:
             if not isinstance(exc, DBAPIError) and isinstance(exc.orig, ValueError | TypeError):
                 raise exc.orig from None
