@@ -232,13 +232,15 @@ class Daemon:
         logmod.register_secrets(secret_values(s))
         sock = bind_socket(s.http.host, s.http.port)
         try:
-            await self._open_stores()
-            self._token = load_or_create_token(s)
-            logmod.register_secrets([self._token])
-            await self._load_campaigns()
-            self.metrics.up.set(1)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_signals, tg.cancel_scope, name="signals")
+                # Signals are handled from the first moment: a Ctrl-C during start-up (the
+                # database upgrade, the DSP sync) stops the daemon cleanly too.
+                await tg.start(self._watch_signals, tg.cancel_scope, name="signals")
+                await self._open_stores()
+                self._token = load_or_create_token(s)
+                logmod.register_secrets([self._token])
+                await self._load_campaigns()
+                self.metrics.up.set(1)
                 await self._start_dsp(tg)
                 self.supervisor = Supervisor(self._jobs(), clock=self.wall,
                                              on_record=self._record_run)
@@ -258,13 +260,17 @@ class Daemon:
             sock.close()
         return 0
 
-    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+    async def _watch_signals(self, scope: anyio.CancelScope, *,
+                             task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 log.info("shutting down", signal=signal.Signals(signum).name)
                 self._stopping = True
                 self.notifier.stopping()
                 scope.cancel()
+                # A second signal during the (bounded) shutdown gets the default action: a
+                # second Ctrl-C force-quits, as people expect.
                 return
 
     async def _open_stores(self) -> None:
@@ -307,18 +313,36 @@ class Daemon:
         from campaignd.pipeline.ingest import EventIngestor
 
         assert self.sql is not None and self.hot is not None
-        self.dsp = DSPService(self.settings, self.sql, clock=self.clock)
+        sandbox = self.settings.dsp.adapter == "sandbox"
+        self.dsp = DSPService(self.settings, self.sql, clock=self.clock,
+                              on_synced=self._on_synced)
         await tg.start(self.dsp.run, name="dsp")
-        for rt in self.campaigns.values():
-            rt.line_items = await self.dsp.sync_campaign(rt.spec, rt.cells)
+        # The in-process sandbox is a new DSP on every start: its feed cursor must not be
+        # resumed from an earlier run's (that would skip the new market's backlog).
+        checkpoint = (f"events:sandbox:{self.dsp.sandbox_url}" if sandbox
+                      else f"events:beeswax:{self.settings.dsp.beeswax.base_url}")
         self.ingest = EventIngestor(
             adapter=self.dsp.adapter, sql=self.sql, hot=self.hot, metrics=self.metrics,
-            clock=self.clock, poll_s=self.settings.dsp.events_poll_s,
-            time_scale=(self.settings.dsp.sandbox.time_scale
-                        if self.settings.dsp.adapter == "sandbox" else 1.0))
+            clock=self.clock, poll_s=self.settings.dsp.events_poll_s, checkpoint=checkpoint,
+            time_scale=self.settings.dsp.sandbox.time_scale if sandbox else 1.0)
+        if not sandbox:
+            # Counts survive a restart in a persistent hot store (Redis); the cursor resumes
+            # after the events they include.
+            for cid, rt in self.campaigns.items():
+                rt.table.add_counts({cell: counts for cell, counts in
+                                     (await self.hot.campaign_totals(cid)).items()
+                                     if cell in rt.table.index})
         for rt in self.campaigns.values():
-            self.ingest.register(rt.table, self.dsp.line_item_cells(rt.spec.id))
+            await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
         await tg.start(self.ingest.run, name="ingest")
+
+    def _on_synced(self, campaign_id: str, line_items: dict[str, int]) -> None:
+        """A campaign's line items are known (at start, or when reconciliation retried a
+        failed sync): route their events to the campaign's cells."""
+        rt = self.campaigns[campaign_id]
+        rt.line_items = dict(line_items)
+        if self.ingest is not None:
+            self.ingest.register(rt.table, {li: cell for cell, li in line_items.items()})
 
     def _jobs(self) -> list[JobSpec]:
         a = self.settings.agents
@@ -357,10 +381,13 @@ class Daemon:
             await anyio.sleep(interval)
             await self._publish_status()
             st = self.status()
-            if st["healthy"]:
-                self.notifier.watchdog()
+            # The watchdog proves the event loop is alive; health is reported in STATUS (a
+            # DSP outage must not make systemd restart the daemon in a loop).
+            self.notifier.watchdog()
+            problems = "; ".join(st["problems"])
             self.notifier.status(f"{st['state']}: {st['events']['ingested']} events, "
-                                 f"{len(st['campaigns'])} campaign(s)")
+                                 f"{len(st['campaigns'])} campaign(s)"
+                                 + (f"; {problems}" if problems else ""))
 
     async def _publish_status(self) -> None:
         st = self.status()
@@ -468,20 +495,38 @@ def _short(exc: BaseException) -> str:
 
 
 def run_daemon(settings: Settings) -> int:
-    """Entry point used by ``campaignd run``: configure logs, run, map errors to exit codes."""
-    logmod.configure(settings.log.level, settings.log.format, settings.log.file)
+    """Entry point used by ``campaignd run``: configure logs, run, map errors to exit codes
+    (2 bad input, 1 runtime failure) with a one-line message — never a traceback."""
+    try:
+        logmod.configure(settings.log.level, settings.log.format, settings.log.file)
+    except OSError as exc:
+        sys.stderr.write(f"error: log.file: cannot open {settings.log.file}: {exc.strerror}; "
+                         "set log.file to a writable path (or remove it to log to stderr)\n")
+        return 1
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a hung
     # daemon is stuck without a debugger.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         code = anyio.run(Daemon(settings).run)
-    except StartupError as exc:
-        log.error("campaignd cannot start", error=str(exc))
-        code = 1
-    except CampaigndError as exc:
-        log.error("campaignd failed", error=str(exc))
-        code = 1
+    except Exception as exc:
+        errors = list(_leaves(exc))
+        ours = [e for e in errors if isinstance(e, CampaigndError)]
+        if not ours or len(ours) < len(errors):
+            raise
+        for e in ours:
+            log.error("campaignd cannot start" if isinstance(e, StartupError | BadInput)
+                      else "campaignd failed", error=str(e))
+        code = 2 if all(isinstance(e, BadInput) for e in ours) else 1
     return exit_promptly(code)
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from _leaves(e)
+    else:
+        yield exc
 
 
 def exit_promptly(code: int, grace_s: float = 2.0) -> int:

@@ -18,7 +18,11 @@ trials; without spend observations a trial costs one money unit.
 per money unit (rate x value per success / cost per trial) and fills the budget greedily in that
 order up to each cell's capacity; the allocation is the average of the fills (probability
 matching: a cell gets budget in proportion to how often it ranks among the best that the budget
-can buy). Before the fill, in this order of precedence:
+can buy). With ``groups`` (cells that buy the same inventory, e.g. line items that differ only in
+creative or bid) each draw instead solves a multiple-choice knapsack -- one cell per group first,
+chosen by the value it adds over the budget's marginal value per money unit -- so budget is not
+split across line items that would only outbid each other. Before the fill, in this order of
+precedence:
 
 1. **budget** -- never exceeded (hard);
 2. **capacity** -- an optional per-cell upper bound on spend (hard; e.g. what a line item could

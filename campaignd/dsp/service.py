@@ -12,7 +12,7 @@ pending and retried by the reconciliation job; the daemon stays up and reports t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -67,8 +67,11 @@ class _CampaignState:
 
 
 class DSPService:
-    def __init__(self, settings: Settings, sql: Any, *, clock: Clock) -> None:
+    def __init__(self, settings: Settings, sql: Any, *, clock: Clock,
+                 on_synced: Callable[[str, dict[str, int]], None] | None = None) -> None:
         self.settings = settings
+        self.on_synced = on_synced
+        """Called with (campaign id, cell id → line item id) after every successful sync."""
         self.sql = sql
         self.clock = clock
         self.adapter: DSPAdapter | None = None
@@ -147,7 +150,10 @@ class DSPService:
         except DSPError as exc:
             st.error = f"{type(exc).__name__}: {exc}"
             log.error("campaign sync failed; will retry", campaign=spec.id, error=st.error)
-        return {cid: li.id for cid, li in st.line_items.items()}
+        mapping = {cid: li.id for cid, li in st.line_items.items()}
+        if st.synced and self.on_synced is not None:
+            self.on_synced(spec.id, mapping)
+        return mapping
 
     async def _sync(self, st: _CampaignState) -> None:
         assert self.adapter is not None
@@ -185,6 +191,7 @@ class DSPService:
                 creative_weights={creative_ids[cell.creative]: 100}, active=True))
         created = await self.adapter.create_line_items(items)
         st.line_items = {cell.cell_id: li for cell, li in zip(st.cells, created, strict=True)}
+        await self._enforce_caps(st, camp.id)
         await self.sql.put_dsp_ids("campaign", {spec.id: camp.id})
         await self.sql.put_dsp_ids("creative", {f"{spec.id}:{k}": v
                                                 for k, v in creative_ids.items()})
@@ -195,6 +202,39 @@ class DSPService:
                                             for cid, li in st.line_items.items()})
         log.info("campaign synced to the DSP", campaign=spec.id, dsp_campaign=camp.id,
                  line_items=len(created), active=sum(li.active for li in created))
+
+    async def _enforce_caps(self, st: _CampaignState, dsp_campaign_id: int) -> None:
+        """Keep the DSP within the spec's (possibly lowered) caps: pause line items of cells
+        the spec no longer has, and when the line items' budgets add up to more than the
+        campaign's lifetime or daily budget, scale them down proportionally (floored, so the
+        sum never exceeds the cap). Budgets within the caps are left as they are: moving money
+        between cells is the reallocation agent's job."""
+        assert self.adapter is not None
+        spec = st.spec
+        wanted = {cell.alternative_id for cell in st.cells}
+        prefix = f"campaignd:{spec.id}:"
+        for li in await self.adapter.get_line_items(campaign_id=dsp_campaign_id):
+            alt = li.alternative_id or ""
+            if alt.startswith(prefix) and alt not in wanted and li.active:
+                await self.adapter.set_active(li.id, False)
+                log.info("paused the line item of a removed cell", line_item=li.id, cell=alt)
+        items = list(st.line_items.items())
+        life_total = sum(li.lifetime_budget_micros for _, li in items)
+        daily_total = sum(li.daily_budget_micros or 0 for _, li in items)
+        if life_total <= spec.lifetime_budget_micros and daily_total <= spec.daily_budget_micros:
+            return
+        for cid, li in items:
+            life = li.lifetime_budget_micros
+            daily = li.daily_budget_micros
+            if life_total > spec.lifetime_budget_micros:
+                life = life * spec.lifetime_budget_micros // life_total
+            if daily is not None and daily_total > spec.daily_budget_micros:
+                daily = daily * spec.daily_budget_micros // daily_total
+            if (life, daily) != (li.lifetime_budget_micros, li.daily_budget_micros):
+                st.line_items[cid] = await self.adapter.update_budget(
+                    li.id, lifetime_micros=life, daily_micros=daily)
+        log.warning("line-item budgets exceeded the campaign's caps; scaled down",
+                    campaign=spec.id, lifetime_total=life_total, daily_total=daily_total)
 
     # --- reconciliation ------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from anyio.abc import TaskStatus
 
 from campaignd.clock import Clock
 from campaignd.domain.cells import CellTable
-from campaignd.errors import DSPError
+from campaignd.errors import DSPError, StorageError
 from campaignd.logs import get_logger
 from campaignd.metrics import Metrics
 from campaignd.pipeline.schema import AdLogMessage, decode_messages
@@ -33,6 +33,10 @@ log = get_logger("campaignd.ingest")
 DEDUPE_WINDOW_S = 72 * 3600
 """Beeswax accepts impression notifications up to 72 h after the auction: dedupe that long."""
 MAX_FUTURE_S = 3600
+MAX_IMPRESSION_PRICE_MICROS = 1_000_000_000
+"""$1,000 for one impression: anything above is a corrupt record, not a price."""
+MAX_CONVERSION_VALUE_MICROS = 1_000_000 * 1_000_000
+"""$1,000,000 for one conversion."""
 ACTIVITY_METRIC = {"START": "starts", "Q1": "q1", "MID": "mid", "Q3": "q3",
                    "COMPLETE": "completes", "VIEWABILITY": "viewable"}
 
@@ -87,10 +91,17 @@ class EventIngestor:
                 n = await self.poll_once()
                 self.last_error = None
                 backoff = self.poll_s
-            except DSPError as exc:
+            except (DSPError, StorageError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("event feed read failed; retrying", error=self.last_error,
+                log.warning("event ingestion failed; retrying", error=self.last_error,
                             retry_in_s=backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            except Exception as exc:  # a bug must not take the daemon down with it
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("event ingestion failed unexpectedly; retrying",
+                          error=self.last_error, retry_in_s=backoff, exc_info=True)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
                 continue
@@ -152,7 +163,7 @@ class EventIngestor:
                 conv = m.conversion
                 assert conv is not None
                 counts["conversions"] += 1
-                counts["conversion_value_micros"] += conv.value_in_micros() or 0
+                counts["conversion_value_micros"] += conv.value_in_micros() or 0  # validated
             newest_us = max(newest_us, ts_us)
         dup = len(keyed) - sum(kinds.values())
         if dup:
@@ -188,7 +199,7 @@ class EventIngestor:
                 except ValueError:
                     self._dead("bad_money")
                     return None
-                if price < 0 or price > 1_000_000_000:  # > $1,000 CPM-equivalent per impression
+                if not 0 <= price <= MAX_IMPRESSION_PRICE_MICROS:
                     self._dead("bad_money")
                     return None
             dedupe = f"i:{key}"
@@ -207,9 +218,17 @@ class EventIngestor:
         elif kind == "conversion":
             part = m.conversion
             key = part.conversion_id
-            ts = part.rx_timestamp
+            ts = part.rx_timestamp or part.rx_timestamp_usecs
             li = _li_from_key(part.auction_adgroup_id)
             dedupe = f"v:{key}"
+            if part.value is not None or part.value_micros is not None:
+                try:
+                    value = part.value_in_micros()
+                except (OverflowError, ValueError):
+                    value = None
+                if value is None or not 0 <= value <= MAX_CONVERSION_VALUE_MICROS:
+                    self._dead("bad_money")
+                    return None
         else:
             self._dead("empty_message")
             return None

@@ -24,11 +24,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from campaignd.domain.campaign import CampaignSpec, Cell
+
+if TYPE_CHECKING:
+    from campaignd.domain.allocation import Allocator
 
 OBJECTIVE_FIELD = {"conversions": "conversions", "revenue": "conversion_value_micros",
                    "completed_views": "completes", "clicks": "clicks"}
@@ -144,20 +147,27 @@ class ThompsonPolicy:
        delay, so impressions count as trials only as they mature: a pending pool releases them
        with an exponential delay of mean ``conversion_delay_hours`` (the campaign's conversion
        lag, a setting; 0 for clicks and completed views).
-    2. **Delivery shape.** Each (audience, daypart) pair buys at its own hours (the daypart's
-       local hours in its ZIPs' time zones): its share of a UTC day's supply by hour starts from
-       the spec (uniform over the targeted hours) and is learned from delivered impressions.
-       ``F(t)`` = the share of today's supply already past.
-    3. **Capacity.** A cell's daily capacity (money it can spend in a day) starts at
-       ``capacity_prior x`` an equal share. Over each interval in which its supply advanced by
-       ``dF``: a cell behind its pace (spent today < 80 % of budget x ``F``) spent all it could,
-       so ``spend / dF`` is a measurement (averaged in); a cell keeping pace may hold more, so its
-       capacity is raised to at least ``capacity_growth x`` its budget (optimism: probe upwards).
+    2. **Delivery shape.** Each (audience, daypart) pair buys at its own hours: its share of a
+       UTC day's supply by hour is taken as uniform over the daypart's local hours in each of
+       the audience's ZIPs' time zones (from the spec). ``F(t)`` = the share of today's supply
+       already past. (Learning the shape from delivery was tried and was worse: delivery follows
+       our own budget changes -- catch-up bursts -- as much as the supply.)
+    3. **Capacity.** What a line item can buy depends on its inventory and bid, not on its
+       creative, so capacity (money per day) is estimated per supply key (audience, daypart,
+       platform, bid strategy) and shared by the key's cells. It starts at
+       ``min(capacity_prior, 4 / targeting groups) x`` the daily budget (optimistic). Over each
+       interval in which a key's supply advanced by ``dF``: if one of its cells fell behind its
+       pace (spent today < 80 % of budget x ``F`` and < 70 % of the fastest pace in its
+       (audience, daypart)), it spent all it could, so ``spend / dF`` is a measurement (averaged
+       in); if it kept pace with budgets of at least half its capacity, the capacity is raised to
+       ``capacity_growth x`` those budgets (probing upwards).
     4. **Allocation.** Today's budget is the daily budget, capped by what the lifetime budget has
        left. Each cell's committed spend today is a lower bound and its spend today + capacity x
        (1 - F) an upper bound; the allocator splits the day's budget by Thompson sampling of
-       value per dollar under those bounds, its exploration floor and its cut limits. Budgets are
-       rounded down to micros per cell, so they sum to at most today's budget.
+       value per dollar under those bounds, its exploration floor and its cut limits, funding one
+       cell per targeting group (audience, daypart, platform: line items that buy the same
+       inventory) before any second. Budgets are rounded down to micros per cell, so they sum to
+       at most today's budget. Between re-plans the budgets in force are returned unchanged.
     """
 
     name = "thompson"
@@ -169,7 +179,7 @@ class ThompsonPolicy:
                  capacity_prior: float = 0.1, capacity_growth: float = 2.0,
                  draws: int | None = None, exploration_scale: float = 1.0, main_sd: float = 0.5,
                  interaction_sd: float = 0.15, residual_sd: float = 0.05,
-                 capacity_margin: float = 1.0) -> None:
+                 capacity_margin: float = 1.0, capacity_groups: float = 4.0) -> None:
         from campaignd.domain.allocation import Allocator
 
         self._ctx = ctx
@@ -207,7 +217,7 @@ class ThompsonPolicy:
                               dtype=np.int64)
         n_groups = len({(c.audience, c.daypart, c.platform) for c in cells})
         self._key_capacity = np.full(len(skeys), ctx.daily_budget_micros * min(
-            capacity_prior, 4.0 / max(n_groups, 1)))
+            capacity_prior, capacity_groups / max(n_groups, 1)))
         self._last: Observations | None = None
         self._last_at: datetime | None = None
         self._pending = np.zeros(n)
@@ -216,7 +226,8 @@ class ThompsonPolicy:
         self._start: datetime | None = None
 
     @property
-    def allocator(self) -> object:
+    def allocator(self) -> Allocator:
+        """The allocator behind the decisions (its posterior is the evidence)."""
         return self._alloc
 
     # --- delivery shape ---------------------------------------------------------------------

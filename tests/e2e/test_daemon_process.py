@@ -3,6 +3,7 @@ control API, stopped with SIGTERM."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -148,3 +149,12 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
                  CAMPAIGND_AGENTS__MONITOR_S="soon")
     assert r.returncode == 2
     assert "agents.monitor_s" in r.stderr
+
+
+def test_ctrl_c_during_start_up_stops_cleanly(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path).start()
+    time.sleep(2.5)  # in the middle of the migrations or the DSP sync
+    t0 = time.monotonic()
+    assert d.stop(signal.SIGINT) == 0
+    assert time.monotonic() - t0 < 10
+    assert "shutting down" in d.output.read_text()

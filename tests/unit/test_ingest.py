@@ -93,6 +93,10 @@ async def test_duplicates_and_shuffles_give_identical_counts(setup) -> None:  # 
     (imp(1, price="-5"), "bad_money"),
     (imp(1, price="lots"), "bad_money"),
     (imp(1, ts=NOW_US + 7200 * 1_000_000), "timestamp_in_future"),
+    (conv("c-inf", value="Infinity"), "bad_money"),
+    (conv("c-neg", value="-45"), "bad_money"),
+    (conv("c-big", value="1e30"), "bad_money"),
+    (conv("c-nan", value="NaN"), "bad_money"),
     (imp(1, ts=NOW_US - 80 * 3600 * 1_000_000), "timestamp_too_old"),
 ])
 async def test_bad_messages_are_counted_by_reason(setup, raw: bytes, reason: str) -> None:  # type: ignore[no-untyped-def]

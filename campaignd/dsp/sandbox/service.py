@@ -129,17 +129,19 @@ class SandboxService:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(serve)
-                with anyio.fail_after(10):
-                    while not server.started:
-                        if done.is_set():
-                            raise RuntimeError(f"sandbox server failed to start on {shown}:"
-                                               f"{port}")
-                        await anyio.sleep(0.005)
-                if self.state.market is not None:
-                    tg.start_soon(self._ticker)
-                log.info("sandbox.started", url=self.base_url, time_scale=self.time_scale)
-                task_status.started(self.base_url)
+                # Whatever ends this block — cancellation during start-up included — must tell
+                # the (shielded) server to exit, or the task group would wait for it forever.
                 try:
+                    with anyio.fail_after(10):
+                        while not server.started:
+                            if done.is_set():
+                                raise RuntimeError(f"sandbox server failed to start on "
+                                                   f"{shown}:{port}")
+                            await anyio.sleep(0.005)
+                    if self.state.market is not None:
+                        tg.start_soon(self._ticker)
+                    log.info("sandbox.started", url=self.base_url, time_scale=self.time_scale)
+                    task_status.started(self.base_url)
                     await anyio.sleep_forever()
                 finally:
                     server.should_exit = True
