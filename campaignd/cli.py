@@ -418,7 +418,8 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same report).")] = 1,
     campaign: Annotated[Path | None, typer.Option(
         "--campaign", help="Campaign spec (default: the scenario's campaign).")] = None,
-    policy: Annotated[str, typer.Option(help="Policy: uniform | seed (baselines).")] = "uniform",
+    policy: Annotated[str, typer.Option(
+        help="Policy: uniform | seed (baselines), thompson, oracle.")] = "uniform",
     report: Annotated[Path | None, typer.Option(
         "--report", help="Write a self-contained HTML report here.")] = None,
     json_out: JsonOpt = False,

@@ -23,7 +23,7 @@ _secret_values: set[str] = set()
 def register_secrets(values: Iterable[str]) -> None:
     """Scrub these values (e.g. a DSP password) from everything logged from now on."""
     for v in values:
-        if v and len(v) >= 4:
+        if v:
             _secret_values.add(v)
 
 
@@ -112,7 +112,8 @@ def configure(level: str = "INFO", fmt: str = "auto", file: Path | None = None,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact,
                     renderer],
         foreign_pre_chain=[structlog.processors.add_log_level,
-                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+                           structlog.processors.TimeStamper(fmt="iso", utc=True),
+                           structlog.processors.format_exc_info],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

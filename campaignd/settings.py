@@ -14,6 +14,7 @@ import contextvars
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -167,7 +168,7 @@ class DecisionSettings(_Section):
 
 class HTTPSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(8470, ge=0, le=65535)
+    port: int = Field(8470, ge=1, le=65535)
     api_token: SecretStr | None = None
     api_token_file: Path | None = None
 
@@ -230,8 +231,13 @@ class Settings(BaseSettings):
         return self
 
     def masked(self) -> dict[str, Any]:
-        """The resolved settings as plain data, secrets shown as ``**********``."""
-        return _mask(self.model_dump(mode="json", exclude={"config_file"}))
+        """The resolved settings as plain data, secrets shown as ``**********`` — including a
+        password written inside a database or Redis URL."""
+        data = self.model_dump(mode="json", exclude={"config_file"})
+        data["database"]["url"] = mask_url_password(data["database"]["url"])
+        data["redis"]["url"] = mask_url_password(data["redis"]["url"])
+        data["dsp"]["beeswax"]["base_url"] = mask_url_password(data["dsp"]["beeswax"]["base_url"])
+        return data
 
     @property
     def control_url(self) -> str:
@@ -243,12 +249,23 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.http.port}"
 
 
-def _mask(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _mask(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_mask(v) for v in data]
-    return data
+def url_password(url: str) -> str | None:
+    """The password in ``scheme://user:password@host/...``, if any."""
+    parsed = urlsplit(url)
+    try:
+        return parsed.password
+    except ValueError:
+        return None
+
+
+def mask_url_password(url: str) -> str:
+    password = url_password(url)
+    if not password:
+        return url
+    parsed = urlsplit(url)
+    user = parsed.username or ""
+    host = parsed.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parsed._replace(netloc=f"{user}:**********@{host}"))
 
 
 def _describe_error(err: dict[str, Any]) -> str:
@@ -316,4 +333,8 @@ def secret_values(settings: Settings) -> list[str]:
               settings.http.api_token):
         if s is not None and s.get_secret_value():
             out.append(s.get_secret_value())
+    for url in (settings.database.url, settings.redis.url, settings.dsp.beeswax.base_url):
+        password = url_password(url)
+        if password:
+            out.append(password)
     return out

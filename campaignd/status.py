@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -60,8 +61,14 @@ async def read_status(settings: Settings, *, timeout: float = 3.0) -> dict[str, 
 
 
 async def _read_record(settings: Settings) -> tuple[dict[str, Any], datetime] | None:
+    from sqlalchemy.engine import make_url
+
     from campaignd.daemon import database_url
     from campaignd.stores.sql.repository import SqlStore
+    url = make_url(settings.database.url)
+    if url.get_backend_name() == "sqlite" and (
+            not url.database or not Path(url.database).exists()):
+        return None  # never create a database file just to look at it
     try:
         store = await SqlStore.connect(database_url(settings))
     except Exception:

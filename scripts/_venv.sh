@@ -17,10 +17,15 @@ find_python() {
   return 1
 }
 
-if [ ! -x "$VENV/bin/python" ]; then
+if [ ! -x "$VENV/bin/python" ] || [ ! -x "$VENV/bin/pip" ]; then
   PY="$(find_python)"
   echo "==> creating virtualenv $VENV ($("$PY" --version))" >&2
-  "$PY" -m venv "$VENV"
+  rm -rf "$VENV"
+  if ! "$PY" -m venv "$VENV"; then
+    echo "cannot create a virtualenv with $PY: install its venv module (Debian: apt-get install python3-venv)" >&2
+    rm -rf "$VENV"
+    exit 1
+  fi
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
 fi
 STAMP="$VENV/.campaignd-install${EXTRAS:+-$EXTRAS}"

@@ -108,6 +108,11 @@ async def not_found(request: Request, exc: Exception) -> Response:
                   fix="see the README's control API section")
 
 
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return _error(405, f"{request.method} is not allowed on {request.url.path}",
+                  fix="see the README's control API section for the methods")
+
+
 def create_app(plane: ControlPlane) -> Starlette:
     app = Starlette(routes=[
         Route("/", dashboard),
@@ -117,7 +122,7 @@ def create_app(plane: ControlPlane) -> Starlette:
         Route("/api/v1/campaigns", campaigns),
         Route("/api/v1/campaigns/{campaign_id}", campaign),
         Route("/api/v1/agents/{name}/run", run_job, methods=["POST"]),
-    ], exception_handlers={404: not_found})
+    ], exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.plane = plane
     return app
 

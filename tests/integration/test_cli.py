@@ -129,6 +129,7 @@ def test_status_when_stopped_exits_1(tmp_path: Path) -> None:
     assert r.returncode == 1
     data = json.loads(r.stdout)
     assert data["state"] == "stopped" and data["healthy"] is False
+    assert not (tmp_path / "s.db").exists()  # looking never creates a database
 
 
 def test_simulate_json_report_and_bad_input(tmp_path: Path) -> None:

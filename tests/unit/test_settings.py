@@ -95,3 +95,14 @@ def test_missing_file_and_secret_file(tmp_path: Path) -> None:
 def test_bad_environment_value_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"http\.port"):
         load_settings(None, environ={"CAMPAIGND_HTTP__PORT": "many"})
+
+
+def test_passwords_inside_urls_are_masked_and_scrubbed() -> None:
+    from campaignd.settings import secret_values
+    s = load_settings(None, environ={
+        "CAMPAIGND_DATABASE__URL": "postgresql+asyncpg://bob:hunter2secret@db:5432/x",
+        "CAMPAIGND_REDIS__URL": "redis://:redispass123@cache:6379/0"})
+    text = json.dumps(s.masked())
+    assert "hunter2secret" not in text and "redispass123" not in text
+    assert "postgresql+asyncpg://bob:**********@db:5432/x" in text
+    assert {"hunter2secret", "redispass123"} <= set(secret_values(s))
