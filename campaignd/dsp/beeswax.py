@@ -319,7 +319,7 @@ class BeeswaxAdapter(DSPAdapter):
     async def _json(self, method: str, path: str, body: Any = None,
                     params: Mapping[str, Any] | None = None) -> Any:
         resp = await self._request(method, path, json_body=body, params=params)
-        return resp.json() if resp.content else None
+        return _decode(resp) if resp.content else None
 
     async def _list(self, path: str, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Every result of a DRF-paginated list, following ``next``."""
@@ -327,7 +327,10 @@ class BeeswaxAdapter(DSPAdapter):
         resp = await self._request("GET", path, params=query)
         out: list[Any] = []
         while True:
-            page = resp.json()
+            page = _decode(resp)
+            if not isinstance(page, dict):
+                raise DSPTransientError(f"Beeswax returned a list page that is not an object: "
+                                        f"{_path(str(resp.request.url))}")
             out.extend(page.get("results", []))
             nxt = page.get("next")
             if not nxt:
@@ -641,10 +644,14 @@ class BeeswaxAdapter(DSPAdapter):
         if cursor is not None:
             params["cursor"] = cursor
         body = await self._json("GET", self._events_path, params=params)
-        messages = [m.encode() if isinstance(m, str) else json.dumps(m).encode()
-                    for m in body.get("messages", [])]
-        return EventBatch(messages=messages, next_cursor=str(body["next_cursor"]),
-                          skipped=int(body.get("skipped", 0)))
+        try:
+            messages = [m.encode() if isinstance(m, str) else json.dumps(m).encode()
+                        for m in body.get("messages", [])]
+            return EventBatch(messages=messages, next_cursor=str(body["next_cursor"]),
+                              skipped=int(body.get("skipped", 0)))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise DSPTransientError(f"the event feed answered an unexpected body "
+                                    f"({type(exc).__name__}: {exc})") from None
 
     async def run_report(self, *, view: str = "performance_agg",
                          fields: Sequence[str] = ("campaign_id", "line_item_id", "spend",
@@ -686,3 +693,13 @@ class BeeswaxAdapter(DSPAdapter):
 def _path(url: str) -> str:
     """A URL for logs and messages: path only (never query strings, never credentials)."""
     return httpx.URL(url).path
+
+
+def _decode(resp: httpx.Response) -> Any:
+    """The response's JSON; a body that is not JSON is a (transient) DSP fault, not a crash."""
+    try:
+        return resp.json()
+    except ValueError:
+        raise DSPTransientError(
+            f"Beeswax answered HTTP {resp.status_code} with a body that is not JSON on "
+            f"{_path(str(resp.request.url))}") from None

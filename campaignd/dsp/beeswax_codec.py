@@ -14,6 +14,8 @@ from campaignd.dsp.base import Targeting
 from campaignd.errors import DSPTransientError
 
 MICROS = 1_000_000
+MAX_AMOUNT = Decimal(10) ** 12
+"""No budget or spend is a trillion currency units: larger values are corrupt."""
 
 
 def micros_to_decimal(micros: int) -> str:
@@ -27,6 +29,8 @@ def decimal_to_micros(value: Any) -> int:
         d = Decimal(str(value))
     except InvalidOperation:
         raise DSPTransientError(f"Beeswax returned a non-decimal amount {value!r}") from None
+    if not d.is_finite() or abs(d) > MAX_AMOUNT:
+        raise DSPTransientError(f"Beeswax returned an impossible amount {value!r}")
     return int((d * MICROS).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 

@@ -576,3 +576,15 @@ async def test_authentication_falls_back_to_the_v05_endpoint() -> None:
         await env.adapter.ensure_advertiser(alternative_id="adv", name="A")
         assert env.adapter.health().authenticated
         assert env.state.injector.stats.injected == {"status": 1}
+
+
+def test_impossible_values_are_dsp_errors_not_crashes() -> None:
+    from campaignd.dsp.beeswax_codec import decimal_to_micros
+    from campaignd.dsp.resilience import MAX_RETRY_AFTER_S, parse_retry_after
+    from campaignd.errors import DSPTransientError
+    for bad in ("NaN", "Infinity", "-Infinity", "1e40"):
+        with pytest.raises(DSPTransientError):
+            decimal_to_micros(bad)
+    assert parse_retry_after("inf") == MAX_RETRY_AFTER_S
+    assert parse_retry_after("99999999") == MAX_RETRY_AFTER_S
+    assert parse_retry_after("nan") is None
