@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 import uvicorn
 from anyio.abc import TaskStatus
 from sqlalchemy.engine import make_url
@@ -156,7 +157,7 @@ class Daemon:
         self._problems: list[str] = []
         self._ready = False
         self._stopping = False
-        self._campaign_summaries: list[dict[str, Any]] = []
+        self._spend_written: dict[str, np.ndarray] = {}
 
     # --- control plane (read by the web layer) ----------------------------------------
 
@@ -389,6 +390,19 @@ class Daemon:
                                  f"{len(st['campaigns'])} campaign(s)"
                                  + (f"; {problems}" if problems else ""))
 
+    async def _persist_spend(self) -> None:
+        """Write the cells' spend to SQL (what `campaign list/show` report), changed cells only."""
+        if self.sql is None:
+            return
+        for rt in self.campaigns.values():
+            spend = rt.table.counts["spend_micros"]
+            last = self._spend_written.get(rt.spec.id)
+            changed = np.nonzero(spend != last)[0] if last is not None else np.nonzero(spend)[0]
+            if len(changed):
+                await self.sql.set_cell_spend({rt.table.cell_ids[i]: int(spend[i])
+                                               for i in changed})
+            self._spend_written[rt.spec.id] = spend.copy()
+
     async def _publish_status(self) -> None:
         st = self.status()
         self.metrics.dsp_healthy.set(1 if st["dsp"]["healthy"] else 0)
@@ -396,6 +410,7 @@ class Daemon:
             self.metrics.spend_micros.labels(c["id"]).set(
                 int(self.campaigns[c["id"]].table.counts["spend_micros"].sum()))
         try:
+            await self._persist_spend()
             if self.sql is not None:
                 await self.sql.write_status(self.settings.instance, os.getpid(), __version__,
                                             self.started_at, st, now=self.wall.now())
@@ -411,13 +426,14 @@ class Daemon:
         sql, hot, dsp, ingest = self.sql, self.hot, self.dsp, self.ingest
 
         async def final_status() -> None:
+            await self._persist_spend()
             if sql is not None:
                 await sql.write_status(self.settings.instance, os.getpid(), __version__,
                                        self.started_at, self.status(), now=self.wall.now())
 
         steps: list[tuple[str, float, Any]] = [
             ("flush the event cursor", 1.5, ingest.flush if ingest else None),
-            ("write the final status", 1.5, final_status),
+            ("write the final spend and status", 2.0, final_status),
             ("close the DSP adapter", 1.0, dsp.aclose if dsp else None),
             ("close the hot store", 1.0, hot.close if hot else None),
             ("close the database", 2.0, sql.close if sql else None),

@@ -179,8 +179,7 @@ class ThompsonPolicy:
                  capacity_prior: float = 0.1, capacity_growth: float = 2.0,
                  draws: int | None = None, exploration_scale: float = 1.0, main_sd: float = 0.5,
                  interaction_sd: float = 0.15, residual_sd: float = 0.05,
-                 capacity_margin: float = 1.0, capacity_groups: float = 4.0,
-                 day_end_slack: float | None = 1.2) -> None:
+                 capacity_margin: float = 1.0, capacity_groups: float = 4.0) -> None:
         from campaignd.domain.allocation import Allocator
 
         self._ctx = ctx
@@ -203,7 +202,6 @@ class ThompsonPolicy:
         self.delay_hours = conversion_delay_hours if delayed else 0.0
         self.capacity_growth = capacity_growth
         self.capacity_margin = capacity_margin
-        self.day_end_slack = day_end_slack if day_end_slack is not None else np.inf
         self._success_field = {"conversions": "conversions", "revenue": "conversions",
                                "clicks": "clicks", "completed_views": "completes"}[ctx.objective]
         keys: dict[tuple[str, str], int] = {}
@@ -328,16 +326,7 @@ class ThompsonPolicy:
         self._alloc.observe(np.maximum(trials, 0.0), np.maximum(d_succ, 0.0),
                             spend=np.maximum(spend, 0.0), value=value, discount=discount)
         if new_day:
-            # the day is over: a key that was left with budget it could not spend bought all it
-            # could, whatever the shape estimate said (spent today restarted, so this interval
-            # says nothing else about capacity)
-            nk = self._key_capacity.size
-            kb = np.bincount(self._skey, last.budgets_micros.astype(float), minlength=nk)
-            ks = np.bincount(self._skey, last.spent_today_micros.astype(float), minlength=nk)
-            stuck = (kb > 0) & (kb - ks > 0.2 * kb)
-            self._key_capacity[stuck] = np.minimum(self._key_capacity[stuck],
-                                                   self.day_end_slack * ks[stuck])
-            return
+            return  # spent today restarted: this interval says nothing clean about capacity
         shape = self._shape(now)
         f0 = self._elapsed(shape, last_at)
         f1 = self._elapsed(shape, now)

@@ -3,6 +3,7 @@ control API, stopped with SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -14,7 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from campaignd.testing import DaemonProcess, clean_env, free_port, wait_for, write_sandbox_config
+from campaignd.testing import (
+    DaemonProcess,
+    clean_env,
+    cli,
+    free_port,
+    wait_for,
+    write_sandbox_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -114,6 +122,11 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  #
     assert "WATCHDOG=1" in messages  # pinged every WatchdogSec/2 while healthy
     code, st = d.status()
     assert code == 1 and st["state"] == "stopped" and st["source"] == "database"
+    # The spend ingested is in the database for `campaign list` after the daemon is gone.
+    r = cli("campaign", "list", "--config", str(d.config), "--json", env=backend_env)
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)["campaigns"][0]
+    assert listed["spend"] != "0.00" and listed["cells_active"] == 432
     log_text = (tmp_path / "campaignd.log").read_text()
     assert token not in log_text
     assert "campaignd ready" in log_text
@@ -153,7 +166,8 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
 
 def test_ctrl_c_during_start_up_stops_cleanly(tmp_path: Path) -> None:
     d = DaemonProcess(tmp_path).start()
-    time.sleep(2.5)  # in the middle of the migrations or the DSP sync
+    # In the middle of start-up: the database is ready, the DSP sync has not finished.
+    wait_for(lambda: "database ready" in d.output.read_text(), 60, "start-up to begin", 0.05)
     t0 = time.monotonic()
     assert d.stop(signal.SIGINT) == 0
     assert time.monotonic() - t0 < 10

@@ -424,6 +424,16 @@ class SqlStore:
             {"b_cell_id": c, "b_budget": int(b), "b_daily": None if d is None else int(d)}
             for c, (b, d) in mapping.items()])
 
+    async def set_cell_spend(self, mapping: Mapping[str, int], *,
+                             now: datetime | None = None) -> None:
+        """Record each cell's lifetime spend so far (integer micros, as ingested). Unknown ids
+        are ignored."""
+        if not mapping:
+            return
+        values = {"spend_micros": bindparam("b_spend"), "updated_at": _now(now)}
+        await self._update_cells("recording cell spend", values, [
+            {"b_cell_id": c, "b_spend": int(v)} for c, v in mapping.items()])
+
     async def set_cell_status(self, cell_ids: Iterable[str], status: str, *,
                               now: datetime | None = None) -> None:
         """Set the status of every cell in ``cell_ids``. Unknown ids are ignored."""
