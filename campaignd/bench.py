@@ -166,4 +166,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from campaignd.cli import limit_math_threads
+    limit_math_threads()
     raise SystemExit(main(sys.argv[1:]))
