@@ -37,6 +37,10 @@ SPEC_TABLES: dict[str, str] = {
 }
 
 OBJECTIVES: tuple[str, ...] = ("conversions", "revenue", "completed_views", "clicks")
+OBJECTIVE_COUNTER: dict[str, str] = {"conversions": "conversions",
+                                     "revenue": "conversion_value_micros",
+                                     "completed_views": "completes", "clicks": "clicks"}
+"""The per-cell counter (a ``CellTable`` metric) that measures each objective."""
 CREATIVE_TYPES: tuple[str, ...] = ("video", "banner", "native", "audio")
 BID_STRATEGIES: tuple[str, ...] = ("CPM", "CPM_PACED", "CPC", "CPC_PACED", "VCR", "VCR_PACED",
                                    "CPA", "CPA_PACED")

@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from campaignd.domain.campaign import CampaignSpec, Cell
+from campaignd.domain.campaign import OBJECTIVE_COUNTER, CampaignSpec, Cell
 
 if TYPE_CHECKING:
     from campaignd.domain.allocation import Allocator
 
-OBJECTIVE_FIELD = {"conversions": "conversions", "revenue": "conversion_value_micros",
-                   "completed_views": "completes", "clicks": "clicks"}
+OBJECTIVE_FIELD = OBJECTIVE_COUNTER
 
 
 @dataclass(frozen=True, slots=True)

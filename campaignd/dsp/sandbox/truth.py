@@ -23,13 +23,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from campaignd.domain.campaign import MICROS
+from campaignd.domain.campaign import MICROS, OBJECTIVE_COUNTER
 from campaignd.dsp.sandbox.pairs import Flow, PairModel
 from campaignd.dsp.sandbox.scenarios import METRICS
 from campaignd.dsp.sandbox.world import COMPLETION, CONVERSION, CTR, from_usecs, usecs
 
-OBJECTIVE_METRIC = {"conversions": "conversions", "revenue": "conversion_value_micros",
-                    "completed_views": "completes", "clicks": "clicks"}
+OBJECTIVE_METRIC = OBJECTIVE_COUNTER
 
 
 @dataclass(slots=True, frozen=True)
