@@ -30,10 +30,13 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect settings.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 campaign_app = typer.Typer(no_args_is_help=True, help="Campaign specs and stored campaigns.")
 sandbox_app = typer.Typer(no_args_is_help=True, help="The simulated Beeswax-compatible DSP.")
+deadletter_app = typer.Typer(no_args_is_help=True,
+                             help="Events the pipeline refused, with their raw payloads.")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(deadletter_app, name="deadletter")
 
 # Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -383,6 +386,77 @@ def _cell_row(c: Any) -> dict[str, Any]:
             "creative": c.creative, "bid_strategy": c.bid_strategy, "daypart": c.daypart,
             "platform": c.platform, "status": c.status, "dsp_line_item_id": c.dsp_line_item_id,
             "budget": None if c.budget_micros is None else str(from_micros(c.budget_micros))}
+
+
+# --- dead letters ----------------------------------------------------------------------------
+
+
+def _letter_row(le: Any, *, raw: bool) -> dict[str, Any]:
+    row = {"id": le.id, "reason": le.reason, "source": le.source, "count": le.count,
+           "first_seen": le.first_seen.isoformat(), "last_seen": le.last_seen.isoformat(),
+           "size": len(le.raw)}
+    if raw:
+        row["raw"] = le.raw.decode("utf-8", "replace")
+    return row
+
+
+@deadletter_app.command("list")
+@handle_errors
+def deadletter_list(config: ConfigOpt = None, json_out: JsonOpt = False,
+                    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+                    limit: Annotated[int, typer.Option(min=1, max=10_000,
+                                                       help="At most this many.")] = 100,
+                    ) -> None:
+    """Refused events, newest first, with the counts by reason."""
+    settings = _settings(config)
+
+    async def go() -> Any:
+        store = await _open_sql(settings)
+        try:
+            return (await store.list_dead_letters(reason=reason, limit=limit),
+                    await store.dead_letter_counts())
+        finally:
+            await store.close()
+
+    letters, counts = anyio.run(go)
+    if json_out:
+        print_json({"counts": counts, "dead_letters": [_letter_row(le, raw=False)
+                                                       for le in letters]})
+        return
+    out.print("by reason: " + (", ".join(f"{r} {n}" for r, n in sorted(counts.items()))
+                               or "none"))
+    t = Table("id", "reason", "count", "last seen", "source", "payload")
+    for le in letters:
+        preview = le.raw[:60].decode("utf-8", "replace")
+        t.add_row(str(le.id), le.reason, str(le.count), le.last_seen.isoformat(),
+                  _escape(le.source), _escape(preview + ("…" if len(le.raw) > 60 else "")))
+    out.print(t)
+
+
+@deadletter_app.command("show")
+@handle_errors
+def deadletter_show(letter_id: Annotated[int, typer.Argument(help="Dead letter id.")],
+                    config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """One refused event with its whole raw payload."""
+    settings = _settings(config)
+
+    async def go() -> Any:
+        store = await _open_sql(settings)
+        try:
+            return await store.get_dead_letter(letter_id)
+        finally:
+            await store.close()
+
+    le = anyio.run(go)
+    if le is None:
+        raise NotFound(f"ID: no dead letter {letter_id}; list them with "
+                       "`campaignd deadletter list`")
+    row = _letter_row(le, raw=True)
+    if json_out:
+        print_json(row)
+        return
+    for k, v in row.items():
+        out.print(f"[bold]{k}[/]: {_escape(str(v))}")
 
 
 # --- sandbox and simulate --------------------------------------------------------------------

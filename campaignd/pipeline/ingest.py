@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import numpy as np
 from anyio.abc import TaskStatus
 
@@ -26,7 +27,7 @@ from campaignd.domain.cells import CellTable
 from campaignd.errors import DSPError, StorageError
 from campaignd.logs import get_logger
 from campaignd.metrics import Metrics
-from campaignd.pipeline.schema import AdLogMessage, decode_messages
+from campaignd.pipeline.schema import AdLogMessage, decode_message
 
 log = get_logger("campaignd.ingest")
 
@@ -69,6 +70,7 @@ class EventIngestor:
         self.dead: Counter[str] = Counter()
         self.lag_s: float | None = None
         self.last_error: str | None = None
+        self._letters: list[tuple[str, bytes]] = []
 
     def register(self, table: CellTable, line_items: Mapping[int, str]) -> None:
         """Route events of these DSP line item ids to the table's cells."""
@@ -112,6 +114,7 @@ class EventIngestor:
         """Read and ingest one batch; returns the number of raw messages read."""
         batch = await self.adapter.read_events(self.cursor, limit=self.batch)
         if batch.skipped:
+            # The DSP no longer held these: there is no payload to keep, only the count.
             self.dead["lost_before_read"] += batch.skipped
             self.metrics.events_dead.labels("lost_before_read").inc(batch.skipped)
         await self.ingest(batch.messages)
@@ -119,20 +122,32 @@ class EventIngestor:
         await self.sql.set_checkpoint(self.checkpoint_name, batch.next_cursor)
         return len(batch.messages)
 
-    def _dead(self, reason: str, n: int = 1) -> None:
-        self.dead[reason] += n
-        self.metrics.events_dead.labels(reason).inc(n)
+    def _dead(self, reason: str, raw: bytes | str) -> None:
+        """Count a refused event and keep its raw payload for the SQL dead-letter table."""
+        self.dead[reason] += 1
+        self.metrics.events_dead.labels(reason).inc()
+        self._letters.append((reason, raw.encode() if isinstance(raw, str) else bytes(raw)))
+
+    async def _store_letters(self) -> None:
+        letters, self._letters = self._letters, []
+        if letters and self.sql is not None:
+            await self.sql.add_dead_letters(letters, source=self.checkpoint_name,
+                                            now=self.clock.now())
 
     async def ingest(self, raws: Sequence[bytes]) -> None:
-        msgs, failures = decode_messages(raws)
-        if failures:
-            self._dead("malformed", len(failures))
         now_us = int(self.clock.now().timestamp() * 1_000_000)
         keyed: list[tuple[str, AdLogMessage, _Target, int]] = []
-        for m in msgs:
-            item = self._classify(m, now_us)
+        for raw in raws:
+            try:
+                m = decode_message(raw)
+            except msgspec.DecodeError:
+                self._dead("malformed", raw)
+                continue
+            item = self._classify(m, raw, now_us)
             if item is not None:
                 keyed.append(item)
+        # Refused events are stored before anything else can fail: nothing is lost.
+        await self._store_letters()
         if not keyed:
             return
         fresh = await self.hot.mark_seen("events", [k for k, *_ in keyed], DEDUPE_WINDOW_S)
@@ -185,8 +200,8 @@ class EventIngestor:
             self.lag_s = max(0.0, (now_us - newest_us) / 1e6 / self.time_scale)
             self.metrics.event_lag.set(self.lag_s)
 
-    def _classify(self, m: AdLogMessage, now_us: int) -> tuple[str, AdLogMessage, _Target,
-                                                               int] | None:
+    def _classify(self, m: AdLogMessage, raw: bytes | str,
+                  now_us: int) -> tuple[str, AdLogMessage, _Target, int] | None:
         kind = m.kind
         if kind == "impression":
             part: Any = m.impression
@@ -197,10 +212,10 @@ class EventIngestor:
                 try:
                     price = int(part.win_price_micros_usd)
                 except ValueError:
-                    self._dead("bad_money")
+                    self._dead("bad_money", raw)
                     return None
                 if not 0 <= price <= MAX_IMPRESSION_PRICE_MICROS:
-                    self._dead("bad_money")
+                    self._dead("bad_money", raw)
                     return None
             dedupe = f"i:{key}"
         elif kind == "activity":
@@ -227,32 +242,32 @@ class EventIngestor:
                 except (OverflowError, ValueError):
                     value = None
                 if value is None or not 0 <= value <= MAX_CONVERSION_VALUE_MICROS:
-                    self._dead("bad_money")
+                    self._dead("bad_money", raw)
                     return None
         else:
-            self._dead("empty_message")
+            self._dead("empty_message", raw)
             return None
         if not key:
-            self._dead("missing_dedupe_key")
+            self._dead("missing_dedupe_key", raw)
             return None
         try:
             li_id = int(li) if li is not None else None
             ts_us = int(ts) if ts is not None else None
         except ValueError:
-            self._dead("wrong_type")
+            self._dead("wrong_type", raw)
             return None
         if ts_us is None:
-            self._dead("missing_timestamp")
+            self._dead("missing_timestamp", raw)
             return None
         if ts_us > now_us + MAX_FUTURE_S * 1_000_000:
-            self._dead("timestamp_in_future")
+            self._dead("timestamp_in_future", raw)
             return None
         if ts_us < now_us - DEDUPE_WINDOW_S * 1_000_000:
-            self._dead("timestamp_too_old")
+            self._dead("timestamp_too_old", raw)
             return None
         target = self._targets.get(li_id) if li_id is not None else None
         if target is None:
-            self._dead("unknown_line_item")
+            self._dead("unknown_line_item", raw)
             return None
         return dedupe, m, target, ts_us
 

@@ -152,3 +152,35 @@ def test_simulate_json_report_and_bad_input(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--days" in r.stderr
     r = cli("simulate", "--scenario", scenario, "--days", "1", "--policy", "best", timeout=60)
     assert r.returncode == 2 and "uniform" in r.stderr
+
+
+def test_deadletter_list_and_show(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from campaignd.stores.sql.migrate import upgrade
+    from campaignd.stores.sql.repository import SqlStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'dl.db'}"
+
+    async def seed() -> None:
+        await upgrade(url)
+        store = await SqlStore.connect(url)
+        await store.add_dead_letters([("malformed", b"{oops"), ("bad_money", b'{"x": 1}')],
+                                     source="events:test", now=datetime.now(UTC))
+        await store.close()
+
+    anyio.run(seed)
+    env = {"CAMPAIGND_DATABASE__URL": url}
+    r = cli("deadletter", "list", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["counts"] == {"malformed": 1, "bad_money": 1}
+    ids = {d["reason"]: d["id"] for d in data["dead_letters"]}
+    r = cli("deadletter", "show", str(ids["malformed"]), "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["raw"] == "{oops"
+    r = cli("deadletter", "list", "--reason", "bad_money", env=env)
+    assert r.returncode == 0 and "bad_money" in r.stdout
+    r = cli("deadletter", "show", "999", env=env)
+    assert r.returncode == 2 and "999" in r.stderr

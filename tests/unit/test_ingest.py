@@ -105,3 +105,21 @@ async def test_bad_messages_are_counted_by_reason(setup, raw: bytes, reason: str
     assert ing.dead[reason] == 1
     assert ing.ingested == 1  # the good message in the same batch still counts
     assert int(table.counts["impressions"].sum()) == 1
+
+
+async def test_refused_events_are_kept_in_sql_with_their_payload(seed_spec, sql_store) -> None:  # type: ignore[no-untyped-def]
+    cells = atomize(seed_spec)
+    table = CellTable(seed_spec.id, cells)
+    clock = VirtualClock(NOW)
+    ing = EventIngestor(adapter=None, sql=sql_store, hot=InMemoryHotStore(clock),
+                        metrics=Metrics(), clock=clock, checkpoint="events:test")
+    ing.register(table, {100 + i: c.cell_id for i, c in enumerate(cells)})
+    bad = [b"{not json", imp(1, li=999), conv("c-neg", value="-45"), b"{not json"]
+    await ing.ingest([*bad, imp(2)])
+    assert ing.ingested == 1
+    assert await sql_store.dead_letter_counts() == {"malformed": 2, "unknown_line_item": 1,
+                                                    "bad_money": 1}
+    letters = {le.reason: le for le in await sql_store.list_dead_letters()}
+    assert letters["malformed"].raw == b"{not json" and letters["malformed"].count == 2
+    assert letters["unknown_line_item"].raw == imp(1, li=999)
+    assert letters["bad_money"].source == "events:test"

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -165,6 +166,21 @@ class DaemonStatusModel(Base):
     payload: Mapped[str] = mapped_column(Text)
 
 
+class DeadLetterModel(Base):
+    """An event the pipeline could not accept: why, the raw payload, when, how often."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(255))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer)
+
+
 # Core tables, for the repository's queries.
 metadata = Base.metadata
 campaigns = cast(Table, CampaignModel.__table__)
@@ -173,3 +189,4 @@ agent_runs = cast(Table, AgentRunModel.__table__)
 dsp_objects = cast(Table, DspObjectModel.__table__)
 checkpoints = cast(Table, CheckpointModel.__table__)
 daemon_status = cast(Table, DaemonStatusModel.__table__)
+dead_letters = cast(Table, DeadLetterModel.__table__)

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from campaignd.domain.campaign import CampaignSpec, Cell
 from campaignd.errors import StorageError
+from campaignd.stores.sql.deadletters import DeadLetterMethods
 from campaignd.stores.sql.models import (
     CAMPAIGN_STATUSES,
     CELL_STATUSES,
@@ -230,7 +231,7 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 # --- the store ---------------------------------------------------------------------------------
 
 
-class SqlStore:
+class SqlStore(DeadLetterMethods):
     def __init__(self, engine: AsyncEngine) -> None:
         """Wrap an engine built by ``build_engine``; prefer ``SqlStore.connect``."""
         self.engine = engine
