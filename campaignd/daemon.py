@@ -157,6 +157,7 @@ class Daemon:
         self._problems: list[str] = []
         self._ready = False
         self._stopping = False
+        self._stopped = False
         self._spend_written: dict[str, np.ndarray] = {}
 
     # --- control plane (read by the web layer) ----------------------------------------
@@ -269,10 +270,26 @@ class Daemon:
                 log.info("shutting down", signal=signal.Signals(signum).name)
                 self._stopping = True
                 self.notifier.stopping()
+                self._arm_stop_deadline()
                 scope.cancel()
                 # A second signal during the (bounded) shutdown gets the default action: a
                 # second Ctrl-C force-quits, as people expect.
                 return
+
+    def _arm_stop_deadline(self, seconds: float = 12.0) -> None:
+        """Last resort: if the process is still alive ``seconds`` after a stop signal (a
+        library task that ignores cancellation), exit anyway — a service must not hang on
+        stop. Exit 0 when the orderly shutdown had finished, 1 otherwise."""
+
+        def force() -> None:
+            log.error("shutdown overran its deadline; exiting now", deadline_s=seconds,
+                      shutdown_finished=self._stopped)
+            sys.stderr.flush()
+            os._exit(0 if self._stopped else 1)
+
+        timer = threading.Timer(seconds, force)
+        timer.daemon = True
+        timer.start()
 
     async def _open_stores(self) -> None:
         s = self.settings
@@ -449,6 +466,7 @@ class Daemon:
             if scope.cancelled_caught:
                 log.warning("shutdown step timed out", step=what, budget_s=budget)
         self.notifier.close()
+        self._stopped = True
         log.info("campaignd stopped")
 
 

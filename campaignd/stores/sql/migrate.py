@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -54,6 +55,9 @@ def _current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+UPGRADE_TIMEOUT_S = 120.0
+
+
 async def upgrade(url: str | URL, *, password: str | None = None, revision: str = "head") -> str:
     """Migrate the database at ``url`` to ``revision`` (default: head); return its revision now.
 
@@ -66,14 +70,21 @@ async def upgrade(url: str | URL, *, password: str | None = None, revision: str 
     engine = build_engine(url, password=password, poolclass=pool.NullPool)
     try:
         check_sqlite_directory(engine.url)
-        async with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Two processes upgrading at once (daemon start, `campaignd db upgrade`): the
-                # second waits here, then finds the schema at head and does nothing.
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                                   {"key": _LOCK_KEY})
-            await conn.run_sync(_upgrade, revision)
-            current = await conn.run_sync(_current)
+        # Never abandoned half-way (a signal during start-up waits for the migration to
+        # commit or roll back); bounded so that a locked database cannot hang start-up.
+        with anyio.CancelScope(shield=True), anyio.fail_after(UPGRADE_TIMEOUT_S):
+            async with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Two processes upgrading at once (daemon start, `campaignd db upgrade`):
+                    # the second waits here, then finds the schema at head and does nothing.
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                       {"key": _LOCK_KEY})
+                await conn.run_sync(_upgrade, revision)
+                current = await conn.run_sync(_current)
+    except TimeoutError:
+        raise StorageError(f"cannot migrate the database at {masked(engine.url)}: it did not "
+                           f"finish within {UPGRADE_TIMEOUT_S:g} s (is another process holding "
+                           "a lock on it?)") from None
     except (SQLAlchemyError, OSError) as exc:
         raise StorageError(f"cannot migrate the database at {masked(engine.url)}: "
                            f"{error_reason(exc)}; {_FIX}") from exc

@@ -251,7 +251,9 @@ class SqlStore(DeadLetterMethods):
                "check that the server is running and the URL, user and password are right")
         try:
             check_sqlite_directory(engine.url)
-            with anyio.fail_after(timeout_s):
+            # Shielded: a connection abandoned half-open (a signal during start-up) would leave
+            # a driver task behind that the event loop then waits for forever.
+            with anyio.CancelScope(shield=True), anyio.fail_after(timeout_s):
                 async with engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
