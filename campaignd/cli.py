@@ -11,7 +11,7 @@ import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -48,6 +48,7 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (stable keys).")]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -264,16 +265,7 @@ def campaign_add(spec: Annotated[Path, typer.Argument(help="Campaign spec (TOML)
     from campaignd.domain.campaign import atomize, load_spec
     s = load_spec(spec)
     cell_list = atomize(s)
-    settings = _settings(config)
-
-    async def go() -> Any:
-        store = await _open_sql(settings)
-        try:
-            return await store.upsert_campaign(s, cell_list)
-        finally:
-            await store.close()
-
-    result = anyio.run(go)
+    result = with_store(config, lambda store: store.upsert_campaign(s, cell_list))
     data = {"campaign_id": s.id, "cells": len(cell_list), "created": result.created,
             "cells_added": result.cells_added, "cells_unchanged": result.cells_unchanged,
             "cells_removed": result.cells_removed}
@@ -296,6 +288,20 @@ async def _open_sql(settings: Any) -> Any:
     return await SqlStore.connect(url)
 
 
+def with_store(config: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Load the settings, open (and upgrade) the database, run ``work(store)``, close it."""
+    settings = _settings(config)
+
+    async def go() -> T:
+        store = await _open_sql(settings)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return anyio.run(go)
+
+
 def _campaign_row(c: Any) -> dict[str, Any]:
     from campaignd.domain.campaign import from_micros
     return {
@@ -312,16 +318,7 @@ def _campaign_row(c: Any) -> dict[str, Any]:
 @handle_errors
 def campaign_list(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """List stored campaigns."""
-    settings = _settings(config)
-
-    async def go() -> Any:
-        store = await _open_sql(settings)
-        try:
-            return await store.list_campaigns()
-        finally:
-            await store.close()
-
-    rows = [_campaign_row(c) for c in anyio.run(go)]
+    rows = [_campaign_row(c) for c in with_store(config, lambda store: store.list_campaigns())]
     if json_out:
         print_json({"campaigns": rows})
         return
@@ -342,18 +339,12 @@ def campaign_show(campaign_id: Annotated[str, typer.Argument(help="Campaign id."
                   cells: Annotated[bool, typer.Option("--cells", help="List every cell.")] = False,
                   ) -> None:
     """Show one stored campaign."""
-    settings = _settings(config)
+    async def read(store: Any) -> Any:
+        detail = await store.get_campaign(campaign_id)
+        cell_rows = await store.list_cells(campaign_id) if (detail and cells) else []
+        return detail, cell_rows
 
-    async def go() -> Any:
-        store = await _open_sql(settings)
-        try:
-            detail = await store.get_campaign(campaign_id)
-            cell_rows = await store.list_cells(campaign_id) if (detail and cells) else []
-            return detail, cell_rows
-        finally:
-            await store.close()
-
-    detail, cell_rows = anyio.run(go)
+    detail, cell_rows = with_store(config, read)
     if detail is None:
         raise NotFound(f"campaign_id: no stored campaign {campaign_id!r}; "
                        "list them with `campaignd campaign list`")
@@ -408,17 +399,11 @@ def deadletter_list(config: ConfigOpt = None, json_out: JsonOpt = False,
                                                        help="At most this many.")] = 100,
                     ) -> None:
     """Refused events, newest first, with the counts by reason."""
-    settings = _settings(config)
+    async def read(store: Any) -> Any:
+        return (await store.list_dead_letters(reason=reason, limit=limit),
+                await store.dead_letter_counts())
 
-    async def go() -> Any:
-        store = await _open_sql(settings)
-        try:
-            return (await store.list_dead_letters(reason=reason, limit=limit),
-                    await store.dead_letter_counts())
-        finally:
-            await store.close()
-
-    letters, counts = anyio.run(go)
+    letters, counts = with_store(config, read)
     if json_out:
         print_json({"counts": counts, "dead_letters": [_letter_row(le, raw=False)
                                                        for le in letters]})
@@ -438,16 +423,7 @@ def deadletter_list(config: ConfigOpt = None, json_out: JsonOpt = False,
 def deadletter_show(letter_id: Annotated[int, typer.Argument(help="Dead letter id.")],
                     config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """One refused event with its whole raw payload."""
-    settings = _settings(config)
-
-    async def go() -> Any:
-        store = await _open_sql(settings)
-        try:
-            return await store.get_dead_letter(letter_id)
-        finally:
-            await store.close()
-
-    le = anyio.run(go)
+    le = with_store(config, lambda store: store.get_dead_letter(letter_id))
     if le is None:
         raise NotFound(f"ID: no dead letter {letter_id}; list them with "
                        "`campaignd deadletter list`")
