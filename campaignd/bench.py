@@ -66,14 +66,14 @@ def _messages(n: int, n_line_items: int, now_us: int) -> list[bytes]:
                     app=s.App(bundle="com.hulu.plus"),
                     device=s.Device(devicetype=3, geo=s.Geo(zip="10001")))))
         elif r < 0.95:
-            msg = s.AdLogMessage(activity=[s.ActivityLogMessage(
+            msg = s.AdLogMessage(activity=(s.ActivityLogMessage(
                 type=rng.choice(["START", "Q1", "MID", "Q3", "COMPLETE", "VIEWABILITY"]),
                 auctionid_str=auction, adgroupid=ag, rx_timestamp_usecs=ts,
-                auction_adgroup_id=key)])
+                auction_adgroup_id=key),))
         elif r < 0.99:
-            msg = s.AdLogMessage(clicks=[s.ClickLogMessage(
+            msg = s.AdLogMessage(clicks=(s.ClickLogMessage(
                 auctionid_str=auction, adgroupid=ag, rx_timestamp_usecs=ts,
-                auction_adgroup_id=key)])
+                auction_adgroup_id=key),))
         else:
             msg = s.AdLogMessage(conversion=s.ConversionLogMessage(
                 conversion_id=f"conv-{i}", value="45.00", rx_timestamp=ts, auctionid=auction,

@@ -196,10 +196,10 @@ def impression_message(n: int, *, line_item: int, ts_usecs: int, price_micros: s
 def activity_message(n: int, kind: str, *, line_item: int, ts_usecs: int,
                      campaign: int = 7) -> bytes:
     auction = f"{ts_usecs}.3054.{n}.sandbox"
-    return s.encode_message(s.AdLogMessage(activity=[s.ActivityLogMessage(
+    return s.encode_message(s.AdLogMessage(activity=(s.ActivityLogMessage(
         type=kind, auctionid_str=auction, adgroupid=adgroup(line_item, campaign),
         rx_timestamp_usecs=str(ts_usecs),
-        auction_adgroup_id=f"{auction}.1.{campaign}.{line_item}")]))
+        auction_adgroup_id=f"{auction}.1.{campaign}.{line_item}"),)))
 
 
 def conversion_message(conversion_id: str, *, line_item: int, ts_usecs: int,

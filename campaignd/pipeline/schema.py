@@ -73,7 +73,7 @@ ACTIVITY_TYPES: frozenset[str] = frozenset({
 })
 """``ActivityLogMessage.Type`` names (proto enums print as their names in JSON)."""
 
-_OPTS = {"omit_defaults": True, "forbid_unknown_fields": False}
+_OPTS = {"omit_defaults": True, "forbid_unknown_fields": False, "gc": False}
 
 
 class EventId(msgspec.Struct, **_OPTS):
@@ -248,9 +248,9 @@ class AdLogMessage(msgspec.Struct, **_OPTS):
 
     request: RequestLogMessage | None = None
     impression: ImpressionLogMessage | None = None
-    activity: list[ActivityLogMessage] = msgspec.field(default_factory=list)
+    activity: tuple[ActivityLogMessage, ...] = ()
     conversion: ConversionLogMessage | None = None
-    clicks: list[ClickLogMessage] = msgspec.field(default_factory=list)
+    clicks: tuple[ClickLogMessage, ...] = ()
 
     def timestamp_usecs(self) -> int | None:
         """When Beeswax received the event (microseconds since the epoch), if readable."""

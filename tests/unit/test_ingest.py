@@ -43,9 +43,9 @@ def imp(n: int, li: int = 100, price: str = "25000", ts: int = NOW_US - 1_000_00
 def act(n: int, kind: str, li: int = 100) -> bytes:
     ts = NOW_US - 1_000_000
     auction = f"{ts}.3054.{n}.sandbox"
-    return s.encode_message(s.AdLogMessage(activity=[s.ActivityLogMessage(
+    return s.encode_message(s.AdLogMessage(activity=(s.ActivityLogMessage(
         type=kind, auctionid_str=auction, adgroupid=ag(li), rx_timestamp_usecs=str(ts),
-        auction_adgroup_id=f"{auction}.1.7.{li}")]))
+        auction_adgroup_id=f"{auction}.1.7.{li}"),)))
 
 
 def conv(cid: str, li: int = 100, value: str = "45.00") -> bytes:

@@ -47,12 +47,12 @@ MESSAGES = {
             win_price_micros_usd="21000000", user_id="u-1",
             rx_timestamp_usecs="1793000000461896", auction_id=AUCTION,
             auction_adgroup_id=AAG)),
-    "activity": AdLogMessage(activity=[ActivityLogMessage(
+    "activity": AdLogMessage(activity=(ActivityLogMessage(
         type="COMPLETE", auctionid_str=AUCTION, adgroupid=AG, creative_id="897",
-        rx_timestamp_usecs="1793000030000000", auction_adgroup_id=AAG)]),
-    "click": AdLogMessage(clicks=[ClickLogMessage(
+        rx_timestamp_usecs="1793000030000000", auction_adgroup_id=AAG),)),
+    "click": AdLogMessage(clicks=(ClickLogMessage(
         auctionid_str=AUCTION, adgroupid=AG, creative_id="897",
-        rx_timestamp_usecs="1793000031000000", auction_adgroup_id=AAG)]),
+        rx_timestamp_usecs="1793000031000000", auction_adgroup_id=AAG),)),
     "conversion": AdLogMessage(conversion=ConversionLogMessage(
         user_id="u-1", value="45.500000", ord="conv-9", tag_id=1, buzz_key="sandbox",
         rx_timestamp="1793003600000000", auctionid=AUCTION, conversion_id="conv-9",
@@ -155,7 +155,7 @@ def test_round_trip_property(auction: str, line_item: str, win: str, ts: str, cr
             impression=ImpressionLogMessage(auctionid_str=auction, adgroupid=ag,
                                             creative_id=creative, win_price_micros_usd=win,
                                             rx_timestamp_usecs=ts)),
-        AdLogMessage(activity=[ActivityLogMessage(type=activity, auctionid_str=auction,
-                                                  adgroupid=ag, rx_timestamp_usecs=ts)]),
+        AdLogMessage(activity=(ActivityLogMessage(type=activity, auctionid_str=auction,
+                                                  adgroupid=ag, rx_timestamp_usecs=ts),)),
     ):
         assert decode_message(encode_message(message)) == message

@@ -134,15 +134,15 @@ class MessageEncoder:
                     data_center="US_EAST_1", auction_id=event.auction_id,
                     auction_adgroup_id=aag))
         elif isinstance(event, ActivityEvent):
-            msg = AdLogMessage(activity=[ActivityLogMessage(
+            msg = AdLogMessage(activity=(ActivityLogMessage(
                 type=event.type, auctionid=_event_id(event.auction_id, event.ts_usecs),
                 auctionid_str=event.auction_id, adgroupid=ag, creative_id=creative_id,
-                advertiser_id=advertiser_id, rx_timestamp_usecs=ts, auction_adgroup_id=aag)])
+                advertiser_id=advertiser_id, rx_timestamp_usecs=ts, auction_adgroup_id=aag),))
         elif isinstance(event, ClickEvent):
-            msg = AdLogMessage(clicks=[ClickLogMessage(
+            msg = AdLogMessage(clicks=(ClickLogMessage(
                 auctionid=_event_id(event.auction_id, event.ts_usecs),
                 auctionid_str=event.auction_id, adgroupid=ag, creative_id=creative_id,
-                advertiser_id=advertiser_id, rx_timestamp_usecs=ts, auction_adgroup_id=aag)])
+                advertiser_id=advertiser_id, rx_timestamp_usecs=ts, auction_adgroup_id=aag),))
         elif isinstance(event, ConversionEvent):
             value = f"{event.value_micros // 1_000_000}.{event.value_micros % 1_000_000:06d}"
             msg = AdLogMessage(conversion=ConversionLogMessage(
