@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,10 @@ from campaignd import logs as logmod
 from campaignd.agents.monitor import PerformanceMonitor
 from campaignd.clock import Clock, ScaledClock, SystemClock
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
-from campaignd.domain.cells import CellSnapshot, CellTable
+from campaignd.domain.cells import METRICS, N_METRICS, CellSnapshot, CellTable
 from campaignd.errors import BadInput, CampaigndError, StartupError, StorageError
 from campaignd.metrics import Metrics
+from campaignd.pipeline.registry import Registry
 from campaignd.scheduling import JobSpec, RunRecord, Supervisor
 from campaignd.settings import Settings, secret_values
 from campaignd.stores.base import HotStore
@@ -147,6 +148,7 @@ class Daemon:
         self.started_at = self.wall.now()
         self.t0 = time.monotonic()
         self.campaigns: dict[str, CampaignRuntime] = {}
+        self.registry = Registry()
         self.sql: SqlStore | None = None
         self.hot: HotStore | None = None
         self.supervisor: Supervisor | None = None
@@ -158,7 +160,6 @@ class Daemon:
         self._ready = False
         self._stopping = False
         self._stopped = False
-        self._spend_written: dict[str, np.ndarray] = {}
 
     # --- control plane (read by the web layer) ----------------------------------------
 
@@ -174,6 +175,9 @@ class Daemon:
             problems.append(f"DSP adapter unhealthy: {dsp.get('detail')}")
         events = self.ingest.status() if self.ingest is not None else {
             "ingested": 0, "dead_lettered": 0, "duplicates": 0, "lag_s": None, "cursor": None}
+        if self.ingest is not None and self.ingest.flush_failures and self.ingest.last_error \
+                and self.ingest.pipeline.backlog > self.ingest.max_backlog:
+            problems.append(f"event counts cannot be committed: {self.ingest.last_error}")
         healthy = self._ready and not self._stopping and not problems
         state = "stopped" if self._stopping else ("running" if healthy else "unhealthy")
         return {
@@ -321,55 +325,108 @@ class Daemon:
                 log.error("campaign spec rejected", path=str(path), error=str(exc))
                 continue
             result = await self.sql.upsert_campaign(spec, cells)
-            self.campaigns[spec.id] = CampaignRuntime(spec, cells, CellTable(spec.id, cells), {})
+            table = self.registry.add_campaign(spec, cells)
+            self.campaigns[spec.id] = CampaignRuntime(spec, cells, table, {})
             self.metrics.cells.labels(spec.id, "total").set(len(cells))
             log.info("campaign loaded", campaign=spec.id, cells=len(cells),
                      cells_added=result.cells_added)
 
     async def _start_dsp(self, tg: anyio.abc.TaskGroup) -> None:
         from campaignd.dsp.service import DSPService
-        from campaignd.pipeline.ingest import EventIngestor
+        from campaignd.pipeline.ingest import DEDUPE_NAMESPACE, EventIngestor, Pipeline
 
         assert self.sql is not None and self.hot is not None
-        sandbox = self.settings.dsp.adapter == "sandbox"
-        self.dsp = DSPService(self.settings, self.sql, clock=self.clock,
-                              on_synced=self._on_synced)
+        s = self.settings
+        sandbox = s.dsp.adapter == "sandbox"
+        self.dsp = DSPService(s, self.sql, clock=self.clock, on_synced=self._on_synced)
         await tg.start(self.dsp.run, name="dsp")
         # The in-process sandbox is a new DSP on every start: its feed cursor must not be
-        # resumed from an earlier run's (that would skip the new market's backlog).
+        # resumed from an earlier run's (that would skip the new market's backlog), its ids may
+        # repeat an earlier market's (so its dedupe marks live in a namespace of their own),
+        # and counts of an earlier market are not this one's.
         checkpoint = (f"events:sandbox:{self.dsp.sandbox_url}" if sandbox
-                      else f"events:beeswax:{self.settings.dsp.beeswax.base_url}")
+                      else f"events:beeswax:{s.dsp.beeswax.base_url}")
+        p = s.pipeline
+        pipeline = Pipeline(
+            self.registry, self.hot, clock=self.clock, metrics=self.metrics,
+            dedupe_window_s=p.dedupe_window_s, max_future_s=p.max_future_s,
+            time_scale=s.dsp.sandbox.time_scale if sandbox else 1.0,
+            context_capacity=p.context_capacity,
+            namespace=f"{DEDUPE_NAMESPACE}:{checkpoint}" if sandbox else DEDUPE_NAMESPACE)
+        await self._restore_counts(fresh_market=sandbox)
         self.ingest = EventIngestor(
-            adapter=self.dsp.adapter, sql=self.sql, hot=self.hot, metrics=self.metrics,
-            clock=self.clock, poll_s=self.settings.dsp.events_poll_s, checkpoint=checkpoint,
-            time_scale=self.settings.dsp.sandbox.time_scale if sandbox else 1.0)
-        if not sandbox:
-            # Counts survive a restart in a persistent hot store (Redis); the cursor resumes
-            # after the events they include.
-            for cid, rt in self.campaigns.items():
-                rt.table.add_counts({cell: counts for cell, counts in
-                                     (await self.hot.campaign_totals(cid)).items()
-                                     if cell in rt.table.index})
+            adapter=self.dsp.adapter, sql=self.sql, pipeline=pipeline, clock=self.clock,
+            metrics=self.metrics, poll_s=s.dsp.events_poll_s, batch=p.batch,
+            checkpoint=checkpoint, flush_s=p.flush_s, max_backlog=p.max_backlog)
         for rt in self.campaigns.values():
             await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
         await tg.start(self.ingest.run, name="ingest")
+
+    async def _restore_counts(self, *, fresh_market: bool) -> None:
+        """Put the committed counts back into the registry (and the hot store's totals): the
+        running totals, and the last 24 h of minute rows for the windows and series. A new
+        sandbox market starts from zero instead."""
+        assert self.sql is not None and self.hot is not None
+        now = self.clock.now()
+        for cid, rt in self.campaigns.items():
+            table = rt.table
+            if fresh_market:
+                await self.sql.reset_counts(cid)
+                table.reset()
+                log.info("sandbox: a new simulated market; counts start from zero", campaign=cid)
+                continue
+            totals = await self.sql.read_cell_totals(cid)
+            for cell_id, counts in totals.items():
+                pos = table.index.get(cell_id)
+                if pos is not None:
+                    table.matrix[:, pos] = counts
+            rows = await self.sql.minute_rows(cid, since=now - timedelta(hours=24),
+                                              until=now + timedelta(hours=1))
+            table.replay_recent(
+                np.array([table.index.get(r.cell_id, -1) for r in rows], dtype=np.int64),
+                np.array([int(r.at.timestamp()) for r in rows], dtype=np.int64),  # type: ignore[union-attr]
+                np.array([r.counts for r in rows], dtype=np.int64).reshape(-1, N_METRICS))
+            if totals:
+                await self.hot.set_totals(cid, {
+                    cell: dict(zip(METRICS, counts, strict=True))
+                    for cell, counts in totals.items() if cell in table.index})
+                log.info("counts restored", campaign=cid, cells=len(totals),
+                         impressions=int(table.counts["impressions"].sum()),
+                         minute_rows=len(rows))
 
     def _on_synced(self, campaign_id: str, line_items: dict[str, int]) -> None:
         """A campaign's line items are known (at start, or when reconciliation retried a
         failed sync): route their events to the campaign's cells."""
         rt = self.campaigns[campaign_id]
         rt.line_items = dict(line_items)
-        if self.ingest is not None:
-            self.ingest.register(rt.table, {li: cell for cell, li in line_items.items()})
+        self.registry.register(campaign_id, {li: cell for cell, li in line_items.items()})
 
     def _jobs(self) -> list[JobSpec]:
         a = self.settings.agents
-        jobs = [JobSpec("monitor", a.monitor_s, self._run_monitor, a.timeout_s)]
+        p = self.settings.pipeline
+        jobs = [JobSpec("monitor", a.monitor_s, self._run_monitor, a.timeout_s),
+                JobSpec("cold_export", p.rollup_s, self._run_cold_export, 300.0,
+                        kind="maintenance"),
+                JobSpec("retention", 3600.0, self._run_retention, 300.0, kind="maintenance")]
         if self.dsp is not None:
             jobs.append(JobSpec("reconcile", self.settings.dsp.reconcile_s,
                                 self._run_reconcile, max(a.timeout_s, 60.0),
                                 kind="maintenance"))
         return jobs
+
+    async def _run_cold_export(self, now: datetime) -> int:
+        """Parquet files of the finished days that changed (cold store)."""
+        from campaignd.pipeline.rollup import export_changed_days
+        assert self.sql is not None
+        return await export_changed_days(self.sql, self.settings.parquet_dir,
+                                         now=self.clock.now())
+
+    async def _run_retention(self, now: datetime) -> int:
+        """Delete warm minute rows past ``pipeline.warm_retention_days``."""
+        from campaignd.pipeline.rollup import apply_retention
+        assert self.sql is not None
+        return await apply_retention(self.sql, now=self.clock.now(),
+                                     retention_days=self.settings.pipeline.warm_retention_days)
 
     async def _run_monitor(self, now: datetime) -> int:
         # Agents decide in the DSP's time (the sandbox market's, when sped up).
@@ -407,19 +464,6 @@ class Daemon:
                                  f"{len(st['campaigns'])} campaign(s)"
                                  + (f"; {problems}" if problems else ""))
 
-    async def _persist_spend(self) -> None:
-        """Write the cells' spend to SQL (what `campaign list/show` report), changed cells only."""
-        if self.sql is None:
-            return
-        for rt in self.campaigns.values():
-            spend = rt.table.counts["spend_micros"]
-            last = self._spend_written.get(rt.spec.id)
-            changed = np.nonzero(spend != last)[0] if last is not None else np.nonzero(spend)[0]
-            if len(changed):
-                await self.sql.set_cell_spend({rt.table.cell_ids[i]: int(spend[i])
-                                               for i in changed})
-            self._spend_written[rt.spec.id] = spend.copy()
-
     async def _publish_status(self) -> None:
         st = self.status()
         self.metrics.dsp_healthy.set(1 if st["dsp"]["healthy"] else 0)
@@ -427,7 +471,6 @@ class Daemon:
             self.metrics.spend_micros.labels(c["id"]).set(
                 int(self.campaigns[c["id"]].table.counts["spend_micros"].sum()))
         try:
-            await self._persist_spend()
             if self.sql is not None:
                 await self.sql.write_status(self.settings.instance, os.getpid(), __version__,
                                             self.started_at, st, now=self.wall.now())
@@ -438,18 +481,17 @@ class Daemon:
             log.warning("could not publish status", error=_short(exc))
 
     async def _shutdown(self) -> None:
-        """Flush and close everything, each step on its own time budget (≤ 7 s in all)."""
+        """Flush and close everything, each step on its own time budget (≤ 9 s in all)."""
         self.metrics.up.set(0)
         sql, hot, dsp, ingest = self.sql, self.hot, self.dsp, self.ingest
 
         async def final_status() -> None:
-            await self._persist_spend()
             if sql is not None:
                 await sql.write_status(self.settings.instance, os.getpid(), __version__,
                                        self.started_at, self.status(), now=self.wall.now())
 
         steps: list[tuple[str, float, Any]] = [
-            ("flush the event cursor", 1.5, ingest.flush if ingest else None),
+            ("commit the ingested events and the cursor", 3.0, ingest.flush if ingest else None),
             ("write the final spend and status", 2.0, final_status),
             ("close the DSP adapter", 1.0, dsp.aclose if dsp else None),
             ("close the hot store", 1.0, hot.close if hot else None),
@@ -499,7 +541,9 @@ async def open_hot_store(settings: Settings, clock: Clock) -> HotStore:
     """The hot store named by ``redis.url``: Redis when set, in-memory otherwise."""
     if not settings.redis.url:
         from campaignd.stores.memory import InMemoryHotStore
-        return InMemoryHotStore(clock=clock)
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        return InMemoryHotStore(clock=clock, max_seen=settings.pipeline.max_seen,
+                                seen_log=settings.state_dir / "dedupe-marks.log")
     from campaignd.stores.redis import RedisHotStore
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
     store = RedisHotStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix,

@@ -135,7 +135,8 @@ class DSPSettings(_Section):
     adapter: Literal["sandbox", "beeswax"] = "sandbox"
     sandbox: SandboxSettings = SandboxSettings()
     beeswax: BeeswaxSettings = BeeswaxSettings()
-    events_poll_s: float = Field(1.0, gt=0, description="seconds between event-feed reads")
+    events_poll_s: float = Field(0.25, gt=0,
+                                 description="seconds between event-feed reads when idle")
     reconcile_s: float = Field(300.0, gt=0, description="seconds between line-item read-backs")
 
     @model_validator(mode="after")
@@ -179,6 +180,27 @@ class HTTPSettings(_Section):
         return self
 
 
+class PipelineSettings(_Section):
+    """The event pipeline and its stores (see README "The event pipeline")."""
+
+    batch: int = Field(5000, ge=1, le=10_000, description="messages read per feed request")
+    flush_s: float = Field(1.0, gt=0, le=60,
+                           description="seconds between commits of counts + cursor to SQL")
+    dedupe_window_s: int = Field(72 * 3600, ge=60,
+                                 description="at-least-once window: dedupe and staleness")
+    max_future_s: int = Field(3600, ge=0, description="refuse events this far ahead")
+    max_seen: int = Field(1_000_000, ge=1000,
+                          description="dedupe marks kept by the in-memory hot store")
+    context_capacity: int = Field(500_000, ge=1000,
+                                  description="recent impressions remembered for ZIP series "
+                                              "and auction-only conversions")
+    max_backlog: int = Field(2_000_000, ge=10_000,
+                             description="uncommitted rows before reading pauses")
+    warm_retention_days: int = Field(7, ge=1, description="days of minute rows kept in SQL")
+    rollup_s: float = Field(600.0, gt=0, description="seconds between Parquet exports")
+    parquet_dir: Path | None = Field(None, description="default: state_dir/parquet")
+
+
 class LogSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -200,6 +222,7 @@ class Settings(BaseSettings):
     agents: AgentSettings = AgentSettings()
     decision: DecisionSettings = DecisionSettings()
     http: HTTPSettings = HTTPSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     log: LogSettings = LogSettings()
 
     config_file: Path | None = Field(None, exclude=True)
@@ -228,7 +251,12 @@ class Settings(BaseSettings):
         self.campaigns = [fix(p) for p in self.campaigns]  # type: ignore[misc]
         self.dsp.sandbox.scenario = fix(self.dsp.sandbox.scenario)  # type: ignore[assignment]
         self.log.file = fix(self.log.file)
+        self.pipeline.parquet_dir = fix(self.pipeline.parquet_dir)
         return self
+
+    @property
+    def parquet_dir(self) -> Path:
+        return self.pipeline.parquet_dir or self.state_dir / "parquet"
 
     def masked(self) -> dict[str, Any]:
         """The resolved settings as plain data, secrets shown as ``**********`` — including a

@@ -19,24 +19,14 @@ from scipy.stats import beta
 
 from campaignd.agents.base import Agent
 from campaignd.domain.actions import Recommendation
-from campaignd.domain.cells import CellSnapshot
+from campaignd.domain.cells import CellSnapshot, derived_metrics
 
 SUCCESS_METRIC = {"ctr": "clicks", "cvr": "conversions", "completion": "completes"}
 
 
 def cell_metrics(snap: CellSnapshot) -> dict[str, np.ndarray]:
-    """Derived per-cell metrics (floats; NaN where undefined). Money stays in micros."""
-    c = snap.counts
-    imps = c["impressions"].astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return {
-            "ctr": c["clicks"] / imps,
-            "cvr": c["conversions"] / imps,
-            "viewability": c["viewable"] / c["measurable"].astype(float),
-            "completion_rate": c["completes"] / c["starts"].astype(float),
-            "cpa_micros": c["spend_micros"] / c["conversions"].astype(float),
-            "roas": c["conversion_value_micros"] / c["spend_micros"].astype(float),
-        }
+    """Derived per-cell metrics of the running totals (floats; NaN where undefined)."""
+    return derived_metrics(snap.counts)
 
 
 class PerformanceMonitor(Agent):

@@ -166,6 +166,10 @@ class EventBatch:
     next_cursor: str
     skipped: int = 0
     """Messages the DSP no longer held between the given cursor and this batch (data loss)."""
+    first_seq: int | None = None
+    """The stream position (sequence number) of ``messages[0]``, the next ones following; None
+    when the feed does not say. With it the pipeline can tell a message read again after a
+    restart from a duplicate delivery (see ``HotStore.mark_seen``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -647,8 +647,10 @@ class BeeswaxAdapter(DSPAdapter):
         try:
             messages = [m.encode() if isinstance(m, str) else json.dumps(m).encode()
                         for m in body.get("messages", [])]
+            first = body.get("first_seq")
             return EventBatch(messages=messages, next_cursor=str(body["next_cursor"]),
-                              skipped=int(body.get("skipped", 0)))
+                              skipped=int(body.get("skipped", 0)),
+                              first_seq=None if first is None else int(first))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise DSPTransientError(f"the event feed answered an unexpected body "
                                     f"({type(exc).__name__}: {exc})") from None

@@ -1,94 +1,420 @@
-"""Event ingestion: DSP log feed → decode → validate → dedupe → aggregate → registry + hot store.
+"""Event ingestion: DSP exhaust → decode → validate → dedupe → enrich → aggregate → stores.
 
-Reads the adapter's resumable feed in batches, decodes with the msgspec Structs of
-``pipeline.schema``, drops what cannot be attributed (counted by reason), removes at-least-once
-duplicates (``auction_adgroup_id`` for impressions, activities and clicks; ``conversion_id`` for
-conversions) through the hot store's ``mark_seen`` window, adds the counts to the campaign's
-``CellTable`` and to the hot store, then checkpoints the cursor in SQL. Nothing in a message can
-crash the loop; DSP failures are retried with backoff.
+``Pipeline`` is the engine, the same for the daemon's live feed, ``campaignd replay``,
+``campaignd deadletter retry`` and (through ``Aggregator.add_rows``) the simulator:
+
+1. decode the Beeswax streaming JSON messages with msgspec (or take typed ``AdLogMessage``
+   values directly: ``ingest_messages``, no JSON);
+2. validate, key and enrich them (``validate.Classifier``; refused events go to the dead letter
+   with their reason and raw payload);
+3. dedupe them against the hot store's marks (``auction_adgroup_id`` for impressions,
+   activities and clicks, ``conversion_id`` for conversions) over the at-least-once window,
+   with stream positions so that a restart re-reading uncommitted events does not take them
+   for duplicates;
+4. aggregate them into the registry (totals, rolling windows, creative and ZIP series) and the
+   flush buffer.
+
+``EventIngestor`` runs the daemon's side: it reads the adapter's feed in batches and, every
+``flush_s``, commits the buffer in one SQL transaction — minute rows (warm), day rows (cold),
+running totals, dead letters and the feed cursor together — then publishes the same counts to
+the hot store (per-second and per-minute buckets, 24 h; exact running totals). A restart resumes
+from the committed cursor with the committed totals: nothing is lost or counted twice. Nothing in
+a message can crash the loop; DSP and store failures are retried with backoff while reading
+pauses (the buffer never grows without bound).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-import msgspec
 import numpy as np
 from anyio.abc import TaskStatus
 
 from campaignd.clock import Clock
-from campaignd.domain.cells import CellTable
+from campaignd.domain.cells import METRICS
 from campaignd.errors import DSPError, StorageError
 from campaignd.logs import get_logger
 from campaignd.metrics import Metrics
-from campaignd.pipeline.schema import AdLogMessage, decode_message
+from campaignd.pipeline.aggregate import Aggregator, Pending, minute_rows
+from campaignd.pipeline.registry import Registry
+from campaignd.pipeline.schema import AdLogMessage, AdLogView, encode_message
+from campaignd.pipeline.validate import (
+    DEDUPE_WINDOW_S,
+    KIND_OF_CODE,
+    MAX_FUTURE_S,
+    N_CODES,
+    Classified,
+    Classifier,
+)
+from campaignd.stores.base import HotStore
+from campaignd.stores.sql.aggregates import AggregateRow
 
 log = get_logger("campaignd.ingest")
 
-DEDUPE_WINDOW_S = 72 * 3600
-"""Beeswax accepts impression notifications up to 72 h after the auction: dedupe that long."""
-MAX_FUTURE_S = 3600
-MAX_IMPRESSION_PRICE_MICROS = 1_000_000_000
-"""$1,000 for one impression: anything above is a corrupt record, not a price."""
-MAX_CONVERSION_VALUE_MICROS = 1_000_000 * 1_000_000
-"""$1,000,000 for one conversion."""
-ACTIVITY_METRIC = {"START": "starts", "Q1": "q1", "MID": "mid", "Q3": "q3",
-                   "COMPLETE": "completes", "VIEWABILITY": "viewable"}
+DEDUPE_NAMESPACE = "events"
+_POSITION_BITS = 40
+
+
+def stream_base(stream: str) -> int:
+    """The high bits that make a stream's sequence numbers unique across streams:
+    ``base | seq`` (``seq < 2**40``) is a message's position in ``HotStore.mark_seen``."""
+    return int.from_bytes(hashlib.sha256(stream.encode()).digest()[:3], "big") << _POSITION_BITS
+
+
+LAG_BUCKETS_S: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                                    60.0, 300.0, 3600.0)
+
+
+class LagStats:
+    """Event-to-registry lag (real seconds): a cumulative histogram for Prometheus and the
+    most recent ``keep`` samples for exact quantiles."""
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self.edges = np.asarray(LAG_BUCKETS_S)
+        self.counts = np.zeros(self.edges.size + 1, dtype=np.int64)
+        self.total_s = 0.0
+        self.n = 0
+        self._ring = np.zeros(keep, dtype=np.float32)
+        self._at = 0
+        self._filled = 0
+
+    def add(self, lag_s: np.ndarray) -> None:
+        if lag_s.size == 0:
+            return
+        self.counts += np.bincount(np.searchsorted(self.edges, lag_s, side="left"),
+                                   minlength=self.counts.size)
+        self.total_s += float(lag_s.sum())
+        self.n += int(lag_s.size)
+        keep = self._ring.size
+        tail = lag_s[-keep:]
+        end = self._at + tail.size
+        if end <= keep:
+            self._ring[self._at:end] = tail
+        else:
+            first = keep - self._at
+            self._ring[self._at:] = tail[:first]
+            self._ring[:end - keep] = tail[first:]
+        self._at = end % keep
+        self._filled = min(keep, self._filled + tail.size)
+
+    def quantile(self, q: float) -> float | None:
+        if not self._filled:
+            return None
+        return float(np.quantile(self._ring[:self._filled], q))
 
 
 @dataclass(slots=True)
-class _Target:
-    table: CellTable
-    position: int
-    cell_id: str
+class PipelineStats:
+    ingested: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    dead: Counter[str] = field(default_factory=Counter)
+    mismatches: Counter[str] = field(default_factory=Counter)
+    lag: LagStats = field(default_factory=LagStats)
+    last_lag_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        p50, p99 = self.lag.quantile(0.5), self.lag.quantile(0.99)
+        return {"ingested": sum(self.ingested.values()),
+                "ingested_by_kind": dict(sorted(self.ingested.items())),
+                "duplicates": self.duplicates, "dead_lettered": sum(self.dead.values()),
+                "dead_by_reason": dict(sorted(self.dead.items())),
+                "outside_targeting": dict(sorted(self.mismatches.items())),
+                "lag_s": None if self.last_lag_s is None else round(self.last_lag_s, 3),
+                "lag_p50_s": None if p50 is None else round(p50, 4),
+                "lag_p99_s": None if p99 is None else round(p99, 4)}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    read: int
+    accepted: int
+    duplicates: int
+    dead: Mapping[str, int]
+
+
+class _LazyRaws(Sequence[bytes]):
+    """Raw payloads of typed messages, encoded only when one is dead-lettered."""
+
+    def __init__(self, msgs: Sequence[AdLogMessage]) -> None:
+        self._msgs = msgs
+
+    def __len__(self) -> int:
+        return len(self._msgs)
+
+    def __getitem__(self, i: int) -> bytes:  # type: ignore[override]
+        return encode_message(self._msgs[i])
+
+
+class Pipeline:
+    """Decode → validate → dedupe → enrich → aggregate (see the module docstring).
+
+    ``reference="clock"`` (a live feed) dead-letters events older than the at-least-once window
+    before the clock; ``"stream"`` (a recorded file) counts back from the newest event of the
+    stream instead, so that last month's exhaust can be backfilled.
+    """
+
+    def __init__(self, registry: Registry, hot: HotStore, *, clock: Clock,
+                 metrics: Metrics | None = None, dedupe_window_s: int = DEDUPE_WINDOW_S,
+                 max_future_s: int = MAX_FUTURE_S, reference: str = "clock",
+                 time_scale: float = 1.0, context_capacity: int = 500_000,
+                 keep_pending: bool = True, namespace: str = DEDUPE_NAMESPACE) -> None:
+        if reference not in ("clock", "stream"):
+            raise ValueError("reference must be 'clock' or 'stream'")
+        self.registry = registry
+        self.hot = hot
+        self.clock = clock
+        self.metrics = metrics
+        self.dedupe_window_s = dedupe_window_s
+        self.max_future_s = max_future_s
+        self.reference = reference
+        self.namespace = namespace
+        """Dedupe marks' namespace: one per DSP (events of every stream of one DSP share it)."""
+        self.time_scale = time_scale
+        """DSP seconds per real second (the sandbox's speed-up): lag is reported in real s."""
+        self.classifier = Classifier(registry, dedupe_window_s=dedupe_window_s,
+                                     max_future_s=max_future_s,
+                                     context_capacity=context_capacity)
+        self.aggregator = Aggregator(registry, keep_pending=keep_pending)
+        self.stats = PipelineStats()
+        self.high_water_us = 0
+        self._letters: list[tuple[str, bytes]] = []
+        self._letter_counts: list[int] = []
+
+    # --- entry points ------------------------------------------------------------------
+
+    async def ingest(self, raws: Sequence[bytes | str],
+                     positions: Sequence[int] | None = None) -> BatchResult:
+        """Ingest raw JSON messages (``positions``: one unique stream position each)."""
+        out = Classified()
+        msgs, kept, kept_pos = Classifier.decode(raws, positions, out)
+        return await self._ingest(msgs, kept, kept_pos, out, len(raws))
+
+    async def ingest_messages(self, msgs: Sequence[AdLogMessage],
+                              positions: Sequence[int] | None = None) -> BatchResult:
+        """Ingest typed messages (in-process producers: no JSON round trip)."""
+        return await self._ingest(msgs, _LazyRaws(msgs), positions, Classified(), len(msgs))
+
+    def dead_letter(self, reason: str, raw: bytes, count: int = 1) -> None:
+        """Record refused input found outside the messages (e.g. a feed gap)."""
+        self._letters.append((reason, raw))
+        self._letter_counts.append(count)
+        self.stats.dead[reason] += count
+        if self.metrics is not None:
+            self.metrics.events_dead.labels(reason).inc(count)
+
+    # --- the stages --------------------------------------------------------------------
+
+    async def _ingest(self, msgs: Sequence[AdLogView], raws: Sequence[bytes | str],
+                      positions: Sequence[int] | None, out: Classified, n_read: int,
+                      ) -> BatchResult:
+        now_us = int(self.clock.now().timestamp() * 1_000_000)
+        reference_us = now_us
+        if self.reference == "stream":
+            limit = now_us + self.max_future_s * 1_000_000
+            newest = max((t for t in (m.timestamp_usecs() for m in msgs)
+                          if t is not None and t <= limit), default=0)
+            self.high_water_us = max(self.high_water_us, newest)
+            reference_us = self.high_water_us
+        newest = self.classifier.classify(msgs, raws, positions, now_us=now_us,
+                                          reference_us=reference_us, out=out)
+        for reason, _raw in out.letters:
+            self.stats.dead[reason] += 1
+            if self.metrics is not None:
+                self.metrics.events_dead.labels(reason).inc()
+        self._letters.extend(out.letters)
+        self._letter_counts.extend([1] * len(out.letters))
+        self.stats.mismatches.update(out.mismatches)
+        if self.reference == "clock" and newest:
+            self.high_water_us = max(self.high_water_us, newest)
+        accepted = dups = 0
+        if len(out):
+            fresh = np.asarray(await self.hot.mark_seen(
+                self.namespace, out.keys, self.dedupe_window_s,
+                positions=out.positions if positions is not None else None), dtype=bool)
+            accepted = int(fresh.sum())
+            dups = len(out) - accepted
+            codes = np.asarray(out.codes, dtype=np.int64)[fresh]
+            usecs = np.asarray(out.usecs, dtype=np.int64)[fresh]
+            at_s = now_us // 1_000_000
+            self.aggregator.add_events(
+                np.asarray(out.slots, dtype=np.int64)[fresh], usecs // 1_000_000, codes,
+                np.asarray(out.values, dtype=np.int64)[fresh],
+                np.asarray(out.zip_keys, dtype=np.int64)[fresh], at_s)
+            by_code = np.bincount(codes, minlength=N_CODES)
+            kinds: Counter[str] = Counter()
+            for code, n in enumerate(by_code):
+                if n:
+                    kinds[KIND_OF_CODE[code]] += int(n)
+            self.stats.ingested.update(kinds)
+            self.stats.duplicates += dups
+            lag = (now_us - usecs) / (1e6 * self.time_scale)
+            lag = np.maximum(lag, 0.0)
+            self.stats.lag.add(lag)
+            if lag.size:
+                self.stats.last_lag_s = float(lag.min())
+            if self.metrics is not None:
+                for kind, n in kinds.items():
+                    self.metrics.events_ingested.labels(kind).inc(n)
+                if dups:
+                    self.metrics.events_duplicate.inc(dups)
+                if lag.size:
+                    self.metrics.event_lag.set(float(lag.min()))
+        return BatchResult(n_read, accepted, dups, Counter(r for r, _ in out.letters))
+
+    # --- what a flush commits ----------------------------------------------------------
+
+    def take_flush(self) -> Flush:
+        """Everything not yet committed (the caller commits it, or gives it back)."""
+        letters, counts = self._letters, self._letter_counts
+        self._letters, self._letter_counts = [], []
+        return Flush(self.aggregator.take_pending(), letters, counts)
+
+    def give_back(self, flush: Flush) -> None:
+        """A flush that failed: its rows and letters go out with the next one."""
+        self.aggregator.restore_pending(flush.pending)
+        self._letters[:0] = flush.letters
+        self._letter_counts[:0] = flush.letter_counts
+
+    @property
+    def backlog(self) -> int:
+        """Rows and letters waiting for the next flush."""
+        return self.aggregator.pending_rows + len(self._letters)
+
+    def minute_rows(self, pending: Pending) -> list[AggregateRow]:
+        """Pending rows as warm-store rows (per cell and minute of event time)."""
+        slots, minutes, vals = minute_rows(pending)
+        out = []
+        reg = self.registry
+        for k, mask, pos in reg.locate(slots):
+            table = reg.tables[k]
+            for p, minute, v in zip(pos.tolist(), minutes[mask].tolist(), vals[mask].tolist(),
+                                    strict=True):
+                out.append(AggregateRow(table.campaign_id, table.cell_ids[p],
+                                        datetime.fromtimestamp(minute * 60, UTC), tuple(v)))
+        return out
+
+    def hot_buckets(self, pending: Pending) -> dict[str, dict[int, dict[str, dict[str, int]]]]:
+        """Pending rows as ``{campaign: {second: {cell: {metric: n}}}}`` (non-zero metrics)."""
+        out: dict[str, dict[int, dict[str, dict[str, int]]]] = {}
+        reg = self.registry
+        slots, secs = pending.slots, pending.seconds
+        for k, mask, pos in reg.locate(slots):
+            table = reg.tables[k]
+            per: dict[int, dict[str, dict[str, int]]] = defaultdict(dict)
+            vals = pending.values[mask]
+            for p, sec, row in zip(pos.tolist(), secs[mask].tolist(), vals.tolist(),
+                                   strict=True):
+                per[sec][table.cell_ids[p]] = {METRICS[j]: n for j, n in enumerate(row) if n}
+            out[table.campaign_id] = per
+        return out
+
+    def hot_totals(self, slots: np.ndarray) -> dict[str, dict[str, dict[str, int]]]:
+        """The registry's exact running totals of ``slots``, as ``{campaign: {cell: …}}``."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        reg = self.registry
+        for k, _mask, pos in reg.locate(np.unique(slots)):
+            table = reg.tables[k]
+            m = table.matrix[:, pos].T.tolist()
+            out[table.campaign_id] = {table.cell_ids[p]: dict(zip(METRICS, row, strict=True))
+                                      for p, row in zip(pos.tolist(), m, strict=True)}
+        return out
+
+
+@dataclass(slots=True)
+class Flush:
+    pending: Pending
+    letters: list[tuple[str, bytes]]
+    letter_counts: list[int]
+
+    def __bool__(self) -> bool:
+        return bool(len(self.pending) or self.letters)
+
+
+async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tuple[str, str] | None,
+                 source: str, now: datetime) -> None:
+    """Commit a flush to SQL (one transaction, with the cursor), then publish it to the hot
+    store. On a SQL failure the flush is given back to the pipeline and the error re-raised; a
+    hot-store failure after the commit is logged (SQL and the registry stay exact, and the next
+    commit publishes the exact totals again)."""
+    try:
+        await sql.commit_ingest(minutes=pipeline.minute_rows(flush.pending), letters=flush.letters,
+                                letter_counts=flush.letter_counts, letter_source=source,
+                                checkpoint=checkpoint, now=now)
+    except BaseException:
+        pipeline.give_back(flush)
+        raise
+    if not len(flush.pending):
+        return
+    hot = pipeline.hot
+    try:
+        for campaign_id, buckets in pipeline.hot_buckets(flush.pending).items():
+            await hot.add_buckets(campaign_id, buckets)
+        for campaign_id, totals in pipeline.hot_totals(flush.pending.slots).items():
+            await hot.set_totals(campaign_id, totals)
+    except StorageError as exc:
+        log.warning("hot store update failed after the commit; its buckets miss this flush",
+                    error=str(exc))
 
 
 class EventIngestor:
-    def __init__(self, *, adapter: Any, sql: Any, hot: Any, metrics: Metrics, clock: Clock,
-                 poll_s: float = 1.0, batch: int = 5000, checkpoint: str = "events",
-                 time_scale: float = 1.0) -> None:
+    """The daemon's feed loop and flush loop over one ``Pipeline`` (see the module docstring)."""
+
+    def __init__(self, *, adapter: Any, sql: Any, pipeline: Pipeline, clock: Clock,
+                 metrics: Metrics, poll_s: float = 0.25, batch: int = 5000,
+                 checkpoint: str = "events", flush_s: float = 1.0,
+                 max_backlog: int = 2_000_000,
+                 on_commit: Callable[[], Any] | None = None) -> None:
         self.adapter = adapter
         self.sql = sql
-        self.hot = hot
-        self.metrics = metrics
+        self.pipeline = pipeline
         self.clock = clock
+        self.metrics = metrics
         self.poll_s = poll_s
         self.batch = batch
         self.checkpoint_name = checkpoint
-        self.time_scale = time_scale
-        """DSP seconds per real second (the sandbox's speed-up); lag is reported in real s."""
+        self.flush_s = flush_s
+        self.max_backlog = max_backlog
+        self.on_commit = on_commit
+        self.base = stream_base(checkpoint)
         self.cursor: str | None = None
-        self._targets: dict[int, _Target] = {}
-        self.ingested = 0
-        self.duplicates = 0
-        self.dead: Counter[str] = Counter()
-        self.lag_s: float | None = None
+        self.committed_cursor: str | None = None
         self.last_error: str | None = None
-        self._letters: list[tuple[str, bytes]] = []
-
-    def register(self, table: CellTable, line_items: Mapping[int, str]) -> None:
-        """Route events of these DSP line item ids to the table's cells."""
-        for li, cell_id in line_items.items():
-            self._targets[int(li)] = _Target(table, table.index[cell_id], cell_id)
+        self.flushes = 0
+        self.flush_failures = 0
+        self.last_flush_s: float | None = None
 
     def status(self) -> dict[str, Any]:
-        return {"ingested": self.ingested, "duplicates": self.duplicates,
-                "dead_lettered": sum(self.dead.values()), "dead_by_reason": dict(self.dead),
-                "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
-                "cursor": self.cursor, "last_error": self.last_error}
+        return {**self.pipeline.stats.as_dict(), "cursor": self.cursor,
+                "committed_cursor": self.committed_cursor, "backlog": self.pipeline.backlog,
+                "flushes": self.flushes, "flush_failures": self.flush_failures,
+                "last_flush_s": None if self.last_flush_s is None else round(
+                    self.last_flush_s, 4), "last_error": self.last_error}
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self.cursor = await self.sql.get_checkpoint(self.checkpoint_name)
-        task_status.started()
+        self.cursor = self.committed_cursor = await self.sql.get_checkpoint(
+            self.checkpoint_name)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._flush_loop)
+            task_status.started()
+            await self._poll_loop()
+
+    async def _poll_loop(self) -> None:
         backoff = self.poll_s
         while True:
             await anyio.lowlevel.checkpoint()  # a cancelled loop stops here, not mid-batch
+            if self.pipeline.backlog > self.max_backlog:
+                # The stores are behind (or down): stop reading until a flush gets through.
+                await anyio.sleep(self.poll_s)
+                continue
             try:
                 n = await self.poll_once()
                 self.last_error = None
@@ -114,172 +440,46 @@ class EventIngestor:
         """Read and ingest one batch; returns the number of raw messages read."""
         batch = await self.adapter.read_events(self.cursor, limit=self.batch)
         if batch.skipped:
-            # The DSP no longer held these: there is no payload to keep, only the count.
-            self.dead["lost_before_read"] += batch.skipped
-            self.metrics.events_dead.labels("lost_before_read").inc(batch.skipped)
-        await self.ingest(batch.messages)
+            # The DSP no longer held these: no payload to keep, but never silently dropped.
+            self.pipeline.dead_letter("lost_before_read", json.dumps(
+                {"cursor": self.cursor, "skipped": batch.skipped}).encode(), batch.skipped)
+        positions = None
+        if batch.first_seq is not None:
+            first = self.base | batch.first_seq
+            positions = range(first, first + len(batch.messages))
+        await self.pipeline.ingest(batch.messages, positions)
         self.cursor = batch.next_cursor
-        await self.sql.set_checkpoint(self.checkpoint_name, batch.next_cursor)
         return len(batch.messages)
 
-    def _dead(self, reason: str, raw: bytes | str) -> None:
-        """Count a refused event and keep its raw payload for the SQL dead-letter table."""
-        self.dead[reason] += 1
-        self.metrics.events_dead.labels(reason).inc()
-        self._letters.append((reason, raw.encode() if isinstance(raw, str) else bytes(raw)))
-
-    async def _store_letters(self) -> None:
-        letters, self._letters = self._letters, []
-        if letters and self.sql is not None:
-            await self.sql.add_dead_letters(letters, source=self.checkpoint_name,
-                                            now=self.clock.now())
-
-    async def ingest(self, raws: Sequence[bytes]) -> None:
-        now_us = int(self.clock.now().timestamp() * 1_000_000)
-        keyed: list[tuple[str, AdLogMessage, _Target, int]] = []
-        for raw in raws:
-            try:
-                m = decode_message(raw)
-            except msgspec.DecodeError:
-                self._dead("malformed", raw)
-                continue
-            item = self._classify(m, raw, now_us)
-            if item is not None:
-                keyed.append(item)
-        # Refused events are stored before anything else can fail: nothing is lost.
-        await self._store_letters()
-        if not keyed:
-            return
-        fresh = await self.hot.mark_seen("events", [k for k, *_ in keyed], DEDUPE_WINDOW_S)
-        per_cell: dict[str, dict[str, dict[str, int]]] = defaultdict(
-            lambda: defaultdict(lambda: defaultdict(int)))
-        newest_us = 0
-        kinds: Counter[str] = Counter()
-        for (_, m, target, ts_us), is_new in zip(keyed, fresh, strict=True):
-            if not is_new:
-                self.duplicates += 1
-                continue
-            counts = per_cell[target.table.campaign_id][target.cell_id]
-            kind = m.kind
-            kinds[kind] += 1
-            if kind == "impression":
-                imp = m.impression
-                assert imp is not None
-                counts["impressions"] += 1
-                counts["measurable"] += 1
-                counts["spend_micros"] += int(imp.win_price_micros_usd or 0)
-            elif kind == "activity":
-                metric = ACTIVITY_METRIC.get(m.activity[0].type)
-                if metric:
-                    counts[metric] += 1
-            elif kind == "click":
-                counts["clicks"] += 1
-            elif kind == "conversion":
-                conv = m.conversion
-                assert conv is not None
-                counts["conversions"] += 1
-                counts["conversion_value_micros"] += conv.value_in_micros() or 0  # validated
-            newest_us = max(newest_us, ts_us)
-        dup = len(keyed) - sum(kinds.values())
-        if dup:
-            self.metrics.events_duplicate.inc(dup)
-        for kind, n in kinds.items():
-            self.metrics.events_ingested.labels(kind).inc(n)
-        self.ingested += sum(kinds.values())
-        at = int(self.clock.now().timestamp())
-        for campaign_id, cells in per_cell.items():
-            plain = {cid: dict(c) for cid, c in cells.items()}
-            table = next(t.table for t in self._targets.values()
-                         if t.table.campaign_id == campaign_id)
-            for cid, c in plain.items():
-                pos = np.array([table.index[cid]])
-                for metric, n in c.items():
-                    table.add(pos, metric, n)
-            await self.hot.add_counts(campaign_id, plain, at_epoch_s=at)
-        if newest_us:
-            self.lag_s = max(0.0, (now_us - newest_us) / 1e6 / self.time_scale)
-            self.metrics.event_lag.set(self.lag_s)
-
-    def _classify(self, m: AdLogMessage, raw: bytes | str,
-                  now_us: int) -> tuple[str, AdLogMessage, _Target, int] | None:
-        kind = m.kind
-        if kind == "impression":
-            part: Any = m.impression
-            key = part.adgroup_key()
-            ag, ts = part.adgroupid, part.rx_timestamp_usecs
-            li = ag.lineitemid if ag else None
-            if part.win_price_micros_usd is not None:
-                try:
-                    price = int(part.win_price_micros_usd)
-                except ValueError:
-                    self._dead("bad_money", raw)
-                    return None
-                if not 0 <= price <= MAX_IMPRESSION_PRICE_MICROS:
-                    self._dead("bad_money", raw)
-                    return None
-            dedupe = f"i:{key}"
-        elif kind == "activity":
-            part = m.activity[0]
-            key = part.adgroup_key()
-            ag, ts = part.adgroupid, part.rx_timestamp_usecs
-            li = ag.lineitemid if ag else _li_from_key(key)
-            dedupe = f"a:{part.type}:{key}"
-        elif kind == "click":
-            part = m.clicks[0]
-            key = part.adgroup_key()
-            ag, ts = part.adgroupid, part.rx_timestamp_usecs
-            li = ag.lineitemid if ag else _li_from_key(key)
-            dedupe = f"c:{key}"
-        elif kind == "conversion":
-            part = m.conversion
-            key = part.conversion_id
-            ts = part.rx_timestamp or part.rx_timestamp_usecs
-            li = _li_from_key(part.auction_adgroup_id)
-            dedupe = f"v:{key}"
-            if part.value is not None or part.value_micros is not None:
-                try:
-                    value = part.value_in_micros()
-                except (OverflowError, ValueError):
-                    value = None
-                if value is None or not 0 <= value <= MAX_CONVERSION_VALUE_MICROS:
-                    self._dead("bad_money", raw)
-                    return None
-        else:
-            self._dead("empty_message", raw)
-            return None
-        if not key:
-            self._dead("missing_dedupe_key", raw)
-            return None
-        try:
-            li_id = int(li) if li is not None else None
-            ts_us = int(ts) if ts is not None else None
-        except ValueError:
-            self._dead("wrong_type", raw)
-            return None
-        if ts_us is None:
-            self._dead("missing_timestamp", raw)
-            return None
-        if ts_us > now_us + MAX_FUTURE_S * 1_000_000:
-            self._dead("timestamp_in_future", raw)
-            return None
-        if ts_us < now_us - DEDUPE_WINDOW_S * 1_000_000:
-            self._dead("timestamp_too_old", raw)
-            return None
-        target = self._targets.get(li_id) if li_id is not None else None
-        if target is None:
-            self._dead("unknown_line_item", raw)
-            return None
-        return dedupe, m, target, ts_us
+    async def _flush_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.flush_s)
+            with contextlib.suppress(StorageError):
+                await self.flush()
 
     async def flush(self) -> None:
-        """Persist the cursor (called at shutdown)."""
-        if self.cursor is not None:
-            with contextlib.suppress(Exception):
-                await self.sql.set_checkpoint(self.checkpoint_name, self.cursor)
+        """Commit what was ingested, with the cursor after it (also called at shutdown)."""
+        cursor = self.cursor
+        flush = self.pipeline.take_flush()
+        if not flush and cursor == self.committed_cursor:
+            return
+        t0 = anyio.current_time()
+        try:
+            await commit(self.pipeline, self.sql, flush,
+                         checkpoint=(self.checkpoint_name, cursor) if cursor is not None
+                         else None, source=self.checkpoint_name, now=self.clock.now())
+        except StorageError as exc:
+            self.flush_failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("could not commit ingested events; keeping them for the next flush",
+                        error=self.last_error, backlog=self.pipeline.backlog)
+            raise
+        self.committed_cursor = cursor
+        self.flushes += 1
+        self.last_flush_s = anyio.current_time() - t0
+        if self.on_commit is not None:
+            self.on_commit()
 
 
-def _li_from_key(key: str | None) -> str | None:
-    """The line item id is the last part of ``<auction_id>.<account>.<campaign>.<line_item>``."""
-    if not key:
-        return None
-    return key.rsplit(".", 1)[-1]
+__all__ = ["DEDUPE_NAMESPACE", "BatchResult", "EventIngestor", "Flush", "LagStats", "Pipeline",
+           "PipelineStats", "commit", "stream_base"]

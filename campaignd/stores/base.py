@@ -84,7 +84,8 @@ class HotStore(ABC):
     # --- dedupe ---------------------------------------------------------------------------
 
     @abstractmethod
-    async def mark_seen(self, namespace: str, ids: Sequence[str], ttl_s: float) -> list[bool]:
+    async def mark_seen(self, namespace: str, ids: Sequence[str], ttl_s: float, *,
+                        positions: Sequence[int] | None = None) -> list[bool]:
         """Mark ``ids`` as seen in ``namespace``; say which ones are new.
 
         Returns one bool per id, in order: ``True`` if the id had not been seen (within its TTL)
@@ -93,6 +94,12 @@ class HotStore(ABC):
         callers never both get ``True`` for the same id. A mark lasts ``ttl_s`` seconds from the
         call that created it; seeing a duplicate does not extend it. Implementations may forget
         marks early to bound memory (see each one); they never report a new id as a duplicate.
+
+        ``positions`` (one non-negative int per id: where the event sits in its stream, unique
+        across streams) are remembered with the marks: an id already marked *at the same
+        position* is reported as new again. That is the same delivery processed a second time —
+        a restart re-reading from the last committed cursor the events whose counts were lost —
+        not a duplicate delivery, which always sits at another position.
         """
 
     # --- per-cell counters and buckets ----------------------------------------------------
@@ -107,6 +114,21 @@ class HotStore(ABC):
         ``at_epoch_s // 60``. Buckets expire ``ttl_s`` seconds after their latest write.
         Every metric passed appears in the totals afterwards, even when its count is 0.
         """
+
+    @abstractmethod
+    async def add_buckets(self, campaign_id: str,
+                          by_second: Mapping[int, Mapping[str, Mapping[str, int]]], *,
+                          ttl_s: int = BUCKET_TTL_S) -> None:
+        """Add ``by_second`` (``{epoch_s: {cell_id: {metric: n}}}``) to the per-second and
+        per-minute buckets only — not to the running totals (see ``set_totals``). Buckets expire
+        ``ttl_s`` seconds after their latest write. One round trip for the whole batch."""
+
+    @abstractmethod
+    async def set_totals(self, campaign_id: str,
+                         totals: Mapping[str, Mapping[str, int]]) -> None:
+        """Replace the running totals of the cells in ``totals`` (``{cell_id: {metric: n}}``,
+        absolute values; other cells and metrics not named keep theirs). Idempotent: the
+        pipeline publishes the registry's exact totals this way after each commit."""
 
     @abstractmethod
     async def cell_totals(self, campaign_id: str, cell_id: str) -> dict[str, int]:

@@ -1,37 +1,56 @@
 """The in-memory hot store: the reference implementation and the embedded default.
 
-Single-process only. Time comes from an injected ``Clock`` (``monotonic()`` for TTLs), so under
-a ``VirtualClock`` expiry is exact and needs no sleeping. Memory is bounded: expired entries are
+Single-process only. Time comes from an injected ``Clock`` (``monotonic()`` for the TTLs of
+records and buckets, ``now()`` for dedupe marks, which can outlive the process), so under a
+``VirtualClock`` expiry is exact and needs no sleeping. Memory is bounded: expired entries are
 purged as the clock moves (cheaply, from a heap ordered by expiry), and dedupe marks are also
-capped at ``max_seen`` entries, evicting the oldest marks first.
+capped at ``max_seen`` entries, evicting the oldest marks first (about 250 bytes a mark).
+
+Dedupe marks survive a restart when ``seen_log`` names a file: every new mark is appended to it
+(one JSON line per call, flushed before ``mark_seen`` returns, like Redis's append-only file),
+the file is replayed at start, and it is rewritten with only the live marks when it has grown to
+twice their number. A torn last line (a crash mid-write) is ignored.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+import os
+from itertools import repeat
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
 
 from campaignd.clock import Clock, SystemClock
 from campaignd.stores.base import BUCKET_TTL_S, HotStore, check_ttl, window_buckets
 
 DEFAULT_MAX_SEEN = 1_000_000
 
+
 # (campaign_id, cell_id, "s" | "m", epoch second or minute)
 _BucketKey = tuple[str, str, str, int]
 
 
 class InMemoryHotStore(HotStore):
-    def __init__(self, clock: Clock | None = None, *, max_seen: int = DEFAULT_MAX_SEEN) -> None:
+    def __init__(self, clock: Clock | None = None, *, max_seen: int = DEFAULT_MAX_SEEN,
+                 seen_log: Path | str | None = None) -> None:
         if max_seen <= 0:
             raise ValueError(f"max_seen must be greater than 0 (got {max_seen!r})")
         self.clock: Clock = clock or SystemClock()
         self.max_seen = max_seen
         self._json: dict[str, tuple[str, float | None]] = {}
-        # (namespace, id) -> expiry; insertion order is age, for the max_seen cap.
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # (namespace, id) -> (expiry as epoch seconds, stream position or -1); insertion order
+        # is age, for the max_seen cap.
+        self._seen: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
+        self._log_path = Path(seen_log) if seen_log is not None else None
+        self._log: BinaryIO | None = None
+        self._log_marks = 0
+        if self._log_path is not None:
+            self._load_log()
         self._totals: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
         self._buckets: dict[_BucketKey, tuple[dict[str, int], float]] = {}
         # (expiry, key) for every live bucket; a refreshed bucket's entry is stale and re-pushed.
@@ -41,7 +60,9 @@ class InMemoryHotStore(HotStore):
         return None
 
     async def close(self) -> None:
-        return None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     # --- JSON records ---------------------------------------------------------------------
 
@@ -64,34 +85,107 @@ class InMemoryHotStore(HotStore):
 
     # --- dedupe ---------------------------------------------------------------------------
 
-    async def mark_seen(self, namespace: str, ids: Sequence[str], ttl_s: float) -> list[bool]:
+    async def mark_seen(self, namespace: str, ids: Sequence[str], ttl_s: float, *,
+                        positions: Sequence[int] | None = None) -> list[bool]:
         check_ttl(ttl_s)
-        now = self.clock.monotonic()
+        now = self.clock.now().timestamp()
         self._purge_seen(now)
         expires = now + ttl_s
-        out = []
-        for id_ in ids:
+        seen = self._seen
+        setdefault = seen.setdefault
+        out: list[bool] = []
+        add = out.append
+        logging = self._log is not None
+        new_ids: list[str] = []
+        new_pos: list[int] = []
+        for id_, pos in zip(ids, positions if positions is not None else repeat(-1),
+                            strict=False):
             key = (namespace, id_)
-            old = self._seen.get(key)
-            if old is not None and old > now:
-                out.append(False)
-                continue
-            if old is not None:  # expired but not yet purged (a longer TTL was ahead of it)
-                del self._seen[key]
-            self._seen[key] = expires
-            out.append(True)
-        while len(self._seen) > self.max_seen:
-            self._seen.popitem(last=False)
+            mark = (expires, pos)
+            old = setdefault(key, mark)
+            if old is not mark:
+                if old[0] > now:
+                    add(pos >= 0 and old[1] == pos)
+                    continue
+                # expired but not yet purged (a longer TTL was ahead of it): a new mark
+                del seen[key]
+                seen[key] = mark
+            add(True)
+            if logging:
+                new_ids.append(id_)
+                new_pos.append(pos)
+        while len(seen) > self.max_seen:
+            seen.popitem(last=False)
+        if logging and new_ids:
+            self._append_log([namespace, new_ids, new_pos, expires])
         return out
 
     def _purge_seen(self, now: float) -> None:
         # Oldest first; stops at the first live mark. With mixed TTLs a few expired marks may
         # wait behind a live one: they are still treated as unseen, and the cap bounds them.
-        while self._seen:
-            key, expires = next(iter(self._seen.items()))
+        seen = self._seen
+        while seen:
+            key, (expires, _) = next(iter(seen.items()))
             if expires > now:
                 break
-            del self._seen[key]
+            del seen[key]
+
+    # --- the mark log ---------------------------------------------------------------------
+
+    def _append_log(self, record: list[Any]) -> None:
+        assert self._log is not None
+        self._log.write(msgspec.json.encode(record) + b"\n")
+        self._log.flush()
+        self._log_marks += len(record[1])
+        # The file holds the live marks plus what was appended since the last rewrite: rewrite
+        # when that doubles it (amortised O(1) per mark).
+        if self._log_marks > max(len(self._seen), 50_000):
+            self._rewrite_log()
+
+    def _load_log(self) -> None:
+        assert self._log_path is not None
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        now = self.clock.now().timestamp()
+        if self._log_path.exists():
+            with open(self._log_path, "rb") as fh:
+                for line in fh:
+                    try:
+                        ns, ids, pos, expires = msgspec.json.decode(line)
+                    except (msgspec.DecodeError, ValueError):
+                        continue  # a torn last line
+                    if isinstance(expires, int | float):
+                        expires = [expires] * len(ids)
+                    for id_, p, exp in zip(ids, pos, expires, strict=True):
+                        if exp > now:
+                            self._seen.pop((ns, id_), None)
+                            self._seen[(ns, id_)] = (float(exp), int(p))
+            while len(self._seen) > self.max_seen:
+                self._seen.popitem(last=False)
+        self._rewrite_log()
+
+    def _rewrite_log(self) -> None:
+        """Replace the log with the live marks only (atomically: write aside, then rename)."""
+        assert self._log_path is not None
+        if self._log is not None:
+            self._log.close()
+        tmp = self._log_path.with_name(self._log_path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            chunk: dict[str, tuple[list[str], list[int], list[float]]] = {}
+            for (ns, id_), (exp, p) in self._seen.items():
+                ids, pos, exps = chunk.setdefault(ns, ([], [], []))
+                ids.append(id_)
+                pos.append(p)
+                exps.append(exp)
+                if len(ids) >= 5000:
+                    fh.write(msgspec.json.encode([ns, ids, pos, exps]) + b"\n")
+                    del chunk[ns]
+            for ns, (ids, pos, exps) in chunk.items():
+                fh.write(msgspec.json.encode([ns, ids, pos, exps]) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._log_path)
+        self._log = open(self._log_path, "ab")  # noqa: SIM115 - kept open for appends
+        self._log_marks = 0
 
     # --- per-cell counters and buckets ----------------------------------------------------
 
@@ -105,14 +199,7 @@ class InMemoryHotStore(HotStore):
         for cell_id, metrics in counts.items():
             cell_totals = totals.setdefault(cell_id, {})
             _add(cell_totals, metrics)
-            for key in ((campaign_id, cell_id, "s", at_epoch_s),
-                        (campaign_id, cell_id, "m", at_epoch_s // 60)):
-                entry = self._buckets.get(key)
-                bucket = entry[0] if entry is not None else {}
-                _add(bucket, metrics)
-                self._buckets[key] = (bucket, expires)
-                if entry is None:
-                    heapq.heappush(self._bucket_expiry, (expires, key))
+            self._bucket_add(campaign_id, cell_id, at_epoch_s, metrics, expires)
 
     def _purge_buckets(self, now: float) -> None:
         heap = self._bucket_expiry
@@ -125,6 +212,35 @@ class InMemoryHotStore(HotStore):
                 del self._buckets[key]
             else:  # written again since: wait for its new expiry
                 heapq.heappush(heap, (entry[1], key))
+
+    async def add_buckets(self, campaign_id: str,
+                          by_second: Mapping[int, Mapping[str, Mapping[str, int]]], *,
+                          ttl_s: int = BUCKET_TTL_S) -> None:
+        check_ttl(ttl_s)
+        now = self.clock.monotonic()
+        self._purge_buckets(now)
+        expires = now + ttl_s
+        for at_epoch_s, counts in by_second.items():
+            for cell_id, metrics in counts.items():
+                self._bucket_add(campaign_id, cell_id, int(at_epoch_s), metrics, expires)
+
+    def _bucket_add(self, campaign_id: str, cell_id: str, at_epoch_s: int,
+                    metrics: Mapping[str, int], expires: float) -> None:
+        for key in ((campaign_id, cell_id, "s", at_epoch_s),
+                    (campaign_id, cell_id, "m", at_epoch_s // 60)):
+            entry = self._buckets.get(key)
+            bucket = entry[0] if entry is not None else {}
+            _add(bucket, metrics)
+            self._buckets[key] = (bucket, expires)
+            if entry is None:
+                heapq.heappush(self._bucket_expiry, (expires, key))
+
+    async def set_totals(self, campaign_id: str,
+                         totals: Mapping[str, Mapping[str, int]]) -> None:
+        mine = self._totals[campaign_id]
+        for cell_id, metrics in totals.items():
+            if metrics:
+                mine.setdefault(cell_id, {}).update({m: int(n) for m, n in metrics.items()})
 
     async def cell_totals(self, campaign_id: str, cell_id: str) -> dict[str, int]:
         return dict(self._totals.get(campaign_id, {}).get(cell_id, {}))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -113,7 +114,81 @@ async def test_memory_mark_seen_is_bounded(virtual_clock: VirtualClock) -> None:
     assert len(store._seen) == 1  # expired marks are purged, not just ignored
 
 
+async def test_mark_seen_positions_tell_a_reprocessed_delivery_from_a_duplicate(
+        hot_store: HotStore) -> None:
+    # first deliveries at stream positions 10 and 11
+    assert await hot_store.mark_seen("ev", ["a", "b"], ttl_s=60, positions=[10, 11]) == [
+        True, True]
+    # the same deliveries read again after a restart (same positions): new again;
+    # a redelivery of "a" at position 12 is a duplicate
+    assert await hot_store.mark_seen("ev", ["a", "b", "a"], ttl_s=60,
+                                     positions=[10, 11, 12]) == [True, True, False]
+    # positions beyond 2**53 survive the trip (no float rounding on the way)
+    big = 2**62 + 1
+    assert await hot_store.mark_seen("ev", ["c"], ttl_s=60, positions=[big]) == [True]
+    assert await hot_store.mark_seen("ev", ["c", "c"], ttl_s=60, positions=[big, big - 1]) == [
+        True, False]
+    # without positions a marked id is always a duplicate
+    assert await hot_store.mark_seen("ev", ["a", "z", "z"], ttl_s=60) == [False, True, False]
+    assert await hot_store.mark_seen("ev", ["z"], ttl_s=60, positions=[5]) == [False]
+
+
+async def test_memory_marks_survive_a_restart_through_the_log(
+        tmp_path: Path, virtual_clock: VirtualClock) -> None:
+    log = tmp_path / "seen.log"
+    store = InMemoryHotStore(virtual_clock, seen_log=log)
+    assert await store.mark_seen("ev", ["a", "b"], ttl_s=60, positions=[1, 2]) == [True, True]
+    virtual_clock.advance(30)
+    assert await store.mark_seen("ev", ["c"], ttl_s=60) == [True]
+    await store.close()
+    with open(log, "ab") as fh:
+        fh.write(b'["ev", ["torn"')  # a crash in the middle of a write
+    again = InMemoryHotStore(virtual_clock, seen_log=log)
+    assert await again.mark_seen("ev", ["a", "b", "c", "torn"], ttl_s=60,
+                                 positions=[1, 9, 3, 4]) == [True, False, False, True]
+    virtual_clock.advance(31)  # "a" and "b" expire; "c" lives 29 s more
+    await again.close()
+    third = InMemoryHotStore(virtual_clock, seen_log=log)
+    assert await third.mark_seen("ev", ["a", "c"], ttl_s=60) == [True, False]
+    await third.close()
+
+
+async def test_memory_mark_log_is_compacted(tmp_path: Path, virtual_clock: VirtualClock) -> None:
+    log = tmp_path / "seen.log"
+    store = InMemoryHotStore(virtual_clock, seen_log=log, max_seen=1000)
+    for i in range(60):
+        await store.mark_seen("ev", [f"{i}-{j}" for j in range(1000)], ttl_s=60)
+    lines = log.read_bytes().count(b"\n")
+    assert len(store._seen) == 1000
+    assert lines <= 60  # rewritten along the way: not one line per call forever
+    await store.close()
+    reopened = InMemoryHotStore(virtual_clock, seen_log=log, max_seen=1000)
+    assert await reopened.mark_seen("ev", ["59-999", "0-0"], ttl_s=60) == [False, True]
+    await reopened.close()
+
+
 # --- counters and buckets ------------------------------------------------------------------
+
+
+async def test_add_buckets_and_set_totals(hot_store: HotStore) -> None:
+    await hot_store.add_buckets("camp", {T0: {"c1": {"imp": 2, "spend_micros": 2**40}},
+                                         T0 + 61: {"c1": {"imp": 3}, "c2": {"imp": 1}}})
+    await hot_store.add_buckets("camp", {T0: {"c1": {"imp": 1}}, T0 + 1: {}})
+    # buckets only: the running totals are the caller's to set
+    assert await hot_store.cell_totals("camp", "c1") == {}
+    assert await hot_store.cell_window("camp", "c1", since_epoch_s=T0,
+                                       until_epoch_s=T0 + 1) == {"imp": 3,
+                                                                  "spend_micros": 2**40}
+    assert await hot_store.cell_window("camp", "c1", since_epoch_s=T0,
+                                       until_epoch_s=T0 + 3600) == {"imp": 6,
+                                                                     "spend_micros": 2**40}
+    await hot_store.set_totals("camp", {"c1": {"imp": 6, "spend_micros": 2**40}, "c2": {}})
+    await hot_store.set_totals("camp", {"c1": {"imp": 7}})  # absolute, and only what is named
+    assert await hot_store.campaign_totals("camp") == {
+        "c1": {"imp": 7, "spend_micros": 2**40}}
+
+
+# --- counters and buckets (running totals with buckets) -----------------------------------
 
 
 async def test_add_counts_totals(hot_store: HotStore) -> None:

@@ -412,13 +412,14 @@ async def test_log_stream_serves_market_events_as_beeswax_messages(api: Any) -> 
     assert state.advance_market(START + timedelta(hours=1)) == 4
     r = await c.get(f"{V2}/sandbox/log-stream", params={"limit": 3})
     body = r.json()
-    assert len(body["messages"]) == 3 and body["skipped"] == 0
+    assert len(body["messages"]) == 3 and body["skipped"] == 0 and body["first_seq"] == 0
     rest = (await c.get(f"{V2}/sandbox/log-stream",
                         params={"cursor": body["next_cursor"]})).json()
-    assert len(rest["messages"]) == 1
+    assert len(rest["messages"]) == 1 and rest["first_seq"] == 3
     again = (await c.get(f"{V2}/sandbox/log-stream",
                          params={"cursor": rest["next_cursor"]})).json()
-    assert again == {"messages": [], "next_cursor": rest["next_cursor"], "skipped": 0}
+    assert again == {"messages": [], "next_cursor": rest["next_cursor"], "skipped": 0,
+                     "first_seq": 4}
 
     msgs = [decode_message(m) for m in body["messages"] + rest["messages"]]
     assert [m.kind for m in msgs] == ["impression", "activity", "click", "conversion"]

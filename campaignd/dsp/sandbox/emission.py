@@ -73,6 +73,8 @@ class EventEmitter:
             st_idx = np.flatnonzero(started)
             comp[rng.choice(st_idx, size=int(completes[j]), replace=False)] = True
             meas_idx = rng.choice(k, size=int(measurable[j]), replace=False)
+            meas = np.zeros(k, dtype=bool)
+            meas[meas_idx] = True
             view = np.zeros(k, dtype=bool)
             view[rng.choice(meas_idx, size=int(viewable[j]), replace=False)] = True
             clk = np.zeros(k, dtype=bool)
@@ -95,7 +97,7 @@ class EventEmitter:
                 events.append(ImpressionEvent(
                     t, aid, cfg.campaign_id, cfg.line_item_id, cre, z, b,
                     int(devs[int(rng.integers(len(devs)))]), user, cfg.cpm_bid_micros,
-                    price, how * 60 + minute))
+                    price, how * 60 + minute, bool(meas[i])))
                 out.append((aid, user, cre, t))
                 base = dict(ts_usecs=t, auction_id=aid, campaign_id=cfg.campaign_id,
                             line_item_id=cfg.line_item_id, creative_key=cre)

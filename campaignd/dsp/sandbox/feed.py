@@ -132,7 +132,7 @@ class MessageEncoder:
                     inventory_source="SANDBOX", user_id=event.user_id,
                     win_price_micros_usd=str(event.win_price_micros), rx_timestamp_usecs=ts,
                     data_center="US_EAST_1", auction_id=event.auction_id,
-                    auction_adgroup_id=aag))
+                    auction_adgroup_id=aag, is_measurable=event.measurable))
         elif isinstance(event, ActivityEvent):
             msg = AdLogMessage(activity=(ActivityLogMessage(
                 type=event.type, auctionid=_event_id(event.auction_id, event.ts_usecs),

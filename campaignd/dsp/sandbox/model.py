@@ -67,6 +67,8 @@ class ImpressionEvent:
     win_price_micros: int
     user_time_of_week: int
     """Minutes since Sunday 00:00 in the viewer's local time (Beeswax's convention)."""
+    measurable: bool = True
+    """Whether viewability could be measured (the win log's ``is_measurable``)."""
     kind: Literal["impression"] = "impression"
 
 

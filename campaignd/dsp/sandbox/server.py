@@ -48,7 +48,7 @@ from campaignd.dsp.sandbox.entities import (
     paginate,
 )
 from campaignd.dsp.sandbox.faults import FaultConfig, FaultInjector, FaultMiddleware
-from campaignd.dsp.sandbox.feed import Ids, LogFeed, MessageEncoder
+from campaignd.dsp.sandbox.feed import Ids, LogFeed, MessageEncoder, decode_cursor
 from campaignd.dsp.sandbox.model import LineItemConfig, MarketProtocol
 from campaignd.dsp.sandbox.targeting import included_values
 
@@ -560,8 +560,11 @@ def create_app(state: SandboxState) -> Starlette:
                 request.query_params.get("cursor"), limit)
         except ValueError:
             raise ValidationFailed({"cursor": ["Invalid cursor."]}) from None
+        # first_seq: the stream position of messages[0] (consumers key redeliveries on it).
+        first_seq = (decode_cursor(next_cursor) or 0) - len(messages)
         return json_response({"messages": [m.decode("utf-8", "replace") for m in messages],
-                              "next_cursor": next_cursor, "skipped": skipped})
+                              "next_cursor": next_cursor, "skipped": skipped,
+                              "first_seq": first_seq})
 
     async def status(request: Request) -> Response:
         market_now = state.market.now if state.market is not None else None

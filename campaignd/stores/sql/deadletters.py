@@ -46,21 +46,31 @@ class DeadLetterMethods:
         """Record (reason, raw payload) pairs; a payload seen again only raises its count."""
         if not items:
             return
+        async with self._tx("recording dead letters") as conn:
+            await self._write_dead_letters(conn, items, source=source, now=now)
+
+    async def _write_dead_letters(self, conn: AsyncConnection,
+                                  items: Sequence[tuple[str, bytes]], *, source: str,
+                                  now: datetime, counts: Sequence[int] | None = None) -> None:
+        """The insert-or-count statement, in the caller's transaction. ``counts`` (one per item)
+        says how many events an item stands for (default 1)."""
         rows: dict[str, dict[str, Any]] = {}
-        for reason, raw in items:
+        for i, (reason, raw) in enumerate(items):
+            n = 1 if counts is None else int(counts[i])
             fp = fingerprint(reason, raw)
             if fp in rows:
-                rows[fp]["count"] += 1
+                rows[fp]["count"] += n
             else:
                 rows[fp] = {"fingerprint": fp, "reason": reason, "source": source[:255],
-                            "raw": raw, "first_seen": now, "last_seen": now, "count": 1}
+                            "raw": raw, "first_seen": now, "last_seen": now, "count": n}
         insert = (postgresql.insert if self.engine.dialect.name == "postgresql"
                   else sqlite.insert)
-        stmt = insert(dead_letters).values(list(rows.values()))
-        stmt = stmt.on_conflict_do_update(index_elements=["fingerprint"], set_={
-            "count": dead_letters.c.count + stmt.excluded.count,
-            "last_seen": stmt.excluded.last_seen})
-        async with self._tx("recording dead letters") as conn:
+        values = list(rows.values())
+        for i in range(0, len(values), 500):
+            stmt = insert(dead_letters).values(values[i:i + 500])
+            stmt = stmt.on_conflict_do_update(index_elements=["fingerprint"], set_={
+                "count": dead_letters.c.count + stmt.excluded.count,
+                "last_seen": stmt.excluded.last_seen})
             await conn.execute(stmt)
 
     async def list_dead_letters(self, *, reason: str | None = None,

@@ -13,6 +13,8 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
+    Date,
     DateTime,
     Dialect,
     Float,
@@ -111,7 +113,6 @@ class CellModel(Base):
     budget_micros: Mapped[int | None] = mapped_column(BigInteger)
     """Current lifetime allocation; ``None`` until the allocator has run."""
     daily_budget_micros: Mapped[int | None] = mapped_column(BigInteger)
-    spend_micros: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     dsp_line_item_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -180,6 +181,47 @@ class DeadLetterModel(Base):
     last_seen: Mapped[datetime]
     count: Mapped[int] = mapped_column(Integer)
 
+
+COUNTER_COLUMNS: tuple[str, ...] = (
+    "impressions", "measurable", "viewable", "starts", "q1", "mid", "q3", "completes",
+    "clicks", "conversions", "conversion_value_micros", "spend_micros",
+)
+"""The per-cell counters (``domain.cells.METRICS``), one BIGINT column each, money in micros."""
+
+
+def _counters() -> list[Column[int]]:
+    return [Column(name, BigInteger, nullable=False, default=0, server_default="0")
+            for name in COUNTER_COLUMNS]
+
+
+# The aggregate tables are Core tables: they are written in bulk, never as ORM objects.
+# Running totals per cell: the registry's durable state, committed with the event cursor (so a
+# restart neither loses nor double-counts).
+cell_totals = Table(
+    "cell_totals", Base.metadata,
+    Column("campaign_id", String(64), ForeignKey("campaigns.id"), primary_key=True),
+    Column("cell_id", String(32), primary_key=True),
+    *_counters(),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+# Warm store: per-cell counts per minute of event time, kept 7 days.
+cell_minutes = Table(
+    "cell_minutes", Base.metadata,
+    Column("campaign_id", String(64), ForeignKey("campaigns.id"), primary_key=True),
+    Column("cell_id", String(32), primary_key=True),
+    Column("minute", UTCDateTime, primary_key=True),
+    *_counters(),
+    Index("ix_cell_minutes_minute", "minute"),
+)
+# Cold store: per-cell counts per UTC day, kept forever.
+cell_days = Table(
+    "cell_days", Base.metadata,
+    Column("campaign_id", String(64), ForeignKey("campaigns.id"), primary_key=True),
+    Column("cell_id", String(32), primary_key=True),
+    Column("day", Date, primary_key=True),
+    *_counters(),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
 
 # Core tables, for the repository's queries.
 metadata = Base.metadata

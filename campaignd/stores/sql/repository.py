@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from campaignd.domain.campaign import CampaignSpec, Cell
 from campaignd.errors import StorageError
+from campaignd.stores.sql.aggregates import AggregateMethods
 from campaignd.stores.sql.deadletters import DeadLetterMethods
 from campaignd.stores.sql.models import (
     CAMPAIGN_STATUSES,
@@ -35,6 +36,7 @@ from campaignd.stores.sql.models import (
     RUN_OUTCOMES,
     agent_runs,
     campaigns,
+    cell_totals,
     cells,
     checkpoints,
     daemon_status,
@@ -231,7 +233,7 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 # --- the store ---------------------------------------------------------------------------------
 
 
-class SqlStore(DeadLetterMethods):
+class SqlStore(DeadLetterMethods, AggregateMethods):
     def __init__(self, engine: AsyncEngine) -> None:
         """Wrap an engine built by ``build_engine``; prefer ``SqlStore.connect``."""
         self.engine = engine
@@ -380,7 +382,10 @@ class SqlStore(DeadLetterMethods):
 
     async def list_cells(self, campaign_id: str, status: str | None = None) -> list[CellRow]:
         """The campaign's cells in spec order (``index``), optionally only those in ``status``."""
-        query = select(cells).where(cells.c.campaign_id == campaign_id)
+        query = (select(cells, func.coalesce(cell_totals.c.spend_micros, 0).label("spend_micros"))
+                 .outerjoin(cell_totals, (cell_totals.c.campaign_id == cells.c.campaign_id)
+                            & (cell_totals.c.cell_id == cells.c.cell_id))
+                 .where(cells.c.campaign_id == campaign_id))
         if status is not None:
             _check(status, CELL_STATUSES, "cell status")
             query = query.where(cells.c.status == status)
@@ -426,16 +431,6 @@ class SqlStore(DeadLetterMethods):
         await self._update_cells("updating cell budgets", values, [
             {"b_cell_id": c, "b_budget": int(b), "b_daily": None if d is None else int(d)}
             for c, (b, d) in mapping.items()])
-
-    async def set_cell_spend(self, mapping: Mapping[str, int], *,
-                             now: datetime | None = None) -> None:
-        """Record each cell's lifetime spend so far (integer micros, as ingested). Unknown ids
-        are ignored."""
-        if not mapping:
-            return
-        values = {"spend_micros": bindparam("b_spend"), "updated_at": _now(now)}
-        await self._update_cells("recording cell spend", values, [
-            {"b_cell_id": c, "b_spend": int(v)} for c, v in mapping.items()])
 
     async def set_cell_status(self, cell_ids: Iterable[str], status: str, *,
                               now: datetime | None = None) -> None:
@@ -554,7 +549,7 @@ def _cell_values(cell: Cell, now: datetime) -> dict[str, Any]:
             "audience": cell.audience, "creative": cell.creative,
             "bid_strategy": cell.bid_strategy, "daypart": cell.daypart,
             "platform": cell.platform, "status": "planned", "budget_micros": None,
-            "daily_budget_micros": None, "spend_micros": 0, "dsp_line_item_id": None,
+            "daily_budget_micros": None, "dsp_line_item_id": None,
             "created_at": now, "updated_at": now}
 
 
@@ -562,12 +557,15 @@ def _summary_query() -> Any:
     per_campaign = (
         select(cells.c.campaign_id.label("campaign_id"),
                func.count().label("cells_total"),
-               func.sum(case((cells.c.status == "active", 1), else_=0)).label("cells_active"),
-               func.sum(cells.c.spend_micros).label("spend_micros"))
+               func.sum(case((cells.c.status == "active", 1), else_=0)).label("cells_active"))
         .group_by(cells.c.campaign_id).subquery())
+    spend = (select(cell_totals.c.campaign_id.label("campaign_id"),
+                    func.sum(cell_totals.c.spend_micros).label("spend_micros"))
+             .group_by(cell_totals.c.campaign_id).subquery())
     return (select(campaigns, per_campaign.c.cells_total, per_campaign.c.cells_active,
-                   per_campaign.c.spend_micros)
-            .outerjoin(per_campaign, per_campaign.c.campaign_id == campaigns.c.id))
+                   spend.c.spend_micros)
+            .outerjoin(per_campaign, per_campaign.c.campaign_id == campaigns.c.id)
+            .outerjoin(spend, spend.c.campaign_id == campaigns.c.id))
 
 
 def _summary(r: Any) -> CampaignSummary:

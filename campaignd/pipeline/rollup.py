@@ -1,0 +1,134 @@
+"""The cold store's files and the stores' housekeeping.
+
+- Parquet: one file per campaign and UTC day, Hive-partitioned —
+  ``<dir>/campaign=<id>/date=<YYYY-MM-DD>/part-0.parquet`` — with one row per cell: the cell's
+  levels and its day counters (int64; money in micros, as in SQL). pyarrow, ``zstd``. Files are
+  written aside and renamed, so a reader never sees half a file.
+- ``export_changed_days``: writes the file of every finished day whose counts changed since the
+  last export (a late conversion rewrites its day), remembering how far it got in a checkpoint.
+- ``apply_retention``: deletes warm minute rows older than the retention (whole days; the day
+  rows they were added to stay forever).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from campaignd.stores.sql.aggregates import AggregateRow
+from campaignd.stores.sql.models import COUNTER_COLUMNS
+
+LEVEL_COLUMNS = ("audience", "creative", "bid_strategy", "daypart", "platform")
+PARQUET_SCHEMA = pa.schema(
+    [pa.field("campaign_id", pa.string(), nullable=False),
+     pa.field("date", pa.date32(), nullable=False),
+     pa.field("cell_id", pa.string(), nullable=False),
+     *[pa.field(c, pa.string()) for c in LEVEL_COLUMNS],
+     *[pa.field(c, pa.int64(), nullable=False) for c in COUNTER_COLUMNS]],
+    metadata={b"campaignd.money": b"integer micros (1 currency unit = 1,000,000)"})
+EXPORT_CHECKPOINT = "cold:parquet:exported_until"
+
+
+def day_path(root: Path, campaign_id: str, day: date) -> Path:
+    return root / f"campaign={campaign_id}" / f"date={day.isoformat()}" / "part-0.parquet"
+
+
+def write_day(root: Path, campaign_id: str, day: date, rows: Sequence[AggregateRow],
+              levels: dict[str, dict[str, str]]) -> Path:
+    """Write (replace) one campaign-day file from its cold rows; ``levels`` maps cell id →
+    dimension → level id. Returns the path."""
+    path = day_path(root, campaign_id, day)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols: dict[str, list[Any]] = {f.name: [] for f in PARQUET_SCHEMA}
+    for r in rows:
+        cols["campaign_id"].append(campaign_id)
+        cols["date"].append(day)
+        cols["cell_id"].append(r.cell_id)
+        lv = levels.get(r.cell_id, {})
+        for c in LEVEL_COLUMNS:
+            cols[c].append(lv.get(c))
+        for c, n in zip(COUNTER_COLUMNS, r.counts, strict=True):
+            cols[c].append(int(n))
+    table = pa.Table.from_pydict(cols, schema=PARQUET_SCHEMA)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def read_days(root: Path, campaign_id: str | None = None) -> pa.Table:
+    """Every exported row under ``root`` (optionally one campaign), as one table."""
+    files = sorted(root.glob(f"campaign={campaign_id or '*'}/date=*/part-0.parquet"))
+    if not files:
+        return PARQUET_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=PARQUET_SCHEMA) for f in files])
+
+
+async def _levels(sql: Any, campaign_id: str) -> dict[str, dict[str, str]]:
+    return {c.cell_id: {d: getattr(c, d) for d in LEVEL_COLUMNS}
+            for c in await sql.list_cells(campaign_id)}
+
+
+async def export_days(sql: Any, root: Path, campaign_id: str, first: date,
+                      last: date) -> list[tuple[date, Path, int]]:
+    """Write the files of ``first``..``last`` for one campaign (days with counts only);
+    returns (day, path, rows) per file written."""
+    rows = await sql.day_rows(campaign_id, first=first, last=last)
+    by_day: dict[date, list[AggregateRow]] = {}
+    for r in rows:
+        assert isinstance(r.at, date)
+        by_day.setdefault(r.at, []).append(r)
+    levels = await _levels(sql, campaign_id) if by_day else {}
+    return [(d, write_day(root, campaign_id, d, day_rows, levels), len(day_rows))
+            for d, day_rows in sorted(by_day.items())]
+
+
+async def export_changed_days(sql: Any, root: Path, *, now: datetime) -> int:
+    """Export every finished UTC day changed since the last run; returns files written."""
+    raw = await sql.get_checkpoint(EXPORT_CHECKPOINT)
+    since = datetime.fromisoformat(raw) if raw else None
+    today = now.astimezone(UTC).date()
+    written = 0
+    newest = since
+    unfinished: datetime | None = None
+    levels: dict[str, dict[str, dict[str, str]]] = {}
+    for campaign_id, day, changed in await sql.days_changed(since=since):
+        if day >= today:
+            # Not finished: exported once it is. The checkpoint must not pass its changes.
+            unfinished = changed if unfinished is None else min(unfinished, changed)
+            continue
+        rows = await sql.day_rows(campaign_id, first=day, last=day)
+        if campaign_id not in levels:
+            levels[campaign_id] = await _levels(sql, campaign_id)
+        write_day(root, campaign_id, day, rows, levels[campaign_id])
+        written += 1
+        newest = changed if newest is None else max(newest, changed)
+    if newest is not None and unfinished is not None:
+        newest = min(newest, unfinished - timedelta(microseconds=1))
+    if newest is not None and (since is None or newest > since):
+        await sql.set_checkpoint(EXPORT_CHECKPOINT, newest.isoformat(), now=now)
+    return written
+
+
+async def apply_retention(sql: Any, *, now: datetime, retention_days: int) -> int:
+    """Delete warm minute rows of the days older than ``retention_days``; returns rows."""
+    cutoff = now.astimezone(UTC).date() - timedelta(days=retention_days)
+    return int(await sql.delete_minutes_before(cutoff))
+
+
+__all__ = [
+    "EXPORT_CHECKPOINT",
+    "PARQUET_SCHEMA",
+    "apply_retention",
+    "day_path",
+    "export_changed_days",
+    "export_days",
+    "read_days",
+    "write_day",
+]
