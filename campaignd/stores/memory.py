@@ -17,9 +17,9 @@ from __future__ import annotations
 import heapq
 import json
 import os
-from itertools import repeat
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any, BinaryIO
 

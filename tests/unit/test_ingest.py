@@ -171,7 +171,7 @@ def test_every_reason_is_tested() -> None:
 
 
 async def test_typed_messages_take_the_same_path(setup) -> None:  # type: ignore[no-untyped-def]
-    pipe, table, _ = setup
+    pipe, _table, _ = setup
     msgs = [s.decode_message(imp(1)), s.decode_message(act(1, "START")),
             s.decode_message(imp(2, li=999))]
     r = await pipe.ingest_messages(msgs)
@@ -202,7 +202,7 @@ async def test_enrichment_checks_targeting_and_fills_zip_series(setup, seed_spec
 
 
 async def test_local_time_from_the_zip_when_the_dsp_does_not_send_it(setup, seed_spec) -> None:  # type: ignore[no-untyped-def]
-    pipe, table, cells = setup
+    pipe, _table, _cells = setup
     # 2026-12-01 12:00 UTC is a Tuesday, 07:00 in New York (UTC-5) → hour of week 2*24+7
     # and 04:00 in Los Angeles (UTC-8) → 2*24+4
     assert pipe.classifier.local.hour_of_week("10001", NOW_US // 1_000_000) == 55
@@ -214,7 +214,7 @@ async def test_local_time_from_the_zip_when_the_dsp_does_not_send_it(setup, seed
 
 
 async def test_flush_rows_per_cell_second_and_minute(setup) -> None:  # type: ignore[no-untyped-def]
-    pipe, table, cells = setup
+    pipe, _table, cells = setup
     t0 = NOW_US - 120 * 1_000_000
     await pipe.ingest([imp(1, ts=t0), imp(2, ts=t0 + 1), imp(3, ts=t0 + 61 * 1_000_000),
                        imp(4, li=101, ts=t0)])
