@@ -24,12 +24,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
-import numpy as np
 import uvicorn
 from anyio.abc import TaskStatus
 from sqlalchemy.engine import make_url
@@ -39,7 +38,7 @@ from campaignd import logs as logmod
 from campaignd.agents.monitor import PerformanceMonitor
 from campaignd.clock import Clock, ScaledClock, SystemClock
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
-from campaignd.domain.cells import METRICS, N_METRICS, CellSnapshot, CellTable
+from campaignd.domain.cells import CellSnapshot, CellTable
 from campaignd.errors import BadInput, CampaigndError, StartupError, StorageError
 from campaignd.metrics import Metrics
 from campaignd.pipeline.registry import Registry
@@ -353,7 +352,7 @@ class Daemon:
             time_scale=s.dsp.sandbox.time_scale if sandbox else 1.0,
             context_capacity=p.context_capacity,
             namespace=f"{DEDUPE_NAMESPACE}:{checkpoint}" if sandbox else DEDUPE_NAMESPACE)
-        await self._restore_counts(fresh_market=sandbox)
+        await self._restore_counts(pipeline, fresh_market=sandbox)
         self.ingest = EventIngestor(
             adapter=self.dsp.adapter, sql=self.sql, pipeline=pipeline, clock=self.clock,
             metrics=self.metrics, poll_s=s.dsp.events_poll_s, batch=p.batch,
@@ -362,37 +361,22 @@ class Daemon:
             await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
         await tg.start(self.ingest.run, name="ingest")
 
-    async def _restore_counts(self, *, fresh_market: bool) -> None:
-        """Put the committed counts back into the registry (and the hot store's totals): the
-        running totals, and the last 24 h of minute rows for the windows and series. A new
-        sandbox market starts from zero instead."""
-        assert self.sql is not None and self.hot is not None
-        now = self.clock.now()
-        for cid, rt in self.campaigns.items():
-            table = rt.table
-            if fresh_market:
+    async def _restore_counts(self, pipeline: Any, *, fresh_market: bool) -> None:
+        """Put the committed counts back into the registry; a new sandbox market starts from
+        zero instead."""
+        from campaignd.pipeline.ingest import restore
+
+        assert self.sql is not None
+        if fresh_market:
+            for cid, rt in self.campaigns.items():
                 await self.sql.reset_counts(cid)
-                table.reset()
-                log.info("sandbox: a new simulated market; counts start from zero", campaign=cid)
-                continue
-            totals = await self.sql.read_cell_totals(cid)
-            for cell_id, counts in totals.items():
-                pos = table.index.get(cell_id)
-                if pos is not None:
-                    table.matrix[:, pos] = counts
-            rows = await self.sql.minute_rows(cid, since=now - timedelta(hours=24),
-                                              until=now + timedelta(hours=1))
-            table.replay_recent(
-                np.array([table.index.get(r.cell_id, -1) for r in rows], dtype=np.int64),
-                np.array([int(r.at.timestamp()) for r in rows], dtype=np.int64),  # type: ignore[union-attr]
-                np.array([r.counts for r in rows], dtype=np.int64).reshape(-1, N_METRICS))
-            if totals:
-                await self.hot.set_totals(cid, {
-                    cell: dict(zip(METRICS, counts, strict=True))
-                    for cell, counts in totals.items() if cell in table.index})
-                log.info("counts restored", campaign=cid, cells=len(totals),
-                         impressions=int(table.counts["impressions"].sum()),
-                         minute_rows=len(rows))
+                rt.table.reset()
+                log.info("sandbox: a new simulated market; counts start from zero",
+                         campaign=cid)
+            return
+        for cid, impressions in (await restore(pipeline, self.sql,
+                                               now=self.clock.now())).items():
+            log.info("counts restored", campaign=cid, impressions=impressions)
 
     def _on_synced(self, campaign_id: str, line_items: dict[str, int]) -> None:
         """A campaign's line items are known (at start, or when reconciliation retried a

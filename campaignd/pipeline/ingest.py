@@ -365,6 +365,35 @@ async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tupl
                     error=str(exc))
 
 
+async def restore(pipeline: Pipeline, sql: Any, *, now: datetime) -> dict[str, int]:
+    """Put the committed counts back into the registry — every cell's running totals, and the
+    last 24 h of minute rows for the windows and the creative series — and publish the totals
+    to the hot store. Returns the impressions restored per campaign."""
+    from datetime import timedelta
+
+    out: dict[str, int] = {}
+    for table in pipeline.registry.tables:
+        cid = table.campaign_id
+        totals = await sql.read_cell_totals(cid)
+        for cell_id, counts in totals.items():
+            pos = table.index.get(cell_id)
+            if pos is not None:
+                table.matrix[:, pos] = counts
+        rows = await sql.minute_rows(cid, since=now - timedelta(hours=24),
+                                     until=now + timedelta(hours=1))
+        if rows:
+            table.replay_recent(
+                np.array([table.index.get(r.cell_id, -1) for r in rows], dtype=np.int64),
+                np.array([int(r.at.timestamp()) for r in rows], dtype=np.int64),
+                np.array([r.counts for r in rows], dtype=np.int64))
+        if totals:
+            await pipeline.hot.set_totals(cid, {
+                cell: dict(zip(METRICS, counts, strict=True))
+                for cell, counts in totals.items() if cell in table.index})
+        out[cid] = int(table.counts["impressions"].sum())
+    return out
+
+
 class EventIngestor:
     """The daemon's feed loop and flush loop over one ``Pipeline`` (see the module docstring)."""
 
@@ -482,4 +511,4 @@ class EventIngestor:
 
 
 __all__ = ["DEDUPE_NAMESPACE", "BatchResult", "EventIngestor", "Flush", "LagStats", "Pipeline",
-           "PipelineStats", "commit", "stream_base"]
+           "PipelineStats", "commit", "restore", "stream_base"]
