@@ -472,6 +472,10 @@ def simulate(
         help="Policy: uniform | seed (baselines), thompson, oracle.")] = "uniform",
     report: Annotated[Path | None, typer.Option(
         "--report", help="Write a self-contained HTML report here.")] = None,
+    events: Annotated[bool, typer.Option(
+        "--events", help="Send every market event through the whole pipeline as a Beeswax "
+                         "message (slower; the default feeds the market's step totals to the "
+                         "pipeline's aggregation).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the agents on a virtual clock against the market and compare with the oracle."""
@@ -479,7 +483,7 @@ def simulate(
     if days <= 0:
         raise BadInput("must be greater than 0", field="--days", value=days)
     result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
-                            policy=policy, report_html=report)
+                            policy=policy, report_html=report, events=events)
     if json_out:
         print_json(result)
         return

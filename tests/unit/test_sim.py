@@ -181,3 +181,23 @@ def test_html_report(tmp_path: Path) -> None:
     assert "<script src" not in text and "<link" not in text
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in text
+
+
+def test_what_is_simulated_is_what_the_pipeline_counts() -> None:
+    """The market's events, as typed Beeswax messages through the whole pipeline, give the
+    same counts as its step totals through the aggregation stage, and equal what the market
+    says it delivered; the market delivers only within each line item's targeting."""
+    runs = {ev: simulate(SEED, days=0.25, seed=4, policy="seed", oracle=False, events=ev)
+            for ev in (False, True)}
+    keys = ("impressions", "spend", "clicks", "conversions", "conversion_value",
+            "completed_views", "viewable")
+    assert {k: runs[True].report[k] for k in keys} == {k: runs[False].report[k] for k in keys}
+    assert runs[True].report["impressions"] > 1000
+    for r in runs.values():
+        trace = r.policy_trace
+        assert trace.totals is not None and trace.market_totals is not None
+        assert (trace.totals == trace.market_totals).all()
+    stats = runs[True].report["pipeline"]
+    assert stats["dead_lettered"] == 0 and stats["duplicates"] == 0
+    assert stats["outside_targeting"] == {}
+    assert stats["ingested_by_kind"]["impression"] == runs[True].report["impressions"]

@@ -91,7 +91,7 @@ def _region(zip_code: str) -> str | None:
 
 
 class MessageEncoder:
-    """MarketEvent → ``AdLogMessage`` JSON bytes, with the server's Beeswax ids."""
+    """MarketEvent → ``AdLogMessage`` (typed, or JSON bytes), with the server's Beeswax ids."""
 
     def __init__(self, buzz_key: str) -> None:
         self.buzz_key = buzz_key
@@ -103,6 +103,10 @@ class MessageEncoder:
         return self._regions[zip_code]
 
     def encode(self, event: MarketEvent, ids: Ids) -> bytes:
+        return encode_message(self.message(event, ids))
+
+    def message(self, event: MarketEvent, ids: Ids) -> AdLogMessage:
+        """The ``AdLogMessage`` Beeswax would send for ``event`` (typed; no JSON)."""
         ag = AdGroupId(buzz_key=self.buzz_key, accountid=str(ids.account_id),
                        campaignid=str(ids.campaign_id), lineitemid=str(ids.line_item_id))
         aag = f"{event.auction_id}.{ids.account_id}.{ids.campaign_id}.{ids.line_item_id}"
@@ -152,7 +156,7 @@ class MessageEncoder:
                 value_micros=str(event.value_micros), rx_timestamp_usecs=ts))
         else:  # pragma: no cover - MarketEvent is a closed union
             raise TypeError(type(event))
-        return encode_message(msg)
+        return msg
 
 
 _MALFORMED: tuple[Callable[[bytes], bytes], ...] = (
