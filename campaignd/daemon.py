@@ -521,6 +521,16 @@ class _Plane:
         return self.d.check_token(token)
 
 
+async def open_sql(settings: Settings) -> SqlStore:
+    """The configured database, upgraded first unless ``database.upgrade_on_start`` is off
+    (for the CLI's store-backed commands)."""
+    from campaignd.stores.sql.migrate import upgrade
+    url = database_url(settings)
+    if settings.database.upgrade_on_start:
+        await upgrade(url)
+    return await SqlStore.connect(url)
+
+
 async def open_hot_store(settings: Settings, clock: Clock) -> HotStore:
     """The hot store named by ``redis.url``: Redis when set, in-memory otherwise."""
     if not settings.redis.url:

@@ -34,6 +34,15 @@ SEED_SCENARIO = ROOT / "config" / "scenarios" / "seed.toml"
 T = TypeVar("T")
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``campaignd ARGS…`` as a real process (no CAMPAIGND_* from the caller's environment,
+    plus ``env``); output captured as text."""
+    full_env = clean_env(**(env or {}))
+    return subprocess.run([sys.executable, "-m", "campaignd", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from campaignd.testing import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "config" / "campaigns" / "madhive_12345.toml"
 
 
-def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "campaignd", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
+cli = run_cli
 
 
 def test_version() -> None:

@@ -29,6 +29,7 @@ from campaignd.stores.sql.models import (
     cell_minutes,
     cell_totals,
     checkpoints,
+    dead_letters,
 )
 
 _ROWS_PER_STATEMENT = 500
@@ -86,10 +87,10 @@ class AggregateMethods:
                             letters: Sequence[tuple[str, bytes]] = (),
                             letter_counts: Sequence[int] | None = None,
                             letter_source: str = "", checkpoint: tuple[str, str] | None = None,
-                            now: datetime) -> None:
+                            delete_dead_letters: Sequence[int] = (), now: datetime) -> None:
         """Add ``minutes`` (per-cell minute rows) to the warm rows, to their days' cold rows and
-        to the running totals; record ``letters``; set ``checkpoint`` (name, value) — all in
-        one transaction."""
+        to the running totals; delete the dead letters ``delete_dead_letters`` (retried), then
+        record ``letters``; set ``checkpoint`` (name, value) — all in one transaction."""
         minute_rows: list[dict[str, Any]] = []
         days: dict[tuple[str, str, date], list[int]] = {}
         totals: dict[tuple[str, str], list[int]] = {}
@@ -117,6 +118,9 @@ class AggregateMethods:
                                      ["updated_at"])
                 await self._add_rows(conn, cell_totals, total_rows, ["campaign_id", "cell_id"],
                                      ["updated_at"])
+            for i in range(0, len(delete_dead_letters), 1000):
+                await conn.execute(delete(dead_letters).where(
+                    dead_letters.c.id.in_(list(delete_dead_letters[i:i + 1000]))))
             if letters:
                 await self._write_dead_letters(conn, letters, source=letter_source, now=now,
                                                counts=letter_counts)

@@ -147,6 +147,45 @@ def spec_to_dict(spec: CampaignSpec) -> dict[str, Any]:
     return json.loads(text_)
 
 
+def spec_from_dict(data: Mapping[str, Any]) -> CampaignSpec:
+    """The inverse of ``spec_to_dict``: the stored spec back as a ``CampaignSpec`` (it was
+    validated when it was stored)."""
+    from decimal import Decimal
+
+    from campaignd.domain.campaign import (
+        Audience,
+        BidStrategy,
+        Creative,
+        Daypart,
+        Exclusion,
+        Platform,
+    )
+
+    def tup(v: Any) -> tuple[Any, ...]:
+        return tuple(tuple(x) if isinstance(x, list) else x for x in v)
+
+    d = dict(data)
+    return CampaignSpec(
+        id=d["id"], name=d["name"], currency=d["currency"], objective=d["objective"],
+        lifetime_budget=Decimal(d["lifetime_budget"]), daily_budget=Decimal(d["daily_budget"]),
+        flight_start=datetime.fromisoformat(d["flight_start"]),
+        flight_end=datetime.fromisoformat(d["flight_end"]),
+        audiences=tuple(Audience(a["id"], tuple(a["zips"]), tuple(a["signals"]), a["name"])
+                        for a in d["audiences"]),
+        creatives=tuple(Creative(c["id"], c["name"], c["type"], c["duration_s"],
+                                 c["click_url"]) for c in d["creatives"]),
+        bid_strategies=tuple(BidStrategy(b["id"], b["strategy"], Decimal(b["cpm_bid"]),
+                                         tup(b["params"])) for b in d["bid_strategies"]),
+        dayparts=tuple(Daypart(p["id"], tuple(p["hours"]), tuple(p["days"]))
+                       for p in d["dayparts"]),
+        platforms=tuple(Platform(p["id"], tuple(p["app_bundles"]), p["name"],
+                                 tuple(p["device_types"])) for p in d["platforms"]),
+        exclusions=tuple(Exclusion(tup(e["match"])) for e in d["exclusions"]),
+        max_cells=d["max_cells"], advertiser=d["advertiser"],
+        conversion_value=(None if d.get("conversion_value") is None
+                          else Decimal(d["conversion_value"])))
+
+
 def _json_default(obj: Any) -> str:
     if isinstance(obj, datetime):
         return obj.astimezone(UTC).isoformat()
