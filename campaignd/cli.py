@@ -591,6 +591,9 @@ def sandbox_serve(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     seed: Annotated[int, typer.Option(help="Random seed of the market.")] = 0,
     time_scale: Annotated[float, typer.Option(help="Market seconds per real second.")] = 1.0,
+    start: Annotated[str, typer.Option(
+        help="When the market's clock starts: now (what a daemon on the wall clock expects), "
+             "scenario (the scenario's start), or an RFC 3339 time.")] = "now",
 ) -> None:
     """Run the sandbox DSP (Beeswax-compatible API over a ground-truth market) standalone."""
     from campaignd import logs
@@ -598,11 +601,25 @@ def sandbox_serve(
     from campaignd.dsp.sandbox.service import serve_standalone
     if time_scale <= 0:
         raise BadInput("must be greater than 0", field="--time-scale", value=time_scale)
-    load_scenario(scenario)  # validate before binding anything
+    from datetime import UTC, datetime
+    sc = load_scenario(scenario)  # validate before binding anything
+    if start == "now":
+        start_at = datetime.now(UTC)
+    elif start == "scenario":
+        start_at = sc.default_start
+    else:
+        try:
+            start_at = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadInput("is not now, scenario or an RFC 3339 time", field="--start",
+                           value=start, fix="e.g. --start 2026-12-01T00:00:00Z") from None
+        if start_at.tzinfo is None:
+            raise BadInput("needs a UTC offset", field="--start", value=start,
+                           fix="end it with Z or +00:00")
     logs.configure("INFO", "auto")
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(functools.partial(serve_standalone, scenario, port=port, host=host, seed=seed,
-                                    time_scale=time_scale))
+                                    time_scale=time_scale, start=start_at))
 
 
 @app.command()

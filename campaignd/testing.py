@@ -34,15 +34,6 @@ SEED_SCENARIO = ROOT / "config" / "scenarios" / "seed.toml"
 T = TypeVar("T")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``campaignd ARGS…`` as a real process (no CAMPAIGND_* from the caller's environment,
-    plus ``env``); output captured as text."""
-    full_env = clean_env(**(env or {}))
-    return subprocess.run([sys.executable, "-m", "campaignd", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
@@ -100,11 +91,13 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
-def cli(*args: str, env: dict[str, str] | None = None,
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``campaignd ARGS`` as a real process (no CAMPAIGND_* from the caller's env)."""
+    """Run ``campaignd ARGS`` as a real process (no CAMPAIGND_* from the caller's env, plus
+    ``env``), output captured as text."""
     return subprocess.run([sys.executable, "-m", "campaignd", *args], capture_output=True,
-                          text=True, env=clean_env(**(env or {})), cwd=ROOT, timeout=timeout)
+                          text=True, env=clean_env(**(env or {})), cwd=cwd or ROOT,
+                          timeout=timeout)
 
 
 class DaemonProcess:

@@ -302,7 +302,20 @@ class DSPService:
         }
         if self.adapter is not None:
             out.update(requests=requests, retries=retries, rate_limited=rate_limited)
+        if self.sandbox is not None:
+            out["sandbox"] = self.sandbox_truth()
         return out
+
+    def sandbox_truth(self) -> dict[str, Any]:
+        """What the in-process sandbox knows: its market's delivered totals (summed over every
+        line item) and its log feed's extent. Read in the same event-loop step as the
+        ingestor's cursor, so ``feed.next_seq == cursor`` means every delivered event's message
+        has been read."""
+        state = self.sandbox.state
+        market = state.market
+        return {"delivered": state.delivered_totals(),
+                "market_now": market.now.isoformat() if market is not None else None,
+                "feed": {"first_seq": state.feed.first_seq, "next_seq": state.feed.next_seq}}
 
 
 async def close_quietly(adapter: DSPAdapter | None) -> None:

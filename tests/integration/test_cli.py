@@ -7,13 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from campaignd.testing import run_cli
+from campaignd.testing import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "config" / "campaigns" / "madhive_12345.toml"
-
-
-cli = run_cli
 
 
 def test_version() -> None:

@@ -14,17 +14,8 @@ import pyarrow.parquet as pq
 
 from campaignd.domain.campaign import atomize, load_spec
 from campaignd.stores.sql import SqlStore, upgrade
-from campaignd.testing import (
-    SEED_SPEC as SEED,
-)
-from campaignd.testing import (
-    activity_message,
-    conversion_message,
-    impression_message,
-)
-from campaignd.testing import (
-    run_cli as cli,
-)
+from campaignd.testing import SEED_SPEC as SEED
+from campaignd.testing import activity_message, cli, conversion_message, impression_message
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = int((NOW - timedelta(days=3)).timestamp() * 1_000_000)  # a backfill: 3 days old

@@ -11,7 +11,8 @@
   ``entities.py``), with Beeswax's business rules;
 - Report Builder (``reporting.py``) and the pull stand-in for the streaming log feed
   (``GET /rest/v2/sandbox/log-stream``, see ``feed.py``);
-- ``GET /rest/v2/sandbox/status`` (sandbox only): market time, object and fault counts.
+- ``GET /rest/v2/sandbox/status`` (sandbox only): market time, object and fault counts, the
+  log feed's extent and the market's delivered totals (the ground truth a test compares with).
 
 Every change to a line item, its associations, its targeting expression, its campaign or a
 creative is translated into a ``LineItemConfig`` and handed to the market.
@@ -185,6 +186,16 @@ class SandboxState:
         if self.market is None:
             return {}
         return {int(k): dict(v) for k, v in self.market.delivered().items()}
+
+    def delivered_totals(self) -> dict[str, int]:
+        """The market's lifetime delivery summed over every line item (``impressions``,
+        ``spend_micros``, ``clicks``, ``conversions``, …); empty without a market."""
+        totals: dict[str, int] = {}
+        if self.market is not None:
+            for per in self.market.delivered().values():
+                for k, v in per.items():
+                    totals[k] = totals.get(k, 0) + int(v)
+        return totals
 
     def advance_market(self, until: datetime) -> int:
         """Move the market to ``until`` and append its events to the feed; returns how many."""
@@ -575,6 +586,7 @@ def create_app(state: SandboxState) -> Starlette:
                                                          "line-item-creatives")},
             "feed": {"first_cursor_seq": state.feed.first_seq,
                      "next_cursor_seq": state.feed.next_seq},
+            "delivered": state.delivered_totals(),
             "faults": state.injector.stats.injected,
             "requests": state.requests,
         })

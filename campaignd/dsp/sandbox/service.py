@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Generator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -154,20 +154,23 @@ class SandboxService:
 
 async def serve_standalone(scenario_path: str | Path, *, port: int, host: str = "127.0.0.1",
                            seed: int = 0, time_scale: float = 1.0,
+                           start: datetime | None = None,
                            faults: FaultConfig | None = None, buzz_key: str = "sandbox",
                            task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
                            **options: Any) -> None:
     """Build the scenario's market and serve it until cancelled (``campaignd sandbox serve``).
 
-    ``options`` go to ``SandboxService`` (``email``, ``password``, ``tick_interval_s``,
-    ``log_level``, and ``SandboxState`` options such as ``report_polls``). Raises ``SpecError``
-    for a bad scenario and ``StartupError`` when the port cannot be bound.
+    ``start`` is the market's start time (default: the scenario's). ``options`` go to
+    ``SandboxService`` (``email``, ``password``, ``tick_interval_s``, ``log_level``, and
+    ``SandboxState`` options such as ``report_polls``). Raises ``SpecError`` for a bad scenario
+    and ``StartupError`` when the port cannot be bound.
     """
     from campaignd.dsp.sandbox.market import Market
     from campaignd.dsp.sandbox.scenarios import load_scenario
 
     scenario = load_scenario(scenario_path)
-    market = Market(scenario, seed=seed, start=scenario.default_start, buzz_key=buzz_key)
+    market = Market(scenario, seed=seed, start=start or scenario.default_start,
+                    buzz_key=buzz_key)
     service = SandboxService(market, host=host, port=port, time_scale=time_scale,
                              faults=faults, buzz_key=buzz_key, **options)
     await service.run(task_status=task_status)
