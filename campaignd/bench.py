@@ -201,14 +201,148 @@ def bench_baselines() -> None:
                      oracle_spend=r.get("oracle_spend"), budget=r["budget"])
 
 
+def load_server(port: int, rate: float) -> None:
+    """The sandbox's Beeswax-compatible server over a constant-rate market (for ``sustained``)."""
+    import anyio
+
+    from campaignd import logs
+    from campaignd.dsp.sandbox.loadgen import ConstantRateMarket
+    from campaignd.dsp.sandbox.service import SandboxService
+    logs.configure("WARNING", "console")
+    service = SandboxService(ConstantRateMarket(rate), port=port, time_scale=1.0,
+                             tick_interval_s=0.1, feed_capacity=2_000_000, log_level="warning")
+    anyio.run(service.run)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _lag_buckets(metrics_text: str) -> dict[str, float]:
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("campaignd_event_lag_seconds_hist_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def bench_sustained(rate: float = 20_000, seconds: float = 600, warmup: float = 60) -> None:
+    """The daemon (every agent and job on its cadence, SQLite + in-memory hot store) reading a
+    feed of ``rate`` events/s for ``seconds``: event-to-registry lag and memory over time."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+
+    import httpx
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    tmp = Path(tempfile.mkdtemp(prefix="campaignd-sustained-"))
+    dsp_port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
+    spec = ROOT / "config" / "campaigns" / "madhive_12345.toml"
+    cfg = tmp / "campaignd.toml"
+    cfg.write_text(f"""state_dir = "{tmp / 'state'}"
+campaigns = ["{spec}"]
+[database]
+url = "sqlite+aiosqlite:///{tmp / 'campaignd.db'}"
+[dsp]
+adapter = "beeswax"
+[dsp.beeswax]
+base_url = "http://127.0.0.1:{dsp_port}"
+buzz_key = "sandbox"
+email = "sandbox@campaignd.local"
+rate_limit_rps = 1000
+[http]
+port = {http_port}
+[log]
+format = "json"
+level = "WARNING"
+file = "{tmp / 'campaignd.log'}"
+""")
+    env_d = {**env, "CAMPAIGND_DSP__BEESWAX__PASSWORD": "sandbox"}
+    server = subprocess.Popen([sys.executable, "-m", "campaignd.bench", "load-server",
+                               str(dsp_port), str(rate)], env=env)
+    daemon = None
+    try:
+        time.sleep(2.0)
+        with open(tmp / "daemon.out", "w") as out:
+            daemon = subprocess.Popen([sys.executable, "-m", "campaignd", "run", "--config",
+                                       str(cfg)], stdout=out, stderr=subprocess.STDOUT,
+                                      env=env_d)
+        api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10,
+                           trust_env=False)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                st = api.get("/api/v1/status").json()
+                if st.get("healthy"):
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                tail = (tmp / "daemon.out").read_text()[-2000:]
+                raise RuntimeError(f"the daemon did not start: {tail}")
+            time.sleep(0.5)
+        time.sleep(warmup)
+        samples = []
+        t_start = time.monotonic()
+        first = api.get("/api/v1/status").json()["events"]
+        b0 = _lag_buckets(api.get("/metrics").text)
+        while time.monotonic() - t_start < seconds:
+            time.sleep(5.0)
+            ev = api.get("/api/v1/status").json()["events"]
+            samples.append({"t": round(time.monotonic() - t_start, 1),
+                            "ingested": ev["ingested"] + ev["duplicates"],
+                            "lag_p99_s": ev["lag_p99_s"], "backlog": ev["backlog"],
+                            "rss_mb": round(_rss_mb(daemon.pid), 1)})
+        b1 = _lag_buckets(api.get("/metrics").text)
+        last = api.get("/api/v1/status").json()
+        elapsed = samples[-1]["t"]
+        seen = samples[-1]["ingested"] - (first["ingested"] + first["duplicates"])
+        total = b1["+Inf"] - b0["+Inf"]
+        within = {le: round((b1[le] - b0[le]) / total, 5) for le in ("0.25", "0.5", "1")}
+        p99s = sorted(s["lag_p99_s"] for s in samples if s["lag_p99_s"] is not None)
+        rss = [s["rss_mb"] for s in samples]
+        agents = {a["name"]: a["runs"] for a in last["agents"]}
+        emit("sustained", rate=rate, seconds=elapsed, events_per_s=round(seen / elapsed),
+             share_within_s=within, lag_p99_s_median=p99s[len(p99s) // 2],
+             lag_p99_s_max=p99s[-1], rss_mb_first=rss[0], rss_mb_last=rss[-1],
+             rss_mb_max=max(rss), backlog_max=max(s["backlog"] for s in samples),
+             dead_lettered=last["events"]["dead_lettered"], agent_runs=agents,
+             samples=samples)
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(30)
+        server.terminate()
+        server.wait(30)
+
+
 FAMILIES: dict[str, Callable[[], None]] = {
     "atomize": bench_atomize, "ingest": bench_ingest, "simulate": bench_simulate,
-    "baselines": bench_baselines,
+    "baselines": bench_baselines, "sustained": bench_sustained,
 }
+DEFAULT_FAMILIES = ("atomize", "ingest", "simulate", "baselines")
+"""``sustained`` runs 11 minutes and needs both cores: only when asked for."""
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(FAMILIES)
+    if argv[:1] == ["load-server"]:
+        load_server(int(argv[1]), float(argv[2]))
+        return 0
+    if argv[:1] == ["sustained"] and len(argv) > 1:
+        bench_sustained(*(float(a) for a in argv[1:4]))
+        return 0
+    names = argv or list(DEFAULT_FAMILIES)
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:
         sys.stderr.write(f"unknown benchmark(s) {unknown}; choose from {list(FAMILIES)}\n")

@@ -352,6 +352,7 @@ class Daemon:
             time_scale=s.dsp.sandbox.time_scale if sandbox else 1.0,
             context_capacity=p.context_capacity,
             namespace=f"{DEDUPE_NAMESPACE}:{checkpoint}" if sandbox else DEDUPE_NAMESPACE)
+        self.metrics.add_lag_histogram(lambda: pipeline.stats.lag)
         await self._restore_counts(pipeline, fresh_market=sandbox)
         self.ingest = EventIngestor(
             adapter=self.dsp.adapter, sql=self.sql, pipeline=pipeline, clock=self.clock,

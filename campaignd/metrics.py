@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -34,3 +39,26 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def add_lag_histogram(self, read: Callable[[], Any]) -> None:
+        """Export the pipeline's event-to-registry lag (``read()`` gives its ``LagStats``) as
+        the histogram ``campaignd_event_lag_seconds_hist`` (collected when scraped: the hot
+        path only adds numpy counts)."""
+        self.registry.register(_LagCollector(read))
+
+
+class _LagCollector(Collector):
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        lag = self._read()
+        h = HistogramMetricFamily("campaignd_event_lag_seconds_hist",
+                                  "Event-to-registry lag (event time to counted), real seconds")
+        if lag is not None:
+            cum = lag.counts.cumsum()
+            buckets = [(f"{edge:g}", float(c)) for edge, c in zip(lag.edges, cum[:-1],
+                                                                     strict=True)]
+            buckets.append(("+Inf", float(cum[-1])))
+            h.add_metric([], buckets, lag.total_s)
+        yield h
