@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -134,6 +134,16 @@ class PipelineStats:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """A decoded, validated and enriched batch, not yet deduplicated or counted."""
+
+    out: Classified
+    n_read: int
+    positioned: bool
+    newest_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class BatchResult:
     read: int
     accepted: int
@@ -194,14 +204,38 @@ class Pipeline:
     async def ingest(self, raws: Sequence[bytes | str],
                      positions: Sequence[int] | None = None) -> BatchResult:
         """Ingest raw JSON messages (``positions``: one unique stream position each)."""
-        out = Classified()
-        msgs, kept, kept_pos = Classifier.decode(raws, positions, out)
-        return await self._ingest(msgs, kept, kept_pos, out, len(raws))
+        return await self.complete(self.prepare(raws, positions))
 
     async def ingest_messages(self, msgs: Sequence[AdLogMessage],
                               positions: Sequence[int] | None = None) -> BatchResult:
         """Ingest typed messages (in-process producers: no JSON round trip)."""
-        return await self._ingest(msgs, _LazyRaws(msgs), positions, Classified(), len(msgs))
+        return await self.complete(self.prepare_messages(msgs, positions))
+
+    async def ingest_batches(self, batches: Iterable[tuple[Sequence[bytes | str],
+                                                           Sequence[int] | None]],
+                             ) -> list[BatchResult]:
+        """Ingest many batches. With a remote hot store (Redis) the next batch is decoded while
+        the current one is being deduplicated, so the round trip and the decoding overlap; the
+        in-memory store answers at once, and there is nothing to overlap."""
+        results: list[BatchResult] = []
+        if not self.hot.remote:
+            for raws, positions in batches:
+                results.append(await self.ingest(raws, positions))
+            return results
+        send, recv = anyio.create_memory_object_stream[Prepared](1)
+
+        async def completer() -> None:
+            async with recv:
+                async for prep in recv:
+                    results.append(await self.complete(prep))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(completer)
+            async with send:
+                for raws, positions in batches:
+                    await send.send(self.prepare(raws, positions))
+                    await _let_io_start()
+        return results
 
     def dead_letter(self, reason: str, raw: bytes, count: int = 1) -> None:
         """Record refused input found outside the messages (e.g. a feed gap)."""
@@ -213,9 +247,19 @@ class Pipeline:
 
     # --- the stages --------------------------------------------------------------------
 
-    async def _ingest(self, msgs: Sequence[AdLogView], raws: Sequence[bytes | str],
-                      positions: Sequence[int] | None, out: Classified, n_read: int,
-                      ) -> BatchResult:
+    def prepare(self, raws: Sequence[bytes | str],
+                positions: Sequence[int] | None = None) -> Prepared:
+        """Decode, validate and enrich (CPU only; nothing is counted until ``complete``)."""
+        out = Classified()
+        msgs, kept, kept_pos = Classifier.decode(raws, positions, out)
+        return self._classify(msgs, kept, kept_pos, out, len(raws))
+
+    def prepare_messages(self, msgs: Sequence[AdLogMessage],
+                         positions: Sequence[int] | None = None) -> Prepared:
+        return self._classify(msgs, _LazyRaws(msgs), positions, Classified(), len(msgs))
+
+    def _classify(self, msgs: Sequence[AdLogView], raws: Sequence[bytes | str],
+                  positions: Sequence[int] | None, out: Classified, n_read: int) -> Prepared:
         now_us = int(self.clock.now().timestamp() * 1_000_000)
         reference_us = now_us
         if self.reference == "stream":
@@ -226,29 +270,25 @@ class Pipeline:
             reference_us = self.high_water_us
         newest = self.classifier.classify(msgs, raws, positions, now_us=now_us,
                                           reference_us=reference_us, out=out)
-        for reason, _raw in out.letters:
-            self.stats.dead[reason] += 1
-            if self.metrics is not None:
-                self.metrics.events_dead.labels(reason).inc()
-        self._letters.extend(out.letters)
-        self._letter_counts.extend([1] * len(out.letters))
-        self.stats.mismatches.update(out.mismatches)
-        if self.reference == "clock" and newest:
-            self.high_water_us = max(self.high_water_us, newest)
+        return Prepared(out, n_read, positions is not None, newest)
+
+    async def complete(self, prep: Prepared) -> BatchResult:
+        """Dedupe against the hot store's marks and aggregate; record the refused events."""
+        out = prep.out
         accepted = dups = 0
         if len(out):
             fresh = np.asarray(await self.hot.mark_seen(
                 self.namespace, out.keys, self.dedupe_window_s,
-                positions=out.positions if positions is not None else None), dtype=bool)
+                positions=out.positions if prep.positioned else None), dtype=bool)
+            now_us = int(self.clock.now().timestamp() * 1_000_000)
             accepted = int(fresh.sum())
             dups = len(out) - accepted
             codes = np.asarray(out.codes, dtype=np.int64)[fresh]
             usecs = np.asarray(out.usecs, dtype=np.int64)[fresh]
-            at_s = now_us // 1_000_000
             self.aggregator.add_events(
                 np.asarray(out.slots, dtype=np.int64)[fresh], usecs // 1_000_000, codes,
                 np.asarray(out.values, dtype=np.int64)[fresh],
-                np.asarray(out.zip_keys, dtype=np.int64)[fresh], at_s)
+                np.asarray(out.zip_keys, dtype=np.int64)[fresh], now_us // 1_000_000)
             by_code = np.bincount(codes, minlength=N_CODES)
             kinds: Counter[str] = Counter()
             for code, n in enumerate(by_code):
@@ -256,8 +296,7 @@ class Pipeline:
                     kinds[KIND_OF_CODE[code]] += int(n)
             self.stats.ingested.update(kinds)
             self.stats.duplicates += dups
-            lag = (now_us - usecs) / (1e6 * self.time_scale)
-            lag = np.maximum(lag, 0.0)
+            lag = np.maximum((now_us - usecs) / (1e6 * self.time_scale), 0.0)
             self.stats.lag.add(lag)
             if lag.size:
                 self.stats.last_lag_s = float(lag.min())
@@ -268,7 +307,16 @@ class Pipeline:
                     self.metrics.events_duplicate.inc(dups)
                 if lag.size:
                     self.metrics.event_lag.set(float(lag.min()))
-        return BatchResult(n_read, accepted, dups, Counter(r for r, _ in out.letters))
+        for reason, _raw in out.letters:
+            self.stats.dead[reason] += 1
+            if self.metrics is not None:
+                self.metrics.events_dead.labels(reason).inc()
+        self._letters.extend(out.letters)
+        self._letter_counts.extend([1] * len(out.letters))
+        self.stats.mismatches.update(out.mismatches)
+        if self.reference == "clock" and prep.newest_us:
+            self.high_water_us = max(self.high_water_us, prep.newest_us)
+        return BatchResult(prep.n_read, accepted, dups, Counter(r for r, _ in out.letters))
 
     # --- what a flush commits ----------------------------------------------------------
 
@@ -365,6 +413,14 @@ async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tupl
                     error=str(exc))
 
 
+async def _let_io_start() -> None:
+    """A few event-loop turns before the next CPU-bound ``prepare``: redis-py needs two or three
+    to put a command on the wire, and a request still in the client while the loop decodes for
+    20 ms is a round trip that overlaps nothing (measured: 8.2 µs/event instead of 4.7)."""
+    for _ in range(3):
+        await anyio.lowlevel.checkpoint()
+
+
 async def restore(pipeline: Pipeline, sql: Any, *, now: datetime) -> dict[str, int]:
     """Put the committed counts back into the registry — every cell's running totals, and the
     last 24 h of minute rows for the windows and the creative series — and publish the totals
@@ -440,43 +496,72 @@ class EventIngestor:
         backoff = self.poll_s
         while True:
             await anyio.lowlevel.checkpoint()  # a cancelled loop stops here, not mid-batch
-            if self.pipeline.backlog > self.max_backlog:
-                # The stores are behind (or down): stop reading until a flush gets through.
-                await anyio.sleep(self.poll_s)
-                continue
+            started_at = self.cursor
             try:
-                n = await self.poll_once()
-                self.last_error = None
-                backoff = self.poll_s
+                await self._stream()
             except (DSPError, StorageError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("event ingestion failed; retrying", error=self.last_error,
                             retry_in_s=backoff)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
-                continue
             except Exception as exc:  # a bug must not take the daemon down with it
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("event ingestion failed unexpectedly; retrying",
                           error=self.last_error, retry_in_s=backoff, exc_info=True)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
-                continue
-            if n < self.batch:
-                await anyio.sleep(self.poll_s)
+            if self.cursor != started_at:
+                backoff = self.poll_s  # it had been working: a fresh failure, a short wait
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
 
-    async def poll_once(self) -> int:
-        """Read and ingest one batch; returns the number of raw messages read."""
-        batch = await self.adapter.read_events(self.cursor, limit=self.batch)
-        if batch.skipped:
+    async def _stream(self) -> None:
+        """Read and prepare the next batch while the previous one is deduplicated and counted.
+        The cursor moves only when a batch is counted; after a failure the loop starts again
+        from it (prepared batches are dropped: preparing counts nothing)."""
+        send, recv = anyio.create_memory_object_stream[tuple[Prepared, str, int, str | None]](1)
+
+        async def count() -> None:
+            async with recv:
+                async for prep, next_cursor, skipped, read_from in recv:
+                    self._gap(skipped, read_from)
+                    await self.pipeline.complete(prep)
+                    self.cursor = next_cursor
+                    self.last_error = None
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(count)
+            async with send:
+                cursor = self.cursor
+                while True:
+                    await anyio.lowlevel.checkpoint()
+                    if self.pipeline.backlog > self.max_backlog:
+                        # The stores are behind (or down): stop reading until a flush gets
+                        # through.
+                        await anyio.sleep(self.poll_s)
+                        continue
+                    batch = await self.adapter.read_events(cursor, limit=self.batch)
+                    prep = self.pipeline.prepare(batch.messages, self._positions(batch))
+                    await send.send((prep, batch.next_cursor, batch.skipped, cursor))
+                    await _let_io_start()
+                    cursor = batch.next_cursor
+                    if len(batch.messages) < self.batch:
+                        await anyio.sleep(self.poll_s)
+
+    def _positions(self, batch: Any) -> range | None:
+        if batch.first_seq is None:
+            return None
+        first = self.base | batch.first_seq
+        return range(first, first + len(batch.messages))
+
+    def _gap(self, skipped: int, cursor: str | None) -> None:
+        if skipped:
             # The DSP no longer held these: no payload to keep, but never silently dropped.
             self.pipeline.dead_letter("lost_before_read", json.dumps(
-                {"cursor": self.cursor, "skipped": batch.skipped}).encode(), batch.skipped)
-        positions = None
-        if batch.first_seq is not None:
-            first = self.base | batch.first_seq
-            positions = range(first, first + len(batch.messages))
-        await self.pipeline.ingest(batch.messages, positions)
+                {"cursor": cursor, "skipped": skipped}).encode(), skipped)
+
+    async def poll_once(self) -> int:
+        """Read, ingest and count one batch; returns the number of raw messages read."""
+        batch = await self.adapter.read_events(self.cursor, limit=self.batch)
+        self._gap(batch.skipped, self.cursor)
+        await self.pipeline.ingest(batch.messages, self._positions(batch))
         self.cursor = batch.next_cursor
         return len(batch.messages)
 

@@ -178,10 +178,10 @@ class Classifier:
         spans = self._spans
         too_new = now_us + self.future_us
         too_old = reference_us - self.window_us
-        newest = 0
         keys, poss, slots = out.keys, out.positions, out.slots
         codes, values, zkeys, usecs = out.codes, out.values, out.zip_keys, out.usecs
         letters = out.letters
+        first = len(usecs)
         off_zip = off_hours = off_platform = 0
         key: str | None
         li: str | None
@@ -288,7 +288,7 @@ class Classifier:
             else:
                 slot = route.slot
                 if code <= IMP_UNMEASURED:
-                    auction = m.impression.auctionid_str or _auction_of(key)  # type: ignore[union-attr]
+                    auction = imp.auctionid_str or _auction_of(key)  # type: ignore[union-attr]
                     # Enrichment, inline (the hot path): ZIP, app bundle, viewer-local hour.
                     req = m.request
                     zip_code = bundle = None
@@ -338,14 +338,11 @@ class Classifier:
             codes.append(code)
             values.append(value)
             zkeys.append(zk)
-            if t_us > newest:
-                newest = t_us
-        ctx.rotate()
         mism = out.mismatches
         for dim, n in (("zip", off_zip), ("daypart", off_hours), ("platform", off_platform)):
             if n:
                 mism[dim] += n
-        return newest
+        return max(usecs[first:], default=0)
 
 def _bytes(raw: bytes | str) -> bytes:
     return raw.encode() if isinstance(raw, str) else bytes(raw)

@@ -57,6 +57,9 @@ def window_buckets(since_epoch_s: int, until_epoch_s: int) -> tuple[str, range]:
 class HotStore(ABC):
     """Fast, expiring state shared by the pipeline, the registry and the status command."""
 
+    remote: bool = False
+    """True when calls are round trips to a server (worth overlapping with other work)."""
+
     @abstractmethod
     async def ping(self) -> None:
         """Return when the store answers; raise ``StorageError`` (naming where) when it does not."""

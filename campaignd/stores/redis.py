@@ -92,6 +92,8 @@ def mask_url(url: str) -> str:
 
 
 class RedisHotStore(HotStore):
+    remote = True
+
     def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX,
                  where: str = "Redis") -> None:
         """Wrap ``client``, which must be built with ``decode_responses=True``."""
