@@ -138,13 +138,22 @@ async def _ingest_run(raws: list[bytes], hot_store: str,
         for campaign_id, totals in pipe.hot_totals(flush.pending.slots).items():
             await hot.set_totals(campaign_id, totals)
         total_s = time.perf_counter() - t0
+        # "cell X over the last N seconds": 900 per-second buckets, or 1,440 per-minute ones
+        now_s = int(time.time())
+        queries = {}
+        for window in (300, 900, 86_400):
+            tq = time.perf_counter()
+            await hot.cell_window(spec.id, cells[0].cell_id, since_epoch_s=now_s - window,
+                                  until_epoch_s=now_s)
+            queries[f"{window}s"] = round((time.perf_counter() - tq) * 1000, 2)
     finally:
         if hot_store == "redis":
             await _drop_prefix(hot)
         await hot.close()
     st = pipe.stats
     return {"ingested": sum(st.ingested.values()), "duplicates": st.duplicates,
-            "dead_lettered": sum(st.dead.values()), "total_s": total_s, "ingest_s": t_ingest}
+            "dead_lettered": sum(st.dead.values()), "total_s": total_s, "ingest_s": t_ingest,
+            "window_query_ms": queries}
 
 
 def _decode_s(raws: list[bytes]) -> float:
@@ -197,7 +206,8 @@ def bench_ingest(repeats: int = 5) -> None:
              events_per_s_best=round(max(rates)), events_per_s_median=round(
                  statistics.median(rates)),
              decode_only_events_per_s_best=round(max(decode_rates)),
-             end_to_end_vs_decode_median=round(statistics.median(ratios), 3))
+             end_to_end_vs_decode_median=round(statistics.median(ratios), 3),
+             cell_window_query_ms=last["window_query_ms"])
 
 
 def bench_simulate() -> None:

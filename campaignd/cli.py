@@ -165,10 +165,17 @@ def _print_status(st: dict[str, Any]) -> None:
         out.print(t)
     ev = st.get("events")
     if ev:
-        lag = ev.get("lag_s")
+        p99 = ev.get("lag_p99_s")
         out.print(f"events: {ev['ingested']} ingested, {ev['duplicates']} duplicates, "
-                  f"{ev['dead_lettered']} dead-lettered, lag "
-                  + ("—" if lag is None else f"{lag:.2f} s"))
+                  f"{ev['dead_lettered']} dead-lettered, lag p99 "
+                  + ("—" if p99 is None else f"{p99:.2f} s")
+                  + (f", {ev['backlog']} uncommitted" if ev.get("backlog") else ""))
+        if ev.get("dead_by_reason"):
+            out.print("  dead-lettered: " + ", ".join(
+                f"{r} {n}" for r, n in sorted(ev["dead_by_reason"].items())))
+        if ev.get("outside_targeting"):
+            out.print("  [yellow]delivered outside targeting:[/] " + ", ".join(
+                f"{d} {n}" for d, n in sorted(ev["outside_targeting"].items())))
     dsp = st.get("dsp")
     if dsp:
         out.print(f"dsp: {dsp['adapter']} {'healthy' if dsp['healthy'] else 'UNHEALTHY'}"

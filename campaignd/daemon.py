@@ -538,7 +538,7 @@ async def open_hot_store(settings: Settings, clock: Clock) -> HotStore:
         from campaignd.stores.memory import InMemoryHotStore
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         return InMemoryHotStore(clock=clock, max_seen=settings.pipeline.max_seen,
-                                seen_log=settings.state_dir / "dedupe-marks.log")
+                                seen_dir=settings.state_dir / "dedupe-marks")
     from campaignd.stores.redis import RedisHotStore
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
     store = RedisHotStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix,

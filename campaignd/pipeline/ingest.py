@@ -542,8 +542,15 @@ class EventIngestor:
                     await send.send((prep, batch.next_cursor, batch.skipped, cursor))
                     await _let_io_start()
                     cursor = batch.next_cursor
-                    if len(batch.messages) < self.batch:
-                        await anyio.sleep(self.poll_s)
+                    await anyio.sleep(self._pause(len(batch.messages)))
+
+    def _pause(self, n: int) -> float:
+        """How long to wait before the next read: nothing when the batch was full (more is
+        waiting), ``poll_s`` when the feed was empty, a fifth of it in between — short enough
+        that an event waits well under a second, long enough not to read a trickle."""
+        if n >= self.batch:
+            return 0.0
+        return self.poll_s if n == 0 else self.poll_s / 5
 
     def _positions(self, batch: Any) -> range | None:
         if batch.first_seq is None:

@@ -6,27 +6,24 @@ records and buckets, ``now()`` for dedupe marks, which can outlive the process),
 purged as the clock moves (cheaply, from a heap ordered by expiry), and dedupe marks are also
 capped at ``max_seen`` entries, evicting the oldest marks first (about 250 bytes a mark).
 
-Dedupe marks survive a restart when ``seen_log`` names a file: every new mark is appended to it
-(one JSON line per call, flushed before ``mark_seen`` returns, like Redis's append-only file),
-the file is replayed at start, and it is rewritten with only the live marks when it has grown to
-twice their number. A torn last line (a crash mid-write) is ignored.
+Dedupe marks survive a restart when ``seen_dir`` names a directory: every new mark is appended
+to a segmented log there before ``mark_seen`` returns (like Redis's append-only file), replayed
+at start; see ``campaignd.stores.marklog``.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
-import os
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import msgspec
+from typing import Any
 
 from campaignd.clock import Clock, SystemClock
 from campaignd.stores.base import BUCKET_TTL_S, HotStore, check_ttl, window_buckets
+from campaignd.stores.marklog import MarkLog
 
 DEFAULT_MAX_SEEN = 1_000_000
 
@@ -37,7 +34,7 @@ _BucketKey = tuple[str, str, str, int]
 
 class InMemoryHotStore(HotStore):
     def __init__(self, clock: Clock | None = None, *, max_seen: int = DEFAULT_MAX_SEEN,
-                 seen_log: Path | str | None = None) -> None:
+                 seen_dir: Path | str | None = None) -> None:
         if max_seen <= 0:
             raise ValueError(f"max_seen must be greater than 0 (got {max_seen!r})")
         self.clock: Clock = clock or SystemClock()
@@ -46,11 +43,15 @@ class InMemoryHotStore(HotStore):
         # (namespace, id) -> (expiry as epoch seconds, stream position or -1); insertion order
         # is age, for the max_seen cap.
         self._seen: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
-        self._log_path = Path(seen_log) if seen_log is not None else None
-        self._log: BinaryIO | None = None
-        self._log_marks = 0
-        if self._log_path is not None:
-            self._load_log()
+        self._log: MarkLog | None = None
+        if seen_dir is not None:
+            self._log = MarkLog(Path(seen_dir), keep=max_seen)
+            seen = self._seen
+            for ns, id_, exp, pos in self._log.replay(self.clock.now().timestamp()):
+                seen.pop((ns, id_), None)
+                seen[(ns, id_)] = (exp, pos)
+                if len(seen) > max_seen:
+                    seen.popitem(last=False)
         self._totals: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
         self._buckets: dict[_BucketKey, tuple[dict[str, int], float]] = {}
         # (expiry, key) for every live bucket; a refreshed bucket's entry is stale and re-pushed.
@@ -117,7 +118,8 @@ class InMemoryHotStore(HotStore):
         while len(seen) > self.max_seen:
             seen.popitem(last=False)
         if logging and new_ids:
-            self._append_log([namespace, new_ids, new_pos, expires])
+            assert self._log is not None
+            self._log.append(namespace, new_ids, new_pos, expires, now)
         return out
 
     def _purge_seen(self, now: float) -> None:
@@ -129,63 +131,6 @@ class InMemoryHotStore(HotStore):
             if expires > now:
                 break
             del seen[key]
-
-    # --- the mark log ---------------------------------------------------------------------
-
-    def _append_log(self, record: list[Any]) -> None:
-        assert self._log is not None
-        self._log.write(msgspec.json.encode(record) + b"\n")
-        self._log.flush()
-        self._log_marks += len(record[1])
-        # The file holds the live marks plus what was appended since the last rewrite: rewrite
-        # when that doubles it (amortised O(1) per mark).
-        if self._log_marks > max(len(self._seen), 50_000):
-            self._rewrite_log()
-
-    def _load_log(self) -> None:
-        assert self._log_path is not None
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        now = self.clock.now().timestamp()
-        if self._log_path.exists():
-            with open(self._log_path, "rb") as fh:
-                for line in fh:
-                    try:
-                        ns, ids, pos, expires = msgspec.json.decode(line)
-                    except (msgspec.DecodeError, ValueError):
-                        continue  # a torn last line
-                    if isinstance(expires, int | float):
-                        expires = [expires] * len(ids)
-                    for id_, p, exp in zip(ids, pos, expires, strict=True):
-                        if exp > now:
-                            self._seen.pop((ns, id_), None)
-                            self._seen[(ns, id_)] = (float(exp), int(p))
-            while len(self._seen) > self.max_seen:
-                self._seen.popitem(last=False)
-        self._rewrite_log()
-
-    def _rewrite_log(self) -> None:
-        """Replace the log with the live marks only (atomically: write aside, then rename)."""
-        assert self._log_path is not None
-        if self._log is not None:
-            self._log.close()
-        tmp = self._log_path.with_name(self._log_path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            chunk: dict[str, tuple[list[str], list[int], list[float]]] = {}
-            for (ns, id_), (exp, p) in self._seen.items():
-                ids, pos, exps = chunk.setdefault(ns, ([], [], []))
-                ids.append(id_)
-                pos.append(p)
-                exps.append(exp)
-                if len(ids) >= 5000:
-                    fh.write(msgspec.json.encode([ns, ids, pos, exps]) + b"\n")
-                    del chunk[ns]
-            for ns, (ids, pos, exps) in chunk.items():
-                fh.write(msgspec.json.encode([ns, ids, pos, exps]) + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._log_path)
-        self._log = open(self._log_path, "ab")  # noqa: SIM115 - kept open for appends
-        self._log_marks = 0
 
     # --- per-cell counters and buckets ----------------------------------------------------
 

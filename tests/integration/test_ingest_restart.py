@@ -84,7 +84,7 @@ def hot_factory(request: pytest.FixtureRequest, tmp_path: Path,
                 virtual_clock: VirtualClock) -> Callable[[], HotStore]:
     """Opens "the same" hot store again, as a restarted daemon would."""
     if request.param == "memory":
-        return lambda: InMemoryHotStore(virtual_clock, seen_log=tmp_path / "marks.log")
+        return lambda: InMemoryHotStore(virtual_clock, seen_dir=tmp_path / "marks")
     url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
     return lambda: RedisHotStore.from_url(url, prefix=prefix)
 

@@ -3,14 +3,18 @@ dead-letter reason, enrichment, and what a flush hands to the stores."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from campaignd.clock import VirtualClock
 from campaignd.domain.campaign import atomize
+from campaignd.domain.cells import METRIC_INDEX
 from campaignd.metrics import Metrics
 from campaignd.pipeline import schema as s
 from campaignd.pipeline.ingest import Pipeline
@@ -258,3 +262,43 @@ def test_lag_quantiles() -> None:
     lag.add(np.full(2000, 3.0))  # the ring keeps the newest samples
     assert lag.quantile(0.01) == pytest.approx(3.0)
     assert int(lag.counts.sum()) == 2101
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 60), dup_idx=st.lists(st.integers(0, 10_000), max_size=40),
+       split=st.lists(st.integers(1, 50), min_size=1, max_size=6), seed=st.integers(0, 999))
+def test_counts_do_not_depend_on_duplicates_order_or_batching(
+        seed_spec, n: int, dup_idx: list[int], split: list[int], seed: int) -> None:  # type: ignore[no-untyped-def]
+    """Property: whatever the redeliveries, their order and the batch boundaries, the counts
+    are those of the distinct events."""
+    cells = atomize(seed_spec)
+    events = []
+    for i in range(n):
+        li = 100 + i % 7
+        events.append(imp(i, li=li))
+        if i % 2:
+            events.append(act(i, "START", li=li))
+        if i % 5 == 0:
+            events.append(conv(f"p{i}", li=li))
+    stream = events + [events[j % len(events)] for j in dup_idx]
+    random.Random(seed).shuffle(stream)
+
+    async def run() -> np.ndarray:
+        registry = Registry()
+        table = registry.add_campaign(seed_spec, cells)
+        registry.register(seed_spec.id, {100 + i: c.cell_id for i, c in enumerate(cells[:7])})
+        clock = VirtualClock(NOW)
+        pipe = Pipeline(registry, InMemoryHotStore(clock), clock=clock)
+        at, k = 0, 0
+        while at < len(stream):
+            size = split[k % len(split)]
+            await pipe.ingest(stream[at:at + size], range(at, at + min(size, len(stream) - at)))
+            at += size
+            k += 1
+        return table.matrix.copy()
+
+    m = asyncio.run(run())
+    assert int(m[METRIC_INDEX["impressions"]].sum()) == n
+    assert int(m[METRIC_INDEX["starts"]].sum()) == n // 2
+    assert int(m[METRIC_INDEX["conversions"]].sum()) == (n + 4) // 5
+    assert int(m[METRIC_INDEX["spend_micros"]].sum()) == n * 25_000

@@ -32,8 +32,6 @@ from campaignd.stores.sql.models import (
     dead_letters,
 )
 
-_ROWS_PER_STATEMENT = 500
-
 
 @dataclass(frozen=True, slots=True)
 class AggregateRow:
@@ -67,11 +65,12 @@ class AggregateMethods:
                                   now: datetime, counts: Sequence[int] | None = None) -> None:
         raise NotImplementedError
 
-    def _adding_upsert(self, table: Table, rows: list[dict[str, Any]],
-                       key: Sequence[str], extra: Sequence[str] = ()) -> Any:
-        """INSERT … ON CONFLICT (key) DO UPDATE SET counter = counter + excluded.counter."""
+    def _adding_upsert(self, table: Table, key: Sequence[str], extra: Sequence[str] = ()) -> Any:
+        """INSERT … ON CONFLICT (key) DO UPDATE SET counter = counter + excluded.counter, as
+        one statement for executemany (a statement built with ``.values(rows)`` would compile —
+        and be cached — once per number of rows: hundreds of megabytes of compiled SQL)."""
         ins = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        stmt = ins(table).values(rows)
+        stmt = ins(table)
         set_: dict[str, Any] = {c: table.c[c] + stmt.excluded[c] for c in COUNTER_COLUMNS}
         for c in extra:
             set_[c] = stmt.excluded[c]
@@ -79,9 +78,7 @@ class AggregateMethods:
 
     async def _add_rows(self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]],
                         key: Sequence[str], extra: Sequence[str] = ()) -> None:
-        for i in range(0, len(rows), _ROWS_PER_STATEMENT):
-            await conn.execute(self._adding_upsert(table, rows[i:i + _ROWS_PER_STATEMENT], key,
-                                                   extra))
+        await conn.execute(self._adding_upsert(table, key, extra), rows)
 
     async def commit_ingest(self, *, minutes: Sequence[AggregateRow],
                             letters: Sequence[tuple[str, bytes]] = (),

@@ -65,13 +65,12 @@ class DeadLetterMethods:
                             "raw": raw, "first_seen": now, "last_seen": now, "count": n}
         insert = (postgresql.insert if self.engine.dialect.name == "postgresql"
                   else sqlite.insert)
-        values = list(rows.values())
-        for i in range(0, len(values), 500):
-            stmt = insert(dead_letters).values(values[i:i + 500])
-            stmt = stmt.on_conflict_do_update(index_elements=["fingerprint"], set_={
-                "count": dead_letters.c.count + stmt.excluded.count,
-                "last_seen": stmt.excluded.last_seen})
-            await conn.execute(stmt)
+        # One statement for executemany (see ``AggregateMethods._adding_upsert`` on why).
+        stmt = insert(dead_letters)
+        stmt = stmt.on_conflict_do_update(index_elements=["fingerprint"], set_={
+            "count": dead_letters.c.count + stmt.excluded.count,
+            "last_seen": stmt.excluded.last_seen})
+        await conn.execute(stmt, list(rows.values()))
 
     async def list_dead_letters(self, *, reason: str | None = None,
                                 limit: int = 100) -> list[DeadLetter]:
