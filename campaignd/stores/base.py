@@ -23,11 +23,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 BUCKET_TTL_S = 86_400
-"""Default lifetime of per-second and per-minute buckets: 24 hours."""
+"""Default lifetime of per-minute buckets: 24 hours."""
+
+SECOND_BUCKET_TTL_S = 1_800
+"""Lifetime of per-second buckets: 30 minutes — they only serve windows of at most 15 minutes
+that start less than 29 minutes before the query's "now" (a day of them for 432 busy cells
+would be 37 million buckets)."""
 
 SECOND_WINDOW_MAX_S = 900
-"""Windows up to this many seconds (15 min) are summed from per-second buckets; longer ones from
-per-minute buckets (see ``HotStore.cell_window``)."""
+"""Windows up to this many seconds (15 min) are summed from per-second buckets when they are
+recent enough; the others from per-minute buckets (see ``HotStore.cell_window``)."""
 
 
 def check_window(since_epoch_s: int, until_epoch_s: int) -> None:
@@ -40,16 +45,21 @@ def check_ttl(ttl_s: float) -> None:
         raise ValueError(f"ttl_s must be greater than 0 (got {ttl_s!r})")
 
 
-def window_buckets(since_epoch_s: int, until_epoch_s: int) -> tuple[str, range]:
+def window_buckets(since_epoch_s: int, until_epoch_s: int,
+                   now_epoch_s: int | None = None) -> tuple[str, range]:
     """Which buckets ``cell_window`` sums: ``("s", seconds)`` or ``("m", minutes)``.
 
-    Seconds: every second in ``[since, until)``. Minutes: every minute that overlaps
-    ``[since, until)``, i.e. the window widened outwards to whole minutes.
+    Seconds — every second in ``[since, until)`` — when the window is at most
+    ``SECOND_WINDOW_MAX_S`` long and starts after ``now - SECOND_BUCKET_TTL_S + 60`` (``now``
+    defaults to ``until``: the window is taken to be recent). Otherwise minutes: every minute
+    that overlaps ``[since, until)``, i.e. the window widened outwards to whole minutes.
     """
     check_window(since_epoch_s, until_epoch_s)
     if until_epoch_s == since_epoch_s:
         return "s", range(0)
-    if until_epoch_s - since_epoch_s <= SECOND_WINDOW_MAX_S:
+    now = until_epoch_s if now_epoch_s is None else now_epoch_s
+    if until_epoch_s - since_epoch_s <= SECOND_WINDOW_MAX_S and \
+            since_epoch_s > now - SECOND_BUCKET_TTL_S + 60:
         return "s", range(since_epoch_s, until_epoch_s)
     return "m", range(since_epoch_s // 60, (until_epoch_s - 1) // 60 + 1)
 
@@ -114,8 +124,9 @@ class HotStore(ABC):
 
         Each count is added to (a) the cell's running totals, which never expire, (b) the
         cell's bucket for second ``at_epoch_s`` and (c) its bucket for minute
-        ``at_epoch_s // 60``. Buckets expire ``ttl_s`` seconds after their latest write.
-        Every metric passed appears in the totals afterwards, even when its count is 0.
+        ``at_epoch_s // 60``. Minute buckets expire ``ttl_s`` seconds after their latest write,
+        second buckets ``min(ttl_s, SECOND_BUCKET_TTL_S)`` after it. Every metric passed
+        appears in the totals afterwards, even when its count is 0.
         """
 
     @abstractmethod
@@ -123,8 +134,8 @@ class HotStore(ABC):
                           by_second: Mapping[int, Mapping[str, Mapping[str, int]]], *,
                           ttl_s: int = BUCKET_TTL_S) -> None:
         """Add ``by_second`` (``{epoch_s: {cell_id: {metric: n}}}``) to the per-second and
-        per-minute buckets only — not to the running totals (see ``set_totals``). Buckets expire
-        ``ttl_s`` seconds after their latest write. One round trip for the whole batch."""
+        per-minute buckets only — not to the running totals (see ``set_totals``); TTLs as for
+        ``add_counts``. One round trip for the whole batch."""
 
     @abstractmethod
     async def set_totals(self, campaign_id: str,
@@ -139,14 +150,16 @@ class HotStore(ABC):
 
     @abstractmethod
     async def cell_window(self, campaign_id: str, cell_id: str, *, since_epoch_s: int,
-                          until_epoch_s: int) -> dict[str, int]:
+                          until_epoch_s: int, now_epoch_s: int | None = None) -> dict[str, int]:
         """Sum of one cell's counts in the window ``[since_epoch_s, until_epoch_s)``.
 
-        Windows of at most ``SECOND_WINDOW_MAX_S`` (15 min) are exact: the per-second buckets
-        in the window. Longer windows sum the per-minute buckets of every minute that overlaps
-        the window (the window widened outwards to whole minutes). Expired buckets count as
-        empty, so a window older than the TTL sums to ``{}``. Metrics whose sum is 0 but which
-        appear in a bucket are kept. ``until < since`` raises ``ValueError``.
+        Recent windows of at most ``SECOND_WINDOW_MAX_S`` (15 min) are exact: the per-second
+        buckets in the window. Other windows sum the per-minute buckets of every minute that
+        overlaps the window (the window widened outwards to whole minutes); see
+        ``window_buckets`` for the rule and ``now_epoch_s`` (default: the window's end).
+        Expired buckets count as empty, so a window older than the TTL sums to ``{}``. Metrics
+        whose sum is 0 but which appear in a bucket are kept. ``until < since`` raises
+        ``ValueError``.
         """
 
     @abstractmethod

@@ -21,15 +21,23 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from campaignd.clock import Clock, SystemClock
-from campaignd.stores.base import BUCKET_TTL_S, HotStore, check_ttl, window_buckets
+from campaignd.stores.base import (
+    BUCKET_TTL_S,
+    SECOND_BUCKET_TTL_S,
+    HotStore,
+    check_ttl,
+    window_buckets,
+)
 from campaignd.stores.marklog import MarkLog
 
 DEFAULT_MAX_SEEN = 1_000_000
 
 
-# (campaign_id, cell_id, "s" | "m", epoch second or minute)
-_BucketKey = tuple[str, str, str, int]
+# (campaign_id, "s" | "m", epoch second or minute)
+_BucketKey = tuple[str, str, int]
 
 
 class InMemoryHotStore(HotStore):
@@ -53,7 +61,10 @@ class InMemoryHotStore(HotStore):
                 if len(seen) > max_seen:
                     seen.popitem(last=False)
         self._totals: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
-        self._buckets: dict[_BucketKey, tuple[dict[str, int], float]] = {}
+        self._cells: dict[str, dict[str, int]] = {}
+        self._metrics: dict[str, int] = {}
+        self._metric_names: list[str] = []
+        self._blocks: dict[_BucketKey, _Block] = {}
         # (expiry, key) for every live bucket; a refreshed bucket's entry is stale and re-pushed.
         self._bucket_expiry: list[tuple[float, _BucketKey]] = []
 
@@ -133,52 +144,86 @@ class InMemoryHotStore(HotStore):
             del seen[key]
 
     # --- per-cell counters and buckets ----------------------------------------------------
+    # A bucket is one block per (campaign, "s" | "m", second or minute): the cells that had
+    # counts (sorted indices) and a counts matrix with a "seen" mask (a metric written with 0
+    # still appears). About 8 bytes per cell and metric, against ~1 KB per cell for a dict of
+    # dicts — 432 busy cells' 30 minutes of seconds and 24 hours of minutes take ~140 MB.
+
+    def _cell_index(self, campaign_id: str, cell_ids: Sequence[str]) -> np.ndarray:
+        index = self._cells.setdefault(campaign_id, {})
+        return np.fromiter((index.setdefault(c, len(index)) for c in cell_ids),
+                           dtype=np.int64, count=len(cell_ids))
+
+    def _metric_index(self, name: str) -> int:
+        i = self._metrics.get(name)
+        if i is None:
+            i = self._metrics[name] = len(self._metric_names)
+            self._metric_names.append(name)
+        return i
+
+    def _write(self, campaign_id: str, kind: str, slot: int,
+               counts: Mapping[str, Mapping[str, int]], expires: float) -> None:
+        cell_ids = [c for c, m in counts.items() if m]
+        if not cell_ids:
+            return
+        rows = self._cell_index(campaign_id, cell_ids)
+        cols = [[self._metric_index(m) for m in counts[c]] for c in cell_ids]
+        width = len(self._metric_names)
+        values = np.zeros((len(cell_ids), width), dtype=np.int64)
+        seen = np.zeros((len(cell_ids), width), dtype=bool)
+        for r, (c, ci) in enumerate(zip(cell_ids, cols, strict=True)):
+            values[r, ci] = list(counts[c].values())
+            seen[r, ci] = True
+        order = np.argsort(rows, kind="stable")
+        rows, values, seen = rows[order], values[order], seen[order]
+        key = (campaign_id, kind, slot)
+        old = self._blocks.get(key)
+        if old is not None:
+            rows, values, seen = _merge(old, rows, values, seen, width)
+        else:
+            heapq.heappush(self._bucket_expiry, (expires, key))
+        self._blocks[key] = _Block(rows, values, seen, expires)
+
+    def _buckets_add(self, campaign_id: str,
+                     by_second: Mapping[int, Mapping[str, Mapping[str, int]]], ttl_s: float,
+                     ) -> None:
+        check_ttl(ttl_s)
+        now = self.clock.monotonic()
+        self._purge_buckets(now)
+        minutes: dict[int, dict[str, dict[str, int]]] = {}
+        for at, counts in by_second.items():
+            self._write(campaign_id, "s", int(at), counts,
+                        now + min(ttl_s, SECOND_BUCKET_TTL_S))
+            per = minutes.setdefault(int(at) // 60, {})
+            for cell_id, metrics in counts.items():
+                _add(per.setdefault(cell_id, {}), metrics)
+        for minute, counts in minutes.items():
+            self._write(campaign_id, "m", minute, counts, now + ttl_s)
 
     async def add_counts(self, campaign_id: str, counts: Mapping[str, Mapping[str, int]], *,
                          at_epoch_s: int, ttl_s: int = BUCKET_TTL_S) -> None:
         check_ttl(ttl_s)
-        now = self.clock.monotonic()
-        self._purge_buckets(now)
-        expires = now + ttl_s
         totals = self._totals[campaign_id]
         for cell_id, metrics in counts.items():
-            cell_totals = totals.setdefault(cell_id, {})
-            _add(cell_totals, metrics)
-            self._bucket_add(campaign_id, cell_id, at_epoch_s, metrics, expires)
+            _add(totals.setdefault(cell_id, {}), metrics)
+        self._buckets_add(campaign_id, {at_epoch_s: counts}, ttl_s)
+
+    async def add_buckets(self, campaign_id: str,
+                          by_second: Mapping[int, Mapping[str, Mapping[str, int]]], *,
+                          ttl_s: int = BUCKET_TTL_S) -> None:
+        self._buckets_add(campaign_id, by_second, ttl_s)
 
     def _purge_buckets(self, now: float) -> None:
         heap = self._bucket_expiry
         while heap and heap[0][0] <= now:
             _, key = heapq.heappop(heap)
-            entry = self._buckets.get(key)
-            if entry is None:
+            block = self._blocks.get(key)
+            if block is None:
                 continue
-            if entry[1] <= now:
-                del self._buckets[key]
+            if block.expires <= now:
+                del self._blocks[key]
             else:  # written again since: wait for its new expiry
-                heapq.heappush(heap, (entry[1], key))
-
-    async def add_buckets(self, campaign_id: str,
-                          by_second: Mapping[int, Mapping[str, Mapping[str, int]]], *,
-                          ttl_s: int = BUCKET_TTL_S) -> None:
-        check_ttl(ttl_s)
-        now = self.clock.monotonic()
-        self._purge_buckets(now)
-        expires = now + ttl_s
-        for at_epoch_s, counts in by_second.items():
-            for cell_id, metrics in counts.items():
-                self._bucket_add(campaign_id, cell_id, int(at_epoch_s), metrics, expires)
-
-    def _bucket_add(self, campaign_id: str, cell_id: str, at_epoch_s: int,
-                    metrics: Mapping[str, int], expires: float) -> None:
-        for key in ((campaign_id, cell_id, "s", at_epoch_s),
-                    (campaign_id, cell_id, "m", at_epoch_s // 60)):
-            entry = self._buckets.get(key)
-            bucket = entry[0] if entry is not None else {}
-            _add(bucket, metrics)
-            self._buckets[key] = (bucket, expires)
-            if entry is None:
-                heapq.heappush(self._bucket_expiry, (expires, key))
+                heapq.heappush(heap, (block.expires, key))
 
     async def set_totals(self, campaign_id: str,
                          totals: Mapping[str, Mapping[str, int]]) -> None:
@@ -191,18 +236,57 @@ class InMemoryHotStore(HotStore):
         return dict(self._totals.get(campaign_id, {}).get(cell_id, {}))
 
     async def cell_window(self, campaign_id: str, cell_id: str, *, since_epoch_s: int,
-                          until_epoch_s: int) -> dict[str, int]:
-        kind, slots = window_buckets(since_epoch_s, until_epoch_s)
+                          until_epoch_s: int, now_epoch_s: int | None = None) -> dict[str, int]:
+        kind, slots = window_buckets(since_epoch_s, until_epoch_s, now_epoch_s)
         self._purge_buckets(self.clock.monotonic())
-        out: dict[str, int] = {}
+        idx = self._cells.get(campaign_id, {}).get(cell_id)
+        if idx is None:
+            return {}
+        width = len(self._metric_names)
+        total = np.zeros(width, dtype=np.int64)
+        seen = np.zeros(width, dtype=bool)
+        blocks = self._blocks
         for slot in slots:
-            entry = self._buckets.get((campaign_id, cell_id, kind, slot))
-            if entry is not None:
-                _add(out, entry[0])
-        return out
+            block = blocks.get((campaign_id, kind, slot))
+            if block is None:
+                continue
+            j = int(np.searchsorted(block.rows, idx))
+            if j < block.rows.size and block.rows[j] == idx:
+                w = block.values.shape[1]
+                total[:w] += block.values[j]
+                seen[:w] |= block.seen[j]
+        names = self._metric_names
+        return {names[i]: int(total[i]) for i in np.flatnonzero(seen)}
 
     async def campaign_totals(self, campaign_id: str) -> dict[str, dict[str, int]]:
         return {cell: dict(m) for cell, m in self._totals.get(campaign_id, {}).items()}
+
+
+class _Block:
+    __slots__ = ("expires", "rows", "seen", "values")
+
+    def __init__(self, rows: np.ndarray, values: np.ndarray, seen: np.ndarray,
+                 expires: float) -> None:
+        self.rows = rows
+        self.values = values
+        self.seen = seen
+        self.expires = expires
+
+
+def _merge(old: _Block, rows: np.ndarray, values: np.ndarray, seen: np.ndarray,
+           width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``old`` plus new rows (sorted, unique), widened to ``width`` metrics."""
+    all_rows = np.union1d(old.rows, rows)
+    v = np.zeros((all_rows.size, width), dtype=np.int64)
+    m = np.zeros((all_rows.size, width), dtype=bool)
+    a = np.searchsorted(all_rows, old.rows)
+    w = old.values.shape[1]
+    v[a, :w] = old.values
+    m[a, :w] = old.seen
+    b = np.searchsorted(all_rows, rows)
+    v[b] += values
+    m[b] |= seen
+    return all_rows, v, m
 
 
 def _add(into: dict[str, int], metrics: Mapping[str, int]) -> None:

@@ -8,7 +8,8 @@ never contain ``:``)::
                                                        PX ttl
     P cells:{campaign_id}                      set     cell ids that have running totals
     P tot:{campaign_id}:{cell_id}              hash    metric -> running total (no expiry)
-    P s:{campaign_id}:{cell_id}:{epoch_s}      hash    metric -> count in that second, EXPIRE ttl
+    P s:{campaign_id}:{cell_id}:{epoch_s}      hash    metric -> count in that second,
+                                                       EXPIRE min(ttl, 30 min)
     P m:{campaign_id}:{cell_id}:{epoch_min}    hash    metric -> count in that minute
                                                        (epoch_min = epoch_s // 60), EXPIRE ttl
 
@@ -35,7 +36,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from campaignd.errors import StorageError
-from campaignd.stores.base import BUCKET_TTL_S, HotStore, check_ttl, window_buckets
+from campaignd.stores.base import (
+    BUCKET_TTL_S,
+    SECOND_BUCKET_TTL_S,
+    HotStore,
+    check_ttl,
+    window_buckets,
+)
 
 DEFAULT_PREFIX = "campaignd:"
 
@@ -60,12 +67,12 @@ return table.concat(out)
 """
 
 _ADD_BUCKETS = """
-local pre, ttl = ARGV[1], ARGV[2]
-local rows = cjson.decode(ARGV[3])
+local pre = ARGV[1]
+local rows = cjson.decode(ARGV[2])
 for i = 1, #rows do
   local key, mv = pre .. rows[i][1], rows[i][2]
   for j = 1, #mv, 2 do redis.call('HINCRBY', key, mv[j], mv[j + 1]) end
-  redis.call('EXPIRE', key, ttl)
+  redis.call('EXPIRE', key, rows[i][3])
 end
 return #rows
 """
@@ -182,7 +189,7 @@ class RedisHotStore(HotStore):
                     pipe.hincrby(sec, metric, int(n))
                     pipe.hincrby(mnt, metric, int(n))
                 if metrics:
-                    pipe.expire(sec, ttl_s)
+                    pipe.expire(sec, min(ttl_s, SECOND_BUCKET_TTL_S))
                     pipe.expire(mnt, ttl_s)
             await pipe.execute()
 
@@ -190,8 +197,9 @@ class RedisHotStore(HotStore):
                           by_second: Mapping[int, Mapping[str, Mapping[str, int]]], *,
                           ttl_s: int = BUCKET_TTL_S) -> None:
         check_ttl(ttl_s)
+        sec_ttl = int(min(ttl_s, SECOND_BUCKET_TTL_S))
         minutes: dict[tuple[int, str], dict[str, int]] = defaultdict(dict)
-        rows: list[tuple[str, list[str]]] = []
+        rows: list[tuple[str, list[str], int]] = []
         for at, counts in by_second.items():
             for cell_id, metrics in counts.items():
                 if not metrics:
@@ -201,15 +209,15 @@ class RedisHotStore(HotStore):
                 for metric, n in metrics.items():
                     flat += (metric, str(int(n)))
                     m_acc[metric] = m_acc.get(metric, 0) + int(n)
-                rows.append((f"s:{campaign_id}:{cell_id}:{int(at)}", flat))
+                rows.append((f"s:{campaign_id}:{cell_id}:{int(at)}", flat, sec_ttl))
         for (minute, cell_id), metrics in minutes.items():
             rows.append((f"m:{campaign_id}:{cell_id}:{minute}",
-                         [x for m, n in metrics.items() for x in (m, str(n))]))
+                         [x for m, n in metrics.items() for x in (m, str(n))], int(ttl_s)))
         if not rows:
             return
         async with self._mapped("add_buckets"):
             for i in range(0, len(rows), 20_000):
-                await self._add_buckets(args=[self.prefix, int(ttl_s),
+                await self._add_buckets(args=[self.prefix,
                                               msgspec.json.encode(rows[i:i + 20_000])])
 
     async def set_totals(self, campaign_id: str,
@@ -230,8 +238,8 @@ class RedisHotStore(HotStore):
         return _ints(raw)
 
     async def cell_window(self, campaign_id: str, cell_id: str, *, since_epoch_s: int,
-                          until_epoch_s: int) -> dict[str, int]:
-        kind, slots = window_buckets(since_epoch_s, until_epoch_s)
+                          until_epoch_s: int, now_epoch_s: int | None = None) -> dict[str, int]:
+        kind, slots = window_buckets(since_epoch_s, until_epoch_s, now_epoch_s)
         if not slots:
             return {}
         base = self._cell_key(kind, campaign_id, cell_id)

@@ -16,7 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaignd.clock import VirtualClock
-from campaignd.stores.base import BUCKET_TTL_S, SECOND_WINDOW_MAX_S, HotStore
+from campaignd.stores.base import (
+    BUCKET_TTL_S,
+    SECOND_BUCKET_TTL_S,
+    SECOND_WINDOW_MAX_S,
+    HotStore,
+)
 from campaignd.stores.memory import InMemoryHotStore
 from campaignd.stores.redis import RedisHotStore, mask_url
 
@@ -242,24 +247,36 @@ async def test_cell_window(hot_store: HotStore) -> None:
         await window(10, 9)
 
 
-async def test_buckets_expire_after_24h(hot_store: HotStore, virtual_clock: VirtualClock,
-                                        request: pytest.FixtureRequest) -> None:
+async def test_buckets_expire_seconds_after_30_min_minutes_after_24h(
+        hot_store: HotStore, virtual_clock: VirtualClock, request: pytest.FixtureRequest) -> None:
     await hot_store.add_counts("camp", {"c1": {"imp": 3}}, at_epoch_s=T0)
     if isinstance(hot_store, RedisHotStore):
         url = request.getfixturevalue("redis_url")
-        for key in (f"s:camp:c1:{T0}", f"m:camp:c1:{T0 // 60}"):
-            assert BUCKET_TTL_S * 1000 - 10_000 < await pttl_ms(hot_store, url, key) <= (
-                BUCKET_TTL_S * 1000)
+        assert SECOND_BUCKET_TTL_S * 1000 - 10_000 < await pttl_ms(
+            hot_store, url, f"s:camp:c1:{T0}") <= SECOND_BUCKET_TTL_S * 1000
+        assert BUCKET_TTL_S * 1000 - 10_000 < await pttl_ms(
+            hot_store, url, f"m:camp:c1:{T0 // 60}") <= BUCKET_TTL_S * 1000
         assert await pttl_ms(hot_store, url, "tot:camp:c1") == -1  # totals never expire
         await hot_store.add_counts("camp", {"c1": {"imp": 1}}, at_epoch_s=T0 + 1, ttl_s=120)
         assert 110_000 < await pttl_ms(hot_store, url, f"s:camp:c1:{T0 + 1}") <= 120_000
+        await hot_store.add_buckets("camp", {T0 + 2: {"c1": {"imp": 1}}})
+        assert SECOND_BUCKET_TTL_S * 1000 - 10_000 < await pttl_ms(
+            hot_store, url, f"s:camp:c1:{T0 + 2}") <= SECOND_BUCKET_TTL_S * 1000
         return
-    virtual_clock.advance(BUCKET_TTL_S - 1)
-    assert await hot_store.cell_window("camp", "c1", since_epoch_s=T0,
-                                       until_epoch_s=T0 + 60) == {"imp": 3}
+
+    async def short(now_s: int | None = None) -> dict[str, int]:
+        return await hot_store.cell_window("camp", "c1", since_epoch_s=T0,
+                                           until_epoch_s=T0 + 60, now_epoch_s=now_s)
+
+    virtual_clock.advance(SECOND_BUCKET_TTL_S - 1)
+    assert await short() == {"imp": 3}  # read from the second bucket
+    virtual_clock.advance(2)
+    assert await short() == {}  # the second bucket is gone...
+    assert await short(T0 + SECOND_BUCKET_TTL_S + 1) == {"imp": 3}  # ...the minute one is not
+    virtual_clock.advance(BUCKET_TTL_S - SECOND_BUCKET_TTL_S - 2)
+    assert await short(T0 + BUCKET_TTL_S - 1) == {"imp": 3}
     virtual_clock.advance(2)  # 24 h + 1 s after the write
-    assert await hot_store.cell_window("camp", "c1", since_epoch_s=T0,
-                                       until_epoch_s=T0 + 60) == {}
+    assert await short(T0 + BUCKET_TTL_S + 1) == {}
     assert await hot_store.cell_window("camp", "c1", since_epoch_s=T0,
                                        until_epoch_s=T0 + 86400) == {}
     assert await hot_store.cell_totals("camp", "c1") == {"imp": 3}
@@ -268,15 +285,26 @@ async def test_buckets_expire_after_24h(hot_store: HotStore, virtual_clock: Virt
 async def test_memory_bucket_ttl_restarts_on_write(virtual_clock: VirtualClock) -> None:
     store = InMemoryHotStore(virtual_clock)
     await store.add_counts("camp", {"c1": {"imp": 1}}, at_epoch_s=T0)
-    virtual_clock.advance(BUCKET_TTL_S - 10)
+    virtual_clock.advance(SECOND_BUCKET_TTL_S - 10)
     await store.add_counts("camp", {"c1": {"imp": 1}}, at_epoch_s=T0)  # same second bucket
     virtual_clock.advance(20)  # past the first write's expiry, not the second's
     assert await store.cell_window("camp", "c1", since_epoch_s=T0,
                                    until_epoch_s=T0 + 1) == {"imp": 2}
     virtual_clock.advance(BUCKET_TTL_S)
     assert await store.cell_window("camp", "c1", since_epoch_s=T0, until_epoch_s=T0 + 1) == {}
-    assert store._buckets == {}  # purged, not only hidden
+    assert store._blocks == {}  # purged, not only hidden
     assert store._bucket_expiry == []
+
+
+async def test_window_rule_uses_now_to_pick_seconds_or_minutes(hot_store: HotStore) -> None:
+    await hot_store.add_counts("camp", {"c1": {"imp": 1}}, at_epoch_s=T0 + 10)
+    await hot_store.add_counts("camp", {"c1": {"imp": 2}}, at_epoch_s=T0 + 50)
+    exact = {"since_epoch_s": T0 + 5, "until_epoch_s": T0 + 20}
+    assert await hot_store.cell_window("camp", "c1", **exact) == {"imp": 1}
+    assert await hot_store.cell_window("camp", "c1", **exact, now_epoch_s=T0 + 600) == {"imp": 1}
+    # an old short window is read from the minute buckets, widened to whole minutes
+    assert await hot_store.cell_window("camp", "c1", **exact,
+                                       now_epoch_s=T0 + SECOND_BUCKET_TTL_S) == {"imp": 3}
 
 
 events = st.lists(st.tuples(st.integers(0, 7200), st.integers(-5, 50)), max_size=40)
