@@ -338,6 +338,7 @@ class Classifier:
             codes.append(code)
             values.append(value)
             zkeys.append(zk)
+        ctx.rotate()
         mism = out.mismatches
         for dim, n in (("zip", off_zip), ("daypart", off_hours), ("platform", off_platform)):
             if n:

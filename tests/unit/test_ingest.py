@@ -302,3 +302,19 @@ def test_counts_do_not_depend_on_duplicates_order_or_batching(
     assert int(m[METRIC_INDEX["starts"]].sum()) == n // 2
     assert int(m[METRIC_INDEX["conversions"]].sum()) == (n + 4) // 5
     assert int(m[METRIC_INDEX["spend_micros"]].sum()) == n * 25_000
+
+
+async def test_memory_stays_bounded(seed_spec) -> None:  # type: ignore[no-untyped-def]
+    """The impression context and the dedupe marks keep at most their capacity."""
+    cells = atomize(seed_spec)
+    registry = Registry()
+    registry.add_campaign(seed_spec, cells)
+    registry.register(seed_spec.id, {100: cells[0].cell_id})
+    clock = VirtualClock(NOW)
+    hot = InMemoryHotStore(clock, max_seen=1500)
+    pipe = Pipeline(registry, hot, clock=clock, context_capacity=1000)
+    for b in range(10):
+        await pipe.ingest([imp(b * 500 + i) for i in range(500)])
+    assert len(pipe.classifier.context) <= 1000
+    assert len(hot._seen) == 1500
+    assert int(registry.tables[0].counts["impressions"].sum()) == 5000
