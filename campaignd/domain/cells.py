@@ -154,14 +154,6 @@ class CellTable:
         accumulate). Totals only: for restoring state and for tests."""
         np.add.at(self.counts[metric], positions, values)
 
-    def add_counts(self, counts: Mapping[str, Mapping[str, int]]) -> None:
-        """Add a {cell_id: {metric: n}} batch to the running totals (restoring state);
-        unknown cell ids and metrics are the caller's error."""
-        for cell_id, metrics in counts.items():
-            i = self.index[cell_id]
-            for metric, n in metrics.items():
-                self.counts[metric][i] += n
-
     def reset(self) -> None:
         """Forget everything (a new sandbox market)."""
         n = len(self)

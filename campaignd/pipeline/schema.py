@@ -72,6 +72,7 @@ __all__ = [
     "decode_message",
     "decode_messages",
     "decode_view",
+    "decode_view_lines",
     "encode_message",
 ]
 
@@ -398,6 +399,12 @@ def decode_view(raw: bytes | str) -> AdLogView:
     """Decode one JSON message into its ingest view (the fields the pipeline reads); raises
     like ``decode_message``."""
     return _VIEW_DECODER.decode(raw)
+
+
+def decode_view_lines(buf: bytes) -> list[AdLogView]:
+    """Decode newline-delimited messages into views in one call (blank lines are skipped);
+    raises on the first bad one."""
+    return _VIEW_DECODER.decode_lines(buf)
 
 
 def decode_messages(

@@ -39,7 +39,7 @@ import msgspec
 
 from campaignd.pipeline.enrich import LocalTime
 from campaignd.pipeline.registry import Registry
-from campaignd.pipeline.schema import AdLogView, decode_view
+from campaignd.pipeline.schema import AdLogView, decode_view, decode_view_lines
 
 REASONS: tuple[str, ...] = (
     "malformed_json", "invalid_field", "empty_message", "missing_dedupe_key",
@@ -139,11 +139,16 @@ class Classifier:
         """Decode; refused payloads go to ``out.letters``. Returns the decoded messages with
         their raw payloads and positions."""
         dec = decode_view
-        try:  # the common case, without per-message bookkeeping
-            return [dec(raw) for raw in raws], raws, (
-                list(positions) if positions is not None else None)
-        except msgspec.DecodeError:
-            pass
+        try:  # the common case: one call for the batch, as newline-delimited JSON
+            buf = b"\n".join(raws)  # type: ignore[arg-type]
+            # Each raw must be exactly one line (no newline of its own, none empty), or the
+            # messages would not line up with their raw payloads.
+            if buf.count(b"\n") == len(raws) - 1:
+                decoded = decode_view_lines(buf)
+                if len(decoded) == len(raws):
+                    return decoded, raws, list(positions) if positions is not None else None
+        except (msgspec.DecodeError, TypeError):
+            pass  # a bad message (or str payloads): decode one by one, below
         msgs: list[AdLogView] = []
         kept: list[bytes | str] = []
         kept_pos: list[int] | None = [] if positions is not None else None

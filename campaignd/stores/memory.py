@@ -4,7 +4,7 @@ Single-process only. Time comes from an injected ``Clock`` (``monotonic()`` for 
 records and buckets, ``now()`` for dedupe marks, which can outlive the process), so under a
 ``VirtualClock`` expiry is exact and needs no sleeping. Memory is bounded: expired entries are
 purged as the clock moves (cheaply, from a heap ordered by expiry), and dedupe marks are also
-capped at ``max_seen`` entries, evicting the oldest marks first (about 250 bytes a mark).
+capped at ``max_seen`` entries, evicting the oldest marks first (about 350 bytes a mark).
 
 Dedupe marks survive a restart when ``seen_dir`` names a directory: every new mark is appended
 to a segmented log there before ``mark_seen`` returns (like Redis's append-only file), replayed

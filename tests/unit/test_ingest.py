@@ -318,3 +318,18 @@ async def test_memory_stays_bounded(seed_spec) -> None:  # type: ignore[no-untyp
     assert len(pipe.classifier.context) <= 1000
     assert len(hot._seen) == 1500
     assert int(registry.tables[0].counts["impressions"].sum()) == 5000
+
+
+async def test_batch_decoding_keeps_messages_and_payloads_aligned(setup) -> None:  # type: ignore[no-untyped-def]
+    """The batch is decoded as JSON lines only when every payload is exactly one line: a
+    payload with a newline of its own, an empty one, or a bad one makes the batch decode one
+    message at a time, so a refused payload is never another message's."""
+    pipe, table, _ = setup
+    spread = imp(1).replace(b",", b",\n", 1)  # valid JSON across two lines
+    r = await pipe.ingest([imp(2), spread, b"", imp(3)])
+    assert r.accepted == 3 and pipe.stats.dead == {"malformed_json": 1}
+    assert pipe.take_flush().letters == [("malformed_json", b"")]
+    r = await pipe.ingest(["not bytes but str", imp(4)])  # type: ignore[list-item]
+    assert r.accepted == 1 and pipe.take_flush().letters == [("malformed_json",
+                                                              b"not bytes but str")]
+    assert int(table.counts["impressions"].sum()) == 4
