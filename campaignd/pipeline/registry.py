@@ -4,8 +4,8 @@ Cells of all campaigns share one "slot" space (campaign after campaign, in atomi
 a batch of events is aggregated with one ``np.add.at`` over slots and then split per campaign.
 A line item routes to one slot (several line items may route to the same cell: a re-created line
 item); the route also carries what the enrichment step checks an impression against — the
-cell's audience ZIP codes, its daypart's hours of week and its platform's app bundles — and the
-campaign's ZIP series keys.
+cell's audience ZIP codes, its daypart's hours of week, its platform's app bundles and device
+types — and the campaign's ZIP series keys.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class Route:
     zips: frozenset[str]
     hours_of_week: frozenset[int]
     bundles: frozenset[str]
+    device_types: frozenset[int]
+    """OpenRTB device types of the cell's platform (3 = connected TV)."""
     zip_keys: Mapping[str, int]
     """ZIP → the campaign's ZIP series key; anything else is ``other_zip``."""
     other_zip: int
@@ -43,7 +45,8 @@ class Registry:
         self.n_slots = 0
         self.routes: dict[str, Route] = {}
         """DSP line item id, as the decimal string the logs carry → route."""
-        self._cell_facts: list[list[tuple[frozenset[str], frozenset[int], frozenset[str]]]] = []
+        self._cell_facts: list[list[tuple[frozenset[str], frozenset[int], frozenset[str],
+                                          frozenset[int]]]] = []
 
     def __len__(self) -> int:
         return len(self.tables)
@@ -65,9 +68,10 @@ class Registry:
         facts = []
         aud = {a.id: frozenset(a.zips) for a in spec.audiences}
         day = {d.id: frozenset(d.hours_of_week()) for d in spec.dayparts}
-        plat = {p.id: frozenset(p.app_bundles) for p in spec.platforms}
+        plat = {p.id: (frozenset(p.app_bundles), frozenset(p.device_types))
+                for p in spec.platforms}
         for c in cells:
-            facts.append((aud[c.audience], day[c.daypart], plat[c.platform]))
+            facts.append((aud[c.audience], day[c.daypart], *plat[c.platform]))
         self._cell_facts.append(facts)
         return table
 
@@ -89,9 +93,9 @@ class Registry:
         other = table.zip_key(None)
         for li, cell_id in line_items.items():
             pos = table.index[cell_id]
-            zips, hours, bundles = self._cell_facts[k][pos]
-            self.routes[str(int(li))] = Route(base + pos, k, zips, hours, bundles, zip_keys,
-                                              other)
+            zips, hours, bundles, devices = self._cell_facts[k][pos]
+            self.routes[str(int(li))] = Route(base + pos, k, zips, hours, bundles, devices,
+                                              zip_keys, other)
 
     def slot_of(self, campaign_id: str, cell_id: str) -> int:
         k = self._by_id[campaign_id]

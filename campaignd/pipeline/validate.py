@@ -25,8 +25,9 @@ Dead-letter reasons (``REASONS``), checked in this order:
 Enrichment (impressions): the route gives the cell; the request gives the ZIP code, the app
 bundle and the device type; the viewer-local hour of week comes from ``user_time_of_week`` when
 the DSP sends it, else from the ZIP's timezone. Impressions outside the cell's targeting (ZIP,
-daypart, platform) are counted by dimension — a DSP that delivers outside what was asked for is
-worth an alert — and still counted: the money was spent.
+daypart, platform's app bundles, platform's device types) are counted by dimension — a DSP
+that delivers outside what was asked for is worth an alert — and still counted: the money was
+spent.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ class Classifier:
         codes, values, zkeys, usecs = out.codes, out.values, out.zip_keys, out.usecs
         letters = out.letters
         first = len(usecs)
-        off_zip = off_hours = off_platform = 0
+        off_zip = off_hours = off_platform = off_device = 0
         key: str | None
         li: str | None
         ts: str | None
@@ -302,8 +303,12 @@ class Classifier:
                         br = req.bidrequest
                         if br is not None:
                             dev = br.device
-                            if dev is not None and dev.geo is not None:
-                                zip_code = dev.geo.zip
+                            if dev is not None:
+                                if dev.geo is not None:
+                                    zip_code = dev.geo.zip
+                                if dev.devicetype is not None and route.device_types and \
+                                        dev.devicetype not in route.device_types:
+                                    off_device += 1
                             if br.app is not None:
                                 bundle = br.app.bundle
                         if req.user_time_of_week is not None:
@@ -345,7 +350,8 @@ class Classifier:
             zkeys.append(zk)
         ctx.rotate()
         mism = out.mismatches
-        for dim, n in (("zip", off_zip), ("daypart", off_hours), ("platform", off_platform)):
+        for dim, n in (("zip", off_zip), ("daypart", off_hours), ("platform", off_platform),
+                       ("device", off_device)):
             if n:
                 mism[dim] += n
         return max(usecs[first:], default=0)

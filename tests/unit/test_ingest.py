@@ -43,13 +43,13 @@ def ag(li: int) -> s.AdGroupId:
 
 def imp(n: int, li: int = 100, price: str = "25000", ts: int = NOW_US - 1_000_000,
         zip_code: str | None = None, bundle: str | None = None, utw: int | None = None,
-        measurable: bool | None = None) -> bytes:
+        measurable: bool | None = None, device: int = 3) -> bytes:
     auction = f"{ts}.3054.{n}.sandbox"
     request = None
     if zip_code or bundle or utw is not None:
         request = s.RequestLogMessage(user_time_of_week=utw, bidrequest=s.BidRequest(
             app=s.App(bundle=bundle) if bundle else None,
-            device=s.Device(devicetype=3, geo=s.Geo(zip=zip_code)) if zip_code else None))
+            device=s.Device(devicetype=device, geo=s.Geo(zip=zip_code)) if zip_code else None))
     return s.encode_message(s.AdLogMessage(request=request, impression=s.ImpressionLogMessage(
         auctionid_str=auction, adgroupid=ag(li), win_price_micros_usd=price,
         rx_timestamp_usecs=str(ts), auction_adgroup_id=f"{auction}.1.7.{li}",
@@ -194,10 +194,11 @@ async def test_enrichment_checks_targeting_and_fills_zip_series(setup, seed_spec
     how_out = next(h for h in range(168) if h not in part.hours_of_week())
     await pipe.ingest([
         imp(1, zip_code=zip_in, bundle=bundle_in, utw=how_in * 60 + 5),   # on target
-        imp(2, zip_code="99501", bundle="com.other.app", utw=how_out * 60),  # off on all three
+        imp(2, zip_code="99501", bundle="com.other.app", utw=how_out * 60,
+            device=4),  # a phone, elsewhere, off hours, on another app: off on all four
         click(1), conv("c-zip", n=1),
     ])
-    assert pipe.stats.mismatches == {"zip": 1, "daypart": 1, "platform": 1}
+    assert pipe.stats.mismatches == {"zip": 1, "daypart": 1, "platform": 1, "device": 1}
     zips = table.snapshot().zips
     assert zips is not None
     k_in, k_other = zips.index(zip_in), zips.index("other")
