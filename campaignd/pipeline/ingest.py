@@ -277,14 +277,16 @@ class Pipeline:
         out = prep.out
         accepted = dups = 0
         if len(out):
+            all_usecs = np.asarray(out.usecs, dtype=np.int64)
             fresh = np.asarray(await self.hot.mark_seen(
                 self.namespace, out.keys, self.dedupe_window_s,
-                positions=out.positions if prep.positioned else None), dtype=bool)
+                positions=out.positions if prep.positioned else None,
+                hours=(all_usecs // 3_600_000_000).tolist()), dtype=bool)
             now_us = int(self.clock.now().timestamp() * 1_000_000)
             accepted = int(fresh.sum())
             dups = len(out) - accepted
             codes = np.asarray(out.codes, dtype=np.int64)[fresh]
-            usecs = np.asarray(out.usecs, dtype=np.int64)[fresh]
+            usecs = all_usecs[fresh]
             self.aggregator.add_events(
                 np.asarray(out.slots, dtype=np.int64)[fresh], usecs // 1_000_000, codes,
                 np.asarray(out.values, dtype=np.int64)[fresh],

@@ -98,7 +98,8 @@ class HotStore(ABC):
 
     @abstractmethod
     async def mark_seen(self, namespace: str, ids: Sequence[str], ttl_s: float, *,
-                        positions: Sequence[int] | None = None) -> list[bool]:
+                        positions: Sequence[int] | None = None,
+                        hours: Sequence[int] | None = None) -> list[bool]:
         """Mark ``ids`` as seen in ``namespace``; say which ones are new.
 
         Returns one bool per id, in order: ``True`` if the id had not been seen (within its TTL)
@@ -113,6 +114,13 @@ class HotStore(ABC):
         position* is reported as new again. That is the same delivery processed a second time —
         a restart re-reading from the last committed cursor the events whose counts were lost —
         not a duplicate delivery, which always sits at another position.
+
+        ``hours`` (one int per id: the event's hour, epoch seconds // 3600) let a store keep an
+        hour's marks together (Redis: one hash per namespace and hour, two commands a batch
+        instead of one per id). Every delivery of one event must then carry the same hour — a
+        redelivery is the same message — and a namespace must be used with hours always or
+        never. Marks kept by hour last at least ``ttl_s`` (until ``ttl_s`` after the hour's last
+        new mark). Stores without such a layout ignore ``hours``.
         """
 
     # --- per-cell counters and buckets ----------------------------------------------------

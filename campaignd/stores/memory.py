@@ -98,7 +98,8 @@ class InMemoryHotStore(HotStore):
     # --- dedupe ---------------------------------------------------------------------------
 
     async def mark_seen(self, namespace: str, ids: Sequence[str], ttl_s: float, *,
-                        positions: Sequence[int] | None = None) -> list[bool]:
+                        positions: Sequence[int] | None = None,
+                        hours: Sequence[int] | None = None) -> list[bool]:
         check_ttl(ttl_s)
         now = self.clock.now().timestamp()
         self._purge_seen(now)

@@ -6,6 +6,9 @@ never contain ``:``)::
     P json:{key}                               string  JSON record (set_json), optional PX TTL
     P seen:{namespace}:{id}                    string  the stream position, or "1" (mark_seen),
                                                        PX ttl
+    P seenh:{namespace}:{event_hour}           hash    id -> stream position, or "-1" (mark_seen
+                                                       with hours), EXPIRE ttl after the last
+                                                       new mark
     P cells:{campaign_id}                      set     cell ids that have running totals
     P tot:{campaign_id}:{cell_id}              hash    metric -> running total (no expiry)
     P s:{campaign_id}:{cell_id}:{epoch_s}      hash    metric -> count in that second,
@@ -32,6 +35,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
+import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -62,6 +66,44 @@ else
     local old = redis.call('SET', pre .. ids[i], p, 'NX', 'GET', 'PX', ttl)
     if not old or old == p then out[i] = '1' else out[i] = '0' end
   end
+end
+return table.concat(out)
+"""
+
+_MARK_SEEN_HOURS = """
+local pre, ttl, positioned = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local groups = cjson.decode(ARGV[4])
+local out = {}
+for g = 1, #groups do
+  local key = pre .. groups[g][1]
+  local ids, pos, idx = groups[g][2], groups[g][3], groups[g][4]
+  local remap = #idx > 0
+  local new, now = {}, {}
+  local n = #ids
+  local i = 1
+  while i <= n do
+    local j = math.min(i + 3999, n)
+    local vals = redis.call('HMGET', key, unpack(ids, i, j))
+    for k = i, j do
+      local id, p, old = ids[k], pos[k], vals[k - i + 1]
+      local mine, r = now[id], '0'
+      if mine ~= nil then
+        if positioned and mine == p then r = '1' end
+      elseif not old then
+        r = '1'; now[id] = p; new[#new + 1] = id; new[#new + 1] = p
+      elseif positioned and old == p then
+        r = '1'; now[id] = p
+      else
+        now[id] = old
+      end
+      if remap then out[idx[k]] = r else out[k] = r end
+    end
+    i = j + 1
+  end
+  for k = 1, #new, 4000 do
+    redis.call('HSET', key, unpack(new, k, math.min(k + 3999, #new)))
+  end
+  if #new > 0 then redis.call('EXPIRE', key, ttl) end
 end
 return table.concat(out)
 """
@@ -108,6 +150,7 @@ class RedisHotStore(HotStore):
         self.prefix = prefix
         self._where = where
         self._mark_seen = client.register_script(_MARK_SEEN)
+        self._mark_seen_hours = client.register_script(_MARK_SEEN_HOURS)
         self._add_buckets = client.register_script(_ADD_BUCKETS)
         self._set_totals = client.register_script(_SET_TOTALS)
 
@@ -157,15 +200,41 @@ class RedisHotStore(HotStore):
     # --- dedupe ---------------------------------------------------------------------------
 
     async def mark_seen(self, namespace: str, ids: Sequence[str], ttl_s: float, *,
-                        positions: Sequence[int] | None = None) -> list[bool]:
+                        positions: Sequence[int] | None = None,
+                        hours: Sequence[int] | None = None) -> list[bool]:
         check_ttl(ttl_s)
         if not ids:
             return []
         # Positions travel as strings: Lua's cjson reads numbers as doubles (53 bits).
-        pos = b"" if positions is None else msgspec.json.encode([str(p) for p in positions])
+        pos = None if positions is None else [str(p) for p in positions]
+        if hours is not None:
+            return await self._mark_hours(namespace, ids, ttl_s, pos, hours)
         async with self._mapped("mark_seen"):
-            reply = await self._mark_seen(args=[f"{self.prefix}seen:{namespace}:", _ms(ttl_s),
-                                                msgspec.json.encode(list(ids)), pos])
+            reply = await self._mark_seen(args=[
+                f"{self.prefix}seen:{namespace}:", _ms(ttl_s), msgspec.json.encode(list(ids)),
+                b"" if pos is None else msgspec.json.encode(pos)])
+        return [c == "1" for c in reply]
+
+    async def _mark_hours(self, namespace: str, ids: Sequence[str], ttl_s: float,
+                          pos: list[str] | None, hours: Sequence[int]) -> list[bool]:
+        """One hash per event hour: two commands per hour and batch (HMGET, HSET) instead of
+        one per id — the per-call cost of Lua is most of the work otherwise."""
+        h = np.asarray(hours, dtype=np.int64)
+        ids = list(ids)
+        positions = pos if pos is not None else ["-1"] * len(ids)
+        groups: list[tuple[int, list[str], list[str], list[int]]] = []
+        uniq, inv = np.unique(h, return_inverse=True)
+        if uniq.size == 1:
+            groups.append((int(uniq[0]), ids, positions, []))
+        else:
+            for g, hour in enumerate(uniq.tolist()):
+                sel = np.flatnonzero(inv == g).tolist()
+                groups.append((hour, [ids[i] for i in sel], [positions[i] for i in sel],
+                               [i + 1 for i in sel]))
+        async with self._mapped("mark_seen"):
+            reply = await self._mark_seen_hours(args=[
+                f"{self.prefix}seenh:{namespace}:", max(1, round(ttl_s)),
+                "1" if pos is not None else "0", msgspec.json.encode(groups)])
         return [c == "1" for c in reply]
 
     # --- per-cell counters and buckets ----------------------------------------------------

@@ -349,3 +349,32 @@ async def test_redis_unreachable_is_a_storage_error() -> None:
     assert "127.0.0.1:1" in str(info.value)
     assert "hunter2" not in str(info.value)
     assert mask_url("redis://user:pw@h:1/2") == "redis://user:***@h:1/2"
+
+
+async def test_mark_seen_by_event_hour(hot_store: HotStore) -> None:
+    """With ``hours`` the same answers as without (a store may only store them differently)."""
+    h0, h1 = T0 // 3600, T0 // 3600 + 1
+    assert await hot_store.mark_seen("evh", ["a", "b", "c"], ttl_s=60, positions=[1, 2, 3],
+                                     hours=[h0, h1, h0]) == [True, True, True]
+    # re-read at the same positions: new; redeliveries elsewhere, and repeats in the batch: dups
+    assert await hot_store.mark_seen("evh", ["b", "a", "a", "d", "d"], ttl_s=60,
+                                     positions=[2, 1, 9, 4, 5],
+                                     hours=[h1, h0, h0, h1, h1]) == [True, True, False, True, False]
+    assert await hot_store.mark_seen("evh2", ["x", "x", "y"], ttl_s=60,
+                                     hours=[h0, h0, h0]) == [True, False, True]
+    assert await hot_store.mark_seen("evh2", ["x", "y", "z"], ttl_s=60,
+                                     hours=[h0, h0, h1]) == [False, False, True]
+    big = [f"id{i}" for i in range(9000)]  # more than one Lua unpack's worth
+    assert await hot_store.mark_seen("evh3", big, ttl_s=60, hours=[h0] * 9000) == [True] * 9000
+    assert await hot_store.mark_seen("evh3", big[::-1], ttl_s=60, hours=[h0] * 9000) == [
+        False] * 9000
+
+
+@pytest.mark.redis
+async def test_redis_hour_marks_expire_after_the_ttl(redis_url: str, redis_prefix: str) -> None:
+    store = RedisHotStore.from_url(redis_url, prefix=redis_prefix)
+    try:
+        await store.mark_seen("evh", ["a"], ttl_s=600, hours=[T0 // 3600])
+        assert 590_000 < await pttl_ms(store, redis_url, f"seenh:evh:{T0 // 3600}") <= 600_000
+    finally:
+        await store.close()
