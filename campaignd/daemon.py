@@ -332,7 +332,8 @@ class Daemon:
 
     async def _start_dsp(self, tg: anyio.abc.TaskGroup) -> None:
         from campaignd.dsp.service import DSPService
-        from campaignd.pipeline.ingest import DEDUPE_NAMESPACE, EventIngestor, Pipeline
+        from campaignd.pipeline.ingest import DEDUPE_NAMESPACE, Pipeline
+        from campaignd.pipeline.ingestor import EventIngestor
 
         assert self.sql is not None and self.hot is not None
         s = self.settings

@@ -21,7 +21,8 @@ from campaignd.domain.campaign import CampaignSpec, atomize
 from campaignd.dsp.beeswax import BeeswaxAdapter
 from campaignd.dsp.sandbox import SandboxService
 from campaignd.metrics import Metrics
-from campaignd.pipeline.ingest import EventIngestor, Pipeline, restore
+from campaignd.pipeline.ingest import Pipeline, restore
+from campaignd.pipeline.ingestor import EventIngestor
 from campaignd.pipeline.registry import Registry
 from campaignd.stores.base import HotStore
 from campaignd.stores.memory import InMemoryHotStore

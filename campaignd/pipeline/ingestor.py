@@ -1,0 +1,183 @@
+"""The daemon's event feed: read the adapter's stream, count it through a ``Pipeline``, commit.
+
+``EventIngestor`` reads the DSP's feed in batches, decoding the next batch while the current one
+is deduplicated and counted, and every ``flush_s`` commits what was counted together with the
+cursor after it (``ingest.commit``: one SQL transaction, then the hot store). A restart resumes
+from the committed cursor with the committed totals: nothing is lost or counted twice. Nothing
+in a message can crash the loop; DSP and store failures are retried with backoff, and reading
+pauses while the stores are behind (the uncommitted backlog never grows without bound).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskStatus
+
+from campaignd.clock import Clock
+from campaignd.errors import DSPError, StorageError
+from campaignd.logs import get_logger
+from campaignd.metrics import Metrics
+from campaignd.pipeline.ingest import Pipeline, Prepared, commit, let_io_start, stream_base
+
+log = get_logger("campaignd.ingest")
+
+
+class EventIngestor:
+    """The daemon's feed loop and flush loop over one ``Pipeline`` (see the module docstring)."""
+
+    def __init__(self, *, adapter: Any, sql: Any, pipeline: Pipeline, clock: Clock,
+                 metrics: Metrics, poll_s: float = 0.25, batch: int = 5000,
+                 checkpoint: str = "events", flush_s: float = 1.0,
+                 max_backlog: int = 2_000_000,
+                 on_commit: Callable[[], Any] | None = None) -> None:
+        self.adapter = adapter
+        self.sql = sql
+        self.pipeline = pipeline
+        self.clock = clock
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.batch = batch
+        self.checkpoint_name = checkpoint
+        self.flush_s = flush_s
+        self.max_backlog = max_backlog
+        self.on_commit = on_commit
+        self.base = stream_base(checkpoint)
+        self.cursor: str | None = None
+        self.committed_cursor: str | None = None
+        self.last_error: str | None = None
+        self.flushes = 0
+        self.flush_failures = 0
+        self.last_flush_s: float | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {**self.pipeline.stats.as_dict(), "cursor": self.cursor,
+                "committed_cursor": self.committed_cursor, "backlog": self.pipeline.backlog,
+                "flushes": self.flushes, "flush_failures": self.flush_failures,
+                "last_flush_s": None if self.last_flush_s is None else round(
+                    self.last_flush_s, 4), "last_error": self.last_error}
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.cursor = self.committed_cursor = await self.sql.get_checkpoint(
+            self.checkpoint_name)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._flush_loop)
+            task_status.started()
+            await self._poll_loop()
+
+    async def _poll_loop(self) -> None:
+        backoff = self.poll_s
+        while True:
+            await anyio.lowlevel.checkpoint()  # a cancelled loop stops here, not mid-batch
+            started_at = self.cursor
+            try:
+                await self._stream()
+            except (DSPError, StorageError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("event ingestion failed; retrying", error=self.last_error,
+                            retry_in_s=backoff)
+            except Exception as exc:  # a bug must not take the daemon down with it
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("event ingestion failed unexpectedly; retrying",
+                          error=self.last_error, retry_in_s=backoff, exc_info=True)
+            if self.cursor != started_at:
+                backoff = self.poll_s  # it had been working: a fresh failure, a short wait
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
+
+    async def _stream(self) -> None:
+        """Read and prepare the next batch while the previous one is deduplicated and counted.
+        The cursor moves only when a batch is counted; after a failure the loop starts again
+        from it (prepared batches are dropped: preparing counts nothing)."""
+        send, recv = anyio.create_memory_object_stream[tuple[Prepared, str, int, str | None]](1)
+
+        async def count() -> None:
+            async with recv:
+                async for prep, next_cursor, skipped, read_from in recv:
+                    self._gap(skipped, read_from)
+                    await self.pipeline.complete(prep)
+                    self.cursor = next_cursor
+                    self.last_error = None
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(count)
+            async with send:
+                cursor = self.cursor
+                while True:
+                    await anyio.lowlevel.checkpoint()
+                    if self.pipeline.backlog > self.max_backlog:
+                        # The stores are behind (or down): stop reading until a flush gets
+                        # through.
+                        await anyio.sleep(self.poll_s)
+                        continue
+                    batch = await self.adapter.read_events(cursor, limit=self.batch)
+                    prep = self.pipeline.prepare(batch.messages, self._positions(batch))
+                    await send.send((prep, batch.next_cursor, batch.skipped, cursor))
+                    await let_io_start()
+                    cursor = batch.next_cursor
+                    await anyio.sleep(self._pause(len(batch.messages)))
+
+    def _pause(self, n: int) -> float:
+        """How long to wait before the next read: nothing when the batch was full (more is
+        waiting), ``poll_s`` when the feed was empty, a fifth of it in between — short enough
+        that an event waits well under a second, long enough not to read a trickle."""
+        if n >= self.batch:
+            return 0.0
+        return self.poll_s if n == 0 else self.poll_s / 5
+
+    def _positions(self, batch: Any) -> range | None:
+        if batch.first_seq is None:
+            return None
+        first = self.base | batch.first_seq
+        return range(first, first + len(batch.messages))
+
+    def _gap(self, skipped: int, cursor: str | None) -> None:
+        if skipped:
+            # The DSP no longer held these: no payload to keep, but never silently dropped.
+            self.pipeline.dead_letter("lost_before_read", json.dumps(
+                {"cursor": cursor, "skipped": skipped}).encode(), skipped)
+
+    async def poll_once(self) -> int:
+        """Read, ingest and count one batch; returns the number of raw messages read."""
+        batch = await self.adapter.read_events(self.cursor, limit=self.batch)
+        self._gap(batch.skipped, self.cursor)
+        await self.pipeline.ingest(batch.messages, self._positions(batch))
+        self.cursor = batch.next_cursor
+        return len(batch.messages)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.flush_s)
+            with contextlib.suppress(StorageError):
+                await self.flush()
+
+    async def flush(self) -> None:
+        """Commit what was ingested, with the cursor after it (also called at shutdown)."""
+        cursor = self.cursor
+        flush = self.pipeline.take_flush()
+        if not flush and cursor == self.committed_cursor:
+            return
+        t0 = anyio.current_time()
+        try:
+            await commit(self.pipeline, self.sql, flush,
+                         checkpoint=(self.checkpoint_name, cursor) if cursor is not None
+                         else None, source=self.checkpoint_name, now=self.clock.now())
+        except StorageError as exc:
+            self.flush_failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("could not commit ingested events; keeping them for the next flush",
+                        error=self.last_error, backlog=self.pipeline.backlog)
+            raise
+        self.committed_cursor = cursor
+        self.flushes += 1
+        self.last_flush_s = anyio.current_time() - t0
+        if self.on_commit is not None:
+            self.on_commit()
+
+
+__all__ = ["EventIngestor"]
