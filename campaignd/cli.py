@@ -465,7 +465,7 @@ def limit_math_threads() -> None:
 
 
 # The event-pipeline commands (dead letters, replay, export) live in their own module.
-from campaignd import cli_events  # noqa: E402,F401  (registers its commands on import)
+from campaignd import cli_actions, cli_events  # noqa: E402,F401  (register their commands on import)
 
 
 def main() -> None:

@@ -36,7 +36,9 @@ from sqlalchemy.engine import make_url
 from campaignd import __version__
 from campaignd import logs as logmod
 from campaignd.agents.monitor import PerformanceMonitor
+from campaignd.agents.reallocation import BudgetReallocationAgent
 from campaignd.clock import Clock, ScaledClock, SystemClock
+from campaignd.decisions import DecisionService
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
 from campaignd.domain.cells import CellSnapshot, CellTable
 from campaignd.errors import BadInput, CampaigndError, StartupError, StorageError
@@ -154,6 +156,12 @@ class Daemon:
         self.dsp: Any = None  # DSPService, built in _start_dsp
         self.ingest: Any = None  # EventIngestor
         self.monitor = PerformanceMonitor()
+        self.reallocation = BudgetReallocationAgent(policy=settings.decision.policy,
+                                                    seed=settings.dsp.sandbox.seed,
+                                                    decision_seconds=int(
+                                                        settings.agents.reallocation_s))
+        self.decisions: DecisionService | None = None
+        self.executor: Any = None  # ActionExecutor, built in _start_dsp
         self._token = ""
         self._problems: list[str] = []
         self._ready = False
@@ -187,8 +195,9 @@ class Daemon:
             "market_time": self.clock.now().isoformat(),
             "control_url": self.settings.control_url,
             "campaigns": self._campaign_status(), "agents": agents, "events": events,
-            "dsp": dsp, "decision": {"mode": self.settings.decision.mode,
-                                     "risk_budget": self.settings.decision.risk_budget},
+            "dsp": dsp, "decision": (self.decisions.status() if self.decisions else {
+                "mode": self.settings.decision.mode,
+                "risk_budget": self.settings.decision.risk_budget}),
             "problems": problems,
         }
 
@@ -227,7 +236,10 @@ class Daemon:
         return bool(self._token) and tokens_equal(token, self._token)
 
     def snapshots(self) -> dict[str, CellSnapshot]:
-        return {cid: rt.table.snapshot() for cid, rt in self.campaigns.items()}
+        """Every campaign's counters now (in market time), with the daily budgets in force."""
+        at_s = int(self.clock.now().timestamp())
+        return {cid: DecisionService.with_budgets(rt.table.snapshot(at_s=at_s), self.dsp)
+                for cid, rt in self.campaigns.items()}
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -325,6 +337,7 @@ class Daemon:
                 continue
             result = await self.sql.upsert_campaign(spec, cells)
             table = self.registry.add_campaign(spec, cells)
+            self.reallocation.add_campaign(spec, cells)
             self.campaigns[spec.id] = CampaignRuntime(spec, cells, table, {})
             self.metrics.cells.labels(spec.id, "total").set(len(cells))
             log.info("campaign loaded", campaign=spec.id, cells=len(cells),
@@ -362,6 +375,14 @@ class Daemon:
         for rt in self.campaigns.values():
             await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
         await tg.start(self.ingest.run, name="ingest")
+        from campaignd.dsp.executor import ActionExecutor
+        d = s.decision
+        self.decisions = DecisionService(settings=s, sql=self.sql, metrics=self.metrics)
+        self.executor = ActionExecutor(sql=self.sql, dsp=self.dsp, clock=self.clock,
+                                       metrics=self.metrics, poll_s=d.executor_poll_s,
+                                       max_attempts=d.max_attempts)
+        self.decisions.executor = self.executor
+        await tg.start(self.executor.run, name="executor")
 
     async def _restore_counts(self, pipeline: Any, *, fresh_market: bool) -> None:
         """Put the committed counts back into the registry; a new sandbox market starts from
@@ -391,6 +412,7 @@ class Daemon:
         a = self.settings.agents
         p = self.settings.pipeline
         jobs = [JobSpec("monitor", a.monitor_s, self._run_monitor, a.timeout_s),
+                JobSpec("reallocation", a.reallocation_s, self._run_reallocation, a.timeout_s),
                 JobSpec("cold_export", p.rollup_s, self._run_cold_export, 300.0,
                         kind="maintenance"),
                 JobSpec("retention", 3600.0, self._run_retention, 300.0, kind="maintenance")]
@@ -418,6 +440,19 @@ class Daemon:
         # Agents decide in the DSP's time (the sandbox market's, when sped up).
         snaps = self.snapshots()
         recs = await anyio.to_thread.run_sync(self.monitor.run, snaps, self.clock.now())
+        if self.decisions is not None:
+            self.decisions.collect(self.monitor.name, recs)
+        return len(recs)
+
+    async def _run_reallocation(self, now: datetime) -> int:
+        """The reallocation agent, then a decision cycle over every agent's recommendations."""
+        if self.decisions is None:
+            return 0
+        snaps = self.snapshots()
+        at = self.clock.now()
+        recs = await anyio.to_thread.run_sync(self.reallocation.run, snaps, at)
+        self.decisions.collect(self.reallocation.name, recs)
+        await self.decisions.cycle(snaps, self.dsp, at)
         return len(recs)
 
     async def _run_reconcile(self, now: datetime) -> int:
@@ -521,6 +556,37 @@ class _Plane:
 
     def check_token(self, token: str) -> bool:
         return self.d.check_token(token)
+
+    def _sql(self) -> SqlStore:
+        if self.d.sql is None:
+            raise StorageError("the database is not open yet (the daemon is starting)")
+        return self.d.sql
+
+    async def actions(self, *, status: str | None, campaign_id: str | None,
+                      cell_id: str | None, decision_id: str | None,
+                      limit: int) -> dict[str, Any]:
+        sql = self._sql()
+        rows = await sql.list_actions(status=status, campaign_id=campaign_id, cell_id=cell_id,
+                                      decision_id=decision_id, limit=limit)
+        return {"actions": [r.as_dict() for r in rows], "counts": await sql.count_actions()}
+
+    async def action(self, action_id: int) -> dict[str, Any] | None:
+        row = await self._sql().get_action(action_id)
+        return None if row is None else row.as_dict()
+
+    async def decide_action(self, action_id: int, *, approve: bool, actor: str,
+                            note: str | None) -> dict[str, Any]:
+        row = await self._sql().decide_action(action_id, approve=approve, actor=actor,
+                                              now=self.d.clock.now(), note=note)
+        if approve and self.d.executor is not None:
+            self.d.executor.wake()
+        return row.as_dict()
+
+    async def undo_action(self, action_id: int, *, actor: str) -> dict[str, Any]:
+        row = await self._sql().undo_action(action_id, actor=actor, now=self.d.clock.now())
+        if self.d.executor is not None:
+            self.d.executor.wake()
+        return row.as_dict()
 
 
 async def open_sql(settings: Settings) -> SqlStore:

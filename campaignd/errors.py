@@ -39,6 +39,11 @@ class BadInput(CampaigndError):
                 "value": None if self.value is None else str(self.value), "fix": self.fix}
 
 
+class StateConflict(BadInput):
+    """The request is well formed but the object's state forbids it (e.g. approving an action
+    that is no longer proposed): exit code 2, HTTP 409."""
+
+
 class ConfigError(BadInput):
     """The settings file or a CAMPAIGND_* variable is invalid."""
 

@@ -36,6 +36,12 @@ class Metrics:
         self.dsp_healthy = Gauge("campaignd_dsp_healthy", "1 when the DSP adapter is healthy",
                                  registry=r)
         self.up = Gauge("campaignd_up", "1 while the daemon runs", registry=r)
+        self.actions = Counter("campaignd_actions_total",
+                               "Line-item actions by kind and outcome (decided in each mode, "
+                               "applied, failed, refused)", ["kind", "outcome"], registry=r)
+        self.decisions_skipped = Counter("campaignd_decisions_skipped_total",
+                                         "Recommendation changes the decision engine did not "
+                                         "take, by reason", ["reason"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -163,8 +164,23 @@ class AgentSettings(_Section):
 
 
 class DecisionSettings(_Section):
+    """The decision engine and the executor (README "Decisions and actions")."""
+
     mode: Literal["live", "shadow", "approve"] = "shadow"
-    risk_budget: float = Field(0.2, ge=0, le=1)
+    risk_budget: float = Field(0.2, ge=0, le=1,
+                               description="summed risk of the decisions executed per cycle")
+    policy: Literal["thompson", "uniform", "seed"] = Field(
+        "thompson", description="the reallocation agent's budget policy")
+    min_change_fraction: float = Field(0.05, ge=0, le=1,
+                                       description="smaller budget changes are immaterial...")
+    min_change: Decimal = Field(Decimal("1.00"), ge=0,
+                                description="...when also below this much money a day")
+    request_share: float = Field(0.5, gt=0, le=1,
+                                 description="share of the DSP's request rate a cycle may use")
+    executor_poll_s: float = Field(2.0, gt=0, le=60,
+                                   description="seconds between outbox drains")
+    max_attempts: int = Field(8, ge=1, le=100,
+                              description="tries before an action is marked failed/refused")
 
 
 class HTTPSettings(_Section):

@@ -1,20 +1,49 @@
-"""Recommendations (what an agent proposes) and their evidence. Pure values."""
+"""Recommendations (what an agent proposes), actions (what the decision engine will do to one line
+item) and the line-item state both are judged against. Pure values.
+
+Money is integer micros. An ``Action`` is absolute, not relative: it names the line item's state
+before and the state wanted after (e.g. ``{"daily_budget_micros": …, "lifetime_budget_micros":
+…}``), so applying it twice is the same as applying it once, and undoing it is applying
+``before`` again.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+ACTION_KINDS: tuple[str, ...] = ("budget", "pause", "activate")
+"""What an action changes on a line item: its budgets (daily and lifetime together, as Beeswax
+needs both), or its state."""
+
+ACTION_STATUSES: tuple[str, ...] = (
+    "proposed",    # approve mode: waiting for a person
+    "pending",     # in the outbox: to be applied
+    "applying",    # being applied (a crash here re-applies it: actions are idempotent)
+    "applied",     # the DSP acknowledged it
+    "failed",      # the DSP refused it (or it kept failing); see ``error``
+    "refused",     # the executor would not apply it (caps, stale state); see ``error``
+    "rejected",    # a person rejected it
+    "superseded",  # a newer decision for the same line item replaced it before it was applied
+    "shadow",      # shadow mode: decided and recorded, never applied
+)
+OPEN_STATUSES: tuple[str, ...] = ("proposed", "pending", "applying")
 
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
     """One proposed change (or finding), with the evidence behind it.
 
-    ``kind`` names the change (``flag_underperformer``, ``budget_change``, …); ``target`` the
-    object (a cell id or campaign id); ``change`` the new values; ``score`` the agent's confidence
-    in [0, 1]; ``impact`` the expected gain on the campaign objective (in objective units per
-    day); ``risk`` the probability that applying it hurts, in [0, 1].
+    ``kind`` names the change: ``budget_rebalance`` (``change["daily_budgets_micros"]``: cell id
+    → new daily budget, for the cells that change), ``pause_cell`` / ``activate_cell`` (the
+    cell ``target``), or a finding that changes nothing (``flag_underperformer``). ``target`` is
+    a cell id or the campaign id; ``score`` the agent's confidence in [0, 1]; ``impact`` the
+    expected gain on the campaign's objective (objective units per day; 0 for a finding);
+    ``risk`` the posterior probability that applying it hurts the objective, in [0, 1].
     """
 
     agent: str
@@ -33,8 +62,105 @@ class Recommendation:
         """priority = score × impact × (1 − risk)."""
         return self.score * self.impact * (1.0 - self.risk)
 
+    @property
+    def decision_id(self) -> str:
+        """A stable id of this recommendation (same content → same id)."""
+        return stable_hash(self.agent, self.kind, self.campaign_id, self.target,
+                           self.created_at.isoformat(), self.change)[:20]
+
     def as_dict(self) -> dict[str, Any]:
         return {"agent": self.agent, "kind": self.kind, "campaign_id": self.campaign_id,
                 "target": self.target, "created_at": self.created_at.isoformat(),
                 "change": self.change, "evidence": self.evidence, "score": self.score,
                 "impact": self.impact, "risk": self.risk, "priority": self.priority}
+
+
+@dataclass(frozen=True, slots=True)
+class LineItemState:
+    """What campaignd knows of one cell's line item: the DSP's budgets as last acknowledged and
+    the cell's spend as counted (lifetime, and today's in the DSP's budget day)."""
+
+    cell_id: str
+    line_item_id: int | None
+    daily_budget_micros: int
+    lifetime_budget_micros: int
+    spent_micros: int = 0
+    spent_today_micros: int = 0
+    active: bool = True
+
+    def budgets(self) -> dict[str, int]:
+        return {"daily_budget_micros": self.daily_budget_micros,
+                "lifetime_budget_micros": self.lifetime_budget_micros}
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignState:
+    """One campaign as the decision engine sees it: its caps, how much flight is left and its
+    line items by cell id."""
+
+    campaign_id: str
+    daily_cap_micros: int
+    lifetime_cap_micros: int
+    days_left: float
+    """Days of flight left, today included (e.g. 6.4 on the morning of day 2 of 7)."""
+    line_items: Mapping[str, LineItemState]
+
+    def total(self, key: str) -> int:
+        return sum(getattr(li, key) for li in self.line_items.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One change to one line item, decided by the engine from one recommendation.
+
+    ``key`` is the idempotency key: the same decision about the same line item always has the
+    same key, so recording it twice records it once and applying it twice changes nothing more.
+    """
+
+    key: str
+    decision_id: str
+    campaign_id: str
+    cell_id: str
+    line_item_id: int | None
+    kind: str
+    before: dict[str, Any]
+    after: dict[str, Any]
+    agent: str
+    reason: str
+    evidence: dict[str, Any]
+    created_at: datetime
+    score: float = 0.0
+    impact: float = 0.0
+    risk: float = 0.0
+    priority: float = 0.0
+
+    @property
+    def is_increase(self) -> bool:
+        """True when the action raises a budget (it needs headroom under the campaign's caps)."""
+        if self.kind != "budget":
+            return False
+        return any(int(self.after.get(k, 0)) > int(self.before.get(k, 0))
+                   for k in ("daily_budget_micros", "lifetime_budget_micros"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "decision_id": self.decision_id,
+                "campaign_id": self.campaign_id, "cell_id": self.cell_id,
+                "line_item_id": self.line_item_id, "kind": self.kind, "before": self.before,
+                "after": self.after, "agent": self.agent, "reason": self.reason,
+                "evidence": self.evidence, "created_at": self.created_at.isoformat(),
+                "score": self.score, "impact": self.impact, "risk": self.risk,
+                "priority": self.priority}
+
+
+def stable_hash(*parts: Any) -> str:
+    """SHA-256 (hex) of the parts as canonical JSON: the same values give the same hash."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def action_key(decision_id: str, cell_id: str, kind: str, after: Mapping[str, Any]) -> str:
+    return stable_hash(decision_id, cell_id, kind, dict(after))[:32]
+
+
+__all__ = ["ACTION_KINDS", "ACTION_STATUSES", "OPEN_STATUSES", "Action", "CampaignState",
+           "LineItemState", "Recommendation", "action_key", "stable_hash"]

@@ -4,6 +4,9 @@ A ``CellTable`` holds, for one campaign's cells (indexed by atomization order):
 
 - running totals: one int64 row per metric of ``METRICS`` (``matrix[metric, cell]``; ``counts``
   gives the rows by name, as views);
+- the counts of the current UTC day by event time (``today``, what a DSP's daily budget has
+  spent: the budget day), reset when an event of a later day arrives or a snapshot is taken
+  after midnight;
 - rolling windows over the last 30 s, 5 min, 1 h, 3 h and 24 h (``domain.windows``);
 - hourly series per creative (fatigue) and per ZIP code (discovery) over the last 72 hours
   (``domain.series``).
@@ -35,6 +38,7 @@ OTHER_ZIP = "other"
 events whose impression's ZIP is no longer known)."""
 SERIES_BUCKET_S = 3600
 SERIES_SPAN = 72
+DAY_S = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,14 @@ class CellSnapshot:
     zips: SeriesSnapshot | None = None
     at_s: int | None = None
     """When the snapshot was taken (the registry's time, epoch seconds)."""
+    today: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """metric → int64 array aligned with ``cell_ids``: counts of the UTC day ``day`` (event
+    time), e.g. ``today["spend_micros"]`` is what each line item's daily budget has spent."""
+    day: int | None = None
+    """The UTC day of ``today`` (days since the epoch); ``None`` before any event."""
+    daily_budgets_micros: np.ndarray | None = None
+    """The daily budget in force per cell (the DSP's, as last acknowledged), when the caller
+    knows it (the daemon and the simulator fill it in; the registry does not keep budgets)."""
 
     def __len__(self) -> int:
         return len(self.cell_ids)
@@ -111,6 +123,8 @@ class CellTable:
         self.by_zip = KeyedSeries(zip_keys, N_METRICS, bucket_s=SERIES_BUCKET_S,
                                   span=SERIES_SPAN)
         self.last_at_s: int | None = None
+        self.today = np.zeros((N_METRICS, n), dtype=np.int64)
+        self.day: int | None = None
 
     def __len__(self) -> int:
         return len(self.cell_ids)
@@ -131,6 +145,25 @@ class CellTable:
         self.by_creative.add(self._creative_of[positions], deltas, at_s)
         self.last_at_s = at_s if self.last_at_s is None else max(self.last_at_s, at_s)
 
+    def add_days(self, positions: np.ndarray, seconds: np.ndarray, deltas: np.ndarray) -> None:
+        """Count rows into ``today``: ``deltas[j, metric]`` of cell ``positions[j]`` (repeats
+        accumulate) at event second ``seconds[j]``. Rows of a later day start a new day; rows
+        of an earlier day are not today's."""
+        if positions.size == 0:
+            return
+        days = seconds // DAY_S
+        self.roll_day(int(days.max()))
+        m = days == self.day
+        if m.any():
+            np.add.at(self.today.T, positions[m], deltas[m])
+
+    def roll_day(self, day: int) -> None:
+        """Move ``today`` to UTC day ``day`` (days since the epoch) if it is a later one."""
+        if self.day is None or day > self.day:
+            if self.day is not None:
+                self.today[:] = 0
+            self.day = day
+
     def apply_zips(self, zip_index: np.ndarray, deltas: np.ndarray, at_s: int) -> None:
         """Add ``deltas[metric, j]`` to ZIP series key ``zip_index[j]`` (repeats accumulate)."""
         self.by_zip.add(zip_index, deltas, at_s)
@@ -138,7 +171,8 @@ class CellTable:
     def replay_recent(self, positions: np.ndarray, at_s: np.ndarray, deltas: np.ndarray) -> None:
         """Rebuild the windows and creative series from stored rows (``deltas[j, metric]`` of
         cell ``positions[j]`` at ``at_s[j]``; negative positions are skipped) without touching
-        the totals — after a restart, from the warm store's minute rows."""
+        the totals — after a restart, from the warm store's minute rows (which also rebuild
+        ``today``)."""
         keep = positions >= 0
         positions, at_s, deltas = positions[keep], at_s[keep], deltas[keep]
         for t in np.unique(at_s):
@@ -148,6 +182,7 @@ class CellTable:
             np.add.at(d, inv, deltas[m])
             self.windows.add(pos, d.T, int(t))
             self.by_creative.add(self._creative_of[pos], d.T, int(t))
+        self.add_days(positions, at_s, deltas)
 
     def add(self, positions: np.ndarray, metric: str, values: np.ndarray | int = 1) -> None:
         """Add ``values`` to the running total of ``metric`` at cell ``positions`` (repeats
@@ -164,21 +199,26 @@ class CellTable:
         self.by_zip = KeyedSeries(self.by_zip.keys, N_METRICS, bucket_s=SERIES_BUCKET_S,
                                   span=SERIES_SPAN)
         self.last_at_s = None
+        self.today[:] = 0
+        self.day = None
 
     def snapshot(self, *, at_s: int | None = None, windows: bool = True) -> CellSnapshot:
         """A copy of everything; ``at_s`` first moves the windows to that time (so a quiet
         campaign's windows empty out)."""
         if at_s is not None:
             self.windows.roll(at_s)
+            self.roll_day(at_s // DAY_S)
         wins: dict[int, Mapping[str, np.ndarray]] = {}
         if windows:
             for w, arr in self.windows.all().items():
                 wins[w] = {m: arr[i] for i, m in enumerate(METRICS)}
         matrix = self.matrix.copy()
+        today = self.today.copy()
         return CellSnapshot(self.campaign_id, self.cell_ids, self.levels,
                             {m: matrix[i] for i, m in enumerate(METRICS)}, wins,
                             self.by_creative.snapshot(), self.by_zip.snapshot(),
-                            at_s if at_s is not None else self.last_at_s)
+                            at_s if at_s is not None else self.last_at_s,
+                            {m: today[i] for i, m in enumerate(METRICS)}, self.day)
 
     def totals(self) -> dict[str, int]:
         return {m: int(a.sum()) for m, a in self.counts.items()}

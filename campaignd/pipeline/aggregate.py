@@ -9,7 +9,8 @@ Both entry points end in the same place:
   series, and the same flush buffer).
 
 Each batch becomes per-(cell, second) rows (``np.unique`` over ``slot << 32 | second``), summed
-into the cells' totals, rolling windows and creative series, and into the ZIP series; the rows
+into the cells' totals, rolling windows, creative series and the day's counts (by event time),
+and into the ZIP series; the rows
 are kept in the flush buffer until ``take_pending`` hands them to the warm store and the hot
 store. All arithmetic is int64 (money in micros).
 """
@@ -138,6 +139,9 @@ class Aggregator:
         for k, mask, pos in reg.locate(us):
             reg.tables[k].apply(pos, per_slot[mask].T, at_s)
             touched.add(k)
+        seconds = keys & ((1 << _SHIFT) - 1)
+        for k, mask, pos in reg.locate(slots):  # the budget day's counts, by event time
+            reg.tables[k].add_days(pos, seconds[mask], deltas[mask])
         for k, table in enumerate(reg.tables):
             if k not in touched:
                 table.windows.roll(at_s)

@@ -7,6 +7,7 @@ Read endpoints are open on the bind address (127.0.0.1 by default); every mutati
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +16,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
+
+from campaignd.errors import BadInput, NotFound, StateConflict, StorageError
 
 STATIC = Path(__file__).parent / "static"
 
@@ -33,6 +36,17 @@ class ControlPlane(Protocol):
     def metrics(self) -> bytes: ...
 
     def check_token(self, token: str) -> bool: ...
+
+    async def actions(self, *, status: str | None, campaign_id: str | None,
+                      cell_id: str | None, decision_id: str | None,
+                      limit: int) -> dict[str, Any]: ...
+
+    async def action(self, action_id: int) -> dict[str, Any] | None: ...
+
+    async def decide_action(self, action_id: int, *, approve: bool, actor: str,
+                            note: str | None) -> dict[str, Any]: ...
+
+    async def undo_action(self, action_id: int, *, actor: str) -> dict[str, Any]: ...
 
 
 def _error(status: int, message: str, *, field: str | None = None,
@@ -94,6 +108,99 @@ async def run_job(request: Request) -> Response:
     return JSONResponse({"queued": name}, status_code=202)
 
 
+def _int_param(request: Request, name: str, default: int | None = None, *,
+               low: int = 1, high: int = 10_000) -> int:
+    raw = request.query_params.get(name) if name in request.query_params else \
+        request.path_params.get(name)
+    if raw is None:
+        if default is None:
+            raise BadInput("is required", field=name, fix=f"give {name} as an integer")
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise BadInput("must be an integer", field=name, value=raw,
+                       fix=f"give {name} as an integer from {low} to {high}") from None
+    if not low <= value <= high:
+        raise BadInput(f"must be from {low} to {high}", field=name, value=value,
+                       fix=f"give {name} between {low} and {high}")
+    return value
+
+
+def _api_errors(handler: Callable[[Request], Awaitable[Response]]
+                ) -> Callable[[Request], Awaitable[Response]]:
+    """BadInput → 400 (409 for a state conflict), NotFound → 404, StorageError → 503."""
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except NotFound as exc:
+            return _error(404, str(exc), field="id", fix="list actions with GET /api/v1/actions")
+        except BadInput as exc:
+            return _error(409 if isinstance(exc, StateConflict) else 400, str(exc),
+                          field=exc.field, fix=exc.fix)
+        except StorageError as exc:
+            return _error(503, f"the database is not available: {exc}",
+                          fix="retry shortly; see `campaignd status`")
+    return wrapped
+
+
+@_api_errors
+async def list_actions(request: Request) -> Response:
+    q = request.query_params
+    unknown = set(q) - {"status", "campaign", "cell", "decision", "limit"}
+    if unknown:
+        raise BadInput("unknown query parameter", field=sorted(unknown)[0],
+                       fix="filter with status, campaign, cell, decision and limit")
+    return JSONResponse(await request.app.state.plane.actions(
+        status=q.get("status"), campaign_id=q.get("campaign"), cell_id=q.get("cell"),
+        decision_id=q.get("decision"), limit=_int_param(request, "limit", 100)))
+
+
+@_api_errors
+async def get_action(request: Request) -> Response:
+    action_id = _int_param(request, "action_id", low=1, high=2**62)
+    found = await request.app.state.plane.action(action_id)
+    if found is None:
+        raise NotFound(f"no action {action_id}")
+    return JSONResponse(found)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadInput("is not valid JSON", field="body",
+                       fix='send a JSON object such as {"actor": "alice", "note": "…"}') from None
+    if not isinstance(data, dict):
+        raise BadInput("must be a JSON object", field="body",
+                       fix='send a JSON object such as {"actor": "alice"}')
+    for key in ("actor", "note"):
+        if key in data and not isinstance(data[key], str | None):
+            raise BadInput("must be a string", field=key, value=data[key],
+                           fix=f"send {key} as a string")
+    return data
+
+
+def _verdict(verb: str) -> Callable[[Request], Awaitable[Response]]:
+    @require_token
+    @_api_errors
+    async def handler(request: Request) -> Response:
+        action_id = _int_param(request, "action_id", low=1, high=2**62)
+        body = await _body(request)
+        actor = str(body.get("actor") or "api")[:128]
+        plane = request.app.state.plane
+        if verb == "undo":
+            out = await plane.undo_action(action_id, actor=actor)
+            return JSONResponse(out, status_code=202)
+        out = await plane.decide_action(action_id, approve=verb == "approve", actor=actor,
+                                        note=body.get("note"))
+        return JSONResponse(out)
+    return handler
+
+
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.plane.metrics(),
                     media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -122,6 +229,11 @@ def create_app(plane: ControlPlane) -> Starlette:
         Route("/api/v1/campaigns", campaigns),
         Route("/api/v1/campaigns/{campaign_id}", campaign),
         Route("/api/v1/agents/{name}/run", run_job, methods=["POST"]),
+        Route("/api/v1/actions", list_actions),
+        Route("/api/v1/actions/{action_id}", get_action),
+        Route("/api/v1/actions/{action_id}/approve", _verdict("approve"), methods=["POST"]),
+        Route("/api/v1/actions/{action_id}/reject", _verdict("reject"), methods=["POST"]),
+        Route("/api/v1/actions/{action_id}/undo", _verdict("undo"), methods=["POST"]),
     ], exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.plane = plane
     return app

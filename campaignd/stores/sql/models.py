@@ -33,6 +33,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 CAMPAIGN_STATUSES = ("active", "paused", "archived")
 CELL_STATUSES = ("planned", "active", "paused", "killed", "graduated")
 RUN_OUTCOMES = ("ok", "error", "timeout", "skipped")
+ACTION_STATUSES = ("proposed", "pending", "applying", "applied", "failed", "refused", "rejected",
+                   "superseded", "shadow")
+"""``campaignd.domain.actions.ACTION_STATUSES`` (a test checks that they agree)."""
+DECISION_MODES = ("live", "shadow", "approve", "user")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -182,6 +186,51 @@ class DeadLetterModel(Base):
     count: Mapped[int] = mapped_column(Integer)
 
 
+class ActionModel(Base):
+    """One change to one line item: the outbox (``pending``) and, once applied or not, the
+    audit log — what, why (reason and evidence), before, after, who (agent, actor), when."""
+
+    __tablename__ = "actions"
+    __table_args__ = (
+        CheckConstraint(_in("status", ACTION_STATUSES), name="status"),
+        CheckConstraint(_in("mode", DECISION_MODES), name="mode"),
+        Index("ix_actions_status_id", "status", "id"),
+        Index("ix_actions_campaign_id_cell_id", "campaign_id", "cell_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    """Idempotency key: the same decision about the same line item is recorded once."""
+    decision_id: Mapped[str] = mapped_column(String(32), index=True)
+    campaign_id: Mapped[str] = mapped_column(String(64), ForeignKey("campaigns.id"))
+    cell_id: Mapped[str] = mapped_column(String(32))
+    line_item_id: Mapped[int | None] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(8))
+    agent: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(128))
+    """Who approved, rejected or asked for it (a person), when not only an agent."""
+    reason: Mapped[str] = mapped_column(Text)
+    before_json: Mapped[str] = mapped_column(Text)
+    after_json: Mapped[str] = mapped_column(Text)
+    evidence_json: Mapped[str] = mapped_column(Text)
+    result_json: Mapped[str | None] = mapped_column(Text)
+    """The line item as the DSP acknowledged it."""
+    score: Mapped[float] = mapped_column(Float)
+    impact: Mapped[float] = mapped_column(Float)
+    risk: Mapped[float] = mapped_column(Float)
+    priority: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    undo_of: Mapped[int | None] = mapped_column(Integer, ForeignKey("actions.id"))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+    """When a person approved or rejected it."""
+    applied_at: Mapped[datetime | None]
+
+
 COUNTER_COLUMNS: tuple[str, ...] = (
     "impressions", "measurable", "viewable", "starts", "q1", "mid", "q3", "completes",
     "clicks", "conversions", "conversion_value_micros", "spend_micros",
@@ -232,3 +281,4 @@ dsp_objects = cast(Table, DspObjectModel.__table__)
 checkpoints = cast(Table, CheckpointModel.__table__)
 daemon_status = cast(Table, DaemonStatusModel.__table__)
 dead_letters = cast(Table, DeadLetterModel.__table__)
+actions = cast(Table, ActionModel.__table__)

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from campaignd.domain.campaign import CampaignSpec, Cell
 from campaignd.errors import StorageError
+from campaignd.stores.sql.actions import ActionMethods
 from campaignd.stores.sql.aggregates import AggregateMethods
 from campaignd.stores.sql.deadletters import DeadLetterMethods
 from campaignd.stores.sql.models import (
@@ -272,7 +273,7 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 # --- the store ---------------------------------------------------------------------------------
 
 
-class SqlStore(DeadLetterMethods, AggregateMethods):
+class SqlStore(DeadLetterMethods, AggregateMethods, ActionMethods):
     def __init__(self, engine: AsyncEngine) -> None:
         """Wrap an engine built by ``build_engine``; prefer ``SqlStore.connect``."""
         self.engine = engine

@@ -1,0 +1,174 @@
+"""``campaignd actions list|show|approve|reject|undo``: the audit log and the approval queue.
+
+They read and write the SQL store directly, so they work whether or not the daemon runs: an
+approved action (→ ``pending``) and an undo (a new ``pending`` action) are applied by the
+running daemon's executor within ``decision.executor_poll_s`` (or at its next start). Status
+changes are guarded in SQL, so a person and the daemon can never apply one change twice.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from campaignd.cli import (
+    ConfigOpt,
+    JsonOpt,
+    _escape,
+    app,
+    handle_errors,
+    out,
+    print_json,
+    with_store,
+)
+from campaignd.domain.campaign import from_micros
+from campaignd.errors import BadInput, NotFound
+
+actions_app = typer.Typer(no_args_is_help=True,
+                          help="What campaignd decided and did: the audit log, the approval "
+                               "queue, undo.")
+app.add_typer(actions_app, name="actions")
+
+ActorOpt = Annotated[str | None, typer.Option(
+    "--actor", help="Who decides (recorded in the audit log; default: the login name).",
+    show_default=False)]
+
+
+def _actor(actor: str | None) -> str:
+    if actor is not None:
+        if not actor.strip():
+            raise BadInput("must not be empty", field="--actor", fix="give a name, e.g. alice")
+        return actor.strip()[:128]
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = str(os.getuid())
+    return f"cli:{name}"
+
+
+def _change(row: Any) -> str:
+    a = row.action
+    if a.kind == "budget":
+        b, f = a.before, a.after
+        return (f"daily {from_micros(b['daily_budget_micros'])} → "
+                f"{from_micros(f['daily_budget_micros'])}, lifetime "
+                f"{from_micros(b['lifetime_budget_micros'])} → "
+                f"{from_micros(f['lifetime_budget_micros'])}")
+    return f"active {a.before.get('active')} → {a.after.get('active')}"
+
+
+@actions_app.command("list")
+@handle_errors
+def actions_list(
+    config: ConfigOpt = None, json_out: JsonOpt = False,
+    status: Annotated[str | None, typer.Option(
+        help="Only this status: proposed, pending, applying, applied, failed, refused, "
+             "rejected, superseded, shadow.")] = None,
+    campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
+    cell: Annotated[str | None, typer.Option(help="Only this cell.")] = None,
+    decision: Annotated[str | None, typer.Option(help="Only this decision id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 50,
+) -> None:
+    """Actions, newest first, with the counts by status."""
+    async def read(store: Any) -> Any:
+        return (await store.list_actions(status=status, campaign_id=campaign, cell_id=cell,
+                                         decision_id=decision, limit=limit),
+                await store.count_actions())
+
+    rows, counts = with_store(config, read)
+    if json_out:
+        print_json({"counts": counts, "actions": [r.as_dict() for r in rows]})
+        return
+    out.print("by status: " + (", ".join(f"{s} {n}" for s, n in counts.items() if n)
+                               or "none"))
+    t = Table("id", "status", "mode", "agent", "campaign", "cell", "line item", "change",
+              "risk", "created")
+    for r in rows:
+        a = r.action
+        t.add_row(str(r.id), r.status, r.mode, a.agent, _escape(a.campaign_id), a.cell_id,
+                  str(a.line_item_id or "—"), _change(r), f"{a.risk:.3f}",
+                  a.created_at.isoformat(timespec="seconds"))
+    out.print(t)
+
+
+@actions_app.command("show")
+@handle_errors
+def actions_show(action_id: Annotated[int, typer.Argument(help="Action id.")],
+                 config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """One action with its reason, evidence, before and after."""
+    row = with_store(config, lambda store: store.get_action(action_id))
+    if row is None:
+        raise NotFound(f"ID: no action {action_id}; list them with `campaignd actions list`")
+    data = row.as_dict()
+    if json_out:
+        print_json(data)
+        return
+    out.print(f"[bold]action {row.id}[/] ({row.status}, {row.mode}) — {_escape(_change(row))}")
+    for k in ("reason", "agent", "actor", "campaign_id", "cell_id", "line_item_id",
+              "decision_id", "score", "impact", "risk", "priority", "attempts", "error",
+              "created_at", "decided_at", "applied_at", "undo_of", "before", "after",
+              "result", "evidence"):
+        out.print(f"[bold]{k}[/]: {_escape(str(data.get(k)))}")
+
+
+def _verdict(action_id: int, approve: bool, actor: str | None, note: str | None,
+             config: Any, json_out: bool) -> None:
+    who = _actor(actor)
+
+    async def go(store: Any) -> Any:
+        from datetime import UTC, datetime
+        return await store.decide_action(action_id, approve=approve, actor=who,
+                                         now=datetime.now(UTC), note=note)
+
+    row = with_store(config, go)
+    if json_out:
+        print_json(row.as_dict())
+        return
+    out.print(f"action {row.id}: {row.status} by {_escape(who)}"
+              + (" — the running daemon applies it within seconds" if approve else ""))
+
+
+@actions_app.command("approve")
+@handle_errors
+def actions_approve(action_id: Annotated[int, typer.Argument(help="A proposed action's id.")],
+                    config: ConfigOpt = None, json_out: JsonOpt = False,
+                    actor: ActorOpt = None) -> None:
+    """Approve a proposed action (decision.mode = "approve"): the executor applies it."""
+    _verdict(action_id, True, actor, None, config, json_out)
+
+
+@actions_app.command("reject")
+@handle_errors
+def actions_reject(action_id: Annotated[int, typer.Argument(help="A proposed action's id.")],
+                   config: ConfigOpt = None, json_out: JsonOpt = False, actor: ActorOpt = None,
+                   note: Annotated[str | None, typer.Option(help="Why (recorded).")] = None,
+                   ) -> None:
+    """Reject a proposed action: it is never applied."""
+    _verdict(action_id, False, actor, note, config, json_out)
+
+
+@actions_app.command("undo")
+@handle_errors
+def actions_undo(action_id: Annotated[int, typer.Argument(help="An applied action's id.")],
+                 config: ConfigOpt = None, json_out: JsonOpt = False,
+                 actor: ActorOpt = None) -> None:
+    """Queue the reverse of an applied action (the line item's state before it).
+
+    The executor applies it with the same cap checks; it is refused if the line item has
+    changed since (undo the newer action first)."""
+    who = _actor(actor)
+
+    async def go(store: Any) -> Any:
+        from datetime import UTC, datetime
+        return await store.undo_action(action_id, actor=who, now=datetime.now(UTC))
+
+    row = with_store(config, go)
+    if json_out:
+        print_json(row.as_dict())
+        return
+    out.print(f"action {row.id} queued: undo of action {action_id} ({_escape(_change(row))}) "
+              f"— {row.status}")

@@ -1,0 +1,142 @@
+"""The daemon's decision loop: agents' recommendations → the decision engine → the outbox.
+
+``DecisionService`` keeps the latest recommendations of every agent (an agent's new run replaces
+its previous ones: they are opinions about the current state, not a queue), and on every
+decision cycle (after each reallocation run) builds what the engine needs — each campaign's caps,
+the days of flight left, and each line item's budgets as the DSP acknowledged them with the
+cell's counted spend (lifetime, and today's) — asks the engine for a plan and records its
+actions in SQL with the status of ``decision.mode``:
+
+- ``live``: ``pending`` — the executor applies them (and is woken at once);
+- ``approve``: ``proposed`` — a person approves (→ pending) or rejects them;
+- ``shadow``: ``shadow`` — recorded with their evidence, never applied.
+
+What the engine skipped is counted by reason (``/metrics``, ``campaignd status``), not stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from campaignd.agents.decision import DecisionEngine, DecisionPlan, DecisionRules
+from campaignd.domain.actions import CampaignState, LineItemState, Recommendation
+from campaignd.domain.campaign import to_micros
+from campaignd.domain.cells import CellSnapshot
+from campaignd.logs import get_logger
+from campaignd.metrics import Metrics
+
+log = get_logger("campaignd.decisions")
+
+
+class DecisionService:
+    def __init__(self, *, settings: Any, sql: Any, metrics: Metrics) -> None:
+        self.settings = settings
+        self.sql = sql
+        self.metrics = metrics
+        self.inbox: dict[str, list[Recommendation]] = {}
+        self.executor: Any = None
+        self.last: dict[str, Any] | None = None
+        self.cycles = 0
+
+    @property
+    def mode(self) -> str:
+        return str(self.settings.decision.mode)
+
+    def rules(self) -> DecisionRules:
+        d = self.settings.decision
+        rps = (200.0 if self.settings.dsp.adapter == "sandbox"
+               else float(self.settings.dsp.beeswax.rate_limit_rps))
+        requests = int(rps * self.settings.agents.reallocation_s * d.request_share)
+        return DecisionRules(risk_budget=d.risk_budget, min_change_fraction=d.min_change_fraction,
+                             min_change_micros=to_micros(d.min_change),
+                             max_requests=max(1, requests))
+
+    def collect(self, agent: str, recommendations: Sequence[Recommendation]) -> None:
+        """An agent's latest recommendations (replacing its earlier ones)."""
+        self.inbox[agent] = list(recommendations)
+
+    @staticmethod
+    def with_budgets(snap: CellSnapshot, dsp: Any) -> CellSnapshot:
+        """The snapshot with the daily budgets the DSP acknowledged (None when a cell's line
+        item is not known yet: nothing can be decided for that campaign)."""
+        st = dsp.campaigns.get(snap.campaign_id) if dsp is not None else None
+        if st is None or not st.synced:
+            return snap
+        lis = st.line_items
+        if any(c not in lis for c in snap.cell_ids):
+            return snap
+        budgets = np.fromiter((int(lis[c].daily_budget_micros or 0) for c in snap.cell_ids),
+                              dtype=np.int64, count=len(snap))
+        return replace(snap, daily_budgets_micros=budgets)
+
+    def states(self, snapshots: Mapping[str, CellSnapshot], dsp: Any,
+               now: datetime) -> dict[str, CampaignState]:
+        out: dict[str, CampaignState] = {}
+        for cid, snap in snapshots.items():
+            st = dsp.campaigns.get(cid) if dsp is not None else None
+            if st is None or not st.synced:
+                continue
+            spec = st.spec
+            spent = snap.counts["spend_micros"]
+            today = snap.today.get("spend_micros") if snap.today else None
+            items = {}
+            for i, cell in enumerate(snap.cell_ids):
+                li = st.line_items.get(cell)
+                if li is None:
+                    continue
+                items[cell] = LineItemState(
+                    cell_id=cell, line_item_id=li.id,
+                    daily_budget_micros=int(li.daily_budget_micros or 0),
+                    lifetime_budget_micros=int(li.lifetime_budget_micros),
+                    spent_micros=int(spent[i]),
+                    spent_today_micros=0 if today is None else int(today[i]),
+                    active=bool(li.active))
+            days_left = max(0.0, (spec.flight_end - now).total_seconds() / 86400)
+            out[cid] = CampaignState(cid, spec.daily_budget_micros, spec.lifetime_budget_micros,
+                                     days_left, items)
+        return out
+
+    async def cycle(self, snapshots: Mapping[str, CellSnapshot], dsp: Any,
+                    now: datetime) -> DecisionPlan:
+        """Decide on everything in the inbox and record the actions (see the module
+        docstring)."""
+        t0 = time.perf_counter()
+        recs = [r for rs in self.inbox.values() for r in rs]
+        self.inbox.clear()
+        engine = DecisionEngine(self.rules())
+        plan = engine.decide(recs, self.states(snapshots, dsp, now), now)
+        mode = self.mode
+        new = await self.sql.record_actions(plan.actions, mode=mode, now=now)
+        for a in plan.actions:
+            self.metrics.actions.labels(a.kind, mode).inc()
+        for s in plan.skipped:
+            self.metrics.decisions_skipped.labels(s.reason.split(":", 1)[0]).inc()
+        if mode == "live" and new and self.executor is not None:
+            self.executor.wake()
+        self.cycles += 1
+        summary = plan.summary()
+        self.last = {"at": now.isoformat(), "mode": mode, "recommendations": len(recs),
+                     "recorded": new, "seconds": round(time.perf_counter() - t0, 4),
+                     **summary}
+        if plan.actions or any(r.kind != "flag_underperformer" for r in recs):
+            log.info("decision cycle", **{k: v for k, v in self.last.items() if k != "at"})
+        return plan
+
+    def status(self) -> dict[str, Any]:
+        d = self.settings.decision
+        out: dict[str, Any] = {"mode": d.mode, "risk_budget": d.risk_budget,
+                               "cycles": self.cycles, "last_cycle": self.last}
+        if self.executor is not None:
+            t = self.executor.totals
+            out["executor"] = {"applied": t.applied, "failed": t.failed, "refused": t.refused,
+                               "last_drain": self.executor.last_drain}
+        return out
+
+
+__all__ = ["DecisionService"]

@@ -1,0 +1,244 @@
+"""Actions in SQL: the decision engine's outbox and the audit log of every change.
+
+An action is recorded once (its idempotency ``key`` is unique: recording the same decision again
+is a no-op) with the status its decision mode gives it — ``pending`` (live: the executor applies
+it), ``proposed`` (approve: a person approves or rejects it), ``shadow`` (decided, never
+applied). A newer decision about the same line item supersedes the open (proposed or pending)
+ones, so an approval queue never applies a stale plan. Status changes are guarded updates
+(``WHERE status = …``): two people approving, or a person and the executor racing, can never
+apply a change twice or resurrect a rejected one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from campaignd.domain.actions import Action, action_key
+from campaignd.errors import BadInput, NotFound, StateConflict
+from campaignd.stores.sql.models import ACTION_STATUSES, DECISION_MODES, actions
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRow:
+    """An action as recorded: the decided ``action`` and what happened to it."""
+
+    id: int
+    action: Action
+    status: str
+    mode: str
+    actor: str | None
+    attempts: int
+    error: str | None
+    result: dict[str, Any] | None
+    undo_of: int | None
+    updated_at: datetime
+    decided_at: datetime | None
+    applied_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, **self.action.as_dict(), "status": self.status,
+                "mode": self.mode, "actor": self.actor, "attempts": self.attempts,
+                "error": self.error, "result": self.result, "undo_of": self.undo_of,
+                "updated_at": self.updated_at.isoformat(),
+                "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+                "applied_at": self.applied_at.isoformat() if self.applied_at else None}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _row(r: Any) -> ActionRow:
+    a = Action(key=r.key, decision_id=r.decision_id, campaign_id=r.campaign_id,
+               cell_id=r.cell_id, line_item_id=r.line_item_id, kind=r.kind,
+               before=json.loads(r.before_json), after=json.loads(r.after_json), agent=r.agent,
+               reason=r.reason, evidence=json.loads(r.evidence_json), created_at=r.created_at,
+               score=r.score, impact=r.impact, risk=r.risk, priority=r.priority)
+    return ActionRow(id=r.id, action=a, status=r.status, mode=r.mode, actor=r.actor,
+                     attempts=r.attempts, error=r.error,
+                     result=json.loads(r.result_json) if r.result_json else None,
+                     undo_of=r.undo_of, updated_at=r.updated_at, decided_at=r.decided_at,
+                     applied_at=r.applied_at)
+
+
+MODE_STATUS = {"live": "pending", "approve": "proposed", "shadow": "shadow", "user": "pending"}
+"""The status a newly decided action gets in each decision mode."""
+
+
+class ActionMethods:
+    """Mixed into ``SqlStore`` (which provides ``engine`` and ``_tx``)."""
+
+    engine: AsyncEngine
+
+    def _tx(self, doing: str) -> AbstractAsyncContextManager[AsyncConnection]:
+        raise NotImplementedError
+
+    async def record_actions(self, items: Sequence[Action], *, mode: str, now: datetime,
+                             actor: str | None = None, undo_of: int | None = None) -> int:
+        """Record decided actions (idempotent by key) with the status of ``mode``; open actions
+        of the same line items from other decisions become ``superseded``. Returns how many
+        were new."""
+        if mode not in DECISION_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {', '.join(DECISION_MODES)}")
+        if not items:
+            return 0
+        status = MODE_STATUS[mode]
+        async with self._tx("recording actions") as conn:
+            keys = [a.key for a in items]
+            known: set[str] = set()
+            for i in range(0, len(keys), 1000):
+                known.update((await conn.execute(
+                    select(actions.c.key).where(actions.c.key.in_(keys[i:i + 1000])))).scalars())
+            new = [a for a in items if a.key not in known]
+            new = list({a.key: a for a in new}.values())
+            if not new:
+                return 0
+            if status in ("pending", "proposed"):
+                by_decision: dict[tuple[str, str], list[str]] = {}
+                for a in new:
+                    by_decision.setdefault((a.decision_id, a.campaign_id), []).append(a.cell_id)
+                for (decision, campaign), cells in by_decision.items():
+                    for i in range(0, len(cells), 1000):
+                        await conn.execute(
+                            update(actions)
+                            .where(and_(actions.c.campaign_id == campaign,
+                                        actions.c.cell_id.in_(cells[i:i + 1000]),
+                                        actions.c.status.in_(("proposed", "pending")),
+                                        actions.c.decision_id != decision))
+                            .values(status="superseded", updated_at=now,
+                                    error=f"superseded by decision {decision}"))
+            await conn.execute(insert(actions), [{
+                "key": a.key, "decision_id": a.decision_id, "campaign_id": a.campaign_id,
+                "cell_id": a.cell_id, "line_item_id": a.line_item_id, "kind": a.kind,
+                "status": status, "mode": mode, "agent": a.agent, "actor": actor,
+                "reason": a.reason, "before_json": _dumps(a.before),
+                "after_json": _dumps(a.after), "evidence_json": _dumps(a.evidence),
+                "result_json": None, "score": float(a.score), "impact": float(a.impact),
+                "risk": float(a.risk), "priority": float(a.priority), "attempts": 0,
+                "error": None, "undo_of": undo_of, "created_at": a.created_at,
+                "updated_at": now, "decided_at": now if actor else None, "applied_at": None,
+            } for a in new])
+            return len(new)
+
+    async def outbox(self, *, limit: int = 500) -> list[ActionRow]:
+        """Actions to apply, oldest first: ``pending`` and ``applying`` (an ``applying`` action
+        was interrupted by a crash: applying it again is safe, actions are absolute)."""
+        async with self._tx("reading the outbox") as conn:
+            rows = (await conn.execute(
+                select(actions).where(actions.c.status.in_(("pending", "applying")))
+                .order_by(actions.c.id).limit(limit))).all()
+        return [_row(r) for r in rows]
+
+    async def set_action_status(self, action_id: int, status: str, *, now: datetime,
+                                expect: Sequence[str], error: str | None = None,
+                                result: dict[str, Any] | None = None,
+                                attempt: bool = False, actor: str | None = None) -> bool:
+        """Move an action to ``status`` if it is in one of ``expect`` (a guarded update).
+        Returns False when it was not (someone else moved it first)."""
+        if status not in ACTION_STATUSES:
+            raise ValueError(f"status {status!r} is not one of {', '.join(ACTION_STATUSES)}")
+        values: dict[str, Any] = {"status": status, "updated_at": now, "error": error}
+        if result is not None:
+            values["result_json"] = _dumps(result)
+        if attempt:
+            values["attempts"] = actions.c.attempts + 1
+        if status == "applied":
+            values["applied_at"] = now
+        if actor is not None:
+            values["actor"] = actor
+            values["decided_at"] = now
+        async with self._tx(f"updating action {action_id}") as conn:
+            res = await conn.execute(update(actions).where(
+                and_(actions.c.id == action_id, actions.c.status.in_(tuple(expect))))
+                .values(**values))
+            return bool(res.rowcount)
+
+    async def get_action(self, action_id: int) -> ActionRow | None:
+        async with self._tx(f"reading action {action_id}") as conn:
+            r = (await conn.execute(select(actions).where(actions.c.id == action_id))).first()
+        return None if r is None else _row(r)
+
+    async def list_actions(self, *, status: str | None = None, campaign_id: str | None = None,
+                           cell_id: str | None = None, decision_id: str | None = None,
+                           limit: int = 100) -> list[ActionRow]:
+        """Newest first."""
+        if status is not None and status not in ACTION_STATUSES:
+            raise BadInput("is not an action status", field="status", value=status,
+                           fix=f"use one of {', '.join(ACTION_STATUSES)}")
+        q = select(actions).order_by(actions.c.id.desc()).limit(limit)
+        for col, value in ((actions.c.status, status), (actions.c.campaign_id, campaign_id),
+                           (actions.c.cell_id, cell_id), (actions.c.decision_id, decision_id)):
+            if value is not None:
+                q = q.where(col == value)
+        async with self._tx("listing actions") as conn:
+            rows = (await conn.execute(q)).all()
+        return [_row(r) for r in rows]
+
+    async def count_actions(self) -> dict[str, int]:
+        """Actions by status (every status, 0 when none)."""
+        async with self._tx("counting actions") as conn:
+            rows = (await conn.execute(select(actions.c.status, func.count())
+                                       .group_by(actions.c.status))).all()
+        out = dict.fromkeys(ACTION_STATUSES, 0)
+        out.update({s: int(n) for s, n in rows})
+        return out
+
+    async def decide_action(self, action_id: int, *, approve: bool, actor: str,
+                            now: datetime, note: str | None = None) -> ActionRow:
+        """A person's verdict on a ``proposed`` action: approved → ``pending`` (the executor
+        applies it), rejected → ``rejected``. Raises ``NotFound`` or ``BadInput`` (not
+        proposed: already decided, superseded, or not from approve mode)."""
+        row = await self.get_action(action_id)
+        if row is None:
+            raise NotFound(f"no action {action_id}; list them with `campaignd actions list`")
+        verb = "approve" if approve else "reject"
+        ok = await self.set_action_status(
+            action_id, "pending" if approve else "rejected", now=now, expect=("proposed",),
+            actor=actor, error=None if approve else (note or f"rejected by {actor}"))
+        if not ok:
+            current = await self.get_action(action_id)
+            state = current.status if current else "gone"
+            raise StateConflict(f"cannot {verb} action {action_id}: it is {state}, not proposed",
+                           field="id", value=action_id,
+                           fix="only proposed actions (decision.mode = \"approve\") can be "
+                               "approved or rejected; see `campaignd actions list --status "
+                               "proposed`")
+        out = await self.get_action(action_id)
+        assert out is not None
+        return out
+
+    async def undo_action(self, action_id: int, *, actor: str, now: datetime) -> ActionRow:
+        """Queue the reverse of an applied action: a new ``pending`` action whose ``after`` is the
+        original's ``before`` (the executor applies it with the same cap checks). Asking twice
+        returns the same undo."""
+        row = await self.get_action(action_id)
+        if row is None:
+            raise NotFound(f"no action {action_id}; list them with `campaignd actions list`")
+        if row.status != "applied":
+            raise StateConflict(f"cannot undo action {action_id}: it is {row.status}, not applied",
+                           field="id", value=action_id,
+                           fix="only applied actions change the DSP; a proposed one can be "
+                               "rejected instead")
+        a = row.action
+        after = dict(a.before)
+        undo = Action(key=action_key(f"undo:{row.id}", a.cell_id, a.kind, after),
+                      decision_id=f"undo:{row.id}", campaign_id=a.campaign_id,
+                      cell_id=a.cell_id, line_item_id=a.line_item_id, kind=a.kind,
+                      before=dict(a.after), after=after, agent="undo",
+                      reason=f"undo of action {row.id} requested by {actor}",
+                      evidence={"undo_of": row.id, "original_reason": a.reason},
+                      created_at=now)
+        await self.record_actions([undo], mode="user", now=now, actor=actor, undo_of=row.id)
+        found = await self.list_actions(decision_id=undo.decision_id, limit=1)
+        return found[0]
+
+
+__all__ = ["MODE_STATUS", "ActionMethods", "ActionRow"]

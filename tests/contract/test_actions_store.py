@@ -1,0 +1,113 @@
+"""The actions table (outbox + audit log) on both SQL backends: idempotent recording, modes,
+superseding, guarded status changes, approve / reject / undo."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from campaignd.domain.actions import ACTION_STATUSES, Action, action_key
+from campaignd.domain.campaign import CampaignSpec, atomize
+from campaignd.errors import BadInput, NotFound, StateConflict
+from campaignd.stores.sql import SqlStore
+from campaignd.stores.sql.models import ACTION_STATUSES as SQL_STATUSES
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def act(cell: str, daily: int, *, decision: str = "d1", before: int = 10) -> Action:
+    after = {"daily_budget_micros": daily, "lifetime_budget_micros": daily * 10}
+    return Action(key=action_key(decision, cell, "budget", after), decision_id=decision,
+                  campaign_id="madhive_12345", cell_id=cell, line_item_id=7, kind="budget",
+                  before={"daily_budget_micros": before, "lifetime_budget_micros": before * 10},
+                  after=after, agent="reallocation", reason="test", evidence={"x": [1, 2]},
+                  created_at=NOW, score=0.9, impact=3.5, risk=0.1, priority=2.8)
+
+
+@pytest.fixture
+async def store(sql_store: SqlStore, seed_spec: CampaignSpec) -> SqlStore:
+    await sql_store.upsert_campaign(seed_spec, atomize(seed_spec), now=NOW)
+    return sql_store
+
+
+def test_statuses_agree_with_the_domain() -> None:
+    assert SQL_STATUSES == ACTION_STATUSES
+
+
+async def test_recording_is_idempotent_and_round_trips(store: SqlStore) -> None:
+    a, b = act("c1", 5), act("c2", 20)
+    assert await store.record_actions([a, b], mode="live", now=NOW) == 2
+    assert await store.record_actions([a, b, a], mode="live", now=NOW) == 0
+    rows = await store.list_actions()
+    assert [r.action for r in reversed(rows)] == [a, b]
+    assert {r.status for r in rows} == {"pending"}
+    assert (await store.count_actions())["pending"] == 2
+    got = await store.get_action(rows[0].id)
+    assert got is not None and got.as_dict()["evidence"] == {"x": [1, 2]}
+    assert [r.id for r in await store.outbox()] == sorted(r.id for r in rows)
+
+
+@pytest.mark.parametrize(("mode", "status"), [("live", "pending"), ("approve", "proposed"),
+                                               ("shadow", "shadow")])
+async def test_each_mode_records_its_status(store: SqlStore, mode: str, status: str) -> None:
+    await store.record_actions([act("c1", 5)], mode=mode, now=NOW)
+    (row,) = await store.list_actions()
+    assert (row.status, row.mode) == (status, mode)
+    assert bool(await store.outbox()) == (mode == "live")
+
+
+async def test_a_newer_decision_supersedes_open_actions_of_the_same_line_item(
+        store: SqlStore) -> None:
+    await store.record_actions([act("c1", 5, decision="d1"), act("c2", 6, decision="d1")],
+                               mode="approve", now=NOW)
+    await store.record_actions([act("c1", 7, decision="d2")], mode="approve",
+                               now=NOW + timedelta(minutes=2))
+    by_cell = {(r.action.cell_id, r.action.decision_id): r for r in await store.list_actions()}
+    assert by_cell[("c1", "d1")].status == "superseded"
+    assert "d2" in (by_cell[("c1", "d1")].error or "")
+    assert by_cell[("c2", "d1")].status == "proposed"
+    assert by_cell[("c1", "d2")].status == "proposed"
+
+
+async def test_approve_and_reject_are_guarded(store: SqlStore) -> None:
+    await store.record_actions([act("c1", 5), act("c2", 6)], mode="approve", now=NOW)
+    r1, r2 = sorted(await store.list_actions(), key=lambda r: r.id)
+    ok = await store.decide_action(r1.id, approve=True, actor="alice", now=NOW)
+    assert (ok.status, ok.actor, ok.decided_at) == ("pending", "alice", NOW)
+    no = await store.decide_action(r2.id, approve=False, actor="bob", now=NOW, note="too big")
+    assert (no.status, no.error) == ("rejected", "too big")
+    with pytest.raises(StateConflict, match="it is pending, not proposed"):
+        await store.decide_action(r1.id, approve=True, actor="carol", now=NOW)
+    with pytest.raises(StateConflict, match="rejected"):
+        await store.decide_action(r2.id, approve=True, actor="carol", now=NOW)
+    with pytest.raises(NotFound):
+        await store.decide_action(999_999, approve=True, actor="carol", now=NOW)
+    assert [r.id for r in await store.outbox()] == [r1.id]
+
+
+async def test_undo_queues_the_reverse_of_an_applied_action_once(store: SqlStore) -> None:
+    await store.record_actions([act("c1", 5)], mode="live", now=NOW)
+    (row,) = await store.list_actions()
+    with pytest.raises(StateConflict, match="not applied"):
+        await store.undo_action(row.id, actor="alice", now=NOW)
+    assert await store.set_action_status(row.id, "applying", now=NOW, expect=("pending",),
+                                         attempt=True)
+    assert not await store.set_action_status(row.id, "applied", now=NOW, expect=("pending",))
+    assert await store.set_action_status(row.id, "applied", now=NOW, expect=("applying",),
+                                         result={"daily_budget_micros": 5})
+    undo = await store.undo_action(row.id, actor="alice", now=NOW)
+    again = await store.undo_action(row.id, actor="alice", now=NOW)
+    assert undo.id == again.id and undo.undo_of == row.id
+    assert (undo.status, undo.mode, undo.actor) == ("pending", "user", "alice")
+    assert undo.action.after == row.action.before and undo.action.before == row.action.after
+    applied = await store.get_action(row.id)
+    assert applied is not None and applied.attempts == 1 and applied.applied_at == NOW
+    assert applied.result == {"daily_budget_micros": 5}
+
+
+async def test_bad_filters_name_the_field(store: SqlStore) -> None:
+    with pytest.raises(BadInput, match="status"):
+        await store.list_actions(status="done")
+    with pytest.raises(ValueError):
+        await store.record_actions([act("c1", 1)], mode="yolo", now=NOW)
