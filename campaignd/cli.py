@@ -361,11 +361,11 @@ def campaign_show(campaign_id: Annotated[str, typer.Argument(help="Campaign id."
     out.print("cells: " + ", ".join(f"{k} {v}" for k, v in data["cells_by_status"].items()))
     if cells:
         t = Table("cell id", "audience", "creative", "bid", "daypart", "platform", "status",
-                  "line item", "budget")
+                  "line item", "budget", "daily")
         for c in data["cell_list"]:
             t.add_row(c["cell_id"], c["audience"], c["creative"], c["bid_strategy"],
                       c["daypart"], c["platform"], c["status"], str(c["dsp_line_item_id"] or "—"),
-                      c["budget"] or "—")
+                      c["budget"] or "—", c["daily_budget"] or "—")
         out.print(t)
 
 
@@ -374,7 +374,9 @@ def _cell_row(c: Any) -> dict[str, Any]:
     return {"cell_id": c.cell_id, "index": c.index, "audience": c.audience,
             "creative": c.creative, "bid_strategy": c.bid_strategy, "daypart": c.daypart,
             "platform": c.platform, "status": c.status, "dsp_line_item_id": c.dsp_line_item_id,
-            "budget": None if c.budget_micros is None else str(from_micros(c.budget_micros))}
+            "budget": None if c.budget_micros is None else str(from_micros(c.budget_micros)),
+            "daily_budget": (None if c.daily_budget_micros is None
+                             else str(from_micros(c.daily_budget_micros)))}
 
 
 # --- sandbox and simulate --------------------------------------------------------------------

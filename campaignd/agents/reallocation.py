@@ -57,6 +57,21 @@ def observations_from(snap: CellSnapshot, now: datetime) -> Observations:
         budgets_micros=budgets)
 
 
+def posterior_gain(alloc: Any, delta: np.ndarray, rng: np.random.Generator,
+                   draws: int) -> np.ndarray:
+    """Joint posterior draws of the gain on the objective of moving ``delta`` (money per day,
+    per cell) — ``sum_i delta_i x v_i`` with ``v_i`` a draw of cell i's value per money unit
+    (rate x value per success / cost per trial). One number per draw; its mean is the expected
+    impact and the share of negative draws the risk."""
+    post = alloc.posterior()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_success = np.where(post.rate_mean > 0, post.value_per_dollar / post.rate_mean, 0.0)
+    eta = alloc.model.draw_eta(rng, draws)
+    rates = 0.5 * (1.0 + np.tanh(0.5 * eta))
+    out: np.ndarray = (rates * per_success) @ np.asarray(delta, dtype=float)
+    return out
+
+
 def _zero_observations(obs: Observations, at: datetime) -> Observations:
     z = np.zeros_like(obs.impressions)
     return Observations(now=at, cell_ids=obs.cell_ids, impressions=z, spend_micros=z,
@@ -139,13 +154,8 @@ class BudgetReallocationAgent(Agent):
         alloc = getattr(camp.policy, "allocator", None)
         if alloc is not None:
             post = alloc.posterior(level=self.level)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                per_success = np.where(post.rate_mean > 0,
-                                       post.value_per_dollar / post.rate_mean, 0.0)
-            eta = alloc.model.draw_eta(self._rng, self.risk_draws)
-            rates = 0.5 * (1.0 + np.tanh(0.5 * eta))
-            delta = (wanted - current).astype(float)
-            gain = (rates * per_success) @ delta  # objective units per day, one per draw
+            gain = posterior_gain(alloc, (wanted - current).astype(float), self._rng,
+                                  self.risk_draws)
         if gain is not None and gain.size:
             impact = float(gain.mean())
             risk = float((gain < 0).mean())
@@ -199,4 +209,4 @@ class BudgetReallocationAgent(Agent):
             impact=max(impact, 0.0), risk=risk)
 
 
-__all__ = ["BudgetReallocationAgent", "observations_from"]
+__all__ = ["BudgetReallocationAgent", "observations_from", "posterior_gain"]

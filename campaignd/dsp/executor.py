@@ -89,19 +89,17 @@ class ActionExecutor:
                 log.warning("executor: drain failed; will retry", error=str(exc)[:300])
 
     async def drain(self) -> DrainResult:
-        """Apply what is in the outbox: cuts, pauses and activations first, then raises."""
+        """Apply what is in the outbox: cuts, pauses and activations first, then raises. Each
+        phase costs three transactions however many actions it has: claim (``applying``),
+        outcomes, the cells' stored budgets."""
         rows = await self.sql.outbox()
         out = DrainResult()
         if not rows:
             return out
-        first = [r for r in rows if not r.action.is_increase]
-        second = [r for r in rows if r.action.is_increase]
         reserved: dict[str, _Reserved] = {}
-        for phase in (first, second):
-            limiter = anyio.Semaphore(self.concurrency)
-            async with anyio.create_task_group() as tg:
-                for row in phase:
-                    tg.start_soon(self._guarded, row, reserved, limiter, out)
+        for phase in ([r for r in rows if not r.action.is_increase],
+                      [r for r in rows if r.action.is_increase]):
+            await self._phase(phase, reserved, out)
         self.last_drain = {"at": self.clock.now().isoformat(), "applied": out.applied,
                            "failed": out.failed, "refused": out.refused,
                            "waiting": out.waiting, "errors": out.errors[:5]}
@@ -112,80 +110,107 @@ class ActionExecutor:
                                                     if k not in ("at", "errors")})
         return out
 
-    async def _guarded(self, row: ActionRow, reserved: dict[str, _Reserved],
-                       limiter: anyio.Semaphore, out: DrainResult) -> None:
-        async with limiter:
-            try:
-                outcome = await self._apply(row, reserved)
-            except Exception as exc:  # one action's surprise never stops the others
-                log.warning("executor: action failed unexpectedly", action=row.id,
-                            error=str(exc)[:300], exc_info=True)
-                out.errors.append(f"{row.id}: {exc}")
-                return
-        if outcome in ("applied", "failed", "refused", "waiting"):
-            setattr(out, outcome, getattr(out, outcome) + 1)
-        if self.metrics is not None and outcome != "waiting":
-            self.metrics.actions.labels(row.action.kind, outcome).inc()
+    async def _phase(self, rows: list[ActionRow], reserved: dict[str, _Reserved],
+                     out: DrainResult) -> None:
+        if not rows:
+            return
+        outcomes: dict[int, tuple[str, str | None, dict[str, Any] | None]] = {}
+        sends: dict[int, tuple[ActionRow, LineItem, _Reserved | None, int, int]] = {}
+        for row in rows:
+            verdict = self._check(row, reserved)
+            if verdict[0] == "send":
+                _, li, res, dd, dl = verdict
+                sends[row.id] = (row, li, res, dd, dl)
+            else:
+                outcomes[row.id] = (verdict[0], verdict[1], verdict[2])
+        waiting = [i for i, o in outcomes.items() if o[0] == "pending"]
+        claimed = set(await self.sql.claim_actions([*sends, *waiting], now=self.clock.now()))
+        limiter = anyio.Semaphore(self.concurrency)
+        acked: dict[str, LineItem] = {}
 
-    # --- one action ----------------------------------------------------------------------
+        def release(res: _Reserved | None, dd: int, dl: int) -> None:
+            if res is not None:
+                res.daily -= dd
+                res.lifetime -= dl
 
-    async def _apply(self, row: ActionRow, reserved: dict[str, _Reserved]) -> str:
+        async def send(row: ActionRow, li: LineItem, res: _Reserved | None, dd: int,
+                       dl: int) -> None:
+            a = row.action
+            async with limiter:
+                try:
+                    ack = await self._send(li.id, a.kind, a.after)
+                except DSPError as exc:
+                    release(res, dd, dl)
+                    text = f"{type(exc).__name__}: {exc}"[:500]
+                    retry = exc.retryable and (isinstance(exc, DSPCircuitOpen | DSPRateLimited)
+                                               or row.attempts + 1 < self.max_attempts)
+                    outcomes[row.id] = ("pending" if retry else "failed", text, None)
+                    return
+                except Exception as exc:  # one action's surprise never stops the others
+                    log.warning("executor: action failed unexpectedly", action=row.id,
+                                error=str(exc)[:300], exc_info=True)
+                    out.errors.append(f"{row.id}: {exc}")
+                    release(res, dd, dl)
+                    outcomes[row.id] = ("pending", f"{type(exc).__name__}: {exc}"[:500], None)
+                    return
+            self.dsp.campaigns[a.campaign_id].line_items[a.cell_id] = ack
+            release(res, dd, dl)  # acknowledged: now part of the state, not a reservation
+            acked[a.cell_id] = ack
+            outcomes[row.id] = ("applied", None, line_item_state(ack))
+
+        async with anyio.create_task_group() as tg:
+            for i, (row, li, res, dd, dl) in sends.items():
+                if i in claimed:
+                    tg.start_soon(send, row, li, res, dd, dl)
+                else:  # superseded or decided meanwhile: not sent
+                    release(res, dd, dl)
+        final = [(i, st, err, result) for i, (st, err, result) in outcomes.items()
+                 if st != "pending" or i in claimed]
+        await self.sql.finish_actions(final, now=self.clock.now())
+        kinds = {r.id: r.action for r in rows}
+        for i, st, err, _ in final:
+            name = "waiting" if st == "pending" else st
+            setattr(out, name, getattr(out, name) + 1)
+            if st in ("failed", "refused"):
+                log.warning(f"executor: action {st}", action=i, kind=kinds[i].kind,
+                            cell=kinds[i].cell_id, error=err)
+            if self.metrics is not None and st != "pending":
+                self.metrics.actions.labels(kinds[i].kind, st).inc()
+        if acked:
+            await self._store_cells(acked)
+
+    def _check(self, row: ActionRow, reserved: dict[str, _Reserved]) -> tuple[Any, ...]:
+        """What to do with an outbox action now: ``("send", line item, reservation, Δdaily,
+        Δlifetime)``, or an outcome ``(status, error, result)`` — ``applied`` (the DSP already
+        holds it), ``refused`` (unknown line item, stale, or no headroom after
+        ``max_attempts``) or ``pending`` (waiting for headroom)."""
         a = row.action
-        now = self.clock.now
         st = self.dsp.campaigns.get(a.campaign_id)
         li: LineItem | None = None if st is None else st.line_items.get(a.cell_id)
         if st is None or li is None:
-            return await self._finish(row, "refused", f"line item of cell {a.cell_id} is not "
-                                                      "known to the DSP service (not synced)")
+            return ("refused", f"line item of cell {a.cell_id} is not known to the DSP "
+                               "service (not synced)", None)
         current = line_item_state(li)
         keys = list(a.after)
         if all(current.get(k) == a.after[k] for k in keys):
-            return await self._finish(row, "applied", None, result=current)
+            return ("applied", None, current)
         if any(current.get(k) != a.before.get(k) for k in keys):
-            return await self._finish(
-                row, "refused", "stale: the line item changed since this was decided "
-                                f"(decided from {_pick(a.before, keys)}, now "
-                                f"{_pick(current, keys)})")
-        res: _Reserved | None = None
-        d_daily = d_life = 0
-        if a.is_increase:
-            problem = self._headroom_problem(st, a.cell_id, a.after, reserved)
-            if problem is not None:
-                if row.attempts + 1 >= self.max_attempts:
-                    return await self._finish(row, "refused", problem, attempt=True)
-                await self.sql.set_action_status(row.id, "pending", now=now(),
-                                                 expect=("pending", "applying"),
-                                                 error=f"waiting: {problem}", attempt=True)
-                return "waiting"
-            res = reserved.setdefault(a.campaign_id, _Reserved())
-            d_daily = int(a.after["daily_budget_micros"]) - current["daily_budget_micros"]
-            d_life = int(a.after["lifetime_budget_micros"]) - current["lifetime_budget_micros"]
-            res.daily += d_daily
-            res.lifetime += d_life
-        if not await self.sql.set_action_status(row.id, "applying", now=now(),
-                                                expect=("pending", "applying"), attempt=True):
-            return "skipped"  # someone else moved it (superseded, rejected) meanwhile
-        try:
-            ack = await self._send(li.id, a.kind, a.after)
-        except DSPError as exc:
-            if res is not None:
-                res.daily -= d_daily
-                res.lifetime -= d_life
-            text = f"{type(exc).__name__}: {exc}"[:500]
-            transient = exc.retryable
-            if transient and (isinstance(exc, DSPCircuitOpen | DSPRateLimited)
-                              or row.attempts + 1 < self.max_attempts):
-                await self.sql.set_action_status(row.id, "pending", now=now(),
-                                                 expect=("applying",), error=text)
-                return "waiting"
-            return await self._finish(row, "failed", text, expect=("applying",))
-        st.line_items[a.cell_id] = ack
-        if res is not None:  # acknowledged: now part of the state, no longer a reservation
-            res.daily -= d_daily
-            res.lifetime -= d_life
-        state = line_item_state(ack)
-        await self._store_cell(a.cell_id, ack)
-        return await self._finish(row, "applied", None, result=state, expect=("applying",))
+            return ("refused", "stale: the line item changed since this was decided (decided "
+                               f"from {_pick(a.before, keys)}, now {_pick(current, keys)})",
+                    None)
+        if not a.is_increase:
+            return ("send", li, None, 0, 0)
+        problem = self._headroom_problem(st, a.cell_id, a.after, reserved)
+        if problem is not None:
+            if row.attempts + 1 >= self.max_attempts:
+                return ("refused", problem, None)
+            return ("pending", f"waiting: {problem}", None)
+        res = reserved.setdefault(a.campaign_id, _Reserved())
+        dd = int(a.after["daily_budget_micros"]) - current["daily_budget_micros"]
+        dl = int(a.after["lifetime_budget_micros"]) - current["lifetime_budget_micros"]
+        res.daily += dd
+        res.lifetime += dl
+        return ("send", li, res, dd, dl)
 
     async def _send(self, line_item_id: int, kind: str, after: Mapping[str, Any]) -> LineItem:
         adapter = self.dsp.adapter
@@ -199,28 +224,21 @@ class ActionExecutor:
             return out
         raise ValueError(f"unknown action kind {kind!r}")
 
-    async def _store_cell(self, cell_id: str, li: LineItem) -> None:
-        try:
-            await self.sql.update_cell_budgets(
-                {cell_id: (li.lifetime_budget_micros, li.daily_budget_micros)},
-                now=self.clock.now())
-            await self.sql.set_cell_status([cell_id], "active" if li.active else "paused",
-                                           now=self.clock.now())
-        except Exception as exc:  # the action is applied; the cells table is a read model
-            log.warning("executor: could not store the cell's budgets", cell=cell_id,
-                        error=str(exc)[:200])
 
-    async def _finish(self, row: ActionRow, status: str, error: str | None, *,
-                      result: dict[str, Any] | None = None,
-                      expect: tuple[str, ...] = ("pending", "applying"),
-                      attempt: bool = False) -> str:
-        ok = await self.sql.set_action_status(row.id, status, now=self.clock.now(),
-                                              expect=expect, error=error, result=result,
-                                              attempt=attempt)
-        if status in ("failed", "refused"):
-            log.warning(f"executor: action {status}", action=row.id, kind=row.action.kind,
-                        cell=row.action.cell_id, error=error)
-        return status if ok else "skipped"
+    async def _store_cells(self, acked: Mapping[str, LineItem]) -> None:
+        """The cells' stored budgets and status (a read model: a failure is only logged)."""
+        try:
+            now = self.clock.now()
+            await self.sql.update_cell_budgets(
+                {c: (li.lifetime_budget_micros, li.daily_budget_micros)
+                 for c, li in acked.items()}, now=now)
+            for status in ("active", "paused"):
+                cells = [c for c, li in acked.items() if li.active == (status == "active")]
+                if cells:
+                    await self.sql.set_cell_status(cells, status, now=now)
+        except Exception as exc:
+            log.warning("executor: could not store the cells' budgets", cells=len(acked),
+                        error=str(exc)[:200])
 
     def _headroom_problem(self, st: Any, cell_id: str, after: Mapping[str, Any],
                           reserved: dict[str, _Reserved]) -> str | None:

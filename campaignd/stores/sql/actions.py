@@ -161,6 +161,48 @@ class ActionMethods:
                 .values(**values))
             return bool(res.rowcount)
 
+    async def claim_actions(self, ids: Sequence[int], *, now: datetime) -> list[int]:
+        """Mark these outbox actions ``applying`` (one more attempt each) in one transaction;
+        returns the ids that were still ``pending`` or ``applying`` (others were superseded or
+        decided meanwhile and must not be sent)."""
+        if not ids:
+            return []
+        out: list[int] = []
+        async with self._tx("claiming actions") as conn:
+            for i in range(0, len(ids), 1000):
+                chunk = list(ids[i:i + 1000])
+                where = and_(actions.c.id.in_(chunk),
+                             actions.c.status.in_(("pending", "applying")))
+                out.extend((await conn.execute(select(actions.c.id).where(where))).scalars())
+                await conn.execute(update(actions).where(where).values(
+                    status="applying", updated_at=now, attempts=actions.c.attempts + 1))
+        return sorted(out)
+
+    async def finish_actions(self, outcomes: Sequence[tuple[int, str, str | None,
+                                                            dict[str, Any] | None]], *,
+                             now: datetime, expect: Sequence[str] = ("pending", "applying"),
+                             ) -> int:
+        """Record many outcomes — ``(id, status, error, result)`` — in one transaction, each a
+        guarded update (only from ``expect``). Returns how many rows changed."""
+        changed = 0
+        if not outcomes:
+            return 0
+        async with self._tx("recording action outcomes") as conn:
+            for action_id, status, error, result in outcomes:
+                if status not in ACTION_STATUSES:
+                    raise ValueError(f"status {status!r} is not one of "
+                                     f"{', '.join(ACTION_STATUSES)}")
+                values: dict[str, Any] = {"status": status, "updated_at": now, "error": error}
+                if result is not None:
+                    values["result_json"] = _dumps(result)
+                if status == "applied":
+                    values["applied_at"] = now
+                res = await conn.execute(update(actions).where(
+                    and_(actions.c.id == action_id, actions.c.status.in_(tuple(expect))))
+                    .values(**values))
+                changed += int(res.rowcount or 0)
+        return changed
+
     async def get_action(self, action_id: int) -> ActionRow | None:
         async with self._tx(f"reading action {action_id}") as conn:
             r = (await conn.execute(select(actions).where(actions.c.id == action_id))).first()

@@ -214,7 +214,7 @@ def masked(url: str | URL) -> str:
 def build_engine(url: str | URL, *, password: str | None = None, **kwargs: Any) -> AsyncEngine:
     """An ``AsyncEngine`` for ``url``.
 
-    On SQLite: foreign keys on, WAL, a 5 s busy timeout, and real transactions that take the
+    On SQLite: foreign keys on, WAL, a 15 s busy timeout, and real transactions that take the
     write lock when they begin (``BEGIN IMMEDIATE``). sqlite3's own transaction handling would
     run reads and DDL outside any transaction, and a read that later writes could fail at once
     with "database is locked" instead of waiting; taking the lock up front makes concurrent
@@ -235,7 +235,7 @@ def _sqlite_begin(conn: Any) -> None:
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (_sqlite_begin)
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL may need to wait
+    cursor.execute("PRAGMA busy_timeout=15000")  # first: switching to WAL may need to wait
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()

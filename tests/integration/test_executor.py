@@ -1,0 +1,261 @@
+"""The executor over real parts: the sandbox's Beeswax API over loopback HTTP, the Beeswax
+adapter, the DSP service's campaign sync, and SQL (SQLite and PostgreSQL).
+
+Decided actions are applied exactly once in effect: a replayed outbox entry (a crash after the
+DSP acknowledged, or before anything was sent) changes nothing more; cuts go before raises and a
+raise never takes the campaign over its caps, whatever failed before it; stale actions, DSP
+refusals, approvals, rejections and undo all end where they should."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from campaignd.agents.decision import DecisionEngine
+from campaignd.clock import VirtualClock
+from campaignd.domain.actions import Action, CampaignState, LineItemState, Recommendation
+from campaignd.domain.campaign import CampaignSpec, atomize
+from campaignd.dsp.executor import ActionExecutor, line_item_state
+from campaignd.dsp.sandbox import SandboxService
+from campaignd.dsp.service import DSPService
+from campaignd.metrics import Metrics
+from campaignd.settings import load_settings
+from campaignd.stores.sql import SqlStore
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+EMAIL, PASSWORD = "ops@campaignd.test", "pw"
+M = 1_000_000
+
+
+@asynccontextmanager
+async def dsp_service(sql: SqlStore, spec: CampaignSpec,
+                      n_cells: int = 6) -> AsyncIterator[DSPService]:
+    """A synced campaign of ``n_cells`` line items on a sandbox over loopback."""
+    sandbox = SandboxService(None, email=EMAIL, password=PASSWORD, log_level="critical")
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(sandbox.run)
+        settings = load_settings(None, environ={
+            "CAMPAIGND_DSP__ADAPTER": "beeswax", "CAMPAIGND_DSP__BEESWAX__BASE_URL": url,
+            "CAMPAIGND_DSP__BEESWAX__EMAIL": EMAIL,
+            "CAMPAIGND_DSP__BEESWAX__PASSWORD": PASSWORD,
+            "CAMPAIGND_DSP__BEESWAX__RATE_LIMIT_RPS": "1000",
+            "CAMPAIGND_DSP__BEESWAX__MAX_RETRIES": "0"})
+        svc = DSPService(settings, sql, clock=VirtualClock(NOW))
+        await tg.start(svc.run)
+        cells = atomize(spec)[:n_cells]
+        await sql.upsert_campaign(spec, cells, now=NOW)
+        await svc.sync_campaign(spec, cells)
+        try:
+            yield svc
+        finally:
+            await svc.aclose()
+            tg.cancel_scope.cancel()
+
+
+def campaign_state(svc: DSPService, spec: CampaignSpec) -> CampaignState:
+    st = svc.campaigns[spec.id]
+    return CampaignState(spec.id, spec.daily_budget_micros, spec.lifetime_budget_micros, 7.0, {
+        c: LineItemState(c, li.id, li.daily_budget_micros or 0, li.lifetime_budget_micros)
+        for c, li in st.line_items.items()})
+
+
+def plan(svc: DSPService, spec: CampaignSpec, budgets: dict[str, int],
+         at: datetime = NOW) -> list[Action]:
+    rec = Recommendation(agent="reallocation", kind="budget_rebalance", campaign_id=spec.id,
+                         target=spec.id, created_at=at,
+                         change={"daily_budgets_micros": budgets}, score=0.9, impact=5.0,
+                         risk=0.05)
+    return DecisionEngine().decide([rec], {spec.id: campaign_state(svc, spec)}, at).actions
+
+
+async def dsp_budgets(svc: DSPService, spec: CampaignSpec) -> dict[str, tuple[int, int]]:
+    """What the DSP holds, read back over HTTP."""
+    st = svc.campaigns[spec.id]
+    assert svc.adapter is not None
+    by_id = {li.id: li for li in await svc.adapter.get_line_items([li.id for li in
+                                                                   st.line_items.values()])}
+    return {c: (by_id[li.id].daily_budget_micros or 0, by_id[li.id].lifetime_budget_micros)
+            for c, li in st.line_items.items()}
+
+
+def executor(sql: SqlStore, svc: DSPService, **kw: Any) -> ActionExecutor:
+    return ActionExecutor(sql=sql, dsp=svc, clock=VirtualClock(NOW), metrics=Metrics(), **kw)
+
+
+def small(spec: CampaignSpec) -> CampaignSpec:
+    # 6 line items splitting $60/day: $10 each; lifetime $600
+    return dataclasses.replace(spec, daily_budget=spec.daily_budget.__class__("60"),
+                               lifetime_budget=spec.lifetime_budget.__class__("600"))
+
+
+async def test_a_plan_is_applied_cuts_first_within_the_caps(sql_store: SqlStore,
+                                                            seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        actions = plan(svc, spec, {cells[0]: 2 * M, cells[1]: 4 * M, cells[2]: 24 * M})
+        assert [a.is_increase for a in actions] == [False, False, True]
+        await sql_store.record_actions(actions, mode="live", now=NOW)
+        ex = executor(sql_store, svc)
+        res = await ex.drain()
+        assert (res.applied, res.failed, res.refused) == (3, 0, 0)
+        held = await dsp_budgets(svc, spec)
+        assert held[cells[0]][0] == 2 * M and held[cells[2]][0] == 24 * M
+        assert sum(d for d, _ in held.values()) <= spec.daily_budget_micros
+        assert sum(lf for _, lf in held.values()) <= spec.lifetime_budget_micros
+        rows = await sql_store.list_actions()
+        assert {r.status for r in rows} == {"applied"}
+        assert all(r.result == line_item_state(svc.campaigns[spec.id].line_items[
+            r.action.cell_id]) for r in rows)
+        stored = {c.cell_id: c.daily_budget_micros for c in
+                  await sql_store.list_cells(spec.id)}
+        assert stored[cells[2]] == 24 * M
+
+
+async def test_replaying_an_outbox_entry_is_a_no_op(sql_store: SqlStore,
+                                                    seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        actions = plan(svc, spec, {cells[0]: 3 * M, cells[1]: 17 * M})
+        await sql_store.record_actions(actions, mode="live", now=NOW)
+        assert await sql_store.record_actions(actions, mode="live", now=NOW) == 0
+        ex = executor(sql_store, svc)
+        assert (await ex.drain()).applied == 2
+        assert svc.adapter is not None
+        before = await dsp_budgets(svc, spec)
+        sent = svc.adapter.health().requests
+        # a crash after the DSP acknowledged but before "applied" was recorded
+        for r in await sql_store.list_actions():
+            await sql_store.set_action_status(r.id, "applying", now=NOW, expect=("applied",))
+        res = await ex.drain()
+        assert res.applied == 2
+        assert svc.adapter.health().requests == sent  # nothing sent again
+        assert await dsp_budgets(svc, spec) == before
+
+
+async def test_an_interrupted_action_is_applied_once(sql_store: SqlStore,
+                                                     seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        (cut,) = plan(svc, spec, {cells[0]: 5 * M})
+        await sql_store.record_actions([cut], mode="live", now=NOW)
+        (row,) = await sql_store.list_actions()
+        # a crash after "applying" was recorded, before the request went out
+        await sql_store.set_action_status(row.id, "applying", now=NOW, expect=("pending",),
+                                          attempt=True)
+        assert (await executor(sql_store, svc).drain()).applied == 1
+        assert (await dsp_budgets(svc, spec))[cells[0]][0] == 5 * M
+
+
+async def test_a_raise_without_headroom_waits_then_is_refused(sql_store: SqlStore,
+                                                              seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        cut, raise_ = plan(svc, spec, {cells[0]: 2 * M, cells[1]: 18 * M})
+        # only the raise reaches the outbox (its cut was lost): it must not exceed the cap
+        await sql_store.record_actions([raise_], mode="live", now=NOW)
+        ex = executor(sql_store, svc, max_attempts=2)
+        assert (await ex.drain()).waiting == 1
+        (row,) = await sql_store.list_actions()
+        assert row.status == "pending" and "daily cap" in (row.error or "")
+        assert (await ex.drain()).refused == 1
+        held = await dsp_budgets(svc, spec)
+        assert held[cells[1]][0] == 10 * M
+        assert sum(d for d, _ in held.values()) <= spec.daily_budget_micros
+        # with the cut in place, the same change goes through
+        await sql_store.record_actions([cut], mode="live", now=NOW)
+        assert (await ex.drain()).applied == 1
+        again = dataclasses.replace(raise_, key=raise_.key + "b")
+        await sql_store.record_actions([again], mode="live", now=NOW)
+        assert (await ex.drain()).applied == 1
+        assert (await dsp_budgets(svc, spec))[cells[1]][0] == 18 * M
+
+
+async def test_stale_actions_and_dsp_refusals_are_not_applied(sql_store: SqlStore,
+                                                              seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        assert svc.adapter is not None
+        cells = list(svc.campaigns[spec.id].line_items)
+        (cut,) = plan(svc, spec, {cells[0]: 5 * M})
+        # someone changes the line item on the DSP; reconciliation reads it back
+        li = svc.campaigns[spec.id].line_items[cells[0]]
+        await svc.adapter.update_budget(li.id, lifetime_micros=90 * M, daily_micros=9 * M)
+        await svc.reconcile()
+        await sql_store.record_actions([cut], mode="live", now=NOW)
+        assert (await executor(sql_store, svc).drain()).refused == 1
+        (row,) = await sql_store.list_actions()
+        assert row.status == "refused" and (row.error or "").startswith("stale")
+        assert (await dsp_budgets(svc, spec))[cells[0]] == (9 * M, 90 * M)
+
+
+async def test_approve_reject_and_undo_end_to_end(sql_store: SqlStore,
+                                                  seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        actions = plan(svc, spec, {cells[0]: 4 * M, cells[1]: 6 * M})
+        await sql_store.record_actions(actions, mode="approve", now=NOW)
+        ex = executor(sql_store, svc)
+        assert (await ex.drain()).applied == 0  # nothing applies before a person decides
+        rows = sorted(await sql_store.list_actions(), key=lambda r: r.id)
+        await sql_store.decide_action(rows[0].id, approve=True, actor="alice", now=NOW)
+        await sql_store.decide_action(rows[1].id, approve=False, actor="bob", now=NOW)
+        assert (await ex.drain()).applied == 1
+        held = await dsp_budgets(svc, spec)
+        assert held[cells[0]][0] == 4 * M and held[cells[1]][0] == 10 * M
+        undo = await sql_store.undo_action(rows[0].id, actor="alice", now=NOW)
+        assert (await ex.drain()).applied == 1
+        assert (await dsp_budgets(svc, spec))[cells[0]] == (10 * M, 100 * M)
+        done = await sql_store.get_action(undo.id)
+        assert done is not None and done.status == "applied" and done.undo_of == rows[0].id
+
+
+async def test_shadow_mode_applies_nothing(sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        before = await dsp_budgets(svc, spec)
+        await sql_store.record_actions(plan(svc, spec, {cells[0]: 1 * M, cells[1]: 19 * M}),
+                                       mode="shadow", now=NOW)
+        assert (await executor(sql_store, svc).drain()).applied == 0
+        assert {r.status for r in await sql_store.list_actions()} == {"shadow"}
+        assert await dsp_budgets(svc, spec) == before
+
+
+async def test_a_dsp_refusal_fails_the_action(sql_store: SqlStore,
+                                              seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        li = svc.campaigns[spec.id].line_items[cells[0]]
+        # campaignd believes in a larger lifetime budget than the DSP's campaign has (e.g. the
+        # spec was raised but the DSP campaign was not): the DSP refuses the raise with a 400
+        svc.campaigns[spec.id].spec = dataclasses.replace(
+            spec, lifetime_budget=spec.lifetime_budget * 100)
+        raise_ = Action(key="raise-1", decision_id="d", campaign_id=spec.id, cell_id=cells[0],
+                        line_item_id=li.id, kind="budget", before=li_budgets(li),
+                        after={"daily_budget_micros": 10 * M,
+                               "lifetime_budget_micros": 500 * M},
+                        agent="test", reason="r", evidence={}, created_at=NOW)
+        assert raise_.is_increase
+        await sql_store.record_actions([raise_], mode="live", now=NOW)
+        res = await executor(sql_store, svc).drain()
+        assert (res.applied, res.failed, res.errors) == (0, 1, [])
+        (row,) = await sql_store.list_actions()
+        assert row.status == "failed" and "DSPRejected" in (row.error or "")
+        assert "campaign budget" in (row.error or "")
+        assert (await dsp_budgets(svc, spec))[cells[0]] == (10 * M, 100 * M)
+
+
+def li_budgets(li: Any) -> dict[str, int]:
+    return {"daily_budget_micros": li.daily_budget_micros or 0,
+            "lifetime_budget_micros": li.lifetime_budget_micros}
