@@ -2,7 +2,8 @@
 
 Families: ``atomize`` (spec → cells), ``ingest`` (decode → dedupe → aggregate, in-memory hot
 store), ``simulate`` (wall time of the baselines over 7 simulated days on seed.toml and
-large.toml), ``baselines`` (capture ratios of the baselines on every scenario, seeds 1-3).
+large.toml), ``baselines`` (capture ratios of the baselines on every scenario, seeds 1-3),
+``decide`` (the decision cycle at 12,000 and 100,000 cells: ``campaignd.bench_decide``).
 """
 
 from __future__ import annotations
@@ -367,6 +368,14 @@ FAMILIES: dict[str, Callable[[], None]] = {
 }
 DEFAULT_FAMILIES = ("atomize", "ingest", "simulate", "baselines")
 """``sustained`` runs 11 minutes and needs both cores: only when asked for."""
+
+
+def _bench_decide() -> None:
+    from campaignd.bench_decide import bench_decide
+    bench_decide()
+
+
+FAMILIES["decide"] = _bench_decide
 
 
 def main(argv: list[str]) -> int:

@@ -180,6 +180,18 @@ def _print_status(st: dict[str, Any]) -> None:
     if dsp:
         out.print(f"dsp: {dsp['adapter']} {'healthy' if dsp['healthy'] else 'UNHEALTHY'}"
                   f" ({dsp.get('line_items', 0)} line items) {_escape(str(dsp.get('detail')))}")
+    dec = st.get("decision")
+    if dec:
+        line = f"decisions: mode {dec['mode']}, risk budget {dec['risk_budget']:g}"
+        last = dec.get("last_cycle")
+        if last:
+            skipped = ", ".join(f"{k} {v}" for k, v in sorted(last.get("skipped", {}).items()))
+            line += (f"; last cycle {last['at']}: {last['actions']} actions"
+                     + (f" (skipped: {skipped})" if skipped else ""))
+        ex = dec.get("executor")
+        if ex:
+            line += f"; applied {ex['applied']}, failed {ex['failed']}, refused {ex['refused']}"
+        out.print(line)
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -430,13 +442,17 @@ def simulate(
     campaign: Annotated[Path | None, typer.Option(
         "--campaign", help="Campaign spec (default: the scenario's campaign).")] = None,
     policy: Annotated[str, typer.Option(
-        help="Policy: uniform | seed (baselines), thompson, oracle.")] = "uniform",
+        help="Policy: thompson (the daemon's: reallocation agent + decision engine), "
+             "uniform | seed (baselines), oracle.")] = "thompson",
     report: Annotated[Path | None, typer.Option(
         "--report", help="Write a self-contained HTML report here.")] = None,
     events: Annotated[bool, typer.Option(
         "--events", help="Send every market event through the whole pipeline as a Beeswax "
                          "message (slower; the default feeds the market's step totals to the "
                          "pipeline's aggregation).")] = False,
+    no_engine: Annotated[bool, typer.Option(
+        "--no-engine", help="Diagnostic: apply thompson's budgets directly, without the "
+                            "decision engine's rules.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the agents on a virtual clock against the market and compare with the oracle."""
@@ -444,7 +460,8 @@ def simulate(
     if days <= 0:
         raise BadInput("must be greater than 0", field="--days", value=days)
     result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
-                            policy=policy, report_html=report, events=events)
+                            policy=policy, report_html=report, events=events,
+                            engine=not no_engine)
     if json_out:
         print_json(result)
         return

@@ -18,7 +18,6 @@ import faulthandler
 import os
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import uvicorn
 from anyio.abc import TaskStatus
 from sqlalchemy.engine import make_url
 
@@ -38,6 +36,7 @@ from campaignd import logs as logmod
 from campaignd.agents.monitor import PerformanceMonitor
 from campaignd.agents.reallocation import BudgetReallocationAgent
 from campaignd.clock import Clock, ScaledClock, SystemClock
+from campaignd.control import DaemonPlane
 from campaignd.decisions import DecisionService
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
 from campaignd.domain.cells import CellSnapshot, CellTable
@@ -50,6 +49,7 @@ from campaignd.stores.base import HotStore
 from campaignd.stores.sql.repository import AgentRun, SqlStore
 from campaignd.systemd import Notifier
 from campaignd.web.app import create_app, tokens_equal
+from campaignd.web.server import bind_socket, serve_http
 
 log = logmod.get_logger("campaignd.daemon")
 
@@ -87,39 +87,6 @@ def load_or_create_token(settings: Settings) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     return token
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise StartupError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; another process may hold the port."
-            " Set http.port in the config (or CAMPAIGND_HTTP__PORT) to a free port") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def serve_http(app: Any, sock: socket.socket, *,
-                     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=2)
-    server = _Server(config)
-    task_status.started()
-    await server.serve(sockets=[sock])
 
 
 @dataclass(slots=True)
@@ -262,7 +229,7 @@ class Daemon:
                 self.supervisor = Supervisor(self._jobs(), clock=self.wall,
                                              on_record=self._record_run)
                 await tg.start(self.supervisor.run, name="supervisor")
-                await tg.start(serve_http, create_app(_Plane(self)), sock, name="http")
+                await tg.start(serve_http, create_app(DaemonPlane(self)), sock, name="http")
                 self._ready = True
                 await self._publish_status()
                 tg.start_soon(self._status_loop, name="status")
@@ -531,62 +498,6 @@ class Daemon:
         self.notifier.close()
         self._stopped = True
         log.info("campaignd stopped")
-
-
-class _Plane:
-    """Adapter from the Daemon to the web layer's ControlPlane protocol."""
-
-    def __init__(self, d: Daemon) -> None:
-        self.d = d
-
-    def status(self) -> dict[str, Any]:
-        return self.d.status()
-
-    async def campaigns(self) -> list[dict[str, Any]]:
-        return await self.d.campaigns_list()
-
-    async def campaign(self, campaign_id: str) -> dict[str, Any] | None:
-        return await self.d.campaign(campaign_id)
-
-    def trigger(self, job: str) -> bool:
-        return self.d.trigger(job)
-
-    def metrics(self) -> bytes:
-        return self.d.metrics.render()
-
-    def check_token(self, token: str) -> bool:
-        return self.d.check_token(token)
-
-    def _sql(self) -> SqlStore:
-        if self.d.sql is None:
-            raise StorageError("the database is not open yet (the daemon is starting)")
-        return self.d.sql
-
-    async def actions(self, *, status: str | None, campaign_id: str | None,
-                      cell_id: str | None, decision_id: str | None,
-                      limit: int) -> dict[str, Any]:
-        sql = self._sql()
-        rows = await sql.list_actions(status=status, campaign_id=campaign_id, cell_id=cell_id,
-                                      decision_id=decision_id, limit=limit)
-        return {"actions": [r.as_dict() for r in rows], "counts": await sql.count_actions()}
-
-    async def action(self, action_id: int) -> dict[str, Any] | None:
-        row = await self._sql().get_action(action_id)
-        return None if row is None else row.as_dict()
-
-    async def decide_action(self, action_id: int, *, approve: bool, actor: str,
-                            note: str | None) -> dict[str, Any]:
-        row = await self._sql().decide_action(action_id, approve=approve, actor=actor,
-                                              now=self.d.clock.now(), note=note)
-        if approve and self.d.executor is not None:
-            self.d.executor.wake()
-        return row.as_dict()
-
-    async def undo_action(self, action_id: int, *, actor: str) -> dict[str, Any]:
-        row = await self._sql().undo_action(action_id, actor=actor, now=self.d.clock.now())
-        if self.d.executor is not None:
-            self.d.executor.wake()
-        return row.as_dict()
 
 
 async def open_sql(settings: Settings) -> SqlStore:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from campaignd.agents.decision import DecisionEngine, DecisionPlan, DecisionRules
-from campaignd.domain.actions import CampaignState, LineItemState, Recommendation
+from campaignd.domain.actions import CampaignState, Recommendation
 from campaignd.domain.campaign import to_micros
 from campaignd.domain.cells import CellSnapshot
 from campaignd.logs import get_logger
@@ -77,29 +77,30 @@ class DecisionService:
 
     def states(self, snapshots: Mapping[str, CellSnapshot], dsp: Any,
                now: datetime) -> dict[str, CampaignState]:
+        """Each synced campaign's caps and line items: budgets as the DSP acknowledged them,
+        spend as counted (lifetime and today's)."""
         out: dict[str, CampaignState] = {}
         for cid, snap in snapshots.items():
             st = dsp.campaigns.get(cid) if dsp is not None else None
             if st is None or not st.synced:
                 continue
             spec = st.spec
-            spent = snap.counts["spend_micros"]
+            n = len(snap)
+            lis = [st.line_items.get(c) for c in snap.cell_ids]
             today = snap.today.get("spend_micros") if snap.today else None
-            items = {}
-            for i, cell in enumerate(snap.cell_ids):
-                li = st.line_items.get(cell)
-                if li is None:
-                    continue
-                items[cell] = LineItemState(
-                    cell_id=cell, line_item_id=li.id,
-                    daily_budget_micros=int(li.daily_budget_micros or 0),
-                    lifetime_budget_micros=int(li.lifetime_budget_micros),
-                    spent_micros=int(spent[i]),
-                    spent_today_micros=0 if today is None else int(today[i]),
-                    active=bool(li.active))
             days_left = max(0.0, (spec.flight_end - now).total_seconds() / 86400)
-            out[cid] = CampaignState(cid, spec.daily_budget_micros, spec.lifetime_budget_micros,
-                                     days_left, items)
+            out[cid] = CampaignState(
+                cid, spec.daily_budget_micros, spec.lifetime_budget_micros, days_left,
+                snap.cell_ids,
+                np.array([-1 if li is None else li.id for li in lis], dtype=np.int64),
+                np.array([0 if li is None else int(li.daily_budget_micros or 0) for li in lis],
+                         dtype=np.int64),
+                np.array([0 if li is None else int(li.lifetime_budget_micros) for li in lis],
+                         dtype=np.int64),
+                np.asarray(snap.counts["spend_micros"], dtype=np.int64).copy(),
+                (np.zeros(n, dtype=np.int64) if today is None
+                 else np.asarray(today, dtype=np.int64).copy()),
+                np.array([li is not None and bool(li.active) for li in lis], dtype=bool))
         return out
 
     async def cycle(self, snapshots: Mapping[str, CellSnapshot], dsp: Any,
@@ -116,7 +117,7 @@ class DecisionService:
         for a in plan.actions:
             self.metrics.actions.labels(a.kind, mode).inc()
         for s in plan.skipped:
-            self.metrics.decisions_skipped.labels(s.reason.split(":", 1)[0]).inc()
+            self.metrics.decisions_skipped.labels(s.reason.split(":", 1)[0]).inc(s.count)
         if mode == "live" and new and self.executor is not None:
             self.executor.wake()
         self.cycles += 1

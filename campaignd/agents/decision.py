@@ -12,36 +12,39 @@ executor (``campaignd.dsp.executor``) records and applies it. In order:
    decision whose risk is the probability that the new allocation as a whole does worse.
 3. **Conflicts.** A line item changes at most once per cycle: the higher-priority recommendation
    claims it, and the other recommendation's change to it is skipped (``conflict``).
-4. **Materiality.** A budget change smaller than ``min_change_fraction`` of the budget and than
-   ``min_change_micros`` is dropped: it would cost a DSP request and an audit row for nothing.
-5. **Request budget.** At most ``max_requests`` actions per cycle (one DSP request each): the
-   largest moves are kept, the rest wait for the next cycle (the agent proposes them again).
-6. **Money.** Actions are ordered so that every prefix keeps the campaign within its caps:
+4. **Materiality.** A budget change smaller than ``min_change_fraction`` of the budget *and*
+   than ``min_change_micros`` is dropped: it would cost a DSP request and an audit row for
+   nothing.
+5. **Money.** Actions are ordered so that every prefix keeps the campaign within its caps:
    cuts first, then raises, each raise clipped to the headroom the cuts left under the campaign's
    daily cap (sum of line-item daily budgets) and lifetime cap (sum of line-item lifetime
    budgets, as Beeswax requires). A line item's lifetime budget follows its daily budget:
    spend so far + daily × days of flight left, never below what it has spent. Nothing is ever
    negative. The executor re-checks the caps against the DSP's acknowledged state before it
    applies a raise, so a cut that failed never lets a raise through.
+6. **Request budget.** At most ``max_requests`` actions per cycle (one DSP request each): the
+   largest moves are kept, the rest wait for the next cycle (the agent proposes them again); the
+   money the dropped cuts would have freed is taken back from the kept raises.
+
+Everything per cell is numpy over the campaign's arrays (``CampaignState``); only the kept
+changes become ``Action`` objects, so a 10,000-cell rebalance costs a few milliseconds. What was
+skipped is reported per recommendation and reason with a count and a few example cells.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from campaignd.domain.actions import (
-    Action,
-    CampaignState,
-    LineItemState,
-    Recommendation,
-    action_key,
-)
+import numpy as np
+
+from campaignd.domain.actions import Action, CampaignState, Recommendation, action_key
 
 EXECUTABLE_KINDS = ("budget_rebalance", "pause_cell", "activate_cell")
+_BUDGET, _PAUSE, _ACTIVATE = 0, 1, 2
+_KIND_NAME = {_BUDGET: "budget", _PAUSE: "pause", _ACTIVATE: "activate"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +53,8 @@ class DecisionRules:
     """Summed risk of the recommendations executed in one cycle."""
     min_change_fraction: float = 0.05
     min_change_micros: int = 1_000_000
-    """A budget change is material when it moves at least this fraction of the budget or at
-    least this much money (default: 5 % or one currency unit a day)."""
+    """A budget change is immaterial when it moves less than this fraction of the budget and
+    less than this much money (default: 5 % and one currency unit a day)."""
     max_requests: int | None = None
     """DSP requests (= actions) per cycle; ``None``: no limit."""
 
@@ -66,7 +69,8 @@ class DecisionRules:
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """Something the engine decided not to do, and why."""
+    """Something the engine decided not to do, and why: ``count`` changes of one
+    recommendation (``targets``: a few of their cells, or the recommendation's target)."""
 
     decision_id: str
     agent: str
@@ -74,10 +78,13 @@ class Skipped:
     campaign_id: str
     target: str
     reason: str
+    count: int = 1
+    targets: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"decision_id": self.decision_id, "agent": self.agent, "kind": self.kind,
-                "campaign_id": self.campaign_id, "target": self.target, "reason": self.reason}
+                "campaign_id": self.campaign_id, "target": self.target, "reason": self.reason,
+                "count": self.count, "targets": list(self.targets)}
 
 
 @dataclass(slots=True)
@@ -92,17 +99,19 @@ class DecisionPlan:
         reasons: dict[str, int] = {}
         for s in self.skipped:
             head = s.reason.split(":", 1)[0]
-            reasons[head] = reasons.get(head, 0) + 1
+            reasons[head] = reasons.get(head, 0) + s.count
         return {"actions": len(self.actions), "selected": len(self.selected),
                 "skipped": reasons, "risk_used": round(self.risk_used, 6)}
 
 
 @dataclass(slots=True)
-class _Claim:
-    rec: Recommendation
-    kind: str
-    """``budget``, ``pause`` or ``activate``."""
-    daily: int = 0
+class _Claims:
+    """One campaign's claimed changes, as arrays (one entry per changed line item)."""
+
+    pos: list[np.ndarray] = field(default_factory=list)
+    kind: list[np.ndarray] = field(default_factory=list)
+    value: list[np.ndarray] = field(default_factory=list)
+    rec: list[np.ndarray] = field(default_factory=list)
 
 
 class DecisionEngine:
@@ -117,7 +126,9 @@ class DecisionEngine:
         rules = self.rules
         plan = DecisionPlan()
         ranked = sorted(recommendations, key=lambda r: (-r.priority, r.decision_id))
-        claims: dict[str, dict[str, _Claim]] = {}
+        recs: list[Recommendation] = []
+        claims: dict[str, _Claims] = {}
+        claimed: dict[str, np.ndarray] = {}  # campaign → rec index per cell (-1: free)
         for rec in ranked:
             if rec.kind not in EXECUTABLE_KINDS:
                 plan.skipped.append(_skip(rec, "finding: nothing to apply"))
@@ -134,188 +145,231 @@ class DecisionEngine:
                     rec, f"risk budget: risk {rec.risk:.3f} would bring this cycle's total to "
                          f"{plan.risk_used + rec.risk:.3f} > {rules.risk_budget:g}"))
                 continue
-            mine = claims.setdefault(rec.campaign_id, {})
-            took = 0
-            for cell, claim in _expand(rec, state):
-                if cell not in state.line_items:
-                    plan.skipped.append(_skip(rec, f"unknown cell: {cell} has no line item",
-                                              target=cell))
-                elif cell in mine:
-                    plan.skipped.append(_skip(
-                        rec, f"conflict: line item already changed this cycle by "
-                             f"{mine[cell].rec.agent} ({mine[cell].rec.decision_id})",
-                        target=cell))
-                else:
-                    mine[cell] = claim
-                    took += 1
-            if took:
-                plan.risk_used += rec.risk
-                plan.selected.append(rec)
+            pos, kind, value, unknown = _expand(rec, state)
+            if unknown:
+                plan.skipped.append(_skip(rec, "unknown cell: no line item for it",
+                                          targets=unknown))
+            owner = claimed.setdefault(rec.campaign_id, np.full(len(state.cell_ids), -1))
+            taken = owner[pos]
+            clash = taken >= 0
+            if clash.any():
+                first = recs[int(taken[clash][0])]
+                plan.skipped.append(_skip(
+                    rec, f"conflict: line item already changed this cycle by {first.agent} "
+                         f"({first.decision_id})", targets=_cells(state, pos[clash])))
+                pos, kind, value = pos[~clash], kind[~clash], value[~clash]
+            if pos.size == 0:
+                continue
+            owner[pos] = len(recs)
+            c = claims.setdefault(rec.campaign_id, _Claims())
+            c.pos.append(pos)
+            c.kind.append(kind)
+            c.value.append(value)
+            c.rec.append(np.full(pos.size, len(recs)))
+            recs.append(rec)
+            plan.risk_used += rec.risk
+            plan.selected.append(rec)
         budget = rules.max_requests
-        for cid, mine in claims.items():
-            actions = self._campaign_actions(campaigns[cid], mine, now, plan)
+        for cid, c in claims.items():
+            ops = self._campaign_ops(campaigns[cid], c, recs, plan)
             if budget is not None:
-                actions, over = _within_requests(actions, budget)
-                budget -= len(actions)
-                plan.skipped.extend(_skip_action(a, "request budget: over this cycle's DSP "
-                                                    "requests; proposed again next cycle")
-                                    for a in over)
-            plan.actions.extend(actions)
+                ops = _within_requests(ops, budget, campaigns[cid], recs, plan)
+                budget -= len(ops.pos)
+            # only the kept changes become actions (keys, evidence, reasons: the costly part)
+            plan.actions.extend(_actions(ops, campaigns[cid], recs, now))
         return plan
 
     # --- money -------------------------------------------------------------------------
 
-    def _campaign_actions(self, state: CampaignState, claims: Mapping[str, _Claim],
-                          now: datetime, plan: DecisionPlan) -> list[Action]:
+    def _campaign_ops(self, st: CampaignState, c: _Claims, recs: list[Recommendation],
+                      plan: DecisionPlan) -> _Ops:
         rules = self.rules
-        lis = state.line_items
-        days = max(float(state.days_left), 0.0)
-        D, L = int(state.daily_cap_micros), int(state.lifetime_cap_micros)
-        cuts: list[tuple[int, Action]] = []
-        raises: list[tuple[int, str, _Claim]] = []
-        switches: list[Action] = []
-        for cell, claim in claims.items():
-            li = lis[cell]
-            if claim.kind in ("pause", "activate"):
-                if li.active == (claim.kind == "activate"):
-                    plan.skipped.append(_skip(claim.rec, f"no change: already "
-                                                         f"{'active' if li.active else 'paused'}",
-                                              target=cell))
-                    continue
-                switches.append(_action(claim.rec, li, claim.kind, {"active": li.active},
-                                        {"active": claim.kind == "activate"}, now))
-                continue
-            new = max(0, min(int(claim.daily), D))
-            old = li.daily_budget_micros
-            delta = new - old
-            if abs(delta) < max(rules.min_change_fraction * old, rules.min_change_micros) \
-                    or delta == 0:
-                plan.skipped.append(_skip(claim.rec, "immaterial: change below "
-                                                     f"{rules.min_change_fraction:.0%} and "
-                                                     f"{rules.min_change_micros} micros",
-                                          target=cell))
-                continue
-            if delta < 0:
-                life = min(li.lifetime_budget_micros,
-                           max(li.spent_micros, li.spent_micros + _ceil(new * days)))
-                life = max(life, 0)
-                cuts.append((-delta, _action(claim.rec, li, "budget", li.budgets(),
-                                             {"daily_budget_micros": new,
-                                              "lifetime_budget_micros": life}, now)))
-            else:
-                raises.append((delta, cell, claim))
-        # headroom left once every cut is in
-        after_daily = {c: li.daily_budget_micros for c, li in lis.items()}
-        after_life = {c: li.lifetime_budget_micros for c, li in lis.items()}
-        for _, a in cuts:
-            after_daily[a.cell_id] = a.after["daily_budget_micros"]
-            after_life[a.cell_id] = a.after["lifetime_budget_micros"]
-        head_d = D - sum(after_daily.values())
-        head_l = L - sum(after_life.values())
-        out = [a for _, a in sorted(cuts, key=lambda t: (-t[0], t[1].cell_id))]
-        out += [a for a in switches if a.kind == "pause"]
-        grown: list[Action] = []
-        for _, cell, claim in sorted(raises, key=lambda t: (-t[0], t[1])):
-            li = lis[cell]
-            old, old_life = li.daily_budget_micros, li.lifetime_budget_micros
-            daily = min(int(claim.daily), old + max(head_d, 0), D)
-            if daily - old < max(rules.min_change_micros, 1) and daily < int(claim.daily):
-                plan.skipped.append(_skip(claim.rec, "no headroom: the campaign's daily cap "
-                                                     "is taken by other line items",
-                                          target=cell))
-                continue
-            want_life = li.spent_micros + _ceil(daily * days)
-            life = max(old_life, min(want_life, old_life + max(head_l, 0), L))
-            head_d -= daily - old
-            head_l -= life - old_life
-            grown.append(_action(claim.rec, li, "budget", li.budgets(),
-                                 {"daily_budget_micros": daily,
-                                  "lifetime_budget_micros": life}, now))
-        out += grown
-        out += [a for a in switches if a.kind == "activate"]
-        return out
+        pos, kind = np.concatenate(c.pos), np.concatenate(c.kind)
+        value, rec = np.concatenate(c.value), np.concatenate(c.rec)
+        days = max(float(st.days_left), 0.0)
+        D, L = int(st.daily_cap_micros), int(st.lifetime_cap_micros)
+        # pauses and activations: only where they change something
+        switch = kind != _BUDGET
+        noop = switch & (st.active[pos] == (kind == _ACTIVATE))
+        _skip_each(plan, recs, st, rec[noop], pos[noop], "no change: already in that state")
+        keep_sw = switch & ~noop
+        # budgets
+        b = ~switch
+        new = np.clip(value, 0, D)
+        old = st.daily[pos]
+        delta = np.where(b, new - old, 0)
+        immaterial = b & ((delta == 0) | ((np.abs(delta) < rules.min_change_fraction * old)
+                                          & (np.abs(delta) < rules.min_change_micros)))
+        _skip_each(plan, recs, st, rec[immaterial], pos[immaterial],
+                   f"immaterial: change below both {rules.min_change_fraction:.0%} and "
+                   f"{rules.min_change_micros} micros")
+        spent = st.spent[pos]
+        cut = b & ~immaterial & (delta < 0)
+        grow = b & ~immaterial & (delta > 0)
+        life_old = st.lifetime[pos]
+        life_cut = np.minimum(life_old, np.maximum(spent, spent + _ceil(new * days)))
+        # headroom once every cut is in
+        daily_after = st.daily.copy()
+        life_after = st.lifetime.copy()
+        daily_after[pos[cut]] = new[cut]
+        life_after[pos[cut]] = life_cut[cut]
+        head_d = D - int(daily_after.sum())
+        head_l = L - int(life_after.sum())
+        # raises, largest first, each up to what is left
+        g = np.nonzero(grow)[0]
+        g = g[np.lexsort((pos[g], -delta[g]))]
+        want = delta[g]
+        granted = np.clip(max(head_d, 0) - (np.cumsum(want) - want), 0, want)
+        starved = (granted < want) & (granted < max(rules.min_change_micros, 1))
+        _skip_each(plan, recs, st, rec[g[starved]], pos[g[starved]],
+                   "no headroom: the campaign's daily cap is taken by other line items")
+        g, granted = g[~starved], granted[~starved]
+        daily_g = old[g] + granted
+        want_life = np.minimum(spent[g] + _ceil(daily_g * days), L)
+        inc_l = np.maximum(want_life - life_old[g], 0)
+        got_l = np.clip(max(head_l, 0) - (np.cumsum(inc_l) - inc_l), 0, inc_l)
+        life_g = life_old[g] + got_l
+        # the money order: cuts (largest first), pauses, raises (largest first), activations
+        k = np.nonzero(cut)[0]
+        k = k[np.lexsort((pos[k], delta[k]))]
+        sw = np.nonzero(keep_sw)[0]
+        pauses, acts = sw[kind[sw] == _PAUSE], sw[kind[sw] == _ACTIVATE]
+        order = np.concatenate([k, pauses, g, acts])
+        after_d = np.concatenate([new[k], old[pauses], daily_g, old[acts]])
+        after_l = np.concatenate([life_cut[k], life_old[pauses], life_g, life_old[acts]])
+        return _Ops(pos[order], kind[order], rec[order], after_d.astype(np.int64),
+                    after_l.astype(np.int64))
 
 
-def _ceil(x: float) -> int:
-    return math.ceil(x - 1e-9)
+@dataclass(slots=True)
+class _Ops:
+    """Planned changes of one campaign, in execution order (arrays)."""
+
+    pos: np.ndarray
+    kind: np.ndarray
+    rec: np.ndarray
+    daily: np.ndarray
+    """Daily budget after (budget changes; the current one for pauses and activations)."""
+    lifetime: np.ndarray
+
+    def take(self, mask: np.ndarray) -> _Ops:
+        return _Ops(self.pos[mask], self.kind[mask], self.rec[mask], self.daily[mask],
+                    self.lifetime[mask])
 
 
-def _expand(rec: Recommendation, state: CampaignState) -> list[tuple[str, _Claim]]:
+def _ceil(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.ceil(np.asarray(x, dtype=float) - 1e-9).astype(np.int64)
+    return out
+
+
+def _expand(rec: Recommendation, st: CampaignState
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(positions, kinds, new daily budgets, unknown cells) of what ``rec`` changes."""
     if rec.kind == "budget_rebalance":
-        budgets = rec.change.get("daily_budgets_micros", {})
-        return [(cell, _Claim(rec, "budget", int(v))) for cell, v in sorted(budgets.items())]
-    kind = "pause" if rec.kind == "pause_cell" else "activate"
-    return [(rec.target, _Claim(rec, kind))]
+        budgets: Mapping[str, int] = rec.change.get("daily_budgets_micros", {})
+        idx = st.index
+        known = [(idx[c], int(v)) for c, v in budgets.items() if c in idx]
+        unknown = tuple(c for c in budgets if c not in idx)
+        pos = np.fromiter((p for p, _ in known), dtype=np.int64, count=len(known))
+        val = np.fromiter((v for _, v in known), dtype=np.int64, count=len(known))
+        return pos, np.full(pos.size, _BUDGET), val, unknown
+    if rec.target not in st.index:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                (rec.target,))
+    kind = _PAUSE if rec.kind == "pause_cell" else _ACTIVATE
+    return (np.array([st.index[rec.target]]), np.array([kind]), np.zeros(1, np.int64), ())
 
 
-def _action(rec: Recommendation, li: LineItemState, kind: str, before: dict[str, Any],
-            after: dict[str, Any], now: datetime) -> Action:
-    cells = rec.evidence.get("cells", {})
-    cell_evidence = dict(cells.get(li.cell_id, {})) if isinstance(cells, Mapping) else {}
-    why = cell_evidence.pop("why", None)
-    evidence = {"recommendation": {k: v for k, v in rec.evidence.items() if k != "cells"},
-                "cell": cell_evidence}
-    reason = f"{rec.agent}: {rec.kind}" + (f" — {why}" if why else "")
-    return Action(key=action_key(rec.decision_id, li.cell_id, kind, after),
-                  decision_id=rec.decision_id, campaign_id=rec.campaign_id, cell_id=li.cell_id,
-                  line_item_id=li.line_item_id, kind=kind, before=before, after=after,
-                  agent=rec.agent, reason=reason, evidence=evidence, created_at=now,
-                  score=rec.score, impact=rec.impact, risk=rec.risk, priority=rec.priority)
-
-
-def _within_requests(actions: list[Action], budget: int) -> tuple[list[Action], list[Action]]:
-    """Keep at most ``budget`` actions: the largest moves, keeping the money order (a kept raise
-    never relies on a dropped cut: raises are re-clipped to the kept cuts' headroom)."""
-    if len(actions) <= budget:
-        return actions, []
-    def size(a: Action) -> int:
-        if a.kind != "budget":
-            return 1 << 62  # pauses and activations first: they are explicit decisions
-        return abs(int(a.after["daily_budget_micros"]) - int(a.before["daily_budget_micros"]))
-    ranked = sorted(range(len(actions)), key=lambda i: (-size(actions[i]), i))
-    keep_idx = set(ranked[:budget])
-    kept = [a for i, a in enumerate(actions) if i in keep_idx]
-    over = [a for i, a in enumerate(actions) if i not in keep_idx]
-    # raises may only use what the kept cuts free: drop the freed money of the dropped cuts
-    freed_d = sum(int(a.before["daily_budget_micros"]) - int(a.after["daily_budget_micros"])
-                  for a in over if a.kind == "budget" and not a.is_increase)
-    freed_l = sum(int(a.before["lifetime_budget_micros"]) - int(a.after["lifetime_budget_micros"])
-                  for a in over if a.kind == "budget" and not a.is_increase)
+def _within_requests(ops: _Ops, budget: int, st: CampaignState, recs: list[Recommendation],
+                     plan: DecisionPlan) -> _Ops:
+    """Keep at most ``budget`` changes: the largest moves (pauses and activations first), in
+    the money order. A kept raise never relies on a dropped cut: the money the dropped cuts
+    would have freed is taken back from the kept raises, the last first."""
+    n = ops.pos.size
+    if n <= budget:
+        return ops
+    switch = ops.kind != _BUDGET
+    size = np.where(switch, np.iinfo(np.int64).max,
+                    np.abs(ops.daily - st.daily[ops.pos]))
+    ranked = np.lexsort((np.arange(n), -size))
+    keep = np.zeros(n, dtype=bool)
+    keep[ranked[:budget]] = True
+    dropped = ops.take(~keep)
+    _skip_each(plan, recs, st, dropped.rec, dropped.pos,
+               "request budget: over this cycle's DSP requests; proposed again next cycle")
+    kept = ops.take(keep)
+    is_b = dropped.kind == _BUDGET
+    freed_d = int(np.maximum(st.daily[dropped.pos] - dropped.daily, 0)[is_b].sum())
+    freed_l = int(np.maximum(st.lifetime[dropped.pos] - dropped.lifetime, 0)[is_b].sum())
     if freed_d <= 0 and freed_l <= 0:
-        return kept, over
-    out: list[Action] = []
-    # remove the dropped cuts' money from the latest raises first
-    for a in reversed(kept):
-        if a.kind == "budget" and a.is_increase and (freed_d > 0 or freed_l > 0):
-            bd, bl = int(a.before["daily_budget_micros"]), int(a.before["lifetime_budget_micros"])
-            ad, al = int(a.after["daily_budget_micros"]), int(a.after["lifetime_budget_micros"])
-            take_d = min(freed_d, ad - bd) if ad > bd else 0
-            take_l = min(freed_l, al - bl) if al > bl else 0
-            freed_d -= take_d
-            freed_l -= take_l
-            ad, al = ad - take_d, al - take_l
-            if (ad, al) == (bd, bl):
-                over.append(a)
-                continue
-            after = {"daily_budget_micros": ad, "lifetime_budget_micros": al}
-            a = Action(**{**_fields(a), "after": after,
-                          "key": action_key(a.decision_id, a.cell_id, a.kind, after)})
-        out.append(a)
-    out.reverse()
-    return out, over
+        return kept
+    raise_d = np.where(kept.kind == _BUDGET, np.maximum(kept.daily - st.daily[kept.pos], 0), 0)
+    raise_l = np.where(kept.kind == _BUDGET,
+                       np.maximum(kept.lifetime - st.lifetime[kept.pos], 0), 0)
+    for amount, raised, after in ((freed_d, raise_d, kept.daily),
+                                  (freed_l, raise_l, kept.lifetime)):
+        back = raised[::-1]  # the last raises give back first
+        take = np.clip(amount - (np.cumsum(back) - back), 0, back)[::-1]
+        after -= take
+    nothing = (kept.kind == _BUDGET) & (kept.daily == st.daily[kept.pos]) & (
+        kept.lifetime == st.lifetime[kept.pos])
+    if nothing.any():
+        _skip_each(plan, recs, st, kept.rec[nothing], kept.pos[nothing],
+                   "request budget: its headroom came from cuts deferred to the next cycle")
+    return kept.take(~nothing)
 
 
-def _fields(a: Action) -> dict[str, Any]:
-    return {f: getattr(a, f) for f in Action.__dataclass_fields__}
+def _actions(ops: _Ops, st: CampaignState, recs: list[Recommendation],
+             now: datetime) -> list[Action]:
+    out = []
+    for p, k, r, d, lf in zip(ops.pos.tolist(), ops.kind.tolist(), ops.rec.tolist(),
+                              ops.daily.tolist(), ops.lifetime.tolist(), strict=True):
+        rec = recs[r]
+        li = st.line_item(p)
+        kind = _KIND_NAME[k]
+        if kind == "budget":
+            before: dict[str, Any] = li.budgets()
+            after: dict[str, Any] = {"daily_budget_micros": d, "lifetime_budget_micros": lf}
+        else:
+            before, after = {"active": li.active}, {"active": kind == "activate"}
+        cells = rec.evidence.get("cells", {})
+        found = cells.get(li.cell_id) if isinstance(cells, Mapping) else None
+        cell_evidence = dict(found) if found else {}
+        why = cell_evidence.pop("why", None)
+        evidence = {"recommendation": {k2: v for k2, v in rec.evidence.items() if k2 != "cells"},
+                    "cell": cell_evidence}
+        reason = f"{rec.agent}: {rec.kind}" + (f" — {why}" if why else "")
+        out.append(Action(key=action_key(rec.decision_id, li.cell_id, kind, after),
+                          decision_id=rec.decision_id, campaign_id=rec.campaign_id,
+                          cell_id=li.cell_id, line_item_id=li.line_item_id, kind=kind,
+                          before=before, after=after, agent=rec.agent, reason=reason,
+                          evidence=evidence, created_at=now, score=rec.score,
+                          impact=rec.impact, risk=rec.risk, priority=rec.priority))
+    return out
 
 
-def _skip(rec: Recommendation, reason: str, *, target: str | None = None) -> Skipped:
-    return Skipped(rec.decision_id, rec.agent, rec.kind, rec.campaign_id,
-                   target if target is not None else rec.target, reason)
+def _cells(st: CampaignState, pos: np.ndarray, limit: int = 5) -> tuple[str, ...]:
+    return tuple(st.cell_ids[int(p)] for p in pos[:limit])
 
 
-def _skip_action(a: Action, reason: str) -> Skipped:
-    return Skipped(a.decision_id, a.agent, a.kind, a.campaign_id, a.cell_id, reason)
+def _skip(rec: Recommendation, reason: str, *, count: int = 1,
+          targets: tuple[str, ...] = ()) -> Skipped:
+    return Skipped(rec.decision_id, rec.agent, rec.kind, rec.campaign_id, rec.target, reason,
+                   count=max(count, len(targets)) if targets else count,
+                   targets=targets[:5])
+
+
+def _skip_each(plan: DecisionPlan, recs: list[Recommendation], st: CampaignState,
+               rec_idx: np.ndarray, pos: np.ndarray, reason: str) -> None:
+    """One ``Skipped`` per recommendation for these changes, with their count."""
+    if rec_idx.size == 0:
+        return
+    for r in np.unique(rec_idx):
+        m = rec_idx == r
+        plan.skipped.append(Skipped(
+            recs[int(r)].decision_id, recs[int(r)].agent, recs[int(r)].kind,
+            recs[int(r)].campaign_id, recs[int(r)].target, reason, count=int(m.sum()),
+            targets=_cells(st, pos[m])))
 
 
 __all__ = ["EXECUTABLE_KINDS", "DecisionEngine", "DecisionPlan", "DecisionRules", "Skipped"]

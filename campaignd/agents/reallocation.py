@@ -10,8 +10,10 @@ from the budgets in force it recommends a ``budget_rebalance`` of the changed ce
 - **evidence** per changed cell — posterior mean and credible interval of its rate on the
   objective, its trials and successes, value per money unit, the budget before and after, and a
   sentence saying why — and for the whole rebalance (pooled rate, money moved, draws);
-- **impact**: the expected gain on the objective per day, ``E[sum_i (new_i - old_i) x v_i]``
-  over joint posterior draws of every cell's value per money unit ``v_i``;
+- **impact**: the expected gain on the objective for the rest of the day,
+  ``E[sum_i (min(new_i, u_i) - min(old_i, u_i)) x v_i]`` over joint posterior draws of every
+  cell's value per money unit ``v_i``, where ``u_i`` is the most the cell can spend today
+  (what the policy learned of its delivery capacity; money above it buys nothing);
 - **risk**: the posterior probability that the rebalance as a whole does worse than the budgets
   in force (the share of draws where that sum is negative); **score** = 1 - risk.
 
@@ -22,7 +24,7 @@ cut limits), so a restart never resets the campaign to an equal split.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,12 +60,13 @@ def observations_from(snap: CellSnapshot, now: datetime) -> Observations:
 
 
 def posterior_gain(alloc: Any, delta: np.ndarray, rng: np.random.Generator,
-                   draws: int) -> np.ndarray:
+                   draws: int, *, posterior: Any = None) -> np.ndarray:
     """Joint posterior draws of the gain on the objective of moving ``delta`` (money per day,
     per cell) — ``sum_i delta_i x v_i`` with ``v_i`` a draw of cell i's value per money unit
     (rate x value per success / cost per trial). One number per draw; its mean is the expected
-    impact and the share of negative draws the risk."""
-    post = alloc.posterior()
+    impact and the share of negative draws the risk. ``posterior``: ``alloc.posterior()`` if
+    the caller has it already."""
+    post = alloc.posterior() if posterior is None else posterior
     with np.errstate(divide="ignore", invalid="ignore"):
         per_success = np.where(post.rate_mean > 0, post.value_per_dollar / post.rate_mean, 0.0)
     eta = alloc.model.draw_eta(rng, draws)
@@ -78,6 +81,49 @@ def _zero_observations(obs: Observations, at: datetime) -> Observations:
                         clicks=z, completes=z, viewable=z, measurable=z, conversions=z,
                         conversion_value_micros=z, spent_today_micros=z,
                         budgets_micros=obs.budgets_micros.copy())
+
+
+class CellEvidence(Mapping[str, dict[str, Any]]):
+    """Per changed cell, the evidence of a rebalance (cell id → dict), built when read: the
+    decision engine reads only the cells it acts on (at 10,000 cells most wait for a later
+    cycle), so the rest cost nothing."""
+
+    def __init__(self, cell_ids: Sequence[str], changed: np.ndarray, current: np.ndarray,
+                 wanted: np.ndarray, obs: Observations, post: Any, pooled: float | None,
+                 rate_name: str, currency: str) -> None:
+        self._index = {cell_ids[int(i)]: int(i) for i in changed}
+        self._current, self._wanted, self._obs, self._post = current, wanted, obs, post
+        self._pooled, self._rate_name, self._currency = pooled, rate_name, currency
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __getitem__(self, cell_id: str) -> dict[str, Any]:
+        i = self._index[cell_id]
+        obs, post = self._obs, self._post
+        before, after = int(self._current[i]), int(self._wanted[i])
+        e: dict[str, Any] = {"before_micros": before, "after_micros": after,
+                             "impressions": int(obs.impressions[i]),
+                             "spend_micros": int(obs.spend_micros[i]),
+                             "spent_today_micros": int(obs.spent_today_micros[i])}
+        why = f"daily budget {from_micros(before)} → {from_micros(after)} {self._currency}"
+        if post is not None:
+            e.update(trials=round(float(post.trials[i]), 3),
+                     successes=round(float(post.successes[i]), 3),
+                     rate_mean=float(post.rate_mean[i]), rate_low=float(post.rate_low[i]),
+                     rate_high=float(post.rate_high[i]),
+                     value_per_money=float(post.value_per_dollar[i]) * 1_000_000,
+                     proven=bool(post.proven[i]))
+            why += (f"; posterior {self._rate_name} {post.rate_mean[i]:.3%} "
+                    f"({post.level:.0%} interval {post.rate_low[i]:.3%}–"
+                    f"{post.rate_high[i]:.3%})"
+                    + (f" vs campaign {self._pooled:.3%}" if self._pooled is not None else "")
+                    + f" on {int(obs.impressions[i]):,} impressions")
+        e["why"] = why
+        return e
 
 
 @dataclass(slots=True)
@@ -154,41 +200,25 @@ class BudgetReallocationAgent(Agent):
         alloc = getattr(camp.policy, "allocator", None)
         if alloc is not None:
             post = alloc.posterior(level=self.level)
-            gain = posterior_gain(alloc, (wanted - current).astype(float), self._rng,
-                                  self.risk_draws)
+            # only money a cell can still spend today counts: a budget above what it can buy
+            # (its supply, or its daypart is over) gains and loses nothing
+            upper = getattr(camp.policy, "spend_upper", None)
+            if upper is not None:
+                delta = np.minimum(wanted, upper) - np.minimum(current, upper)
+            else:
+                delta = (wanted - current).astype(float)
+            gain = posterior_gain(alloc, delta, self._rng, self.risk_draws, posterior=post)
         if gain is not None and gain.size:
             impact = float(gain.mean())
             risk = float((gain < 0).mean())
         else:  # a baseline policy without a posterior: no claim either way
             impact, risk = 0.0, 0.5
-        rate_name = RATE_NAME.get(spec.objective, "rate")
-        cells: dict[str, dict[str, Any]] = {}
         pooled = None
         if post is not None:
-            t, s = post.trials.sum(), post.successes.sum()
-            pooled = float(s / t) if t > 0 else None
-        for i in changed:
-            before, after = int(current[i]), int(wanted[i])
-            e: dict[str, Any] = {"before_micros": before, "after_micros": after,
-                                 "impressions": int(obs.impressions[i]),
-                                 "spend_micros": int(obs.spend_micros[i]),
-                                 "spent_today_micros": int(obs.spent_today_micros[i])}
-            why = (f"daily budget {from_micros(before)} → {from_micros(after)} "
-                   f"{spec.currency}")
-            if post is not None:
-                e.update(trials=round(float(post.trials[i]), 3),
-                         successes=round(float(post.successes[i]), 3),
-                         rate_mean=float(post.rate_mean[i]), rate_low=float(post.rate_low[i]),
-                         rate_high=float(post.rate_high[i]),
-                         value_per_money=float(post.value_per_dollar[i]) * 1_000_000,
-                         proven=bool(post.proven[i]))
-                why += (f"; posterior {rate_name} {post.rate_mean[i]:.3%} "
-                        f"({post.level:.0%} interval {post.rate_low[i]:.3%}–"
-                        f"{post.rate_high[i]:.3%})"
-                        + (f" vs campaign {pooled:.3%}" if pooled is not None else "")
-                        + f" on {int(obs.impressions[i]):,} impressions")
-            e["why"] = why
-            cells[camp.cell_ids[i]] = e
+            t, sc = post.trials.sum(), post.successes.sum()
+            pooled = float(sc / t) if t > 0 else None
+        cells = CellEvidence(camp.cell_ids, changed, current, wanted, obs, post, pooled,
+                             RATE_NAME.get(spec.objective, "rate"), spec.currency)
         moved = int(np.abs(wanted[changed] - current[changed]).sum()) // 2
         summary = {"policy": self.policy_name, "objective": spec.objective,
                    "cells_changed": int(changed.size), "money_moved_micros": moved,
@@ -209,4 +239,4 @@ class BudgetReallocationAgent(Agent):
             impact=max(impact, 0.0), risk=risk)
 
 
-__all__ = ["BudgetReallocationAgent", "observations_from", "posterior_gain"]
+__all__ = ["BudgetReallocationAgent", "CellEvidence", "observations_from", "posterior_gain"]

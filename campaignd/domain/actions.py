@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 ACTION_KINDS: tuple[str, ...] = ("budget", "pause", "activate")
 """What an action changes on a line item: its budgets (daily and lifetime together, as Beeswax
 needs both), or its state."""
@@ -62,16 +64,21 @@ class Recommendation:
         """priority = score × impact × (1 − risk)."""
         return self.score * self.impact * (1.0 - self.risk)
 
-    @property
-    def decision_id(self) -> str:
-        """A stable id of this recommendation (same content → same id)."""
-        return stable_hash(self.agent, self.kind, self.campaign_id, self.target,
-                           self.created_at.isoformat(), self.change)[:20]
+    decision_id: str = field(init=False, repr=False, compare=False, default="")
+    """A stable id of this recommendation: its agent, kind, campaign, target and time (an agent
+    makes one recommendation of a kind for a target per run)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decision_id", stable_hash(
+            self.agent, self.kind, self.campaign_id, self.target,
+            self.created_at.isoformat())[:20])
 
     def as_dict(self) -> dict[str, Any]:
         return {"agent": self.agent, "kind": self.kind, "campaign_id": self.campaign_id,
                 "target": self.target, "created_at": self.created_at.isoformat(),
-                "change": self.change, "evidence": self.evidence, "score": self.score,
+                "change": self.change,
+                "evidence": {k: dict(v) if isinstance(v, Mapping) else v
+                             for k, v in self.evidence.items()}, "score": self.score,
                 "impact": self.impact, "risk": self.risk, "priority": self.priority}
 
 
@@ -93,20 +100,50 @@ class LineItemState:
                 "lifetime_budget_micros": self.lifetime_budget_micros}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class CampaignState:
-    """One campaign as the decision engine sees it: its caps, how much flight is left and its
-    line items by cell id."""
+    """One campaign as the decision engine sees it: its caps, how much flight is left, and its
+    line items as arrays aligned with ``cell_ids`` (money in micros; a line item id of -1 means
+    the cell has none yet)."""
 
     campaign_id: str
     daily_cap_micros: int
     lifetime_cap_micros: int
     days_left: float
     """Days of flight left, today included (e.g. 6.4 on the morning of day 2 of 7)."""
-    line_items: Mapping[str, LineItemState]
+    cell_ids: tuple[str, ...]
+    line_item_ids: np.ndarray
+    daily: np.ndarray
+    lifetime: np.ndarray
+    spent: np.ndarray
+    spent_today: np.ndarray
+    active: np.ndarray
+    index: dict[str, int] = field(init=False, repr=False)
 
-    def total(self, key: str) -> int:
-        return sum(getattr(li, key) for li in self.line_items.values())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {c: i for i, c in enumerate(self.cell_ids)})
+
+    @classmethod
+    def of(cls, campaign_id: str, daily_cap_micros: int, lifetime_cap_micros: int,
+           days_left: float, line_items: Mapping[str, LineItemState]) -> CampaignState:
+        """From one ``LineItemState`` per cell (in the mapping's order)."""
+        items = list(line_items.values())
+
+        def col(name: str, dtype: Any = np.int64) -> np.ndarray:
+            return np.array([getattr(li, name) for li in items], dtype=dtype)
+
+        return cls(campaign_id, daily_cap_micros, lifetime_cap_micros, days_left,
+                   tuple(line_items),
+                   np.array([-1 if li.line_item_id is None else li.line_item_id
+                             for li in items], dtype=np.int64),
+                   col("daily_budget_micros"), col("lifetime_budget_micros"),
+                   col("spent_micros"), col("spent_today_micros"), col("active", bool))
+
+    def line_item(self, i: int) -> LineItemState:
+        li = int(self.line_item_ids[i])
+        return LineItemState(self.cell_ids[i], None if li < 0 else li, int(self.daily[i]),
+                             int(self.lifetime[i]), int(self.spent[i]),
+                             int(self.spent_today[i]), bool(self.active[i]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,8 +282,12 @@ class SimulationResult:
 def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = None,
              days: float, seed: int, policy: str = "uniform",
              decision_seconds: int = DECISION_SECONDS, oracle: bool = True,
-             events: bool = False) -> SimulationResult:
-    """Run a policy (and the oracle) and return the report with the traces behind it."""
+             events: bool = False, engine: bool = True) -> SimulationResult:
+    """Run a policy (and the oracle) and return the report with the traces behind it.
+
+    ``thompson`` runs the daemon's decision path (``DecidingPolicy``: the reallocation agent,
+    then the decision engine with the daemon's rules); ``engine=False`` applies its budgets
+    directly instead (a diagnostic: what the engine's rules cost or gain)."""
     wall0 = time.perf_counter()
     if not days > 0:
         raise BadInput("must be positive", field="days", value=days, fix="e.g. --days 7")
@@ -308,7 +312,11 @@ def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = No
         ptrace = run_policy(market, pol, ctx, start=start, end=end,
                             decision_seconds=OraclePolicy.decision_seconds)
     else:
-        pol = make_policy(policy, ctx)
+        if policy == "thompson" and engine:
+            from campaignd.sim.deciding import DecidingPolicy
+            pol = DecidingPolicy(ctx)
+        else:
+            pol = make_policy(policy, ctx)
         ptrace = run_policy(market, pol, ctx, start=start, end=end,
                             decision_seconds=decision_seconds, events=events)
     if oracle:
@@ -367,11 +375,12 @@ def _report(scenario: Scenario, spec: CampaignSpec, cells: list[Cell], policy: s
 
 def run_simulation(scenario_path: str | Path, *, campaign_path: str | Path | None = None,
                    days: float, seed: int, policy: str = "uniform",
-                   report_html: Path | None = None, events: bool = False) -> dict[str, Any]:
+                   report_html: Path | None = None, events: bool = False,
+                   engine: bool = True) -> dict[str, Any]:
     """Simulate ``days`` of the campaign under ``policy`` against the scenario's market; return
     the JSON report (and write the HTML report to ``report_html`` if given)."""
     result = simulate(scenario_path, campaign_path=campaign_path, days=days, seed=seed,
-                      policy=policy, events=events)
+                      policy=policy, events=events, engine=engine)
     if report_html is not None:
         from campaignd.sim.report import write_html_report
 

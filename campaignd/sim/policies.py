@@ -223,6 +223,9 @@ class ThompsonPolicy:
         self._pending_spend = np.zeros(n)
         self._budgets = np.zeros(n, dtype=np.int64)
         self._start: datetime | None = None
+        self.spend_upper: np.ndarray | None = None
+        """At the last re-plan: per cell, the most it can spend today (spent + learned capacity
+        for the rest of its day), micros; what a budget above it cannot buy."""
 
     @property
     def allocator(self) -> Allocator:
@@ -292,6 +295,7 @@ class ThompsonPolicy:
         f_now = self._elapsed(shape, now)
         s = spent_today.astype(float)
         cap = s + self.capacity_margin * self._key_capacity[self._skey] * (1.0 - f_now)
+        self.spend_upper = cap
         x = self._alloc.allocate(float(today), cap, lower=np.minimum(s, float(today)),
                                  previous=obs.budgets_micros.astype(float))
         budgets = spent_today + np.floor(np.maximum(x - s, 0.0)).astype(np.int64)

@@ -59,7 +59,7 @@ async def dsp_service(sql: SqlStore, spec: CampaignSpec,
 
 def campaign_state(svc: DSPService, spec: CampaignSpec) -> CampaignState:
     st = svc.campaigns[spec.id]
-    return CampaignState(spec.id, spec.daily_budget_micros, spec.lifetime_budget_micros, 7.0, {
+    return CampaignState.of(spec.id, spec.daily_budget_micros, spec.lifetime_budget_micros, 7.0, {
         c: LineItemState(c, li.id, li.daily_budget_micros or 0, li.lifetime_budget_micros)
         for c, li in st.line_items.items()})
 

@@ -18,7 +18,7 @@ M = 1_000_000
 
 def state(budgets: dict[str, int], *, D: int = 100 * M, L: int = 1000 * M,
           spent: int = 0, days: float = 5.0, lifetime: int | None = None) -> CampaignState:
-    return CampaignState("c1", D, L, days, {
+    return CampaignState.of("c1", D, L, days, {
         cell: LineItemState(cell, i + 1, b, lifetime if lifetime is not None else b * 10,
                             spent_micros=spent)
         for i, (cell, b) in enumerate(budgets.items())})
@@ -84,7 +84,8 @@ def test_two_changes_to_one_line_item_keep_the_higher_priority() -> None:
     plan = DecisionEngine().decide([low, high], {"c1": s}, NOW)
     kinds = {(a.cell_id, a.kind) for a in plan.actions}
     assert kinds == {("a", "pause"), ("b", "budget")}
-    assert any(x.reason.startswith("conflict") and x.target == "a" for x in plan.skipped)
+    assert any(x.reason.startswith("conflict") and x.targets == ("a",) and x.count == 1
+               for x in plan.skipped)
 
 
 def test_immaterial_changes_are_dropped() -> None:
@@ -153,15 +154,15 @@ def test_no_prefix_of_a_plan_breaks_a_cap_and_nothing_goes_negative(
     tot_l = sum(life)
     if tot_l > L:
         life = [x * L // tot_l for x in life]
-    s = CampaignState("c1", D, L, days, {
+    s = CampaignState.of("c1", D, L, days, {
         c: LineItemState(c, i, daily[i], life[i], spent_micros=min(spent, life[i]))
         for i, c in enumerate(cells)})
     want = {c: w for c, w in zip(cells, wanted, strict=False)}
     plan = DecisionEngine(DecisionRules(max_requests=max_requests, min_change_micros=0,
                                         min_change_fraction=0.0)).decide(
         [rebalance(want)], {"c1": s}, NOW)
-    d = {c: li.daily_budget_micros for c, li in s.line_items.items()}
-    lf = {c: li.lifetime_budget_micros for c, li in s.line_items.items()}
+    d = dict(zip(s.cell_ids, s.daily.tolist(), strict=True))
+    lf = dict(zip(s.cell_ids, s.lifetime.tolist(), strict=True))
     assert max_requests is None or len(plan.actions) <= max_requests
     for a in plan.actions:
         d[a.cell_id] = a.after["daily_budget_micros"]
@@ -173,6 +174,7 @@ def test_no_prefix_of_a_plan_breaks_a_cap_and_nothing_goes_negative(
         if a.is_increase:
             assert a.after["daily_budget_micros"] <= want[a.cell_id]
         else:
-            assert a.after["lifetime_budget_micros"] >= min(s.line_items[a.cell_id].spent_micros,
+            i = s.index[a.cell_id]
+            assert a.after["lifetime_budget_micros"] >= min(int(s.spent[i]),
                                                             a.before["lifetime_budget_micros"])
     assert len({a.cell_id for a in plan.actions}) == len(plan.actions)
