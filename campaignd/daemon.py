@@ -194,7 +194,9 @@ class Daemon:
         return {**summary, "dimensions": rt.spec.dimension_counts(),
                 "totals": rt.table.totals(), "objective": rt.spec.objective,
                 "flight": {"start": rt.spec.flight_start.isoformat(),
-                           "end": rt.spec.flight_end.isoformat()}}
+                           "end": rt.spec.flight_end.isoformat()},
+                "monitor": self.monitor.last_metrics.get(campaign_id),
+                "reallocation": self.reallocation.last.get(campaign_id)}
 
     def trigger(self, job: str) -> bool:
         return self.supervisor.trigger(job) if self.supervisor else False

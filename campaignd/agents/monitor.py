@@ -1,11 +1,19 @@
-"""Performance monitor (30 s): per-cell metrics and underperformer flags.
+"""Performance monitor (30 s): per-cell metrics over its windows and underperformer flags.
 
-Metrics per cell: impressions, clicks, conversions, viewability, completion rate, CTR, CVR, CPA
-and ROAS. A cell is flagged only when the posterior probability that its rate on the monitored
-metric is below ``threshold_ratio`` × the campaign's pooled rate exceeds ``confidence`` (Beta
-posterior with a weak prior centred on the pooled rate), and it has at least ``min_trials``
-impressions. ``rule="raw"`` applies the seed's rule instead (observed rate below half the
-threshold), kept for comparison: with small counts it flags noise.
+Metrics per cell and per campaign — impressions, clicks, conversions, viewability, completion
+rate, CTR, CVR, CPA and ROAS — over the running totals and each of the registry's windows (30 s,
+5 min, 1 h, 3 h, 24 h). A cell is flagged only when the posterior probability that its rate on
+the monitored metric (over ``window_s`` seconds, or ``"totals"``; default: its running totals) is
+below
+``threshold_ratio`` × the campaign's pooled rate exceeds ``confidence`` (Beta posterior with a
+weak prior centred on the pooled rate), and it has at least ``min_trials`` trials there.
+``rule="raw"`` applies the seed's rule instead — the observed rate over the last 30 seconds
+below half the threshold — kept for comparison: with small counts it flags noise.
+
+Flags are findings (``flag_underperformer``, impact 0): the decision engine counts them and
+applies nothing (the reallocation agent acts on the same evidence through the allocator); the
+latest run's flags and metrics per window are in ``last_metrics`` (the control API's campaign
+view shows them).
 """
 
 from __future__ import annotations
@@ -22,11 +30,24 @@ from campaignd.domain.actions import Recommendation
 from campaignd.domain.cells import CellSnapshot, derived_metrics
 
 SUCCESS_METRIC = {"ctr": "clicks", "cvr": "conversions", "completion": "completes"}
+RAW_RULE_WINDOW_S = 30
+"""The seed's rule looks at the last 30 seconds."""
 
 
-def cell_metrics(snap: CellSnapshot) -> dict[str, np.ndarray]:
-    """Derived per-cell metrics of the running totals (floats; NaN where undefined)."""
-    return derived_metrics(snap.counts)
+def cell_metrics(snap: CellSnapshot, window_s: int | None = None) -> dict[str, np.ndarray]:
+    """Derived per-cell metrics (floats; NaN where undefined) of the running totals, or of the
+    last ``window_s`` seconds."""
+    return derived_metrics(snap.counts if window_s is None else snap.window(window_s))
+
+
+def campaign_metrics(counts: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A campaign's totals and rates over some counts (JSON-ready; None where undefined)."""
+    tot = {m: int(np.asarray(counts[m]).sum()) for m in (
+        "impressions", "clicks", "conversions", "viewable", "measurable", "starts",
+        "completes", "spend_micros", "conversion_value_micros")}
+    rates = derived_metrics({k: np.array([v]) for k, v in tot.items()})
+    return {**{k: tot[k] for k in ("impressions", "clicks", "conversions", "spend_micros")},
+            **{k: _num(v[0]) for k, v in rates.items()}}
 
 
 class PerformanceMonitor(Agent):
@@ -35,29 +56,41 @@ class PerformanceMonitor(Agent):
     def __init__(self, *, metric: Literal["ctr", "cvr", "completion"] = "cvr",
                  threshold_ratio: float = 0.5, confidence: float = 0.95,
                  min_trials: int = 200, rule: Literal["posterior", "raw"] = "posterior",
-                 prior_successes: float = 2.0) -> None:
+                 prior_successes: float = 2.0,
+                 window_s: int | Literal["totals"] | None = None) -> None:
         self.metric = metric
         self.threshold_ratio = threshold_ratio
         self.confidence = confidence
         self.min_trials = min_trials
         self.rule = rule
         self.prior_successes = prior_successes
+        # None: the rule's own (raw: the last 30 s; posterior: the running totals)
+        self.window_s: int | None = (
+            None if window_s == "totals" else
+            (RAW_RULE_WINDOW_S if rule == "raw" else None) if window_s is None else window_s)
         self.last_metrics: dict[str, dict[str, Any]] = {}
+        """Per campaign: the pooled rate, campaign metrics per window and the flagged cells of
+        the last run (what the control API shows)."""
 
     def run(self, snapshots: Mapping[str, CellSnapshot], now: datetime) -> list[Recommendation]:
         recs: list[Recommendation] = []
         for cid, snap in snapshots.items():
             if len(snap) == 0:
                 continue
-            trials = (snap.counts["starts"] if self.metric == "completion"
-                      else snap.counts["impressions"]).astype(float)
-            succ = snap.counts[SUCCESS_METRIC[self.metric]].astype(float)
+            counts = snap.counts if self.window_s is None else snap.window(self.window_s)
+            trials = (counts["starts"] if self.metric == "completion"
+                      else counts["impressions"]).astype(float)
+            succ = counts[SUCCESS_METRIC[self.metric]].astype(float)
             total_t, total_s = trials.sum(), succ.sum()
-            metrics = cell_metrics(snap)
-            self.last_metrics[cid] = {
-                "impressions": int(total_t), SUCCESS_METRIC[self.metric]: int(total_s),
+            summary: dict[str, Any] = {
+                "at": now.isoformat(), "metric": self.metric, "rule": self.rule,
+                "window_s": self.window_s, "trials": int(total_t),
+                "successes": int(total_s),
                 "pooled_rate": float(total_s / total_t) if total_t else None,
-            }
+                "windows": {"totals": campaign_metrics(snap.counts),
+                            **{str(w): campaign_metrics(c) for w, c in snap.windows.items()}},
+                "flagged": []}
+            self.last_metrics[cid] = summary
             if total_t <= 0 or total_s <= 0:
                 continue
             pooled = total_s / total_t
@@ -72,17 +105,27 @@ class PerformanceMonitor(Agent):
                 b0 = self.prior_successes * (1 - pooled) / pooled
                 p_below = beta.cdf(threshold, a0 + succ, b0 + trials - succ)
             flagged = np.nonzero(eligible & (p_below >= self.confidence))[0]
-            for i in flagged:
+            if flagged.size == 0:
+                continue
+            per_window = {"totals": cell_metrics(snap),
+                          **{str(w): cell_metrics(snap, w) for w in snap.windows}}
+            for i in flagged[np.argsort(-p_below[flagged], kind="stable")]:
+                cell = snap.cell_ids[i]
+                evidence = {
+                    "metric": self.metric, "window_s": self.window_s, "trials": int(trials[i]),
+                    "successes": int(succ[i]), "pooled_rate": float(pooled),
+                    "threshold": float(threshold), "p_below_threshold": float(p_below[i]),
+                    "rule": self.rule,
+                    "metrics": {w: {k: _num(v[i]) for k, v in m.items()}
+                                for w, m in per_window.items()}}
+                if len(summary["flagged"]) < 50:
+                    summary["flagged"].append({"cell_id": cell, **{
+                        k: evidence[k] for k in ("trials", "successes", "p_below_threshold")}})
                 recs.append(Recommendation(
-                    agent=self.name, kind="flag_underperformer", campaign_id=cid,
-                    target=snap.cell_ids[i], created_at=now,
-                    evidence={"metric": self.metric, "trials": int(trials[i]),
-                              "successes": int(succ[i]), "pooled_rate": float(pooled),
-                              "threshold": float(threshold),
-                              "p_below_threshold": float(p_below[i]), "rule": self.rule,
-                              "cpa_micros": _num(metrics["cpa_micros"][i]),
-                              "viewability": _num(metrics["viewability"][i])},
-                    score=float(p_below[i]), impact=0.0, risk=0.0))
+                    agent=self.name, kind="flag_underperformer", campaign_id=cid, target=cell,
+                    created_at=now, evidence=evidence, score=float(p_below[i]), impact=0.0,
+                    risk=0.0))
+            summary["flagged_total"] = int(flagged.size)
         return recs
 
 

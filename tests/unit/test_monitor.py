@@ -43,7 +43,8 @@ def test_raw_rule_flags_noise_that_the_posterior_does_not(seed_spec) -> None:  #
     convs = rng.binomial(300, 0.003, n)
     t = table_with(seed_spec, imps, convs)
     snaps = {seed_spec.id: t.snapshot()}
-    raw = PerformanceMonitor(metric="cvr", rule="raw", min_trials=100).run(snaps, NOW)
+    raw = PerformanceMonitor(metric="cvr", rule="raw", min_trials=100,
+                             window_s="totals").run(snaps, NOW)
     post = PerformanceMonitor(metric="cvr", min_trials=100).run(snaps, NOW)
     # Every cell has the same true rate: the raw rule flags the unlucky ones.
     assert len(raw) > 50
@@ -57,3 +58,33 @@ def test_metrics_are_derived_per_cell(seed_spec) -> None:  # type: ignore[no-unt
     assert m["cvr"][0] == 0.002
     assert m["cpa_micros"][0] == 12_500_000
     assert m["roas"][0] == 90_000_000 / 25_000_000
+
+
+def test_metrics_over_windows_and_the_raw_rule_uses_the_last_30_seconds(seed_spec) -> None:  # type: ignore[no-untyped-def]
+    cells = atomize(seed_spec)
+    t = CellTable(seed_spec.id, cells)
+    at = int(NOW.timestamp())
+    n = len(cells)
+    rows = np.zeros((12, n), dtype=np.int64)
+    rows[0] = 1000  # impressions
+    rows[9] = 4  # conversions: 0.4 % everywhere ...
+    rows[11] = 25_000_000
+    t.apply(np.arange(n), rows, at - 7200)  # two hours ago
+    recent = np.zeros((12, n), dtype=np.int64)
+    recent[0] = 50
+    recent[9, 1:] = 1  # ... and in the last 30 s every cell but the first converted once
+    t.apply(np.arange(n), recent, at - 5)
+    snap = t.snapshot(at_s=at)
+    w30 = cell_metrics(snap, 30)
+    assert w30["cvr"][0] == 0 and w30["cvr"][1] == 1 / 50
+    raw = PerformanceMonitor(metric="cvr", rule="raw", min_trials=10)
+    assert raw.window_s == 30
+    flagged = {r.target for r in raw.run({seed_spec.id: snap}, NOW)}
+    assert flagged == {t.cell_ids[0]}
+    post = PerformanceMonitor(metric="cvr", min_trials=10)
+    assert post.run({seed_spec.id: snap}, NOW) == []  # over its totals cell 0 is fine
+    summary = post.last_metrics[seed_spec.id]
+    assert summary["windows"]["totals"]["impressions"] == 1050 * n
+    assert summary["windows"]["30"]["impressions"] == 50 * n
+    assert summary["windows"]["3600"]["conversions"] == n - 1
+    assert summary["windows"]["totals"]["cpa_micros"] is not None
