@@ -120,7 +120,8 @@ def test_shadow_mode_decides_and_records_but_changes_nothing(tmp_path: Path) -> 
 
 
 def test_approve_mode_waits_for_a_person_then_undo(tmp_path: Path) -> None:
-    with DaemonProcess(tmp_path, time_scale=600, reallocation_s=3.0, monitor_s=5.0,
+    # a proposal stands until the next cycle supersedes it: give the person 30 s
+    with DaemonProcess(tmp_path, time_scale=600, reallocation_s=30.0, monitor_s=5.0,
                        mode="approve") as d:
         st = d.wait_running()
         base = st["dsp"]["base_url"]

@@ -206,20 +206,26 @@ class LogFeed:
         cfg = self.faults
         rng = self._rng
         pending_dupes: list[tuple[int, bytes]] = []
+        pushed = 0  # messages of this call: readers cannot have seen them yet
         for i, message in enumerate(messages):
             if cfg.rate_malformed and rng.random() < cfg.rate_malformed:
                 self._push(rng.choice(_MALFORMED)(message))
+                pushed += 1
                 self.stats.bump("feed_malformed")
-            if cfg.rate_reorder and len(self) > 0 and rng.random() < cfg.rate_reorder:
-                # Out of order: this message overtakes its predecessor.
+            if cfg.rate_reorder and pushed > 0 and len(self) > 0 \
+                    and rng.random() < cfg.rate_reorder:
+                # Out of order: this message overtakes its predecessor (never one a reader may
+                # already have read: that would lose this message, not reorder it).
                 self._buf[-1], message = message, self._buf[-1]
                 self.stats.bump("feed_reorder")
             self._push(message)
+            pushed += 1
             if cfg.rate_duplicate and rng.random() < cfg.rate_duplicate:
                 pending_dupes.append((i + rng.randint(0, 5), message))
                 self.stats.bump("feed_duplicate")
             while pending_dupes and pending_dupes[0][0] <= i:
                 self._push(pending_dupes.pop(0)[1])
+                pushed += 1
         for _, message in pending_dupes:
             self._push(message)
 

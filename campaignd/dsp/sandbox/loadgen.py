@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -58,8 +58,10 @@ class ConstantRateMarket:
         self._configs.pop(line_item_id, None)
         self._live = [c for c in self._configs.values() if c.active and c.creatives]
 
-    def delivered(self) -> Mapping[int, Mapping[str, int]]:
-        return self._delivered
+    def delivered(self, ids: Iterable[int] | None = None) -> Mapping[int, Mapping[str, int]]:
+        if ids is None:
+            return self._delivered
+        return {i: self._delivered[i] for i in ids if i in self._delivered}
 
     def _tally(self, li: int, key: str, n: int = 1) -> None:
         per = self._delivered.setdefault(li, dict.fromkeys(_KEYS, 0))

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -179,9 +179,10 @@ class Market(GroundTruth):
             events.sort(key=lambda e: e.ts_usecs)
         return totals, events
 
-    def delivered(self) -> Mapping[int, Mapping[str, int]]:
+    def delivered(self, ids: Iterable[int] | None = None) -> Mapping[int, Mapping[str, int]]:
         out: dict[int, dict[str, int]] = {}
-        for lid in sorted(self._ids):
+        wanted = self._ids if ids is None else {int(i) for i in ids if int(i) in self._slot}
+        for lid in sorted(wanted):
             s = self._slot[lid]
             out[lid] = {k: int(self._totals[i, s]) for i, k in enumerate(TOTAL_KEYS)}
         return out

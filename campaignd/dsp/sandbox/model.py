@@ -16,7 +16,7 @@ microseconds since the epoch (``*_usecs``), as Beeswax's logs use.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -157,8 +157,8 @@ class MarketProtocol(Protocol):
         """
         ...
 
-    def delivered(self) -> Mapping[int, Mapping[str, int]]:
-        """Lifetime totals per line item id: ``impressions``, ``spend_micros``, ``clicks``,
-        ``conversions``, ``conversion_value_micros``, ``completes``, ``viewable``,
-        ``measurable``."""
+    def delivered(self, ids: Iterable[int] | None = None) -> Mapping[int, Mapping[str, int]]:
+        """Lifetime totals per line item id (of ``ids`` only, when given; unknown ids are left
+        out): ``impressions``, ``spend_micros``, ``clicks``, ``conversions``,
+        ``conversion_value_micros``, ``completes``, ``viewable``, ``measurable``."""
         ...

@@ -20,11 +20,12 @@ creative is translated into a ``LineItemConfig`` and handed to the market.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -182,10 +183,11 @@ class SandboxState:
             if predicate(li):
                 self.sync_line_item(li["id"])
 
-    def delivered(self) -> dict[int, dict[str, int]]:
+    def delivered(self, ids: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
+        """Lifetime delivery per line item (of ``ids`` only, when given)."""
         if self.market is None:
             return {}
-        return {int(k): dict(v) for k, v in self.market.delivered().items()}
+        return {int(k): dict(v) for k, v in self.market.delivered(ids).items()}
 
     def delivered_totals(self) -> dict[str, int]:
         """The market's lifetime delivery summed over every line item (``impressions``,
@@ -226,6 +228,10 @@ class SandboxState:
 
 
 # --- HTTP plumbing ------------------------------------------------------------------------------
+
+_stored_micros = functools.lru_cache(maxsize=1 << 16)(decimal_to_micros)
+"""``decimal_to_micros`` of a stored budget string: the sum-of-budgets rule reads every line item
+of a campaign on each write, and the same strings come back (parsed once)."""
 
 _JSON = msgspec.json.Encoder()
 
@@ -358,7 +364,8 @@ def create_app(state: SandboxState) -> Starlette:
         params = dict(request.query_params)
         found = filter_records(sorted(records, key=lambda r: r["id"]), params)
         page = paginate(found, params, page_url(request))
-        delivered = state.delivered() if resource == "line-items" else None
+        delivered = (state.delivered([r["id"] for r in page["results"]])
+                     if resource == "line-items" else None)
         page["results"] = [render(resource, r, delivered) for r in page["results"]]
         return json_response(page)
 
@@ -395,7 +402,7 @@ def create_app(state: SandboxState) -> Starlette:
         if li.get("budget_type", "spend") != "impressions" and not budget:
             errors["spend_budget"] = ["This field may not be null."]
         if budget and cbudget.get("lifetime") is not None:
-            others = sum(decimal_to_micros(o["spend_budget"]["lifetime"])
+            others = sum(_stored_micros(o["spend_budget"]["lifetime"])
                          for o in store.table("line-items").values()
                          if o["campaign_id"] == li["campaign_id"] and o["id"] != li.get("id")
                          and o.get("spend_budget"))
@@ -470,7 +477,7 @@ def create_app(state: SandboxState) -> Starlette:
             pk = int(request.path_params["pk"])
             existing = store.get(resource, pk)
             if request.method == "GET":
-                return json_response(render(resource, existing, state.delivered()
+                return json_response(render(resource, existing, state.delivered([pk])
                                             if resource == "line-items" else None))
             if request.method == "DELETE":
                 store.delete(resource, pk)
@@ -482,7 +489,7 @@ def create_app(state: SandboxState) -> Starlette:
             rules(resource, values, existing, extra)
             record = store.update(resource, pk, {**values, **extra})
             after_change(resource, record, pk)
-            return json_response(render(resource, record, state.delivered()
+            return json_response(render(resource, record, state.delivered([pk])
                                         if resource == "line-items" else None))
         return handler
 
