@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-ACTION_KINDS: tuple[str, ...] = ("budget", "pause", "activate")
+ACTION_KINDS: tuple[str, ...] = ("budget", "pause", "activate", "create")
 """What an action changes on a line item: its budgets (daily and lifetime together, as Beeswax
-needs both), or its state."""
+needs both) or its state; ``create`` records the DSP sync making a cell's line item (recorded
+as applied: the sync itself is idempotent)."""
 
 ACTION_STATUSES: tuple[str, ...] = (
     "proposed",    # approve mode: waiting for a person

@@ -185,6 +185,9 @@ class ActionExecutor:
         holds it), ``refused`` (unknown line item, stale, or no headroom after
         ``max_attempts``) or ``pending`` (waiting for headroom)."""
         a = row.action
+        if a.kind not in ("budget", "pause", "activate"):
+            return ("refused", f"a {a.kind!r} action is recorded by the DSP sync, never applied "
+                               "from the outbox", None)
         st = self.dsp.campaigns.get(a.campaign_id)
         li: LineItem | None = None if st is None else st.line_items.get(a.cell_id)
         if st is None or li is None:

@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from campaignd.clock import Clock
+from campaignd.domain.actions import Action, action_key
 from campaignd.domain.campaign import Audience, BidStrategy, CampaignSpec, Cell, Daypart, Platform
 from campaignd.dsp.base import CreativeSpec, DSPAdapter, LineItem, LineItemSpec, Targeting
 from campaignd.errors import DSPError
@@ -191,6 +192,12 @@ class DSPService:
                 creative_weights={creative_ids[cell.creative]: 100}, active=True))
         created = await self.adapter.create_line_items(items)
         st.line_items = {cell.cell_id: li for cell, li in zip(st.cells, created, strict=True)}
+        await self._record([_sync_action(
+            spec.id, cid, li, "create", {}, {**_budgets(li), "active": li.active,
+                                             "line_item_id": li.id},
+            "sync: the cell's line item on the DSP (created with an equal split of the "
+            "campaign's budgets, or found by its alternative id)", self.clock.now(),
+            decision="sync:create") for cid, li in st.line_items.items()])
         await self._enforce_caps(st, camp.id)
         await self.sql.put_dsp_ids("campaign", {spec.id: camp.id})
         await self.sql.put_dsp_ids("creative", {f"{spec.id}:{k}": v
@@ -216,7 +223,11 @@ class DSPService:
         for li in await self.adapter.get_line_items(campaign_id=dsp_campaign_id):
             alt = li.alternative_id or ""
             if alt.startswith(prefix) and alt not in wanted and li.active:
-                await self.adapter.set_active(li.id, False)
+                after = await self.adapter.set_active(li.id, False)
+                await self._record([_sync_action(
+                    spec.id, alt[len(prefix):], after, "pause", {"active": True},
+                    {"active": False}, "sync: the campaign spec no longer has this cell",
+                    self.clock.now())])
                 log.info("paused the line item of a removed cell", line_item=li.id, cell=alt)
         items = list(st.line_items.items())
         life_total = sum(li.lifetime_budget_micros for _, li in items)
@@ -231,10 +242,20 @@ class DSPService:
             if daily is not None and daily_total > spec.daily_budget_micros:
                 daily = daily * spec.daily_budget_micros // daily_total
             if (life, daily) != (li.lifetime_budget_micros, li.daily_budget_micros):
-                st.line_items[cid] = await self.adapter.update_budget(
+                st.line_items[cid] = new = await self.adapter.update_budget(
                     li.id, lifetime_micros=life, daily_micros=daily)
+                await self._record([_sync_action(
+                    spec.id, cid, new, "budget", _budgets(li), _budgets(new),
+                    "sync: the line items' budgets added up to more than the campaign's caps; "
+                    "scaled down proportionally", self.clock.now())])
         log.warning("line-item budgets exceeded the campaign's caps; scaled down",
                     campaign=spec.id, lifetime_total=life_total, daily_total=daily_total)
+
+    async def _record(self, actions: list[Action]) -> None:
+        """Changes the sync made, in the audit log as applied (idempotent by key)."""
+        if actions:
+            await self.sql.record_actions(actions, mode="live", now=self.clock.now(),
+                                          applied=True)
 
     # --- reconciliation ------------------------------------------------------------------
 
@@ -316,6 +337,23 @@ class DSPService:
         return {"delivered": state.delivered_totals(),
                 "market_now": market.now.isoformat() if market is not None else None,
                 "feed": {"first_seq": state.feed.first_seq, "next_seq": state.feed.next_seq}}
+
+
+def _budgets(li: LineItem) -> dict[str, int]:
+    return {"daily_budget_micros": int(li.daily_budget_micros or 0),
+            "lifetime_budget_micros": int(li.lifetime_budget_micros)}
+
+
+def _sync_action(campaign_id: str, cell_id: str, li: LineItem, kind: str,
+                 before: dict[str, Any], after: dict[str, Any], reason: str, now: datetime,
+                 *, decision: str | None = None) -> Action:
+    decision = decision or f"sync:{now.isoformat()}"
+    # a line item is created once, whatever its budgets are when a later sync finds it again
+    basis = {"line_item_id": li.id} if kind == "create" else after
+    return Action(key=action_key(decision, f"{campaign_id}:{cell_id}:{li.id}", kind, basis),
+                  decision_id=decision[:32], campaign_id=campaign_id, cell_id=cell_id,
+                  line_item_id=li.id, kind=kind, before=before, after=after, agent="sync",
+                  reason=reason, evidence={}, created_at=now)
 
 
 async def close_quietly(adapter: DSPAdapter | None) -> None:

@@ -108,7 +108,7 @@ async def test_a_plan_is_applied_cuts_first_within_the_caps(sql_store: SqlStore,
         assert held[cells[0]][0] == 2 * M and held[cells[2]][0] == 24 * M
         assert sum(d for d, _ in held.values()) <= spec.daily_budget_micros
         assert sum(lf for _, lf in held.values()) <= spec.lifetime_budget_micros
-        rows = await sql_store.list_actions()
+        rows = await ours(sql_store)
         assert {r.status for r in rows} == {"applied"}
         assert all(r.result == line_item_state(svc.campaigns[spec.id].line_items[
             r.action.cell_id]) for r in rows)
@@ -131,7 +131,7 @@ async def test_replaying_an_outbox_entry_is_a_no_op(sql_store: SqlStore,
         before = await dsp_budgets(svc, spec)
         sent = svc.adapter.health().requests
         # a crash after the DSP acknowledged but before "applied" was recorded
-        for r in await sql_store.list_actions():
+        for r in await ours(sql_store):
             await sql_store.set_action_status(r.id, "applying", now=NOW, expect=("applied",))
         res = await ex.drain()
         assert res.applied == 2
@@ -146,7 +146,7 @@ async def test_an_interrupted_action_is_applied_once(sql_store: SqlStore,
         cells = list(svc.campaigns[spec.id].line_items)
         (cut,) = plan(svc, spec, {cells[0]: 5 * M})
         await sql_store.record_actions([cut], mode="live", now=NOW)
-        (row,) = await sql_store.list_actions()
+        (row,) = await ours(sql_store)
         # a crash after "applying" was recorded, before the request went out
         await sql_store.set_action_status(row.id, "applying", now=NOW, expect=("pending",),
                                           attempt=True)
@@ -164,7 +164,7 @@ async def test_a_raise_without_headroom_waits_then_is_refused(sql_store: SqlStor
         await sql_store.record_actions([raise_], mode="live", now=NOW)
         ex = executor(sql_store, svc, max_attempts=2)
         assert (await ex.drain()).waiting == 1
-        (row,) = await sql_store.list_actions()
+        (row,) = await ours(sql_store)
         assert row.status == "pending" and "daily cap" in (row.error or "")
         assert (await ex.drain()).refused == 1
         held = await dsp_budgets(svc, spec)
@@ -192,7 +192,7 @@ async def test_stale_actions_and_dsp_refusals_are_not_applied(sql_store: SqlStor
         await svc.reconcile()
         await sql_store.record_actions([cut], mode="live", now=NOW)
         assert (await executor(sql_store, svc).drain()).refused == 1
-        (row,) = await sql_store.list_actions()
+        (row,) = await ours(sql_store)
         assert row.status == "refused" and (row.error or "").startswith("stale")
         assert (await dsp_budgets(svc, spec))[cells[0]] == (9 * M, 90 * M)
 
@@ -206,7 +206,7 @@ async def test_approve_reject_and_undo_end_to_end(sql_store: SqlStore,
         await sql_store.record_actions(actions, mode="approve", now=NOW)
         ex = executor(sql_store, svc)
         assert (await ex.drain()).applied == 0  # nothing applies before a person decides
-        rows = sorted(await sql_store.list_actions(), key=lambda r: r.id)
+        rows = sorted(await ours(sql_store), key=lambda r: r.id)
         await sql_store.decide_action(rows[0].id, approve=True, actor="alice", now=NOW)
         await sql_store.decide_action(rows[1].id, approve=False, actor="bob", now=NOW)
         assert (await ex.drain()).applied == 1
@@ -227,7 +227,14 @@ async def test_shadow_mode_applies_nothing(sql_store: SqlStore, seed_spec: Campa
         await sql_store.record_actions(plan(svc, spec, {cells[0]: 1 * M, cells[1]: 19 * M}),
                                        mode="shadow", now=NOW)
         assert (await executor(sql_store, svc).drain()).applied == 0
-        assert {r.status for r in await sql_store.list_actions()} == {"shadow"}
+        assert {r.status for r in await ours(sql_store)} == {"shadow"}
+        creates = [r for r in await sql_store.list_actions() if r.action.kind == "create"]
+        assert len(creates) == 6 and {r.status for r in creates} == {"applied"}
+        assert creates[0].action.agent == "sync" and creates[0].action.after["active"]
+        # a restart's sync finds the same line items: nothing new is recorded
+        st = svc.campaigns[spec.id]
+        await svc.sync_campaign(spec, st.cells)
+        assert len([r for r in await sql_store.list_actions() if r.action.kind == "create"]) == 6
         assert await dsp_budgets(svc, spec) == before
 
 
@@ -250,10 +257,15 @@ async def test_a_dsp_refusal_fails_the_action(sql_store: SqlStore,
         await sql_store.record_actions([raise_], mode="live", now=NOW)
         res = await executor(sql_store, svc).drain()
         assert (res.applied, res.failed, res.errors) == (0, 1, [])
-        (row,) = await sql_store.list_actions()
+        (row,) = await ours(sql_store)
         assert row.status == "failed" and "DSPRejected" in (row.error or "")
         assert "campaign budget" in (row.error or "")
         assert (await dsp_budgets(svc, spec))[cells[0]] == (10 * M, 100 * M)
+
+
+async def ours(sql: SqlStore) -> list[Any]:
+    """The decided actions (not the sync's records of the line items it created)."""
+    return [r for r in await sql.list_actions() if r.action.agent != "sync"]
 
 
 def li_budgets(li: Any) -> dict[str, int]:

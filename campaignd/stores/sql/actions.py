@@ -82,15 +82,16 @@ class ActionMethods:
         raise NotImplementedError
 
     async def record_actions(self, items: Sequence[Action], *, mode: str, now: datetime,
-                             actor: str | None = None, undo_of: int | None = None) -> int:
-        """Record decided actions (idempotent by key) with the status of ``mode``; open actions
-        of the same line items from other decisions become ``superseded``. Returns how many
-        were new."""
+                             actor: str | None = None, undo_of: int | None = None,
+                             applied: bool = False) -> int:
+        """Record decided actions (idempotent by key) with the status of ``mode`` (or, with
+        ``applied``, as changes already made — the DSP sync's); open actions of the same line
+        items from other decisions become ``superseded``. Returns how many were new."""
         if mode not in DECISION_MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(DECISION_MODES)}")
         if not items:
             return 0
-        status = MODE_STATUS[mode]
+        status = "applied" if applied else MODE_STATUS[mode]
         async with self._tx("recording actions") as conn:
             keys = [a.key for a in items]
             known: set[str] = set()
@@ -124,7 +125,8 @@ class ActionMethods:
                 "result_json": None, "score": float(a.score), "impact": float(a.impact),
                 "risk": float(a.risk), "priority": float(a.priority), "attempts": 0,
                 "error": None, "undo_of": undo_of, "created_at": a.created_at,
-                "updated_at": now, "decided_at": now if actor else None, "applied_at": None,
+                "updated_at": now, "decided_at": now if actor else None,
+                "applied_at": now if applied else None,
             } for a in new])
             return len(new)
 
@@ -264,6 +266,10 @@ class ActionMethods:
         row = await self.get_action(action_id)
         if row is None:
             raise NotFound(f"no action {action_id}; list them with `campaignd actions list`")
+        if row.action.kind == "create":
+            raise StateConflict(f"cannot undo action {action_id}: a line item's creation is not "
+                                "undone", field="id", value=action_id,
+                                fix="pause the cell's line item instead")
         if row.status != "applied":
             raise StateConflict(f"cannot undo action {action_id}: it is {row.status}, not applied",
                            field="id", value=action_id,
