@@ -224,3 +224,44 @@ def test_supplied_priors_and_bad_input() -> None:
     with pytest.raises(ValueError, match="discount"):
         alloc.observe(np.ones(4), np.zeros(4), discount=0.0)
     assert AdditiveLogitModel(cells).names[:3] == (INTERCEPT, "a=a0", "a=a1")
+
+
+def test_unseen_levels_cost_the_average_not_less() -> None:
+    # costs observed for one level of each dimension only: a cell of unseen levels is priced
+    # at about the observed average (a ridge on the intercept made it look several times
+    # cheaper and drew the budget to it)
+    cells = grid(a=2, b=2)
+    n = np.array([1000.0, 0.0, 0.0, 0.0])
+    alloc = Allocator(cells, seed=0)
+    alloc.observe(n, n * 0.01, spend=n * 25.0)
+    cost = alloc.cost_per_trial()
+    assert cost[0] == pytest.approx(25.0, rel=0.01)
+    assert np.all(cost[1:] > 20.0)
+
+
+def test_one_cell_per_group_funds_a_single_line_item_per_inventory() -> None:
+    # three groups of four cells (creative x bid): budget above a cell's spend today makes it
+    # bid, and line items of one group that bid split the group's supply, so at most one per
+    # group may get budget above its lower bound
+    cells = [{"g": f"g{g}", "c": f"c{c}", "b": f"b{b}"} for g in range(3) for c in range(2)
+             for b in range(2)]
+    groups = [c["g"] for c in cells]
+    rng = np.random.default_rng(1)
+    n = np.full(len(cells), 2_000.0)
+    y = rng.binomial(2_000, 0.01, len(cells)).astype(float)
+    for choice in ("mode", "sample"):
+        alloc = Allocator(cells, seed=2, groups=groups, one_cell_per_group=True,
+                          group_choice=choice, max_cut_per_cycle=None)
+        alloc.observe(n, y, spend=n * 0.02)
+        lower = rng.uniform(0, 2, len(cells))
+        for _ in range(5):
+            x = alloc.allocate(200.0, np.full(len(cells), 30.0), lower=lower)
+            above = x > lower + 1e-9
+            assert np.all(x >= lower - TOL)
+            # the chosen cells get their group's room (capacity 30 each), the others keep
+            # their committed money
+            assert x.sum() == pytest.approx(90.0 + lower[~above].sum())
+            for g in ("g0", "g1", "g2"):
+                assert sum(1 for i, c in enumerate(cells) if c["g"] == g and above[i]) <= 1
+    with pytest.raises(ValueError, match="group_choice"):
+        Allocator(cells, groups=groups, group_choice="best")
