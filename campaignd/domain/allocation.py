@@ -77,6 +77,20 @@ class CellPosterior:
     level: float
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeAssessment:
+    """What a change of allocation is likely to do (``Allocator.assess``)."""
+
+    risk: float
+    """Posterior probability that the proposed allocation is worth less than the current one."""
+    expected_gain: float
+    """Posterior mean of proposed - current, in objective units over the allocations' period."""
+    gain_low: float
+    gain_high: float
+    """Central credible interval of the gain."""
+    draws: int
+
+
 class Allocator:
     """Thompson-sampling budget allocator over cells (see the module docstring).
 
@@ -135,6 +149,7 @@ class Allocator:
         self.value_per_success = value_per_success
         self.cost_prior_trials = cost_prior_trials
         self._rng = np.random.default_rng([seed, 5])
+        self._risk_rng = np.random.default_rng([seed, 11])
         self._groups: np.ndarray | None = None
         if groups is not None:
             if len(groups) != n:
@@ -270,6 +285,62 @@ class Allocator:
         self._fit()
         return self.model.effects()
 
+    # --- decisions: risk and expected impact of a change ---------------------------------------
+
+    def assess(self, proposed: np.ndarray, current: np.ndarray,
+               capacity: np.ndarray | None = None, *, draws: int = 256,
+               level: float = 0.9) -> ChangeAssessment:
+        """How a change of allocation from ``current`` to ``proposed`` (per-cell spend over the
+        same period, e.g. daily budgets) is likely to turn out, from ``draws`` joint posterior
+        draws of every cell's rate (the Laplace posterior, with its correlations: cells that
+        share levels move together).
+
+        In each draw an allocation's value is ``sum_i min(x_i, capacity_i) x rate_i x value per
+        success / cost per trial_i`` (objective units -- successes, or value with
+        ``value_per_success`` / observed values -- over the allocations' period); money above a
+        cell's capacity buys nothing. Cost per trial is taken at its estimate. Returns the share
+        of draws in which ``proposed`` is worth strictly less than ``current`` (``risk``), the
+        mean difference (``expected_gain``, proposed - current) and its central interval at
+        ``level``. Draws come from a generator of their own: assessing never changes what
+        ``allocate`` returns."""
+        x1 = self._vec(proposed, "proposed")
+        x0 = self._vec(current, "current")
+        if draws < 1:
+            raise ValueError(f"draws must be >= 1, got {draws}")
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        if capacity is not None:
+            cap = np.maximum(np.nan_to_num(np.asarray(capacity, dtype=float), nan=0.0,
+                                           posinf=np.inf), 0.0)
+            if cap.shape != (self.n_cells,):
+                raise ValueError(f"capacity: need one value per cell ({self.n_cells}), got "
+                                 f"shape {cap.shape}")
+            x1, x0 = np.minimum(x1, cap), np.minimum(x0, cap)
+        delta = x1 - x0
+        live = np.flatnonzero(delta != 0)
+        if live.size == 0:
+            return ChangeAssessment(0.0, 0.0, 0.0, 0.0, draws)
+        self._fit()
+        eta = self.model.draw_eta(self._risk_rng, draws)[:, live]
+        per_money = _sigmoid(eta) * (self._value_per_success()
+                                     / self.cost_per_trial()[live])[None, :]
+        gain = per_money @ delta[live]
+        lo, hi = np.quantile(gain, [0.5 - level / 2, 0.5 + level / 2])
+        return ChangeAssessment(float(np.mean(gain < 0)), float(gain.mean()), float(lo),
+                                float(hi), draws)
+
+    def risk_of(self, proposed: np.ndarray, current: np.ndarray,
+                capacity: np.ndarray | None = None, *, draws: int = 256) -> float:
+        """Posterior probability that ``proposed`` yields less objective value than ``current``
+        (see ``assess``)."""
+        return self.assess(proposed, current, capacity, draws=draws).risk
+
+    def expected_gain(self, proposed: np.ndarray, current: np.ndarray,
+                      capacity: np.ndarray | None = None, *, draws: int = 256) -> float:
+        """Posterior mean of (value of ``proposed`` - value of ``current``), in objective units
+        over the allocations' period, e.g. per day for daily budgets (see ``assess``)."""
+        return self.assess(proposed, current, capacity, draws=draws).expected_gain
+
     # --- allocation ----------------------------------------------------------------------------
 
     @property
@@ -307,7 +378,7 @@ class Allocator:
             return self._finish(out, B)
         chosen: np.ndarray | None = None
         if self._groups is not None and self.one_cell_per_group:
-            chosen = self._choose_cells(B - total_lo, cap - lo)
+            chosen = self._choose_cells(B - total_lo, np.minimum(cap - lo, B - total_lo))
         base = lo.copy()
         prev = self._previous if previous is None else self._vec(previous, "previous")
         if prev is not None and self.max_cut_per_cycle is not None:
@@ -494,5 +565,5 @@ def _greedy(value: np.ndarray, room: np.ndarray, budget: float | np.ndarray) -> 
     return out
 
 
-__all__ = ["DV360_MAX_DAILY_CUT", "INTERCEPT", "Allocator", "CellPosterior", "Prior",
-           "effect_name"]
+__all__ = ["DV360_MAX_DAILY_CUT", "INTERCEPT", "Allocator", "CellPosterior", "ChangeAssessment",
+           "Prior", "effect_name"]

@@ -47,18 +47,21 @@ def problems(draw: st.DrawFn) -> dict[str, object]:
         "cut": draw(st.one_of(st.none(), st.floats(0, 1))),
         "explore": draw(st.floats(0, 0.5)),
         "groups": draw(st.booleans()),
+        "one_cell": draw(st.booleans()),
         "seed": draw(st.integers(0, 3)),
     }
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(problems())
 def test_allocation_respects_budget_capacity_bounds_cuts_and_floor(p: dict) -> None:
     cells = p["cells"]
     n = len(cells)
+    one_cell = p["groups"] and p["one_cell"]
     alloc = Allocator(cells, seed=p["seed"], draws=8, max_cut_per_cycle=p["cut"],
                       explore_fraction=p["explore"],
-                      groups=[c["a"] for c in cells] if p["groups"] else None)
+                      groups=[c["a"] for c in cells] if p["groups"] else None,
+                      one_cell_per_group=one_cell)
     alloc.observe(p["trials"], p["successes"], spend=p["spend"])
     budget = p["budget"]
     cap = p["capacity"] if p["capacity"] is not None else np.full(n, np.inf)
@@ -77,12 +80,17 @@ def test_allocation_respects_budget_capacity_bounds_cuts_and_floor(p: dict) -> N
             keep = np.maximum(keep, np.minimum(p["previous"] * (1 - p["cut"]),
                                                np.maximum(cap, lower)))
         unproven = ~alloc.proven()
-        if unproven.any() and p["explore"] > 0:
+        if unproven.any() and p["explore"] > 0 and not one_cell:
             floor = p["explore"] * budget / unproven.sum()
             keep = np.where(unproven, np.maximum(keep, np.minimum(floor, np.maximum(cap, lower))),
                             keep)
         if keep.sum() <= budget:
             assert np.all(x >= keep - 1e-6 * (1 + keep))
+        if one_cell:
+            # at most one cell per group gets more than its hard and cut bounds
+            above = x > keep + 1e-6 * (1 + keep)
+            for g in {c["a"] for c in cells}:
+                assert sum(1 for i, c in enumerate(cells) if c["a"] == g and above[i]) <= 1
         # and the budget is used wherever there is room for it (with groups, cells of a group
         # share their room, so less may be usable)
         room = np.maximum(cap, lower).sum()
@@ -265,3 +273,39 @@ def test_one_cell_per_group_funds_a_single_line_item_per_inventory() -> None:
                 assert sum(1 for i, c in enumerate(cells) if c["g"] == g and above[i]) <= 1
     with pytest.raises(ValueError, match="group_choice"):
         Allocator(cells, groups=groups, group_choice="best")
+
+
+def test_risk_and_expected_gain_of_a_change() -> None:
+    cells = grid(a=2, b=2)
+    n = np.full(4, 50_000.0)
+    rates = np.array([0.02, 0.01, 0.02, 0.01])  # b0 cells twice as good as b1 cells
+    alloc = Allocator(cells, seed=3, explore_fraction=0.0)
+    alloc.observe(n, n * rates, spend=n * 0.01)  # one money unit buys 100 trials
+    current = np.array([25.0, 25.0, 25.0, 25.0])
+    better = np.array([50.0, 0.0, 50.0, 0.0])
+    worse = better[::-1].copy()
+    a = alloc.assess(better, current)
+    # moving 50 units from rate 0.01 to rate 0.02 cells: +50 x 100 x 0.01 = +50 successes
+    assert a.expected_gain == pytest.approx(50.0, rel=0.1)
+    assert a.gain_low <= a.expected_gain <= a.gain_high
+    assert a.risk < 0.01
+    assert alloc.risk_of(worse, current) > 0.99
+    assert alloc.expected_gain(worse, current) == pytest.approx(-50.0, rel=0.1)
+    # no change, no risk; capacity caps what money can buy
+    assert alloc.risk_of(current, current) == 0.0
+    # (with room for 25 per cell, the proposal's extra 25 on each good cell buys nothing)
+    capped = alloc.assess(better, current, capacity=np.full(4, 25.0))
+    assert capped.expected_gain == pytest.approx(-50.0, rel=0.1) and capped.risk > 0.99
+    # a change between cells the data cannot tell apart is a coin flip
+    fresh = Allocator(cells, seed=0)
+    r = fresh.risk_of(better, current, draws=2000)
+    assert 0.3 < r < 0.7
+    # assessing does not change what allocate returns
+    b1 = Allocator(cells, seed=5)
+    b2 = Allocator(cells, seed=5)
+    for al in (b1, b2):
+        al.observe(n, n * rates, spend=n * 0.01)
+    b1.assess(better, current)
+    assert np.array_equal(b1.allocate(100.0), b2.allocate(100.0))
+    with pytest.raises(ValueError, match="one value per cell"):
+        alloc.assess(np.ones(3), current)
