@@ -77,6 +77,20 @@ class CellPosterior:
     level: float
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeAssessment:
+    """What a change of allocation is likely to do (``Allocator.assess``)."""
+
+    risk: float
+    """Posterior probability that the proposed allocation is worth less than the current one."""
+    expected_gain: float
+    """Posterior mean of proposed - current, in objective units over the allocations' period."""
+    gain_low: float
+    gain_high: float
+    """Central credible interval of the gain."""
+    draws: int
+
+
 class Allocator:
     """Thompson-sampling budget allocator over cells (see the module docstring).
 
@@ -103,7 +117,8 @@ class Allocator:
                  main_sd: float = 1.0, interaction_sd: float = 0.5, residual_sd: float = 0.25,
                  priors: Mapping[str, Prior | tuple[float, float]] | None = None,
                  groups: Sequence[object] | None = None,
-                 exploration_scale: float = 1.0) -> None:
+                 exploration_scale: float = 1.0, one_cell_per_group: bool = False,
+                 group_choice: str = "mode") -> None:
         if draws < 1:
             raise ValueError(f"draws must be >= 1, got {draws}")
         if not 0.0 <= explore_fraction <= 1.0:
@@ -123,6 +138,10 @@ class Allocator:
         if not exploration_scale >= 0:
             raise ValueError(f"exploration_scale must be >= 0, got {exploration_scale}")
         self.exploration_scale = exploration_scale
+        if group_choice not in ("mode", "sample"):
+            raise ValueError(f"group_choice must be 'mode' or 'sample', got {group_choice!r}")
+        self.one_cell_per_group = one_cell_per_group
+        self.group_choice = group_choice
         self.explore_fraction = explore_fraction
         self.learning_successes = learning_successes
         self.max_cut_per_cycle = max_cut_per_cycle
@@ -130,6 +149,7 @@ class Allocator:
         self.value_per_success = value_per_success
         self.cost_prior_trials = cost_prior_trials
         self._rng = np.random.default_rng([seed, 5])
+        self._risk_rng = np.random.default_rng([seed, 11])
         self._groups: np.ndarray | None = None
         if groups is not None:
             if len(groups) != n:
@@ -223,9 +243,12 @@ class Allocator:
         w = np.where(ok, np.minimum(self.trials, 1e6), 0.0)
         X = self._cost_X
         A = (X.T @ sp.diags(w) @ X).toarray()
+        # a light ridge on the level effects only: the intercept takes the mean log cost, so a
+        # level without data sits at the average of the others (a ridge on the intercept too
+        # would split the mean across the dimensions and make unseen levels look far cheaper)
         lam = 1e-3 * max(float(w.sum()), 1.0) / max(n, 1)
         A[np.diag_indices_from(A)] += lam
-        A[0, 0] += 1e-9
+        A[0, 0] += 1e-9 - lam
         theta = np.linalg.solve(A, X.T @ (w * y))
         prior = np.exp(X @ theta)
         k0 = self.cost_prior_trials
@@ -262,6 +285,62 @@ class Allocator:
         self._fit()
         return self.model.effects()
 
+    # --- decisions: risk and expected impact of a change ---------------------------------------
+
+    def assess(self, proposed: np.ndarray, current: np.ndarray,
+               capacity: np.ndarray | None = None, *, draws: int = 256,
+               level: float = 0.9) -> ChangeAssessment:
+        """How a change of allocation from ``current`` to ``proposed`` (per-cell spend over the
+        same period, e.g. daily budgets) is likely to turn out, from ``draws`` joint posterior
+        draws of every cell's rate (the Laplace posterior, with its correlations: cells that
+        share levels move together).
+
+        In each draw an allocation's value is ``sum_i min(x_i, capacity_i) x rate_i x value per
+        success / cost per trial_i`` (objective units -- successes, or value with
+        ``value_per_success`` / observed values -- over the allocations' period); money above a
+        cell's capacity buys nothing. Cost per trial is taken at its estimate. Returns the share
+        of draws in which ``proposed`` is worth strictly less than ``current`` (``risk``), the
+        mean difference (``expected_gain``, proposed - current) and its central interval at
+        ``level``. Draws come from a generator of their own: assessing never changes what
+        ``allocate`` returns."""
+        x1 = self._vec(proposed, "proposed")
+        x0 = self._vec(current, "current")
+        if draws < 1:
+            raise ValueError(f"draws must be >= 1, got {draws}")
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        if capacity is not None:
+            cap = np.maximum(np.nan_to_num(np.asarray(capacity, dtype=float), nan=0.0,
+                                           posinf=np.inf), 0.0)
+            if cap.shape != (self.n_cells,):
+                raise ValueError(f"capacity: need one value per cell ({self.n_cells}), got "
+                                 f"shape {cap.shape}")
+            x1, x0 = np.minimum(x1, cap), np.minimum(x0, cap)
+        delta = x1 - x0
+        live = np.flatnonzero(delta != 0)
+        if live.size == 0:
+            return ChangeAssessment(0.0, 0.0, 0.0, 0.0, draws)
+        self._fit()
+        eta = self.model.draw_eta(self._risk_rng, draws)[:, live]
+        per_money = _sigmoid(eta) * (self._value_per_success()
+                                     / self.cost_per_trial()[live])[None, :]
+        gain = per_money @ delta[live]
+        lo, hi = np.quantile(gain, [0.5 - level / 2, 0.5 + level / 2])
+        return ChangeAssessment(float(np.mean(gain < 0)), float(gain.mean()), float(lo),
+                                float(hi), draws)
+
+    def risk_of(self, proposed: np.ndarray, current: np.ndarray,
+                capacity: np.ndarray | None = None, *, draws: int = 256) -> float:
+        """Posterior probability that ``proposed`` yields less objective value than ``current``
+        (see ``assess``)."""
+        return self.assess(proposed, current, capacity, draws=draws).risk
+
+    def expected_gain(self, proposed: np.ndarray, current: np.ndarray,
+                      capacity: np.ndarray | None = None, *, draws: int = 256) -> float:
+        """Posterior mean of (value of ``proposed`` - value of ``current``), in objective units
+        over the allocations' period, e.g. per day for daily budgets (see ``assess``)."""
+        return self.assess(proposed, current, capacity, draws=draws).expected_gain
+
     # --- allocation ----------------------------------------------------------------------------
 
     @property
@@ -297,6 +376,9 @@ class Allocator:
         if total_lo >= B:
             out = lo * (B / total_lo) if total_lo > 0 else lo.copy()
             return self._finish(out, B)
+        chosen: np.ndarray | None = None
+        if self._groups is not None and self.one_cell_per_group:
+            chosen = self._choose_cells(B - total_lo, np.minimum(cap - lo, B - total_lo))
         base = lo.copy()
         prev = self._previous if previous is None else self._vec(previous, "previous")
         if prev is not None and self.max_cut_per_cycle is not None:
@@ -305,6 +387,11 @@ class Allocator:
             base = np.maximum(base, np.minimum(self._day_start * (1.0 - self.max_cut_per_day),
                                                cap))
         unproven = ~self.proven()
+        if chosen is not None:
+            assert self._groups is not None
+            # the floor is per group, for the cell that buys the group's inventory
+            g_trials = np.bincount(self._groups, self.trials)[self._groups]
+            unproven = chosen & (g_trials * self.pooled_rate() < self.learning_successes)
         if self.explore_fraction > 0 and unproven.any():
             floor = self.explore_fraction * B / int(unproven.sum())
             base = np.where(unproven, np.maximum(base, np.minimum(floor, cap)), base)
@@ -314,6 +401,8 @@ class Allocator:
             base = lo + extra * (room_for_extra / extra.sum())
         rest = B - float(base.sum())
         room = np.minimum(cap - base, max(rest, 0.0))
+        if chosen is not None:
+            room[~chosen] = 0.0
         fill = np.zeros(n)
         if rest > 0 and room.sum() > 0:
             fill = self._thompson_fill(rest, room)
@@ -327,33 +416,71 @@ class Allocator:
         self._previous = out.copy()
         return out
 
-    def _thompson_fill(self, rest: float, room: np.ndarray) -> np.ndarray:
+    def _draw_vpd(self, live: np.ndarray) -> np.ndarray:
+        """Posterior draws of value per money unit of cells ``live``, shape (draws, live)."""
         self._fit()
-        live = np.flatnonzero(room > 0)
         eta = self.model.draw_eta(self._rng, self.draws)[:, live]
         if self.exploration_scale != 1.0:
             mode = self.model.eta()[live]
             eta = mode[None, :] + self.exploration_scale * (eta - mode[None, :])
-        vpd = _sigmoid(eta) / self.cost_per_trial()[live][None, :]
+        out: np.ndarray = _sigmoid(eta) / self.cost_per_trial()[live][None, :]
+        return out
+
+    def _choose_cells(self, rest: float, room: np.ndarray) -> np.ndarray:
+        """One cell per group (mask): the cell the group's knapsack funds most often over the
+        draws (``group_choice="mode"``) or in one random draw (``"sample"``: Thompson sampling
+        of the choice itself); a group funded in no draw gets its cell of highest mean value.
+        Groups whose cells have no room get none."""
+        assert self._groups is not None
+        n = self.n_cells
+        chosen = np.zeros(n, dtype=bool)
+        live = np.flatnonzero(room > 0)
+        if live.size == 0 or rest <= 0:
+            return chosen
+        vpd = self._draw_vpd(live)
+        fills = self._group_draw_fills(vpd, live, room[live], rest)  # (draws, live)
+        score = fills.sum(axis=0)
+        if self.group_choice == "sample":
+            d = int(self._rng.integers(fills.shape[0]))
+            score = fills[d] * 1e6 + score
+        g = self._groups[live]
+        # within a group: highest score, then highest mean value per money unit
+        order = np.lexsort((-vpd.mean(axis=0), -score, g))
+        first = np.r_[True, g[order][1:] != g[order][:-1]]
+        chosen[live[order[first]]] = True
+        return chosen
+
+    def _group_draw_fills(self, vpd: np.ndarray, live: np.ndarray, r_live: np.ndarray,
+                          rest: float) -> np.ndarray:
+        """Per-draw fills of cells ``live`` (columns aligned with ``live``) by the grouped
+        knapsack (see ``_group_fill``)."""
+        assert self._groups is not None
+        # cells of one group with the same room differ only in value: per draw only the best
+        # of them can be funded, so the knapsack runs on those "keys" (e.g. the creatives of
+        # one line item's inventory and bid: 5x fewer columns on a 12,000-cell campaign)
+        g = self._groups[live]
+        ks = np.lexsort((r_live, g))
+        g_s, r_s = g[ks], r_live[ks]
+        new_key = np.r_[True, (g_s[1:] != g_s[:-1]) | (r_s[1:] != r_s[:-1])]
+        starts = np.flatnonzero(new_key)
+        key_of = np.cumsum(new_key) - 1
+        v_s = vpd[:, ks]
+        vkey = np.maximum.reduceat(v_s, starts, axis=1)
+        best = v_s >= vkey[:, key_of]
+        cs = np.cumsum(best, axis=1)
+        first = best & (cs - (cs - best)[:, starts][:, key_of] == 1)
+        fill_key = self._group_fill(vkey, r_s[starts], g_s[starts], rest)
+        out = np.empty((vpd.shape[0], live.size))
+        out[:, ks] = first * fill_key[:, key_of]
+        return out
+
+    def _thompson_fill(self, rest: float, room: np.ndarray) -> np.ndarray:
+        live = np.flatnonzero(room > 0)
+        vpd = self._draw_vpd(live)
         r_live = room[live]
         out = np.zeros(self.n_cells)
         if self._groups is not None:
-            # cells of one group with the same room differ only in value: per draw only the best
-            # of them can be funded, so the knapsack runs on those "keys" (e.g. the creatives of
-            # one line item's inventory and bid: 5x fewer columns on a 12,000-cell campaign)
-            g = self._groups[live]
-            ks = np.lexsort((r_live, g))
-            g_s, r_s = g[ks], r_live[ks]
-            new_key = np.r_[True, (g_s[1:] != g_s[:-1]) | (r_s[1:] != r_s[:-1])]
-            starts = np.flatnonzero(new_key)
-            key_of = np.cumsum(new_key) - 1
-            v_s = vpd[:, ks]
-            vkey = np.maximum.reduceat(v_s, starts, axis=1)
-            best = v_s >= vkey[:, key_of]
-            cs = np.cumsum(best, axis=1)
-            first = best & (cs - (cs - best)[:, starts][:, key_of] == 1)
-            fill_key = self._group_fill(vkey, r_s[starts], g_s[starts], rest)
-            out[live[ks]] = (first * fill_key[:, key_of]).mean(axis=0)
+            out[live] = self._group_draw_fills(vpd, live, r_live, rest).mean(axis=0)
             return out
         # Only cells that can be reached in some draw need sorting: the cells whose smallest
         # drawn value is at least T have room for the whole rest, so no draw ever funds a cell
@@ -438,5 +565,5 @@ def _greedy(value: np.ndarray, room: np.ndarray, budget: float | np.ndarray) -> 
     return out
 
 
-__all__ = ["DV360_MAX_DAILY_CUT", "INTERCEPT", "Allocator", "CellPosterior", "Prior",
-           "effect_name"]
+__all__ = ["DV360_MAX_DAILY_CUT", "INTERCEPT", "Allocator", "CellPosterior", "ChangeAssessment",
+           "Prior", "effect_name"]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from campaignd.domain.campaign import OBJECTIVE_COUNTER, CampaignSpec, Cell
+from campaignd.domain.capacity import CapacityModel
 
 if TYPE_CHECKING:
     from campaignd.domain.allocation import Allocator
@@ -174,11 +175,13 @@ class ThompsonPolicy:
     def __init__(self, ctx: PolicyContext, *, replan_seconds: int = 600,
                  half_life_hours: float = 24.0, conversion_delay_hours: float = 3.0,
                  explore_fraction: float = 0.03, learning_successes: float = 3.0,
-                 max_cut_per_cycle: float | None = 0.5, max_cut_per_day: float | None = None,
-                 capacity_prior: float = 0.1, capacity_growth: float = 2.0,
+                 max_cut_per_cycle: float | None = None, max_cut_per_day: float | None = None,
+                 capacity_prior: float = 0.1, capacity_growth: float = 1.5,
                  draws: int | None = None, exploration_scale: float = 1.0, main_sd: float = 0.5,
                  interaction_sd: float = 0.15, residual_sd: float = 0.05,
-                 capacity_margin: float = 1.0, capacity_groups: float = 4.0) -> None:
+                 capacity_margin: float = 1.3, capacity_groups: float = 4.0,
+                 capacity_tolerance: float = 0.15, capacity_optimism: float = 0.5,
+                 one_cell_per_group: bool = True, group_choice: str = "mode") -> None:
         from campaignd.domain.allocation import Allocator
 
         self._ctx = ctx
@@ -194,13 +197,16 @@ class ThompsonPolicy:
                                 max_cut_per_day=max_cut_per_day,
                                 groups=[(c.audience, c.daypart, c.platform) for c in cells],
                                 exploration_scale=exploration_scale, main_sd=main_sd,
-                                interaction_sd=interaction_sd, residual_sd=residual_sd)
+                                interaction_sd=interaction_sd, residual_sd=residual_sd,
+                                one_cell_per_group=one_cell_per_group,
+                                group_choice=group_choice)
         self.replan_seconds = replan_seconds
         self.half_life_hours = half_life_hours
         delayed = ctx.objective in ("conversions", "revenue")
         self.delay_hours = conversion_delay_hours if delayed else 0.0
         self.capacity_growth = capacity_growth
         self.capacity_margin = capacity_margin
+        self.capacity_tolerance = capacity_tolerance
         self._success_field = {"conversions": "conversions", "revenue": "conversions",
                                "clicks": "clicks", "completed_views": "completes"}[ctx.objective]
         keys: dict[tuple[str, str], int] = {}
@@ -215,13 +221,17 @@ class ThompsonPolicy:
                                                  c.bid_strategy), len(skeys)) for c in cells],
                               dtype=np.int64)
         n_groups = len({(c.audience, c.daypart, c.platform) for c in cells})
-        self._key_capacity = np.full(len(skeys), ctx.daily_budget_micros * min(
-            capacity_prior, capacity_groups / max(n_groups, 1)))
+        self._capacity = CapacityModel(
+            [{"audience": a, "daypart": d, "platform": p, "bid_strategy": b}
+             for a, d, p, b in skeys],
+            ctx.daily_budget_micros * min(capacity_prior, capacity_groups / max(n_groups, 1)),
+            growth=capacity_growth, optimism=capacity_optimism)
         self._last: Observations | None = None
         self._last_at: datetime | None = None
         self._pending = np.zeros(n)
         self._pending_spend = np.zeros(n)
         self._budgets = np.zeros(n, dtype=np.int64)
+        self._at_cap = np.zeros(n, dtype=bool)
         self._start: datetime | None = None
         self.spend_upper: np.ndarray | None = None
         """At the last re-plan: per cell, the most it can spend today (spent + learned capacity
@@ -280,25 +290,24 @@ class ThompsonPolicy:
         today = min(ctx.daily_budget_micros, int(spent_today.sum()) + left)
         if self._last is None or self._last_at is None:
             self._start = now
-            self._budgets = np.maximum(equal_split(today, self._n), spent_today)
-            if int(self._budgets.sum()) > today:
-                self._budgets = spent_today.copy()
-            self._last, self._last_at = obs, now
-            return self._budgets.copy()
-        new_day = now.astimezone(UTC).date() != self._last_at.astimezone(UTC).date()
-        if not new_day and (now - self._last_at).total_seconds() < self.replan_seconds:
-            return self._budgets.copy()
-        self._learn(obs, now, new_day)
-        if new_day:
-            self._alloc.begin_day()
+        else:
+            new_day = now.astimezone(UTC).date() != self._last_at.astimezone(UTC).date()
+            if not new_day and (now - self._last_at).total_seconds() < self.replan_seconds:
+                return self._budgets.copy()
+            self._learn(obs, now, new_day)
+            if new_day:
+                self._alloc.begin_day()
         shape = self._shape(now)
         f_now = self._elapsed(shape, now)
         s = spent_today.astype(float)
-        cap = s + self.capacity_margin * self._key_capacity[self._skey] * (1.0 - f_now)
+        key_cap = self._capacity.estimate()[self._skey]
+        cap = s + self.capacity_margin * key_cap * (1.0 - f_now)
         self.spend_upper = cap
         x = self._alloc.allocate(float(today), cap, lower=np.minimum(s, float(today)),
                                  previous=obs.budgets_micros.astype(float))
         budgets = spent_today + np.floor(np.maximum(x - s, 0.0)).astype(np.int64)
+        # cells funded up to their capacity: if they then keep pace, the capacity was too low
+        self._at_cap = (x - s > 0.5 * (cap - s)) & (cap > s)
         if int(budgets.sum()) > today:  # only if today's spend already exceeds today's budget
             budgets = np.minimum(budgets, spent_today)
         self._budgets = budgets
@@ -335,32 +344,36 @@ class ThompsonPolicy:
         f1 = self._elapsed(shape, now)
         df = f1 - f0
         b = obs.budgets_micros.astype(float)
+        s0 = last.spent_today_micros.astype(float)
         s1 = obs.spent_today_micros.astype(float)
-        ds = s1 - last.spent_today_micros.astype(float)
-        active = (df > 0.005) & (b > 0)
-        # pace = share of today's budget spent; cells of one (audience, daypart) share the
-        # market's pacing curve, so the fastest of a group shows where the pace is
-        pace = s1 / np.where(b > 0, b, 1.0)
-        top = np.zeros(len(self._group_keys))
-        np.maximum.at(top, self._group, np.where(b > 0, pace, 0.0))
-        behind = active & (s1 < 0.8 * b * f1) & (pace < 0.7 * top[self._group])
-        nk = self._key_capacity.size
+        ds = s1 - s0
+        # a line item with budget left that could buy: the DSP paces its daily budget over its
+        # supply, so it may spend about b x F by now; well below that, supply held it back
+        active = (df > 0.002) & (b > s0)
+        supply_limited = active & (s1 < (1.0 - self.capacity_tolerance) * b * f1)
+        budget_limited = active & ~supply_limited
+        nk = self._capacity.n_keys
         k = self._skey
-        key_ds = np.bincount(k, ds, minlength=nk)
-        key_b = np.bincount(k, b, minlength=nk)
+        key_ds = np.bincount(k, np.where(active, ds, 0.0), minlength=nk)
+        key_imps = np.bincount(k, np.where(active, d_imps, 0.0), minlength=nk)
         key_df = np.zeros(nk)
         np.maximum.at(key_df, k, np.where(active, df, 0.0))
-        key_behind = np.bincount(k, behind, minlength=nk) > 0
-        key_active = np.bincount(k, active, minlength=nk) > 0
-        key_ahead = key_active & ~key_behind & (
-            np.bincount(k, active & (pace >= 0.9 * top[self._group]), minlength=nk) > 0)
-        cap = self._key_capacity
+        key_sup = np.bincount(k, supply_limited, minlength=nk) > 0
+        key_bud = np.bincount(k, budget_limited, minlength=nk) > 0
+        key_at_cap = np.bincount(k, budget_limited & self._at_cap, minlength=nk) > 0
         rate = key_ds / np.where(key_df > 0, key_df, 1.0)
-        w = key_df / (key_df + 0.05)
-        m = key_behind & (key_df > 0.005)
-        cap[m] += w[m] * (rate[m] - cap[m])
-        up = key_ahead & (key_b >= 0.5 * cap)
-        cap[up] = np.maximum(cap[up], self.capacity_growth * key_b[up])
+        cm = self._capacity
+        cm.age(dt_h / 24)
+        # supply-limited: the spend per unit of supply is a measurement of the capacity
+        m = np.flatnonzero(key_sup & ~key_bud & (key_df > 0))
+        cm.measure(m, rate[m], key_imps[m])
+        # kept pace while funded up to the capacity we believed: it can buy more (probe up)
+        up = np.flatnonzero(key_at_cap & ~key_sup)
+        cm.kept_pace(up, rate[up])
+        # whatever it spent, it could
+        lb = np.flatnonzero(key_bud & ~key_sup & ~key_at_cap)
+        cm.reached(lb, rate[lb])
+
 
 POLICIES: dict[str, Callable[[PolicyContext], Policy]] = {
     "uniform": UniformPolicy,

@@ -47,18 +47,21 @@ def problems(draw: st.DrawFn) -> dict[str, object]:
         "cut": draw(st.one_of(st.none(), st.floats(0, 1))),
         "explore": draw(st.floats(0, 0.5)),
         "groups": draw(st.booleans()),
+        "one_cell": draw(st.booleans()),
         "seed": draw(st.integers(0, 3)),
     }
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(problems())
 def test_allocation_respects_budget_capacity_bounds_cuts_and_floor(p: dict) -> None:
     cells = p["cells"]
     n = len(cells)
+    one_cell = p["groups"] and p["one_cell"]
     alloc = Allocator(cells, seed=p["seed"], draws=8, max_cut_per_cycle=p["cut"],
                       explore_fraction=p["explore"],
-                      groups=[c["a"] for c in cells] if p["groups"] else None)
+                      groups=[c["a"] for c in cells] if p["groups"] else None,
+                      one_cell_per_group=one_cell)
     alloc.observe(p["trials"], p["successes"], spend=p["spend"])
     budget = p["budget"]
     cap = p["capacity"] if p["capacity"] is not None else np.full(n, np.inf)
@@ -77,12 +80,17 @@ def test_allocation_respects_budget_capacity_bounds_cuts_and_floor(p: dict) -> N
             keep = np.maximum(keep, np.minimum(p["previous"] * (1 - p["cut"]),
                                                np.maximum(cap, lower)))
         unproven = ~alloc.proven()
-        if unproven.any() and p["explore"] > 0:
+        if unproven.any() and p["explore"] > 0 and not one_cell:
             floor = p["explore"] * budget / unproven.sum()
             keep = np.where(unproven, np.maximum(keep, np.minimum(floor, np.maximum(cap, lower))),
                             keep)
         if keep.sum() <= budget:
             assert np.all(x >= keep - 1e-6 * (1 + keep))
+        if one_cell:
+            # at most one cell per group gets more than its hard and cut bounds
+            above = x > keep + 1e-6 * (1 + keep)
+            for g in {c["a"] for c in cells}:
+                assert sum(1 for i, c in enumerate(cells) if c["a"] == g and above[i]) <= 1
         # and the budget is used wherever there is room for it (with groups, cells of a group
         # share their room, so less may be usable)
         room = np.maximum(cap, lower).sum()
@@ -224,3 +232,80 @@ def test_supplied_priors_and_bad_input() -> None:
     with pytest.raises(ValueError, match="discount"):
         alloc.observe(np.ones(4), np.zeros(4), discount=0.0)
     assert AdditiveLogitModel(cells).names[:3] == (INTERCEPT, "a=a0", "a=a1")
+
+
+def test_unseen_levels_cost_the_average_not_less() -> None:
+    # costs observed for one level of each dimension only: a cell of unseen levels is priced
+    # at about the observed average (a ridge on the intercept made it look several times
+    # cheaper and drew the budget to it)
+    cells = grid(a=2, b=2)
+    n = np.array([1000.0, 0.0, 0.0, 0.0])
+    alloc = Allocator(cells, seed=0)
+    alloc.observe(n, n * 0.01, spend=n * 25.0)
+    cost = alloc.cost_per_trial()
+    assert cost[0] == pytest.approx(25.0, rel=0.01)
+    assert np.all(cost[1:] > 20.0)
+
+
+def test_one_cell_per_group_funds_a_single_line_item_per_inventory() -> None:
+    # three groups of four cells (creative x bid): budget above a cell's spend today makes it
+    # bid, and line items of one group that bid split the group's supply, so at most one per
+    # group may get budget above its lower bound
+    cells = [{"g": f"g{g}", "c": f"c{c}", "b": f"b{b}"} for g in range(3) for c in range(2)
+             for b in range(2)]
+    groups = [c["g"] for c in cells]
+    rng = np.random.default_rng(1)
+    n = np.full(len(cells), 2_000.0)
+    y = rng.binomial(2_000, 0.01, len(cells)).astype(float)
+    for choice in ("mode", "sample"):
+        alloc = Allocator(cells, seed=2, groups=groups, one_cell_per_group=True,
+                          group_choice=choice, max_cut_per_cycle=None)
+        alloc.observe(n, y, spend=n * 0.02)
+        lower = rng.uniform(0, 2, len(cells))
+        for _ in range(5):
+            x = alloc.allocate(200.0, np.full(len(cells), 30.0), lower=lower)
+            above = x > lower + 1e-9
+            assert np.all(x >= lower - TOL)
+            # the chosen cells get their group's room (capacity 30 each), the others keep
+            # their committed money
+            assert x.sum() == pytest.approx(90.0 + lower[~above].sum())
+            for g in ("g0", "g1", "g2"):
+                assert sum(1 for i, c in enumerate(cells) if c["g"] == g and above[i]) <= 1
+    with pytest.raises(ValueError, match="group_choice"):
+        Allocator(cells, groups=groups, group_choice="best")
+
+
+def test_risk_and_expected_gain_of_a_change() -> None:
+    cells = grid(a=2, b=2)
+    n = np.full(4, 50_000.0)
+    rates = np.array([0.02, 0.01, 0.02, 0.01])  # b0 cells twice as good as b1 cells
+    alloc = Allocator(cells, seed=3, explore_fraction=0.0)
+    alloc.observe(n, n * rates, spend=n * 0.01)  # one money unit buys 100 trials
+    current = np.array([25.0, 25.0, 25.0, 25.0])
+    better = np.array([50.0, 0.0, 50.0, 0.0])
+    worse = better[::-1].copy()
+    a = alloc.assess(better, current)
+    # moving 50 units from rate 0.01 to rate 0.02 cells: +50 x 100 x 0.01 = +50 successes
+    assert a.expected_gain == pytest.approx(50.0, rel=0.1)
+    assert a.gain_low <= a.expected_gain <= a.gain_high
+    assert a.risk < 0.01
+    assert alloc.risk_of(worse, current) > 0.99
+    assert alloc.expected_gain(worse, current) == pytest.approx(-50.0, rel=0.1)
+    # no change, no risk; capacity caps what money can buy
+    assert alloc.risk_of(current, current) == 0.0
+    # (with room for 25 per cell, the proposal's extra 25 on each good cell buys nothing)
+    capped = alloc.assess(better, current, capacity=np.full(4, 25.0))
+    assert capped.expected_gain == pytest.approx(-50.0, rel=0.1) and capped.risk > 0.99
+    # a change between cells the data cannot tell apart is a coin flip
+    fresh = Allocator(cells, seed=0)
+    r = fresh.risk_of(better, current, draws=2000)
+    assert 0.3 < r < 0.7
+    # assessing does not change what allocate returns
+    b1 = Allocator(cells, seed=5)
+    b2 = Allocator(cells, seed=5)
+    for al in (b1, b2):
+        al.observe(n, n * rates, spend=n * 0.01)
+    b1.assess(better, current)
+    assert np.array_equal(b1.allocate(100.0), b2.allocate(100.0))
+    with pytest.raises(ValueError, match="one value per cell"):
+        alloc.assess(np.ones(3), current)
