@@ -40,7 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from campaignd.domain.actions import Action, CampaignState, Recommendation, action_key
+from campaignd.domain.actions import (
+    Action,
+    CampaignState,
+    CellValues,
+    Recommendation,
+    action_key,
+)
 
 EXECUTABLE_KINDS = ("budget_rebalance", "pause_cell", "activate_cell")
 _BUDGET, _PAUSE, _ACTIVATE = 0, 1, 2
@@ -267,6 +273,10 @@ def _expand(rec: Recommendation, st: CampaignState
     """(positions, kinds, new daily budgets, unknown cells) of what ``rec`` changes."""
     if rec.kind == "budget_rebalance":
         budgets: Mapping[str, int] = rec.change.get("daily_budgets_micros", {})
+        if isinstance(budgets, CellValues) and (budgets.cell_ids is st.cell_ids
+                                                or budgets.cell_ids == st.cell_ids):
+            return (budgets.positions, np.full(budgets.positions.size, _BUDGET),
+                    budgets.amounts, ())
         idx = st.index
         known = [(idx[c], int(v)) for c, v in budgets.items() if c in idx]
         unknown = tuple(c for c in budgets if c not in idx)
@@ -321,6 +331,11 @@ def _within_requests(ops: _Ops, budget: int, st: CampaignState, recs: list[Recom
 
 def _actions(ops: _Ops, st: CampaignState, recs: list[Recommendation],
              now: datetime) -> list[Action]:
+    for r in np.unique(ops.rec):  # lazy evidence: fetch what these actions need in one go
+        cells = recs[int(r)].evidence.get("cells")
+        prefetch = getattr(cells, "prefetch", None)
+        if prefetch is not None:
+            prefetch([st.cell_ids[int(p)] for p in ops.pos[ops.rec == r]])
     out = []
     for p, k, r, d, lf in zip(ops.pos.tolist(), ops.kind.tolist(), ops.rec.tolist(),
                               ops.daily.tolist(), ops.lifetime.tolist(), strict=True):

@@ -107,18 +107,22 @@ class PerformanceMonitor(Agent):
             flagged = np.nonzero(eligible & (p_below >= self.confidence))[0]
             if flagged.size == 0:
                 continue
-            per_window = {"totals": cell_metrics(snap),
-                          **{str(w): cell_metrics(snap, w) for w in snap.windows}}
-            for i in flagged[np.argsort(-p_below[flagged], kind="stable")]:
+            ranked = flagged[np.argsort(-p_below[flagged], kind="stable")]
+            # the metrics over every window, for the most certain flags (what people read)
+            top = ranked[:50]
+            per_window = {"totals": derived_metrics({k: v[top] for k, v in snap.counts.items()}),
+                          **{str(w): derived_metrics({k: v[top] for k, v in c.items()})
+                             for w, c in snap.windows.items()}}
+            for rank, i in enumerate(ranked):
                 cell = snap.cell_ids[i]
-                evidence = {
+                evidence: dict[str, Any] = {
                     "metric": self.metric, "window_s": self.window_s, "trials": int(trials[i]),
                     "successes": int(succ[i]), "pooled_rate": float(pooled),
                     "threshold": float(threshold), "p_below_threshold": float(p_below[i]),
-                    "rule": self.rule,
-                    "metrics": {w: {k: _num(v[i]) for k, v in m.items()}
-                                for w, m in per_window.items()}}
-                if len(summary["flagged"]) < 50:
+                    "rule": self.rule}
+                if rank < top.size:
+                    evidence["metrics"] = {w: {k: _num(v[rank]) for k, v in m.items()}
+                                           for w, m in per_window.items()}
                     summary["flagged"].append({"cell_id": cell, **{
                         k: evidence[k] for k in ("trials", "successes", "p_below_threshold")}})
                 recs.append(Recommendation(

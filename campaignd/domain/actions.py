@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -65,22 +65,54 @@ class Recommendation:
         """priority = score × impact × (1 − risk)."""
         return self.score * self.impact * (1.0 - self.risk)
 
-    decision_id: str = field(init=False, repr=False, compare=False, default="")
-    """A stable id of this recommendation: its agent, kind, campaign, target and time (an agent
-    makes one recommendation of a kind for a target per run)."""
+    _id: str | None = field(init=False, repr=False, compare=False, default=None)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "decision_id", stable_hash(
-            self.agent, self.kind, self.campaign_id, self.target,
-            self.created_at.isoformat())[:20])
+    @property
+    def decision_id(self) -> str:
+        """A stable id of this recommendation: its agent, kind, campaign, target and time (an
+        agent makes one recommendation of a kind for a target per run). Computed when first
+        read (most findings never need one)."""
+        if self._id is None:
+            object.__setattr__(self, "_id", stable_hash(
+                self.agent, self.kind, self.campaign_id, self.target,
+                self.created_at.isoformat())[:20])
+        assert self._id is not None
+        return self._id
 
     def as_dict(self) -> dict[str, Any]:
         return {"agent": self.agent, "kind": self.kind, "campaign_id": self.campaign_id,
                 "target": self.target, "created_at": self.created_at.isoformat(),
-                "change": self.change,
+                "change": {k: dict(v) if isinstance(v, Mapping) else v
+                           for k, v in self.change.items()},
                 "evidence": {k: dict(v) if isinstance(v, Mapping) else v
                              for k, v in self.evidence.items()}, "score": self.score,
                 "impact": self.impact, "risk": self.risk, "priority": self.priority}
+
+
+class CellValues(Mapping[str, int]):
+    """cell id → integer (e.g. a rebalance's new daily budgets), backed by arrays: a campaign's
+    cell ids, the positions that have a value and the values (``amounts``). Reads like a dict;
+    the decision engine takes the arrays directly when the campaign's cells are the same, so a
+    100,000-cell rebalance is never a 100,000-entry dict."""
+
+    def __init__(self, cell_ids: tuple[str, ...], positions: np.ndarray,
+                 values: np.ndarray) -> None:
+        self.cell_ids = cell_ids
+        self.positions = np.asarray(positions, dtype=np.int64)
+        self.amounts = np.asarray(values, dtype=np.int64)
+        self._index: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return int(self.positions.size)
+
+    def __iter__(self) -> Iterator[str]:
+        ids = self.cell_ids
+        return (ids[p] for p in self.positions.tolist())
+
+    def __getitem__(self, cell_id: str) -> int:
+        if self._index is None:
+            self._index = {self.cell_ids[p]: j for j, p in enumerate(self.positions.tolist())}
+        return int(self.amounts[self._index[cell_id]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +229,13 @@ def stable_hash(*parts: Any) -> str:
 
 
 def action_key(decision_id: str, cell_id: str, kind: str, after: Mapping[str, Any]) -> str:
-    return stable_hash(decision_id, cell_id, kind, dict(after))[:32]
+    """The idempotency key of an action: the decision, the cell, the kind and the state wanted
+    (sorted ``key=value`` pairs; values are ints, bools or strings)."""
+    text = "\x1f".join((decision_id, cell_id, kind,
+                        ",".join(f"{k}={after[k]!r}" for k in sorted(after))))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 __all__ = ["ACTION_KINDS", "ACTION_STATUSES", "OPEN_STATUSES", "Action", "CampaignState",
+           "CellValues",
            "LineItemState", "Recommendation", "action_key", "stable_hash"]

@@ -262,23 +262,28 @@ class Allocator:
             return float(self.value.sum() / self.successes.sum())
         return 1.0
 
-    def posterior(self, level: float = 0.9) -> CellPosterior:
+    def posterior(self, level: float = 0.9, *, cells: np.ndarray | None = None
+                  ) -> CellPosterior:
         """Per-cell posterior means and central credible intervals of the rate, and value per
-        money unit, for evidence."""
+        money unit, for evidence; of the cells at positions ``cells`` only (arrays aligned with
+        ``cells``), when given — much cheaper than all of them at 10,000 cells."""
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level}")
         self._fit()
         m = self.model
-        eta = m.eta()
-        sd = m.eta_sd()
+        sub = None if cells is None else np.asarray(cells, dtype=np.int64)
+        idx = slice(None) if sub is None else sub
+        eta = m.eta()[idx]
+        sd = m.eta_sd(sub)
         z = float(ndtri(0.5 + level / 2))
         mean = _sigmoid(eta) + 0.5 * _sigmoid(eta) * (1 - _sigmoid(eta)) * (
             1 - 2 * _sigmoid(eta)) * sd**2
         mean = np.clip(mean, 0.0, 1.0)
-        cost = self.cost_per_trial()
-        return CellPosterior(self.trials.copy(), self.successes.copy(), mean,
+        cost = self.cost_per_trial()[idx]
+        return CellPosterior(self.trials[idx].copy(), self.successes[idx].copy(), mean,
                              _sigmoid(eta - z * sd), _sigmoid(eta + z * sd), cost,
-                             mean * self._value_per_success() / cost, self.proven(), level)
+                             mean * self._value_per_success() / cost, self.proven()[idx],
+                             level)
 
     def effects(self) -> dict[str, float]:
         """Posterior-mode shared effects (logit scale), by name (see ``effect_name``)."""

@@ -229,13 +229,17 @@ class AdditiveLogitModel:
             self._chol = np.linalg.cholesky(self._schur(self._w))
         return self._chol
 
-    def eta_sd(self) -> np.ndarray:
-        """Posterior standard deviation of each cell's linear predictor (Laplace)."""
+    def eta_sd(self, cells: np.ndarray | None = None) -> np.ndarray:
+        """Posterior standard deviation of each cell's linear predictor (Laplace); of the cells
+        at positions ``cells`` only, when given (the cost is one triangular solve per cell)."""
         L = self._ensure_laplace()
-        d = self._w + self.residual_prec
-        shrink = 1.0 - self._w / d
-        # x_i S^-1 x_i' via the solve with L: ||L^-1 x_i||^2, for all cells at once
-        Z = sla.solve_triangular(L, self._XT.toarray(), lower=True, check_finite=False)
+        idx = slice(None) if cells is None else np.asarray(cells, dtype=np.int64)
+        w = self._w[idx]
+        d = w + self.residual_prec
+        shrink = 1.0 - w / d
+        # x_i S^-1 x_i' via the solve with L: ||L^-1 x_i||^2, for all those cells at once
+        XT = self._XT if cells is None else self._XT[:, idx]
+        Z = sla.solve_triangular(L, XT.toarray(), lower=True, check_finite=False)
         fixed = np.einsum("ij,ij->j", Z, Z)
         out: np.ndarray = np.sqrt(shrink**2 * fixed + 1.0 / d)
         return out

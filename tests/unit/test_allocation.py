@@ -309,3 +309,18 @@ def test_risk_and_expected_gain_of_a_change() -> None:
     assert np.array_equal(b1.allocate(100.0), b2.allocate(100.0))
     with pytest.raises(ValueError, match="one value per cell"):
         alloc.assess(np.ones(3), current)
+
+
+def test_posterior_of_some_cells_equals_theirs_in_the_whole() -> None:
+    rng = np.random.default_rng(4)
+    cells = [{"a": f"a{i % 5}", "b": f"b{i % 7}"} for i in range(70)]
+    alloc = Allocator(cells, seed=1)
+    trials = rng.integers(100, 5000, 70).astype(float)
+    alloc.observe(trials=trials, successes=rng.binomial(trials.astype(int), 0.01).astype(float),
+                  spend=trials * 0.02)
+    whole = alloc.posterior(0.8)
+    some = np.array([3, 41, 69, 0])
+    part = alloc.posterior(0.8, cells=some)
+    for field in ("trials", "successes", "rate_mean", "rate_low", "rate_high",
+                  "cost_per_trial", "value_per_dollar", "proven"):
+        np.testing.assert_allclose(getattr(part, field), getattr(whole, field)[some])
