@@ -97,6 +97,9 @@ class Skipped:
 class DecisionPlan:
     actions: list[Action] = field(default_factory=list)
     """In execution order: every prefix keeps each campaign within its caps."""
+    budgets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """Per campaign, the budget changes as arrays (positions in the campaign's cells, daily and
+    lifetime budgets after), in the same order as ``actions`` — all a simulator needs."""
     selected: list[Recommendation] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     risk_used: float = 0.0
@@ -106,7 +109,8 @@ class DecisionPlan:
         for s in self.skipped:
             head = s.reason.split(":", 1)[0]
             reasons[head] = reasons.get(head, 0) + s.count
-        return {"actions": len(self.actions), "selected": len(self.selected),
+        n = sum(p.size for p, _, _ in self.budgets.values())
+        return {"actions": max(len(self.actions), n), "selected": len(self.selected),
                 "skipped": reasons, "risk_used": round(self.risk_used, 6)}
 
 
@@ -128,7 +132,10 @@ class DecisionEngine:
         self.rules = rules or DecisionRules()
 
     def decide(self, recommendations: Iterable[Recommendation],
-               campaigns: Mapping[str, CampaignState], now: datetime) -> DecisionPlan:
+               campaigns: Mapping[str, CampaignState], now: datetime, *,
+               materialize: bool = True) -> DecisionPlan:
+        """The plan (see the module docstring); ``materialize=False`` leaves ``actions`` empty
+        and gives only ``budgets`` (no keys, evidence or reasons: for the simulator)."""
         rules = self.rules
         plan = DecisionPlan()
         ranked = sorted(recommendations, key=lambda r: (-r.priority, r.decision_id))
@@ -181,8 +188,11 @@ class DecisionEngine:
             if budget is not None:
                 ops = _within_requests(ops, budget, campaigns[cid], recs, plan)
                 budget -= len(ops.pos)
-            # only the kept changes become actions (keys, evidence, reasons: the costly part)
-            plan.actions.extend(_actions(ops, campaigns[cid], recs, now))
+            b = ops.kind == _BUDGET
+            plan.budgets[cid] = (ops.pos[b], ops.daily[b], ops.lifetime[b])
+            if materialize:
+                # only the kept changes become actions (keys, evidence, reasons: the costly part)
+                plan.actions.extend(_actions(ops, campaigns[cid], recs, now))
         return plan
 
     # --- money -------------------------------------------------------------------------

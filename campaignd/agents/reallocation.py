@@ -129,6 +129,8 @@ class _Campaign:
     cell_ids: tuple[str, ...]
     policy: Policy
     started: bool = False
+    assessed: tuple[Any, Any] | None = None
+    """(what was assessed, the assessment) of the last recommendation."""
 
 
 class BudgetReallocationAgent(Agent):
@@ -196,10 +198,20 @@ class BudgetReallocationAgent(Agent):
         if alloc is not None:
             # only money a cell can still spend today counts: a budget above what it can buy
             # (its supply, or its daypart is over) gains and loses nothing
-            # joint draws cost cells x draws: fewer of them at 100,000 cells
-            draws = max(16, min(self.risk_draws, 2_000_000 // max(len(camp.cell_ids), 1)))
-            assessment = alloc.assess(wanted.astype(float), current.astype(float),
-                                      getattr(camp.policy, "spend_upper", None), draws=draws)
+            # Between re-plans the policy wants the same budgets from the same posterior: the
+            # changes still pending (the DSP's request budget, materiality) are the same
+            # decision, assessed once.
+            key = (hash(wanted.tobytes()), float(alloc.trials.sum()),
+                   float(alloc.successes.sum()))
+            if camp.assessed is not None and camp.assessed[0] == key:
+                assessment = camp.assessed[1]
+            else:
+                # joint draws cost cells x draws: fewer of them at 100,000 cells
+                draws = max(16, min(self.risk_draws, 2_000_000 // max(len(camp.cell_ids), 1)))
+                assessment = alloc.assess(wanted.astype(float), current.astype(float),
+                                          getattr(camp.policy, "spend_upper", None),
+                                          draws=draws)
+                camp.assessed = (key, assessment)
         if assessment is not None:
             impact, risk = assessment.expected_gain, assessment.risk
         else:  # a baseline policy without a posterior: no claim either way

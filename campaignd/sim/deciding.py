@@ -70,13 +70,12 @@ class DecidingPolicy:
                               self._lifetime.copy(), np.asarray(spent, dtype=np.int64),
                               np.asarray(obs.spent_today_micros, dtype=np.int64),
                               np.ones(n, dtype=bool))
-        plan = self.engine.decide(recs, {spec.id: state}, now)
-        for a in plan.actions:
-            i = self._index[a.cell_id]
-            if a.kind == "budget":
-                budgets[i] = int(a.after["daily_budget_micros"])
-                self._lifetime[i] = int(a.after["lifetime_budget_micros"])
-        self.actions += len(plan.actions)
+        plan = self.engine.decide(recs, {spec.id: state}, now, materialize=False)
+        if spec.id in plan.budgets:
+            pos, daily, lifetime = plan.budgets[spec.id]
+            budgets[pos] = daily
+            self._lifetime[pos] = lifetime
+            self.actions += int(pos.size)
         for sk in plan.skipped:
             head = sk.reason.split(":", 1)[0]
             self.skipped[head] = self.skipped.get(head, 0) + sk.count
