@@ -123,10 +123,13 @@ class Daemon:
         self.dsp: Any = None  # DSPService, built in _start_dsp
         self.ingest: Any = None  # EventIngestor
         self.monitor = PerformanceMonitor()
-        self.reallocation = BudgetReallocationAgent(policy=settings.decision.policy,
-                                                    seed=settings.dsp.sandbox.seed,
-                                                    decision_seconds=int(
-                                                        settings.agents.reallocation_s))
+        d = settings.decision
+        self.reallocation = BudgetReallocationAgent(
+            policy=d.policy, seed=settings.dsp.sandbox.seed,
+            decision_seconds=int(settings.agents.reallocation_s),
+            policy_options={"max_cut_per_cycle": d.max_cut_per_cycle,
+                            "max_cut_per_day": d.max_cut_per_day}
+            if d.policy == "thompson" else None)
         self.decisions: DecisionService | None = None
         self.executor: Any = None  # ActionExecutor, built in _start_dsp
         self._token = ""

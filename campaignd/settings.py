@@ -181,6 +181,12 @@ class DecisionSettings(_Section):
                                    description="seconds between outbox drains")
     max_attempts: int = Field(8, ge=1, le=100,
                               description="tries before an action is marked failed/refused")
+    max_cut_per_cycle: float | None = Field(
+        None, ge=0, le=1, description="largest cut of a line item's budget per re-plan "
+                                      "(a fraction; unset: no limit)")
+    max_cut_per_day: float | None = Field(
+        None, ge=0, le=1, description="largest cut of a line item's budget per day (DV360 "
+                                      "allows 0.2; unset: no limit)")
 
 
 class HTTPSettings(_Section):

@@ -135,13 +135,16 @@ class _Campaign:
 
 class BudgetReallocationAgent(Agent):
     """See the module docstring. ``policy``: ``thompson`` (default) or a baseline (``uniform``,
-    ``seed``) for comparison; ``risk_draws``: joint posterior draws for impact and risk."""
+    ``seed``) for comparison, built with ``policy_options`` (e.g. ``max_cut_per_day``);
+    ``risk_draws``: joint posterior draws for impact and risk."""
 
     name = "reallocation"
 
     def __init__(self, *, policy: str = "thompson", seed: int = 0, risk_draws: int = 128,
-                 decision_seconds: int = 120, level: float = 0.9) -> None:
+                 decision_seconds: int = 120, level: float = 0.9,
+                 policy_options: Mapping[str, Any] | None = None) -> None:
         self.policy_name = policy
+        self.policy_options = dict(policy_options or {})
         self.seed = seed
         self.risk_draws = risk_draws
         self.decision_seconds = decision_seconds
@@ -159,7 +162,8 @@ class BudgetReallocationAgent(Agent):
         ctx = PolicyContext(spec, list(cells), spec.lifetime_budget_micros,
                             spec.daily_budget_micros, seed=self.seed,
                             decision_seconds=self.decision_seconds)
-        self._campaigns[spec.id] = _Campaign(spec, ids, make_policy(self.policy_name, ctx))
+        self._campaigns[spec.id] = _Campaign(spec, ids, make_policy(self.policy_name, ctx,
+                                                                    **self.policy_options))
 
     def policy(self, campaign_id: str) -> Policy:
         return self._campaigns[campaign_id].policy

@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -290,13 +290,15 @@ class ThompsonPolicy:
         today = min(ctx.daily_budget_micros, int(spent_today.sum()) + left)
         if self._last is None or self._last_at is None:
             self._start = now
+            new_day = True
         else:
             new_day = now.astimezone(UTC).date() != self._last_at.astimezone(UTC).date()
             if not new_day and (now - self._last_at).total_seconds() < self.replan_seconds:
                 return self._budgets.copy()
             self._learn(obs, now, new_day)
-            if new_day:
-                self._alloc.begin_day()
+        if new_day:
+            # the day's cut limit counts from the budgets the DSP holds as the day starts
+            self._alloc.begin_day(reference=obs.budgets_micros.astype(float))
         shape = self._shape(now)
         f_now = self._elapsed(shape, now)
         s = spent_today.astype(float)
@@ -382,15 +384,17 @@ POLICIES: dict[str, Callable[[PolicyContext], Policy]] = {
 }
 
 
-def make_policy(name: str, ctx: PolicyContext) -> Policy:
-    """Build a named policy; ``oracle`` is built by the driver (it needs the market's truth)."""
+def make_policy(name: str, ctx: PolicyContext, **options: Any) -> Policy:
+    """Build a named policy (``options``: its keyword options); ``oracle`` is built by the
+    driver (it needs the market's truth)."""
     try:
-        return POLICIES[name](ctx)
+        factory = POLICIES[name]
     except KeyError:
         from campaignd.errors import BadInput
 
         raise BadInput("is not a known policy", field="policy", value=name,
                        fix=f"use one of {', '.join([*POLICIES, 'oracle'])}") from None
+    return factory(ctx, **options)
 
 
 __all__ = ["POLICIES", "Observations", "Policy", "PolicyContext", "SeedPolicy", "ThompsonPolicy",

@@ -96,6 +96,7 @@ def test_live_mode_moves_budget_toward_the_truly_better_cells(tmp_path: Path) ->
     spent = np.array([late[i][1] - early[i][1] for i in ids], dtype=float)
     assert spent.sum() > 0
     weighted, equal = float((spent * v).sum() / spent.sum()), float(v.mean())
+    print(f"true conversions per dollar of the spend: {weighted:.4f} vs {equal:.4f} equal split")
     assert weighted > 1.1 * equal, (weighted, equal)
 
 

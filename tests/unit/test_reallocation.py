@@ -66,3 +66,17 @@ def test_nothing_is_recommended_without_the_budgets_in_force(seed_spec: Campaign
         agent.run({seed_spec.id: replace(snap, cell_ids=snap.cell_ids[::-1],
                                          daily_budgets_micros=np.zeros(len(cells),
                                                                        dtype=np.int64))}, NOW)
+
+
+def test_the_daily_cut_limit_holds_in_every_recommendation(seed_spec: CampaignSpec) -> None:
+    cells = atomize(seed_spec)
+    budget = seed_spec.daily_budget_micros // len(cells)
+    agent = BudgetReallocationAgent(seed=2, policy_options={"max_cut_per_day": 0.2})
+    agent.add_campaign(seed_spec, cells)
+    at = seed_spec.flight_start + timedelta(days=2, hours=1)
+    snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
+                     at=at)
+    (rec,) = agent.run({seed_spec.id: snap}, at)  # type: ignore[dict-item]
+    new = np.array(list(rec.change["daily_budgets_micros"].values()))
+    assert new.min() >= 0.8 * budget - 1  # cut by at most 20 % on the day
+    assert new.max() > budget  # and still moving money
