@@ -177,8 +177,8 @@ class ThompsonPolicy:
                  explore_fraction: float = 0.03, learning_successes: float = 3.0,
                  max_cut_per_cycle: float | None = None, max_cut_per_day: float | None = None,
                  capacity_prior: float = 0.1, capacity_growth: float = 1.5,
-                 draws: int | None = None, exploration_scale: float = 1.0, main_sd: float = 0.5,
-                 interaction_sd: float = 0.15, residual_sd: float = 0.05,
+                 draws: int | None = None, exploration_scale: float = 0.5, main_sd: float = 0.5,
+                 interaction_sd: float = 0.3, residual_sd: float = 0.05,
                  capacity_margin: float = 1.3, capacity_groups: float = 4.0,
                  capacity_tolerance: float = 0.15, capacity_optimism: float = 0.5,
                  one_cell_per_group: bool = True, group_choice: str = "mode") -> None:
@@ -365,7 +365,8 @@ class ThompsonPolicy:
         cm.measure(m, rate[m], key_imps[m])
         # kept pace while funded up to the capacity we believed: it can buy more (probe up)
         up = np.flatnonzero(key_at_cap & ~key_sup)
-        cm.kept_pace(up, rate[up])
+        assert self._start is not None
+        cm.kept_pace(up, rate[up], (now - self._start).total_seconds() / 3600)
         # whatever it spent, it could
         lb = np.flatnonzero(key_bud & ~key_sup & ~key_at_cap)
         cm.reached(lb, rate[lb])
