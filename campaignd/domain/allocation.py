@@ -41,6 +41,10 @@ are scaled down together). Money: any consistent unit, as floats for the optimis
 convert to integer micros at their edges (``campaignd.sim.policies.ThompsonPolicy`` rounds down
 per cell, so the integer budgets still sum to at most the budget).
 
+``assess(proposed, current, capacity)`` returns the posterior probability that ``proposed`` is
+worth less than ``current`` (``risk_of``) and the expected gain in objective units over the
+allocations' period (``expected_gain``), from joint draws of every cell's rate.
+
 Pure: numpy + scipy, no clock, no I/O. The same seed and the same calls give the same results.
 """
 
@@ -106,7 +110,16 @@ class Allocator:
     line items with the same targeting, differing only in creative or bid), so each draw funds
     one cell per group before any second one (see ``_group_fill``); ``exploration_scale``
     [1.0] multiplies the spread of the posterior draws (1 = Thompson sampling; below 1 exploits
-    more, 0 = greedy on the posterior mode).
+    more, 0 = greedy on the posterior mode); ``one_cell_per_group`` [False] (with ``groups``):
+    fund a single cell per group -- e.g. when a DSP splits a targeting's inventory among all the
+    line items that bid on it, so that a second funded line item only takes supply from the
+    first -- chosen per allocation as the cell the group's knapsack funds in most draws
+    (``group_choice="mode"``) or in one random draw (``"sample"``); the other cells of the
+    group keep their lower and cut-limit bounds only, and the exploration floor goes to the
+    chosen cells of groups not yet proven.
+
+    ``assess`` / ``risk_of`` / ``expected_gain`` compare two allocations on joint posterior
+    draws (the decision engine's "risk that a change hurts" and "expected impact").
     """
 
     def __init__(self, cells: Sequence[Mapping[str, str]], *, seed: int = 0, draws: int = 32,

@@ -10,8 +10,9 @@ bid strategy), on the log scale, as a Gaussian belief per key:
   ``1 / impressions`` (counting noise) plus ``shape_var`` (the supply shape behind ``dF`` is
   only estimated); it updates the key's own belief (a Kalman step).
 - **Censored observations** (``kept_pace``): a line item that spent all its pacing allowed while
-  funded up to the capacity we believed can buy more: its key's estimate is raised by
-  ``growth`` (probing upwards) and the capacity it reached is a lower bound.
+  funded up to the capacity we believed may buy more: its key's estimate is raised by
+  ``growth`` (probing upwards; at most once per ``probe_hours``, cancelled by the next
+  measurement) and the rate it reached is a lower bound.
 - **Sharing** (``estimate``): keys without measurements borrow from those with some through a
   log-additive model over the keys' levels -- main effects and pairwise interactions, ridge
   (Gaussian) priors -- fitted on the measured keys, weighted by their precision (e.g. the
@@ -46,7 +47,8 @@ class CapacityModel:
     def __init__(self, keys: Sequence[Mapping[str, str]], prior: float, *,
                  prior_sd: float = 1.0, main_sd: float = 1.0, interaction_sd: float = 0.5,
                  residual_sd: float = 0.3, shape_var: float = 0.04, growth: float = 1.5,
-                 optimism: float = 0.5, forget_per_day: float = 0.01,
+                 optimism: float = 0.5, forget_per_day: float = 0.002,
+                 probe_hours: float = 1.0, max_boost: float = 4.0,
                  probe_var: float = 0.02) -> None:
         if not prior > 0:
             raise ValueError(f"prior must be positive, got {prior}")
@@ -87,12 +89,17 @@ class CapacityModel:
         self.growth = growth
         self.optimism = optimism
         self.forget_per_day = forget_per_day
+        self.probe_hours = probe_hours
+        self.max_boost = max_boost
         self.probe_var = probe_var
         self.log_cap = np.full(nk, math.log(prior))
         """Own belief per key (log money per day), meaningful where ``precision > 0``."""
         self.precision = np.zeros(nk)
         self.lower = np.full(nk, -np.inf)
         """Log of a capacity each key is known to reach."""
+        self.boost = np.zeros(nk)
+        """Log raise from probes since the key's last measurement."""
+        self._last_probe = np.full(nk, -np.inf)
         self._estimate: np.ndarray | None = None
 
     # --- data ----------------------------------------------------------------------------------
@@ -113,26 +120,33 @@ class CapacityModel:
         post = prec0 + r_prec
         self.log_cap[keys] = (prec0 * mean0 + r_prec * y) / post
         self.precision[keys] = post
-        # what it reached is known; an older, higher bound was a misreading
+        # what it reached is known; an older, higher bound was a misreading; no more probing
         self.lower[keys] = np.minimum(self.lower[keys], y)
+        self.boost[keys] = 0.0
         self._estimate = None
 
-    def kept_pace(self, keys: np.ndarray, daily_rate: np.ndarray) -> None:
-        """Keys funded up to their estimate spent all their pacing allowed (at ``daily_rate``):
-        raise their estimate by ``growth`` and keep ``daily_rate`` as a lower bound."""
+    def kept_pace(self, keys: np.ndarray, daily_rate: np.ndarray, at: float) -> None:
+        """Keys funded up to their estimate spent all their pacing allowed (at ``daily_rate``)
+        at time ``at`` (hours, any origin, never decreasing): raise their estimates by
+        ``growth`` -- at most once per ``probe_hours`` per key, so that a probe's effect is seen
+        before the next, and at most to ``max_boost`` times the belief; a measurement cancels
+        the raise; keys whose belief has a log variance below ``probe_var`` are not probed (a
+        line item funded at exactly its capacity keeps pace too) -- and keep ``daily_rate`` as a
+        lower bound."""
         keys = np.asarray(keys, dtype=np.int64)
+        rate = np.asarray(daily_rate, dtype=float)
         # a key measured well enough keeps its measurement (a line item funded at its true
-        # capacity keeps pace too)
-        sure = self.precision[keys] > 1.0 / self.probe_var
-        keys, daily_rate = keys[~sure], np.asarray(daily_rate, dtype=float)[~sure]
+        # capacity keeps pace too); the others at most once per probe_hours
+        due = (at - self._last_probe[keys] >= self.probe_hours) & (
+            self.precision[keys] < 1.0 / self.probe_var)
+        keys, rate = keys[due], rate[due]
         if keys.size == 0:
             return
-        est = self.estimate()[keys]
-        rate = np.asarray(daily_rate, dtype=float)
-        self.lower[keys] = np.maximum(self.lower[keys],
-                                      np.log(np.maximum(np.maximum(rate, est), 1e-12)))
-        self.log_cap[keys] = np.maximum(self.log_cap[keys],
-                                        np.log(est) + math.log(self.growth))
+        self.boost[keys] = np.minimum(self.boost[keys] + math.log(self.growth),
+                                      math.log(self.max_boost))
+        self._last_probe[keys] = at
+        ok = rate > 0
+        self.lower[keys[ok]] = np.maximum(self.lower[keys[ok]], np.log(rate[ok]))
         self._estimate = None
 
     def reached(self, keys: np.ndarray, daily_rate: np.ndarray) -> None:
@@ -186,9 +200,7 @@ class CapacityModel:
         # a key's own belief combined with the prediction
         own_p = self.precision
         comb = (pred / pvar + own_p * np.where(meas, self.log_cap, 0.0)) / (1.0 / pvar + own_p)
-        out = np.where(meas, comb, pred + self.optimism * np.sqrt(pvar))
-        # probes raised the belief above the prediction: keep them
-        out = np.where(~meas & np.isfinite(self.lower), np.maximum(out, self.log_cap), out)
+        out = np.where(meas, comb, pred + self.optimism * np.sqrt(pvar)) + self.boost
         out = np.maximum(out, self.lower)
         result: np.ndarray = out
         return result

@@ -154,20 +154,31 @@ class ThompsonPolicy:
        our own budget changes -- catch-up bursts -- as much as the supply.)
     3. **Capacity.** What a line item can buy depends on its inventory and bid, not on its
        creative, so capacity (money per day) is estimated per supply key (audience, daypart,
-       platform, bid strategy) and shared by the key's cells. It starts at
-       ``min(capacity_prior, 4 / targeting groups) x`` the daily budget (optimistic). Over each
-       interval in which a key's supply advanced by ``dF``: if one of its cells fell behind its
-       pace (spent today < 80 % of budget x ``F`` and < 70 % of the fastest pace in its
-       (audience, daypart)), it spent all it could, so ``spend / dF`` is a measurement (averaged
-       in); if it kept pace with budgets of at least half its capacity, the capacity is raised to
-       ``capacity_growth x`` those budgets (probing upwards).
+       platform, bid strategy) by a ``CapacityModel`` (``campaignd.domain.capacity``: a
+       log-additive model over the keys' levels, so e.g. what a bid buys on one platform informs
+       the others). It starts at ``min(capacity_prior, capacity_groups / targeting groups) x``
+       the daily budget. Over each interval in which a key's supply advanced by ``dF``: a cell
+       that spent less than ``(1 - capacity_tolerance) x`` its budget x ``F`` was held back by
+       supply (the DSP paces a daily budget over the line item's supply), so ``spend / dF`` is
+       a measurement of the key's daily capacity; a cell funded up to the capacity believed
+       that kept pace may buy more: the key is probed upwards by ``capacity_growth`` (at most
+       hourly, cancelled by the next measurement).
     4. **Allocation.** Today's budget is the daily budget, capped by what the lifetime budget has
-       left. Each cell's committed spend today is a lower bound and its spend today + capacity x
-       (1 - F) an upper bound; the allocator splits the day's budget by Thompson sampling of
-       value per dollar under those bounds, its exploration floor and its cut limits, funding one
-       cell per targeting group (audience, daypart, platform: line items that buy the same
-       inventory) before any second. Budgets are rounded down to micros per cell, so they sum to
-       at most today's budget. Between re-plans the budgets in force are returned unchanged.
+       left. Each cell's committed spend today is a lower bound and its spend today +
+       ``capacity_margin x`` capacity x (1 - F) an upper bound (the margin leaves room to see
+       whether a line item is held back by supply); the allocator splits the day's budget by
+       Thompson sampling of value per dollar (draws sharpened by ``exploration_scale``) under
+       those bounds, its exploration floor and its cut limits. Line items of one targeting group
+       (audience, daypart, platform) buy the same inventory and the DSP splits it among those
+       that bid, so with ``one_cell_per_group`` (default) only one line item per group -- the one
+       the group's knapsack funds in most draws -- gets budget above what it already spent
+       today; the others stop bidding. Budgets are rounded down to micros per cell, so they sum
+       to at most today's budget. Between re-plans the budgets in force are returned unchanged.
+       The first decision is already the allocator's (on its priors).
+
+    Cut limits (``max_cut_per_cycle``, ``max_cut_per_day``) are off by default here: the
+    sandbox DSP has none, and a cut limit keeps a group's previous line item bidding next to
+    the new one (splitting the group's supply). Set them for a DSP that limits cuts.
     """
 
     name = "thompson"
@@ -177,8 +188,8 @@ class ThompsonPolicy:
                  explore_fraction: float = 0.03, learning_successes: float = 3.0,
                  max_cut_per_cycle: float | None = None, max_cut_per_day: float | None = None,
                  capacity_prior: float = 0.1, capacity_growth: float = 1.5,
-                 draws: int | None = None, exploration_scale: float = 1.0, main_sd: float = 0.5,
-                 interaction_sd: float = 0.15, residual_sd: float = 0.05,
+                 draws: int | None = None, exploration_scale: float = 0.5, main_sd: float = 0.5,
+                 interaction_sd: float = 0.3, residual_sd: float = 0.05,
                  capacity_margin: float = 1.3, capacity_groups: float = 4.0,
                  capacity_tolerance: float = 0.15, capacity_optimism: float = 0.5,
                  one_cell_per_group: bool = True, group_choice: str = "mode") -> None:
@@ -371,7 +382,8 @@ class ThompsonPolicy:
         cm.measure(m, rate[m], key_imps[m])
         # kept pace while funded up to the capacity we believed: it can buy more (probe up)
         up = np.flatnonzero(key_at_cap & ~key_sup)
-        cm.kept_pace(up, rate[up])
+        assert self._start is not None
+        cm.kept_pace(up, rate[up], (now - self._start).total_seconds() / 3600)
         # whatever it spent, it could
         lb = np.flatnonzero(key_bud & ~key_sup & ~key_at_cap)
         cm.reached(lb, rate[lb])

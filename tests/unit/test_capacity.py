@@ -35,19 +35,19 @@ def test_measurements_are_believed_and_shared() -> None:
     assert np.all((ratio > 1 / 1.6) & (ratio < 1.6)), ratio
 
 
-def test_probe_raises_unsure_keys_only() -> None:
+def test_probes_raise_estimates_until_measured() -> None:
     m = CapacityModel(keys(), prior=100.0, growth=1.5)
     before = m.estimate()
-    m.kept_pace(np.array([0]), np.array([before[0]]))
+    m.kept_pace(np.array([0]), np.array([before[0]]), at=0.0)
     after = m.estimate()
     assert after[0] == pytest.approx(1.5 * before[0], rel=1e-6)
-    # a key measured precisely keeps its measurement
-    m.measure(np.array([1]), np.array([300.0]), np.array([1e6]))
-    for _ in range(5):
-        m.measure(np.array([1]), np.array([300.0]), np.array([1e6]))
-    m.kept_pace(np.array([1]), np.array([300.0]))
-    assert m.estimate()[1] == pytest.approx(300.0, rel=0.02)
-    # a measurement below a probe's bound replaces the bound
+    # at most one probe per hour: the next one waits to see the effect of this one
+    m.kept_pace(np.array([0]), np.array([before[0]]), at=0.5)
+    assert m.estimate()[0] == pytest.approx(after[0], rel=1e-6)
+    for h in range(1, 10):
+        m.kept_pace(np.array([0]), np.array([before[0]]), at=float(h))
+    assert m.estimate()[0] == pytest.approx(4.0 * before[0], rel=1e-6)  # max_boost
+    # a measurement cancels the probes and replaces a higher bound
     m.measure(np.array([0]), np.array([40.0]), np.array([1e5]))
     assert m.estimate()[0] == pytest.approx(40.0, rel=0.1)
 
