@@ -140,7 +140,7 @@ class BudgetReallocationAgent(Agent):
 
     name = "reallocation"
 
-    def __init__(self, *, policy: str = "thompson", seed: int = 0, risk_draws: int = 128,
+    def __init__(self, *, policy: str = "thompson", seed: int = 0, risk_draws: int = 64,
                  decision_seconds: int = 120, level: float = 0.9,
                  policy_options: Mapping[str, Any] | None = None) -> None:
         self.policy_name = policy
