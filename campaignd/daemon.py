@@ -351,8 +351,8 @@ class Daemon:
         d = s.decision
         self.decisions = DecisionService(settings=s, sql=self.sql, metrics=self.metrics)
         self.executor = ActionExecutor(sql=self.sql, dsp=self.dsp, clock=self.clock,
-                                       metrics=self.metrics, poll_s=d.executor_poll_s,
-                                       max_attempts=d.max_attempts)
+                                       metrics=self.metrics, mode=d.mode,
+                                       poll_s=d.executor_poll_s, max_attempts=d.max_attempts)
         self.decisions.executor = self.executor
         await tg.start(self.executor.run, name="executor")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -75,10 +75,11 @@ class DecisionService:
                               dtype=np.int64, count=len(snap))
         return replace(snap, daily_budgets_micros=budgets)
 
-    def states(self, snapshots: Mapping[str, CellSnapshot], dsp: Any,
-               now: datetime) -> dict[str, CampaignState]:
+    def states(self, snapshots: Mapping[str, CellSnapshot], dsp: Any, now: datetime,
+               held: Mapping[str, set[str]] | None = None) -> dict[str, CampaignState]:
         """Each synced campaign's caps and line items: budgets as the DSP acknowledged them,
-        spend as counted (lifetime and today's)."""
+        spend as counted or as the DSP last reported it, whichever is more (lifetime), today's
+        as counted; ``held``: per campaign, the cells agents must leave alone."""
         out: dict[str, CampaignState] = {}
         for cid, snap in snapshots.items():
             st = dsp.campaigns.get(cid) if dsp is not None else None
@@ -90,17 +91,23 @@ class DecisionService:
             today = snap.today.get("spend_micros") if snap.today else None
             days_left = max(0.0, (spec.flight_end - now).total_seconds() / 86400)
             out[cid] = CampaignState(
-                cid, spec.daily_budget_micros, spec.lifetime_budget_micros, days_left,
+                cid, spec.daily_budget_micros,
+                spec.lifetime_budget_micros - int(getattr(st, "retired_lifetime_micros", 0)),
+                days_left,
                 snap.cell_ids,
                 np.array([-1 if li is None else li.id for li in lis], dtype=np.int64),
                 np.array([0 if li is None else int(li.daily_budget_micros or 0) for li in lis],
                          dtype=np.int64),
                 np.array([0 if li is None else int(li.lifetime_budget_micros) for li in lis],
                          dtype=np.int64),
-                np.asarray(snap.counts["spend_micros"], dtype=np.int64).copy(),
+                np.maximum(np.asarray(snap.counts["spend_micros"], dtype=np.int64),
+                           np.array([0 if li is None else int(li.spend_micros) for li in lis],
+                                    dtype=np.int64)),
                 (np.zeros(n, dtype=np.int64) if today is None
                  else np.asarray(today, dtype=np.int64).copy()),
-                np.array([li is not None and bool(li.active) for li in lis], dtype=bool))
+                np.array([li is not None and bool(li.active) for li in lis], dtype=bool),
+                np.array([c in (held or {}).get(cid, ()) for c in snap.cell_ids], dtype=bool)
+                if held and held.get(cid) else None)
         return out
 
     async def cycle(self, snapshots: Mapping[str, CellSnapshot], dsp: Any,
@@ -111,11 +118,13 @@ class DecisionService:
         recs = [r for rs in self.inbox.values() for r in rs]
         self.inbox.clear()
         engine = DecisionEngine(self.rules())
-        plan = engine.decide(recs, self.states(snapshots, dsp, now), now)
+        hold = timedelta(seconds=self.settings.decision.manual_hold_s)
+        held = {cid: await self.sql.held_cells(cid, since=now - hold) for cid in snapshots}
+        plan = engine.decide(recs, self.states(snapshots, dsp, now, held), now)
         mode = self.mode
         new = await self.sql.record_actions(plan.actions, mode=mode, now=now)
-        for a in plan.actions:
-            self.metrics.actions.labels(a.kind, mode).inc()
+        if new:
+            self.metrics.actions_decided.labels(mode).inc(new)
         for s in plan.skipped:
             self.metrics.decisions_skipped.labels(s.reason.split(":", 1)[0]).inc(s.count)
         if mode == "live" and new and self.executor is not None:

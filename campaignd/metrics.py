@@ -37,8 +37,11 @@ class Metrics:
                                  registry=r)
         self.up = Gauge("campaignd_up", "1 while the daemon runs", registry=r)
         self.actions = Counter("campaignd_actions_total",
-                               "Line-item actions by kind and outcome (decided in each mode, "
-                               "applied, failed, refused)", ["kind", "outcome"], registry=r)
+                               "Line-item actions the executor finished, by kind and outcome "
+                               "(applied, failed, refused)", ["kind", "outcome"], registry=r)
+        self.actions_decided = Counter("campaignd_actions_decided_total",
+                                       "Line-item actions recorded by the decision engine, by "
+                                       "decision mode", ["mode"], registry=r)
         self.decisions_skipped = Counter("campaignd_decisions_skipped_total",
                                          "Recommendation changes the decision engine did not "
                                          "take, by reason", ["reason"], registry=r)

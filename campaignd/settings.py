@@ -181,6 +181,9 @@ class DecisionSettings(_Section):
                                    description="seconds between outbox drains")
     max_attempts: int = Field(8, ge=1, le=100,
                               description="tries before an action is marked failed/refused")
+    manual_hold_s: float = Field(86_400.0, ge=0,
+                                 description="after a person's undo, agents leave that line "
+                                             "item alone this long")
     max_cut_per_cycle: float | None = Field(
         None, ge=0, le=1, description="largest cut of a line item's budget per re-plan "
                                       "(a fraction; unset: no limit)")

@@ -7,9 +7,12 @@ executor (``campaignd.dsp.executor``) records and applies it. In order:
    objective units per day, ``risk`` the posterior probability that it hurts). A finding
    (priority 0, e.g. ``flag_underperformer``) is kept in the plan as skipped: nothing to apply.
 2. **Risk budget.** Recommendations are taken in decreasing priority while their summed risk
-   stays within ``risk_budget`` (default 0.2); one that would exceed it is skipped and cheaper
-   ones may still fit. Risk is per recommendation: a budget rebalance of a whole campaign is one
-   decision whose risk is the probability that the new allocation as a whole does worse.
+   stays within ``risk_budget`` (default 0.2) per campaign (campaigns are separate money, so one
+   campaign's decisions never starve another's); one that would exceed it is skipped and
+   cheaper ones may still fit. Risk is per recommendation: a budget rebalance of a whole
+   campaign is one decision whose risk is the probability that the new allocation as a whole
+   does worse. Changes that will not be made (immaterial, or to a line item a person has just
+   changed: ``held``) are dropped first and spend no risk.
 3. **Conflicts.** A line item changes at most once per cycle: the higher-priority recommendation
    claims it, and the other recommendation's change to it is skipped (``conflict``).
 4. **Materiality.** A budget change smaller than ``min_change_fraction`` of the budget *and*
@@ -18,10 +21,12 @@ executor (``campaignd.dsp.executor``) records and applies it. In order:
 5. **Money.** Actions are ordered so that every prefix keeps the campaign within its caps:
    cuts first, then raises, each raise clipped to the headroom the cuts left under the campaign's
    daily cap (sum of line-item daily budgets) and lifetime cap (sum of line-item lifetime
-   budgets, as Beeswax requires). A line item's lifetime budget follows its daily budget:
-   spend so far + daily × days of flight left, never below what it has spent. Nothing is ever
-   negative. The executor re-checks the caps against the DSP's acknowledged state before it
-   applies a raise, so a cut that failed never lets a raise through.
+   budgets, as Beeswax requires). A line item's lifetime budget follows its daily budget: spend
+   so far + daily × ``runway_days`` (2; less near the flight's end), never below what it has
+   spent — so cuts free lifetime budget for raises — and a line item left with less than a day
+   of runway is topped up (before raises take the headroom). Nothing is ever negative. The
+   executor re-checks the caps against the DSP's acknowledged state before it applies a raise,
+   so a cut that failed never lets a raise through.
 6. **Request budget.** At most ``max_requests`` actions per cycle (one DSP request each): the
    largest moves are kept, the rest wait for the next cycle (the agent proposes them again); the
    money the dropped cuts would have freed is taken back from the kept raises.
@@ -63,6 +68,9 @@ class DecisionRules:
     less than this much money (default: 5 % and one currency unit a day)."""
     max_requests: int | None = None
     """DSP requests (= actions) per cycle; ``None``: no limit."""
+    runway_days: float = 2.0
+    """A line item's lifetime budget covers what it spent plus this many days of its daily
+    budget (less near the flight's end); one with less than a day left is topped up."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.risk_budget <= 1.0:
@@ -142,6 +150,7 @@ class DecisionEngine:
         recs: list[Recommendation] = []
         claims: dict[str, _Claims] = {}
         claimed: dict[str, np.ndarray] = {}  # campaign → rec index per cell (-1: free)
+        risk: dict[str, float] = {}  # campaign → risk taken this cycle
         for rec in ranked:
             if rec.kind not in EXECUTABLE_KINDS:
                 plan.skipped.append(_skip(rec, "finding: nothing to apply"))
@@ -153,15 +162,32 @@ class DecisionEngine:
             if state is None:
                 plan.skipped.append(_skip(rec, "unknown campaign: not loaded or not synced"))
                 continue
-            if plan.risk_used + rec.risk > rules.risk_budget + 1e-12:
+            used = risk.get(rec.campaign_id, 0.0)
+            if used + rec.risk > rules.risk_budget + 1e-12:
                 plan.skipped.append(_skip(
-                    rec, f"risk budget: risk {rec.risk:.3f} would bring this cycle's total to "
-                         f"{plan.risk_used + rec.risk:.3f} > {rules.risk_budget:g}"))
+                    rec, f"risk budget: risk {rec.risk:.3f} would bring this cycle's total for "
+                         f"the campaign to {used + rec.risk:.3f} > {rules.risk_budget:g}"))
                 continue
             pos, kind, value, unknown = _expand(rec, state)
             if unknown:
                 plan.skipped.append(_skip(rec, "unknown cell: no line item for it",
                                           targets=unknown))
+            # changes that will not be made spend no risk: immaterial ones, held line items
+            small = self._immaterial(state, pos, kind, value)
+            if small.any():
+                plan.skipped.append(_skip(
+                    rec, f"immaterial: change below both {rules.min_change_fraction:.0%} and "
+                         f"{rules.min_change_micros} micros", count=int(small.sum()),
+                    targets=_cells(state, pos[small])))
+            held = state.held[pos] if state.held is not None else np.zeros(pos.size, bool)
+            held &= ~small
+            if held.any():
+                plan.skipped.append(_skip(
+                    rec, "held: a person changed this line item recently (undo); agents leave "
+                         "it alone for decision.manual_hold_s", count=int(held.sum()),
+                    targets=_cells(state, pos[held])))
+            keep = ~small & ~held
+            pos, kind, value = pos[keep], kind[keep], value[keep]
             owner = claimed.setdefault(rec.campaign_id, np.full(len(state.cell_ids), -1))
             taken = owner[pos]
             clash = taken >= 0
@@ -180,6 +206,7 @@ class DecisionEngine:
             c.value.append(value)
             c.rec.append(np.full(pos.size, len(recs)))
             recs.append(rec)
+            risk[rec.campaign_id] = used + rec.risk
             plan.risk_used += rec.risk
             plan.selected.append(rec)
         budget = rules.max_requests
@@ -195,6 +222,17 @@ class DecisionEngine:
                 plan.actions.extend(_actions(ops, campaigns[cid], recs, now))
         return plan
 
+    def _immaterial(self, st: CampaignState, pos: np.ndarray, kind: np.ndarray,
+                    value: np.ndarray) -> np.ndarray:
+        """Budget changes below both materiality thresholds (or no change at all)."""
+        rules = self.rules
+        old = st.daily[pos]
+        delta = np.clip(value, 0, int(st.daily_cap_micros)) - old
+        out: np.ndarray = (kind == _BUDGET) & (
+            (delta == 0) | ((np.abs(delta) < rules.min_change_fraction * old)
+                            & (np.abs(delta) < rules.min_change_micros)))
+        return out
+
     # --- money -------------------------------------------------------------------------
 
     def _campaign_ops(self, st: CampaignState, c: _Claims, recs: list[Recommendation],
@@ -203,6 +241,7 @@ class DecisionEngine:
         pos, kind = np.concatenate(c.pos), np.concatenate(c.kind)
         value, rec = np.concatenate(c.value), np.concatenate(c.rec)
         days = max(float(st.days_left), 0.0)
+        runway = min(days, rules.runway_days)
         D, L = int(st.daily_cap_micros), int(st.lifetime_cap_micros)
         # pauses and activations: only where they change something
         switch = kind != _BUDGET
@@ -214,16 +253,12 @@ class DecisionEngine:
         new = np.clip(value, 0, D)
         old = st.daily[pos]
         delta = np.where(b, new - old, 0)
-        immaterial = b & ((delta == 0) | ((np.abs(delta) < rules.min_change_fraction * old)
-                                          & (np.abs(delta) < rules.min_change_micros)))
-        _skip_each(plan, recs, st, rec[immaterial], pos[immaterial],
-                   f"immaterial: change below both {rules.min_change_fraction:.0%} and "
-                   f"{rules.min_change_micros} micros")
+        immaterial = b & (delta == 0)  # (the rest was filtered when the changes were claimed)
         spent = st.spent[pos]
         cut = b & ~immaterial & (delta < 0)
         grow = b & ~immaterial & (delta > 0)
         life_old = st.lifetime[pos]
-        life_cut = np.minimum(life_old, np.maximum(spent, spent + _ceil(new * days)))
+        life_cut = np.minimum(life_old, np.maximum(spent, spent + _ceil(new * runway)))
         # headroom once every cut is in
         daily_after = st.daily.copy()
         life_after = st.lifetime.copy()
@@ -231,6 +266,26 @@ class DecisionEngine:
         life_after[pos[cut]] = life_cut[cut]
         head_d = D - int(daily_after.sum())
         head_l = L - int(life_after.sum())
+        # lifetime top-ups: line items nobody changes this cycle whose lifetime budget has less
+        # than a day of their daily budget left (they would stop delivering) get their runway
+        # back, before any raise takes the lifetime headroom
+        budget_recs = rec[b]
+        t = np.zeros(0, dtype=np.int64)
+        life_t = np.zeros(0, dtype=np.int64)
+        if budget_recs.size and runway > 0:
+            free = np.ones(len(st.cell_ids), dtype=bool)
+            free[pos] = False
+            short = free & st.active & (st.daily > 0) & (
+                st.lifetime - st.spent < st.daily * min(1.0, runway))
+            t = np.nonzero(short)[0]
+            want_t = np.minimum(st.spent[t] + _ceil(st.daily[t] * runway), L)
+            inc_t = np.maximum(want_t - st.lifetime[t], 0)
+            order_t = np.lexsort((t, -inc_t))
+            t, inc_t = t[order_t], inc_t[order_t]
+            got_t = np.clip(max(head_l, 0) - (np.cumsum(inc_t) - inc_t), 0, inc_t)
+            t, got_t = t[got_t > 0], got_t[got_t > 0]
+            life_t = st.lifetime[t] + got_t
+            head_l -= int(got_t.sum())
         # raises, largest first, each up to what is left
         g = np.nonzero(grow)[0]
         g = g[np.lexsort((pos[g], -delta[g]))]
@@ -241,20 +296,27 @@ class DecisionEngine:
                    "no headroom: the campaign's daily cap is taken by other line items")
         g, granted = g[~starved], granted[~starved]
         daily_g = old[g] + granted
-        want_life = np.minimum(spent[g] + _ceil(daily_g * days), L)
+        want_life = np.minimum(spent[g] + _ceil(daily_g * runway), L)
         inc_l = np.maximum(want_life - life_old[g], 0)
         got_l = np.clip(max(head_l, 0) - (np.cumsum(inc_l) - inc_l), 0, inc_l)
         life_g = life_old[g] + got_l
-        # the money order: cuts (largest first), pauses, raises (largest first), activations
+        # the money order: cuts (largest first), pauses, top-ups, raises (largest first),
+        # activations
         k = np.nonzero(cut)[0]
         k = k[np.lexsort((pos[k], delta[k]))]
         sw = np.nonzero(keep_sw)[0]
         pauses, acts = sw[kind[sw] == _PAUSE], sw[kind[sw] == _ACTIVATE]
-        order = np.concatenate([k, pauses, g, acts])
-        after_d = np.concatenate([new[k], old[pauses], daily_g, old[acts]])
-        after_l = np.concatenate([life_cut[k], life_old[pauses], life_g, life_old[acts]])
-        return _Ops(pos[order], kind[order], rec[order], after_d.astype(np.int64),
-                    after_l.astype(np.int64))
+        order = np.concatenate([k, pauses])
+        tail = np.concatenate([g, acts])
+        top_rec = np.full(t.size, int(budget_recs[0]) if budget_recs.size else 0)
+        return _Ops(
+            np.concatenate([pos[order], t, pos[tail]]),
+            np.concatenate([kind[order], np.full(t.size, _BUDGET), kind[tail]]),
+            np.concatenate([rec[order], top_rec, rec[tail]]),
+            np.concatenate([new[k], old[pauses], st.daily[t], daily_g, old[acts]]
+                           ).astype(np.int64),
+            np.concatenate([life_cut[k], life_old[pauses], life_t, life_g, life_old[acts]]
+                           ).astype(np.int64))
 
 
 @dataclass(slots=True)

@@ -15,7 +15,12 @@ from the budgets in force it recommends a ``budget_rebalance`` of the changed ce
   cell's value per money unit ``v_i``, where ``u_i`` is the most the cell can spend today
   (what the policy learned of its delivery capacity; money above it buys nothing);
 - **risk**: the posterior probability that the rebalance as a whole does worse than the budgets
-  in force (the share of draws where that sum is negative); **score** = 1 - risk.
+  in force (the share of draws where that sum is negative); **score** 1 (the allocator's
+  uncertainty is all in the risk: priority = impact × (1 − risk)).
+
+A re-plan is assessed once: while the policy still wants the same budgets from the same
+posterior (some changes wait for the DSP's request budget), the pending remainder is the same
+decision and keeps its assessment.
 
 The same agent runs in the daemon and in the simulator; a restarted daemon's agent first learns
 everything counted so far as one interval (then re-plans from the budgets in force, within the
@@ -242,7 +247,7 @@ class BudgetReallocationAgent(Agent):
             created_at=now,
             change={"daily_budgets_micros": CellValues(camp.cell_ids, changed,
                                                        wanted[changed])},
-            evidence={"summary": summary, "cells": cells}, score=1.0 - risk,
+            evidence={"summary": summary, "cells": cells}, score=1.0,
             impact=max(impact, 0.0), risk=risk)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,6 +65,15 @@ class Recommendation:
     def priority(self) -> float:
         """priority = score × impact × (1 − risk)."""
         return self.score * self.impact * (1.0 - self.risk)
+
+    def __post_init__(self) -> None:
+        for name in ("score", "risk"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+                raise ValueError(f"Recommendation.{name} must be in [0, 1], got {v!r}")
+        if not (isinstance(self.impact, int | float) and math.isfinite(self.impact)):
+            raise ValueError(f"Recommendation.impact must be a finite number, got "
+                             f"{self.impact!r}")
 
     _id: str | None = field(init=False, repr=False, compare=False, default=None)
 
@@ -151,6 +161,8 @@ class CampaignState:
     spent: np.ndarray
     spent_today: np.ndarray
     active: np.ndarray
+    held: np.ndarray | None = None
+    """Per cell: a person changed the line item recently (an undo), so agents leave it alone."""
     index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

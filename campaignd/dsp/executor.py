@@ -7,18 +7,32 @@ doubles a change: on restart ``pending`` and ``applying`` actions are applied ag
 an absolute change a second time changes nothing (an action whose line item already holds its
 ``after`` is simply marked applied).
 
-Money checks happen here too, against the DSP's *acknowledged* state, whatever the decision
-engine planned: before a raise is sent, the campaign's line items — with the in-flight raises
-reserved — must stay within the campaign's daily and lifetime caps. Within one drain the cuts go
-first; a raise that does not fit waits for a later drain (a cut it depends on may still be
-retrying) and is refused after ``max_attempts``. An action whose line item changed since it was
-decided (its ``before`` is no longer the DSP's state) is refused as stale instead of overwriting
-a newer change. Acknowledged state updates the DSP service's view of the line item (what the
-agents read next) and the cell's stored budgets.
+What a drain applies:
+
+- **The mode's.** In ``live`` mode every outbox action; in ``shadow`` and ``approve`` mode only
+  what a person asked for (approved actions, undos). An action left in the outbox by a run in
+  another mode is ``superseded``, never applied behind the operator's back.
+- **The newest per line item.** Older open actions of a line item are ``superseded`` by the
+  newest one before anything is sent.
+- **Within the caps.** Money checks happen here too, against the DSP's *acknowledged* state,
+  whatever the decision engine planned: cuts go first; before a raise is sent, the campaign's
+  line items — with the raises in flight reserved — must stay within its daily and lifetime
+  caps. A raise that does not fit waits (``pending``, a cut it depends on may still be
+  retrying) and is ``refused`` once it has waited ``max_wait_s`` (real seconds).
+- **Still current.** An action whose line item changed since it was decided (its ``before`` is
+  no longer the DSP's state) is refused as stale rather than overwriting a newer change; the
+  check is made again just before the request goes out.
+
+While a campaign is not synced with the DSP (e.g. the DSP was unreachable at start) its actions
+wait; they are refused only if the campaign is no longer loaded. Transient DSP errors are
+retried (``max_attempts``; rate limits and an open circuit do not count), a refusal (400) marks
+the action ``failed``. Acknowledged state updates the DSP service's view of the line item (what
+the agents read next) and the cell's stored budgets.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +49,8 @@ from campaignd.stores.sql.actions import ActionRow
 
 log = get_logger("campaignd.executor")
 
+APPLIED_KINDS = ("budget", "pause", "activate")
+
 
 def line_item_state(li: LineItem) -> dict[str, Any]:
     """The parts of a line item that actions change (what ``before``/``after`` hold)."""
@@ -43,9 +59,13 @@ def line_item_state(li: LineItem) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
-class _Reserved:
-    daily: int = 0
-    lifetime: int = 0
+class _Sums:
+    """One campaign's line-item budgets as acknowledged, plus the raises in flight."""
+
+    daily: int
+    lifetime: int
+    daily_reserved: int = 0
+    lifetime_reserved: int = 0
 
 
 @dataclass(slots=True)
@@ -54,22 +74,28 @@ class DrainResult:
     failed: int = 0
     refused: int = 0
     waiting: int = 0
+    superseded: int = 0
     errors: list[str] = field(default_factory=list)
 
 
 class ActionExecutor:
-    """Drains the outbox every ``poll_s`` (or at once when woken)."""
+    """Drains the outbox every ``poll_s`` (or at once when woken); see the module docstring."""
 
     def __init__(self, *, sql: Any, dsp: Any, clock: Clock, metrics: Metrics | None = None,
-                 poll_s: float = 2.0, max_attempts: int = 8, concurrency: int = 8) -> None:
+                 mode: str = "live", poll_s: float = 2.0, max_attempts: int = 8,
+                 max_wait_s: float = 600.0, concurrency: int = 8) -> None:
         self.sql = sql
         self.dsp = dsp
         self.clock = clock
         self.metrics = metrics
+        self.mode = mode
         self.poll_s = poll_s
         self.max_attempts = max_attempts
+        self.max_wait_s = max_wait_s
         self.concurrency = concurrency
         self._wake = anyio.Event()
+        self._waiting_since: dict[int, float] = {}
+        """Action id → when (monotonic seconds) it started waiting for headroom."""
         self.last_drain: dict[str, Any] | None = None
         self.totals = DrainResult()
 
@@ -89,58 +115,93 @@ class ActionExecutor:
                 log.warning("executor: drain failed; will retry", error=str(exc)[:300])
 
     async def drain(self) -> DrainResult:
-        """Apply what is in the outbox: cuts, pauses and activations first, then raises. Each
-        phase costs three transactions however many actions it has: claim (``applying``),
-        outcomes, the cells' stored budgets."""
+        """Apply what is in the outbox (see the module docstring). Each phase costs a few
+        transactions however many actions it has: superseded, claimed (``applying``), outcomes,
+        the cells' stored budgets."""
         rows = await self.sql.outbox()
         out = DrainResult()
         if not rows:
             return out
-        reserved: dict[str, _Reserved] = {}
+        rows = await self._only_current(rows, out)
         for phase in ([r for r in rows if not r.action.is_increase],
                       [r for r in rows if r.action.is_increase]):
-            await self._phase(phase, reserved, out)
+            await self._phase(phase, out)
         self.last_drain = {"at": self.clock.now().isoformat(), "applied": out.applied,
                            "failed": out.failed, "refused": out.refused,
-                           "waiting": out.waiting, "errors": out.errors[:5]}
-        for name in ("applied", "failed", "refused", "waiting"):
+                           "waiting": out.waiting, "superseded": out.superseded,
+                           "errors": out.errors[:5]}
+        for name in ("applied", "failed", "refused", "waiting", "superseded"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(out, name))
-        if out.applied or out.failed or out.refused:
+        if out.applied or out.failed or out.refused or out.superseded:
             log.info("executor: outbox drained", **{k: v for k, v in self.last_drain.items()
                                                     if k not in ("at", "errors")})
         return out
 
-    async def _phase(self, rows: list[ActionRow], reserved: dict[str, _Reserved],
-                     out: DrainResult) -> None:
+    async def _only_current(self, rows: list[ActionRow], out: DrainResult) -> list[ActionRow]:
+        """Supersede what this mode must not apply and all but the newest action of each line
+        item; return the rest."""
+        newest: dict[tuple[str, str], ActionRow] = {}
+        dropped: list[tuple[int, str, str | None, dict[str, Any] | None]] = []
+        for r in rows:  # oldest first
+            if self.mode != "live" and r.mode != "user" and r.actor is None:
+                dropped.append((r.id, "superseded", f"not applied: the daemon now runs in "
+                                f"{self.mode} mode (decided in {r.mode} mode)", None))
+                continue
+            key = (r.action.campaign_id, r.action.cell_id)
+            older = newest.get(key)
+            if older is not None:
+                dropped.append((older.id, "superseded",
+                                f"superseded by action {r.id} (decision {r.action.decision_id})",
+                                None))
+            newest[key] = r
+        if dropped:
+            out.superseded += await self.sql.finish_actions(dropped, now=self.clock.now())
+        return sorted(newest.values(), key=lambda r: r.id)
+
+    async def _phase(self, rows: list[ActionRow], out: DrainResult) -> None:
         if not rows:
             return
+        now = self.clock.now()
         outcomes: dict[int, tuple[str, str | None, dict[str, Any] | None]] = {}
-        sends: dict[int, tuple[ActionRow, LineItem, _Reserved | None, int, int]] = {}
+        sums: dict[str, _Sums] = {}
+        sends: dict[int, tuple[ActionRow, LineItem, int, int]] = {}
         for row in rows:
-            verdict = self._check(row, reserved)
+            verdict = self._check(row, sums)
             if verdict[0] == "send":
-                _, li, res, dd, dl = verdict
-                sends[row.id] = (row, li, res, dd, dl)
+                _, li, dd, dl = verdict
+                sends[row.id] = (row, li, dd, dl)
             else:
                 outcomes[row.id] = (verdict[0], verdict[1], verdict[2])
-        waiting = [i for i, o in outcomes.items() if o[0] == "pending"]
-        claimed = set(await self.sql.claim_actions([*sends, *waiting], now=self.clock.now()))
+        claimed = set(await self.sql.claim_actions(list(sends), now=now))
         limiter = anyio.Semaphore(self.concurrency)
         acked: dict[str, LineItem] = {}
 
-        def release(res: _Reserved | None, dd: int, dl: int) -> None:
-            if res is not None:
-                res.daily -= dd
-                res.lifetime -= dl
+        def release(campaign_id: str, dd: int, dl: int, *, acknowledged: bool) -> None:
+            s = sums.get(campaign_id)
+            if s is None or (dd == 0 and dl == 0):
+                return
+            s.daily_reserved -= dd
+            s.lifetime_reserved -= dl
+            if acknowledged:  # now part of the acknowledged state
+                s.daily += dd
+                s.lifetime += dl
 
-        async def send(row: ActionRow, li: LineItem, res: _Reserved | None, dd: int,
-                       dl: int) -> None:
+        async def send(row: ActionRow, li: LineItem, dd: int, dl: int) -> None:
             a = row.action
             async with limiter:
+                # the line item may have changed while this waited for the limiter
+                st = self.dsp.campaigns.get(a.campaign_id)
+                current = st.line_items.get(a.cell_id) if st is not None else None
+                if current is None or any(line_item_state(current).get(k) != a.before.get(k)
+                                          for k in a.after):
+                    release(a.campaign_id, dd, dl, acknowledged=False)
+                    outcomes[row.id] = ("refused", "stale: the line item changed just before "
+                                                   "this was to be sent", None)
+                    return
                 try:
                     ack = await self._send(li.id, a.kind, a.after)
                 except DSPError as exc:
-                    release(res, dd, dl)
+                    release(a.campaign_id, dd, dl, acknowledged=False)
                     text = f"{type(exc).__name__}: {exc}"[:500]
                     retry = exc.retryable and (isinstance(exc, DSPCircuitOpen | DSPRateLimited)
                                                or row.attempts + 1 < self.max_attempts)
@@ -150,49 +211,59 @@ class ActionExecutor:
                     log.warning("executor: action failed unexpectedly", action=row.id,
                                 error=str(exc)[:300], exc_info=True)
                     out.errors.append(f"{row.id}: {exc}")
-                    release(res, dd, dl)
+                    release(a.campaign_id, dd, dl, acknowledged=False)
                     outcomes[row.id] = ("pending", f"{type(exc).__name__}: {exc}"[:500], None)
                     return
             self.dsp.campaigns[a.campaign_id].line_items[a.cell_id] = ack
-            release(res, dd, dl)  # acknowledged: now part of the state, not a reservation
+            release(a.campaign_id, dd, dl, acknowledged=True)
             acked[a.cell_id] = ack
             outcomes[row.id] = ("applied", None, line_item_state(ack))
 
         async with anyio.create_task_group() as tg:
-            for i, (row, li, res, dd, dl) in sends.items():
+            for i, (row, li, dd, dl) in sends.items():
                 if i in claimed:
-                    tg.start_soon(send, row, li, res, dd, dl)
+                    tg.start_soon(send, row, li, dd, dl)
                 else:  # superseded or decided meanwhile: not sent
-                    release(res, dd, dl)
-        final = [(i, st, err, result) for i, (st, err, result) in outcomes.items()
-                 if st != "pending" or i in claimed]
+                    release(row.action.campaign_id, dd, dl, acknowledged=False)
+        by_id = {r.id: r for r in rows}
+        final = []
+        for i, (st, err, result) in outcomes.items():
+            if st == "pending" and i not in sends and by_id[i].error == err:
+                out.waiting += 1  # still waiting, nothing new to write
+                continue
+            final.append((i, st, err, result))
         await self.sql.finish_actions(final, now=self.clock.now())
-        kinds = {r.id: r.action for r in rows}
         for i, st, err, _ in final:
             name = "waiting" if st == "pending" else st
             setattr(out, name, getattr(out, name) + 1)
+            a = by_id[i].action
             if st in ("failed", "refused"):
-                log.warning(f"executor: action {st}", action=i, kind=kinds[i].kind,
-                            cell=kinds[i].cell_id, error=err)
+                log.warning(f"executor: action {st}", action=i, kind=a.kind, cell=a.cell_id,
+                            error=err)
             if self.metrics is not None and st != "pending":
-                self.metrics.actions.labels(kinds[i].kind, st).inc()
+                self.metrics.actions.labels(a.kind, st).inc()
         if acked:
             await self._store_cells(acked)
 
-    def _check(self, row: ActionRow, reserved: dict[str, _Reserved]) -> tuple[Any, ...]:
-        """What to do with an outbox action now: ``("send", line item, reservation, Δdaily,
-        Δlifetime)``, or an outcome ``(status, error, result)`` — ``applied`` (the DSP already
-        holds it), ``refused`` (unknown line item, stale, or no headroom after
-        ``max_attempts``) or ``pending`` (waiting for headroom)."""
+    def _check(self, row: ActionRow, sums: dict[str, _Sums]) -> tuple[Any, ...]:
+        """What to do with an outbox action now: ``("send", line item, Δdaily, Δlifetime)`` (a
+        raise's Δ is reserved in ``sums``), or an outcome ``(status, error, result)`` —
+        ``applied`` (the DSP already holds it), ``refused`` (not appliable, stale, or no
+        headroom for longer than ``max_wait_s``) or ``pending`` (waiting)."""
         a = row.action
-        if a.kind not in ("budget", "pause", "activate"):
+        if a.kind not in APPLIED_KINDS:
             return ("refused", f"a {a.kind!r} action is recorded by the DSP sync, never applied "
                                "from the outbox", None)
         st = self.dsp.campaigns.get(a.campaign_id)
-        li: LineItem | None = None if st is None else st.line_items.get(a.cell_id)
-        if st is None or li is None:
-            return ("refused", f"line item of cell {a.cell_id} is not known to the DSP "
-                               "service (not synced)", None)
+        if st is None:
+            return ("refused", f"campaign {a.campaign_id} is not loaded (removed from "
+                               "`campaigns`?)", None)
+        if not st.synced:
+            return ("pending", "waiting: the campaign is not synced with the DSP yet", None)
+        li: LineItem | None = st.line_items.get(a.cell_id)
+        if li is None:
+            return ("refused", f"cell {a.cell_id} has no line item on the DSP (not in the "
+                               "campaign spec any more?)", None)
         current = line_item_state(li)
         keys = list(a.after)
         if all(current.get(k) == a.after[k] for k in keys):
@@ -202,18 +273,26 @@ class ActionExecutor:
                                f"from {_pick(a.before, keys)}, now {_pick(current, keys)})",
                     None)
         if not a.is_increase:
-            return ("send", li, None, 0, 0)
-        problem = self._headroom_problem(st, a.cell_id, a.after, reserved)
-        if problem is not None:
-            if row.attempts + 1 >= self.max_attempts:
-                return ("refused", problem, None)
-            return ("pending", f"waiting: {problem}", None)
-        res = reserved.setdefault(a.campaign_id, _Reserved())
+            return ("send", li, 0, 0)
+        s = sums.get(a.campaign_id)
+        if s is None:
+            s = sums[a.campaign_id] = _Sums(
+                sum(int(x.daily_budget_micros or 0) for x in st.line_items.values()),
+                sum(int(x.lifetime_budget_micros) for x in st.line_items.values())
+                + int(getattr(st, "retired_lifetime_micros", 0)))
         dd = int(a.after["daily_budget_micros"]) - current["daily_budget_micros"]
         dl = int(a.after["lifetime_budget_micros"]) - current["lifetime_budget_micros"]
-        res.daily += dd
-        res.lifetime += dl
-        return ("send", li, res, dd, dl)
+        problem = _headroom_problem(st.spec, s, a.after, dd, dl)
+        if problem is not None:
+            since = self._waiting_since.setdefault(row.id, time.monotonic())
+            if time.monotonic() - since > self.max_wait_s:
+                self._waiting_since.pop(row.id, None)
+                return ("refused", f"{problem} (waited {self.max_wait_s:g} s)", None)
+            return ("pending", f"waiting: {problem}", None)
+        self._waiting_since.pop(row.id, None)
+        s.daily_reserved += max(dd, 0)
+        s.lifetime_reserved += max(dl, 0)
+        return ("send", li, max(dd, 0), max(dl, 0))
 
     async def _send(self, line_item_id: int, kind: str, after: Mapping[str, Any]) -> LineItem:
         adapter = self.dsp.adapter
@@ -226,7 +305,6 @@ class ActionExecutor:
             out = await adapter.set_active(line_item_id, bool(after["active"]))
             return out
         raise ValueError(f"unknown action kind {kind!r}")
-
 
     async def _store_cells(self, acked: Mapping[str, LineItem]) -> None:
         """The cells' stored budgets and status (a read model: a failure is only logged)."""
@@ -243,28 +321,24 @@ class ActionExecutor:
             log.warning("executor: could not store the cells' budgets", cells=len(acked),
                         error=str(exc)[:200])
 
-    def _headroom_problem(self, st: Any, cell_id: str, after: Mapping[str, Any],
-                          reserved: dict[str, _Reserved]) -> str | None:
-        """Why raising ``cell_id`` to ``after`` would break a campaign cap now, or None."""
-        spec = st.spec
-        res = reserved.get(spec.id, _Reserved())
-        daily = int(after["daily_budget_micros"])
-        life = int(after["lifetime_budget_micros"])
-        D, L = spec.daily_budget_micros, spec.lifetime_budget_micros
-        if daily > D or life > L:
-            return (f"a line item may not exceed the campaign's caps (daily {daily} > {D} or "
-                    f"lifetime {life} > {L} micros)")
-        others_d = sum(int(li.daily_budget_micros or 0) for c, li in st.line_items.items()
-                       if c != cell_id)
-        others_l = sum(int(li.lifetime_budget_micros) for c, li in st.line_items.items()
-                       if c != cell_id)
-        if others_d + res.daily + daily > D:
-            return (f"the campaign's daily budgets would sum to {others_d + res.daily + daily}"
-                    f" > its daily cap {D} micros")
-        if others_l + res.lifetime + life > L:
-            return (f"the campaign's lifetime budgets would sum to "
-                    f"{others_l + res.lifetime + life} > its lifetime cap {L} micros")
-        return None
+
+def _headroom_problem(spec: Any, s: _Sums, after: Mapping[str, Any], dd: int,
+                      dl: int) -> str | None:
+    """Why raising a line item by (``dd``, ``dl``) to ``after`` would break a campaign cap,
+    given the acknowledged sums and the raises in flight; None when it fits."""
+    daily, life = int(after["daily_budget_micros"]), int(after["lifetime_budget_micros"])
+    D, L = spec.daily_budget_micros, spec.lifetime_budget_micros
+    if daily > D or life > L:
+        return (f"a line item may not exceed the campaign's caps (daily {daily} > {D} or "
+                f"lifetime {life} > {L} micros)")
+    total_d = s.daily + s.daily_reserved + max(dd, 0)
+    if total_d > D:
+        return f"the campaign's daily budgets would sum to {total_d} > its daily cap {D} micros"
+    total_l = s.lifetime + s.lifetime_reserved + max(dl, 0)
+    if total_l > L:
+        return (f"the campaign's lifetime budgets would sum to {total_l} > its lifetime cap "
+                f"{L} micros")
+    return None
 
 
 def _pick(d: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:

@@ -65,6 +65,9 @@ class _CampaignState:
     """cell id → line item as last read from the DSP."""
     synced: bool = False
     error: str | None = None
+    retired_lifetime_micros: int = 0
+    """Lifetime budgets of the campaign's line items whose cells the spec no longer has (paused,
+    lowered to what they spent): Beeswax still counts them against the campaign's budget."""
 
 
 class DSPService:
@@ -220,15 +223,30 @@ class DSPService:
         spec = st.spec
         wanted = {cell.alternative_id for cell in st.cells}
         prefix = f"campaignd:{spec.id}:"
+        retired = 0
         for li in await self.adapter.get_line_items(campaign_id=dsp_campaign_id):
             alt = li.alternative_id or ""
-            if alt.startswith(prefix) and alt not in wanted and li.active:
-                after = await self.adapter.set_active(li.id, False)
+            if not alt.startswith(prefix) or alt in wanted:
+                continue
+            cell = alt[len(prefix):]
+            if li.active:
+                li = await self.adapter.set_active(li.id, False)
                 await self._record([_sync_action(
-                    spec.id, alt[len(prefix):], after, "pause", {"active": True},
-                    {"active": False}, "sync: the campaign spec no longer has this cell",
-                    self.clock.now())])
+                    spec.id, cell, li, "pause", {"active": True}, {"active": False},
+                    "sync: the campaign spec no longer has this cell", self.clock.now())])
                 log.info("paused the line item of a removed cell", line_item=li.id, cell=alt)
+            floor = max(int(li.spend_micros), 0)
+            if li.lifetime_budget_micros > floor or (li.daily_budget_micros or 0) > 0:
+                # its unspent budget would still count against the campaign's on Beeswax
+                new = await self.adapter.update_budget(li.id, lifetime_micros=floor,
+                                                       daily_micros=0)
+                await self._record([_sync_action(
+                    spec.id, cell, new, "budget", _budgets(li), _budgets(new),
+                    "sync: a removed cell's line item keeps only what it spent, so the rest "
+                    "of the campaign's budget is free for the others", self.clock.now())])
+                li = new
+            retired += int(li.lifetime_budget_micros)
+        st.retired_lifetime_micros = retired
         items = list(st.line_items.items())
         life_total = sum(li.lifetime_budget_micros for _, li in items)
         daily_total = sum(li.daily_budget_micros or 0 for _, li in items)
@@ -270,9 +288,12 @@ class DSPService:
                 await self.sync_campaign(st.spec, st.cells)
                 if not st.synced:
                     continue
-            ids = [li.id for li in st.line_items.values()]
+            known_now = dict(st.line_items)
+            ids = [li.id for li in known_now.values()]
             current = {li.id: li for li in await self.adapter.get_line_items(ids)}
-            for cid, known in st.line_items.items():
+            for cid, known in known_now.items():
+                if st.line_items.get(cid) is not known:
+                    continue  # the executor changed it while we read: its ack is newer
                 now = current.get(known.id)
                 if now is None:
                     drift += 1

@@ -40,9 +40,16 @@ class DecidingPolicy:
         self._ids = tuple(c.cell_id for c in ctx.cells)
         self._index = {c: i for i, c in enumerate(self._ids)}
         n = len(self._ids)
-        self._lifetime = np.zeros(n, dtype=np.int64)
+        # as the daemon's sync creates them: an equal split of the lifetime budget
+        self._lifetime = np.full(n, ctx.lifetime_budget_micros // max(n, 1), dtype=np.int64)
         self.actions = 0
         self.skipped: dict[str, int] = {}
+
+    @property
+    def lifetime_budgets(self) -> np.ndarray:
+        """The line items' lifetime budgets as the decision engine set them (the driver applies
+        them as they are, as the executor would)."""
+        return self._lifetime.copy()
 
     @property
     def allocator(self) -> object:

@@ -122,6 +122,14 @@ def lifetime_shares(budgets: np.ndarray, spent_total: np.ndarray, lifetime_cap: 
     return spent_total.astype(np.int64) + share
 
 
+def _lifetime_cap(lifetimes: np.ndarray, cap: int) -> np.ndarray:
+    """``lifetimes`` if they sum to at most ``cap``, else scaled down to (the DSP's rule)."""
+    total = int(np.asarray(lifetimes, dtype=np.int64).sum())
+    if total <= cap:
+        return np.asarray(lifetimes, dtype=np.int64)
+    return (np.asarray(lifetimes).astype(object) * cap // total).astype(np.int64)
+
+
 @dataclass
 class RunTrace:
     """What one run did, sampled hourly (for the HTML report)."""
@@ -239,7 +247,12 @@ def run_policy(market: Market, policy: Policy, ctx: PolicyContext, *, start: dat
                     actions_this_hour += changed
                 trace.decisions += 1
                 budgets = new
-                life = lifetime_shares(budgets, obs.spend_micros, ctx.lifetime_budget_micros)
+                # a policy that sets line-item lifetime budgets itself (the daemon's decision
+                # path) has them applied as they are; otherwise shares of what is left
+                own = getattr(policy, "lifetime_budgets", None)
+                life = (np.minimum(own, _lifetime_cap(own, ctx.lifetime_budget_micros))
+                        if own is not None else
+                        lifetime_shares(budgets, obs.spend_micros, ctx.lifetime_budget_micros))
                 market.set_budgets(ids, budgets, life)
             if now >= next_sample or now >= end:
                 tot = _registry_totals(table)

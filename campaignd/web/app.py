@@ -110,8 +110,8 @@ async def run_job(request: Request) -> Response:
 
 def _int_param(request: Request, name: str, default: int | None = None, *,
                low: int = 1, high: int = 10_000) -> int:
-    raw = request.query_params.get(name) if name in request.query_params else \
-        request.path_params.get(name)
+    raw = (request.path_params.get(name) if name in request.path_params
+           else request.query_params.get(name))
     if raw is None:
         if default is None:
             raise BadInput("is required", field=name, fix=f"give {name} as an integer")
@@ -190,7 +190,7 @@ def _verdict(verb: str) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
         action_id = _int_param(request, "action_id", low=1, high=2**62)
         body = await _body(request)
-        actor = str(body.get("actor") or "api")[:128]
+        actor = str(body.get("actor") or "").strip()[:128] or "api"
         plane = request.app.state.plane
         if verb == "undo":
             out = await plane.undo_action(action_id, actor=actor)

@@ -111,3 +111,41 @@ async def test_bad_filters_name_the_field(store: SqlStore) -> None:
         await store.list_actions(status="done")
     with pytest.raises(ValueError):
         await store.record_actions([act("c1", 1)], mode="yolo", now=NOW)
+
+
+async def test_an_unchanged_decision_is_not_recorded_again(store: SqlStore) -> None:
+    # the same proposal, cycle after cycle, while nobody has looked at it yet
+    assert await store.record_actions([act("c1", 5, decision="d1")], mode="approve",
+                                      now=NOW) == 1
+    assert await store.record_actions([act("c1", 5, decision="d2")], mode="approve",
+                                      now=NOW) == 0
+    # the same in shadow mode: one row, not one a cycle
+    assert await store.record_actions([act("c2", 7, decision="d1")], mode="shadow", now=NOW) == 1
+    assert await store.record_actions([act("c2", 7, decision="d2")], mode="shadow", now=NOW) == 0
+    # a different change is recorded (and supersedes the open proposal)
+    assert await store.record_actions([act("c1", 6, decision="d3")], mode="approve",
+                                      now=NOW) == 1
+    rows = {r.action.decision_id: r.status for r in await store.list_actions(cell_id="c1")}
+    assert rows == {"d1": "superseded", "d3": "proposed"}
+
+
+async def test_an_approved_action_is_not_superseded_by_the_next_proposal(
+        store: SqlStore) -> None:
+    await store.record_actions([act("c1", 5, decision="d1")], mode="approve", now=NOW)
+    (row,) = await store.list_actions()
+    await store.decide_action(row.id, approve=True, actor="alice", now=NOW)
+    await store.record_actions([act("c1", 8, decision="d2")], mode="approve", now=NOW)
+    statuses = {r.action.decision_id: r.status for r in await store.list_actions()}
+    assert statuses == {"d1": "pending", "d2": "proposed"}
+
+
+async def test_a_refused_undo_can_be_asked_for_again(store: SqlStore) -> None:
+    await store.record_actions([act("c1", 5)], mode="live", now=NOW)
+    (row,) = await store.list_actions()
+    await store.finish_actions([(row.id, "applied", None, None)], now=NOW)
+    first = await store.undo_action(row.id, actor="alice", now=NOW)
+    await store.finish_actions([(first.id, "refused", "stale", None)], now=NOW)
+    second = await store.undo_action(row.id, actor="alice", now=NOW)
+    assert second.id != first.id and second.status == "pending"
+    assert await store.undo_action(row.id, actor="bob", now=NOW) == second
+    assert await store.held_cells("madhive_12345", since=NOW) == {"c1"}

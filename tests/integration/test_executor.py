@@ -162,10 +162,11 @@ async def test_a_raise_without_headroom_waits_then_is_refused(sql_store: SqlStor
         cut, raise_ = plan(svc, spec, {cells[0]: 2 * M, cells[1]: 18 * M})
         # only the raise reaches the outbox (its cut was lost): it must not exceed the cap
         await sql_store.record_actions([raise_], mode="live", now=NOW)
-        ex = executor(sql_store, svc, max_attempts=2)
+        ex = executor(sql_store, svc, max_wait_s=0.2)
         assert (await ex.drain()).waiting == 1
         (row,) = await ours(sql_store)
         assert row.status == "pending" and "daily cap" in (row.error or "")
+        await anyio.sleep(0.3)
         assert (await ex.drain()).refused == 1
         held = await dsp_budgets(svc, spec)
         assert held[cells[1]][0] == 10 * M
@@ -271,3 +272,88 @@ async def ours(sql: SqlStore) -> list[Any]:
 def li_budgets(li: Any) -> dict[str, int]:
     return {"daily_budget_micros": li.daily_budget_micros or 0,
             "lifetime_budget_micros": li.lifetime_budget_micros}
+
+
+async def test_in_shadow_or_approve_mode_only_what_a_person_asked_for_is_applied(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        # left in the outbox by a live run, then the daemon restarts in approve mode
+        await sql_store.record_actions(plan(svc, spec, {cells[0]: 4 * M}), mode="live",
+                                       now=NOW)
+        approved = plan(svc, spec, {cells[1]: 6 * M}, at=NOW.replace(minute=5))
+        await sql_store.record_actions(approved, mode="approve", now=NOW)
+        (proposal,) = [r for r in await ours(sql_store) if r.status == "proposed"]
+        await sql_store.decide_action(proposal.id, approve=True, actor="alice", now=NOW)
+        res = await executor(sql_store, svc, mode="approve").drain()
+        assert (res.applied, res.superseded) == (1, 1)
+        held = await dsp_budgets(svc, spec)
+        assert held[cells[1]][0] == 6 * M and held[cells[0]][0] == 10 * M
+        left = next(r for r in await ours(sql_store) if r.action.cell_id == cells[0])
+        assert left.status == "superseded" and "approve mode" in (left.error or "")
+
+
+async def test_only_the_newest_action_of_a_line_item_is_applied(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        first = plan(svc, spec, {cells[0]: 4 * M})
+        second = plan(svc, spec, {cells[0]: 3 * M}, at=NOW.replace(minute=2))
+        # the first was being sent when the daemon died; the next decision is recorded (it
+        # supersedes only what is not in flight) before the executor runs again
+        await sql_store.record_actions(first, mode="live", now=NOW)
+        (row,) = await ours(sql_store)
+        await sql_store.set_action_status(row.id, "applying", now=NOW, expect=("pending",))
+        await sql_store.record_actions(second, mode="live", now=NOW)
+        res = await executor(sql_store, svc).drain()
+        assert (res.applied, res.superseded) == (1, 1)
+        assert (await dsp_budgets(svc, spec))[cells[0]][0] == 3 * M
+        statuses = [r.status for r in sorted(await ours(sql_store), key=lambda r: r.id)]
+        assert statuses == ["superseded", "applied"]
+
+
+async def test_a_campaign_not_synced_yet_keeps_its_actions_waiting(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        await sql_store.record_actions(plan(svc, spec, {cells[0]: 4 * M}), mode="live",
+                                       now=NOW)
+        st = svc.campaigns[spec.id]
+        st.synced = False  # as after a start while the DSP was unreachable
+        res = await executor(sql_store, svc).drain()
+        assert (res.applied, res.refused, res.waiting) == (0, 0, 1)
+        (row,) = await ours(sql_store)
+        assert row.status == "pending" and "not synced" in (row.error or "")
+        st.synced = True
+        assert (await executor(sql_store, svc).drain()).applied == 1
+
+
+async def test_reconciliation_never_undoes_an_acknowledgement_it_raced_with(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        assert svc.adapter is not None
+        cells = list(svc.campaigns[spec.id].line_items)
+        await sql_store.record_actions(plan(svc, spec, {cells[0]: 2 * M, cells[1]: 18 * M}),
+                                       mode="live", now=NOW)
+        ex = executor(sql_store, svc)
+        adapter = svc.adapter
+        read = adapter.get_line_items
+
+        async def read_then_drain(*args: Any, **kwargs: Any) -> Any:
+            items = await read(*args, **kwargs)  # the DSP's state before the drain ...
+            assert (await ex.drain()).applied == 2  # ... and acknowledgements meanwhile
+            return items
+
+        adapter.get_line_items = read_then_drain  # type: ignore[method-assign]
+        try:
+            assert await svc.reconcile() == 0  # no false "changed outside campaignd"
+        finally:
+            adapter.get_line_items = read  # type: ignore[method-assign]
+        view = svc.campaigns[spec.id].line_items
+        assert view[cells[1]].daily_budget_micros == 18 * M
+        assert sum(li.daily_budget_micros or 0 for li in view.values()) == \
+            sum(d for d, _ in (await dsp_budgets(svc, spec)).values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,9 +40,9 @@ def test_a_rebalance_becomes_cuts_then_raises_within_the_daily_cap() -> None:
     assert [(a.cell_id, a.after["daily_budget_micros"]) for a in plan.actions] == [
         ("a", 10 * M), ("c", 60 * M)]
     assert not plan.actions[0].is_increase and plan.actions[1].is_increase
-    # lifetime follows daily: spent + daily x days left
-    assert plan.actions[0].after["lifetime_budget_micros"] == 50 * M
-    assert plan.actions[1].after["lifetime_budget_micros"] == 300 * M
+    # lifetime follows daily: spent + daily x the runway (2 days)
+    assert plan.actions[0].after["lifetime_budget_micros"] == 20 * M
+    assert plan.actions[1].after["lifetime_budget_micros"] == 300 * M  # its 10 days kept
     assert plan.actions[1].reason == "reallocation: budget_rebalance — because c"
     assert plan.actions[1].evidence["cell"] == {}
     assert plan.risk_used == pytest.approx(0.05)
@@ -86,6 +87,19 @@ def test_two_changes_to_one_line_item_keep_the_higher_priority() -> None:
     assert kinds == {("a", "pause"), ("b", "budget")}
     assert any(x.reason.startswith("conflict") and x.targets == ("a",) and x.count == 1
                for x in plan.skipped)
+
+
+def test_a_line_item_about_to_run_out_of_lifetime_budget_is_topped_up() -> None:
+    s = CampaignState.of("c1", 100 * M, 1000 * M, 5.0, {
+        "a": LineItemState("a", 1, 40 * M, 45 * M, spent_micros=30 * M),  # 15 left: < a day
+        "b": LineItemState("b", 2, 30 * M, 300 * M),
+        "c": LineItemState("c", 3, 30 * M, 300 * M)})
+    plan = DecisionEngine().decide([rebalance({"b": 10 * M, "c": 50 * M})], {"c1": s}, NOW)
+    by = {a.cell_id: a for a in plan.actions}
+    assert [a.cell_id for a in plan.actions] == ["b", "a", "c"]  # cut, top-up, raise
+    assert by["a"].after == {"daily_budget_micros": 40 * M,
+                             "lifetime_budget_micros": 30 * M + 80 * M}
+    assert by["b"].after["lifetime_budget_micros"] == 20 * M  # a cut frees lifetime budget
 
 
 def test_immaterial_changes_are_dropped() -> None:
@@ -171,10 +185,41 @@ def test_no_prefix_of_a_plan_breaks_a_cap_and_nothing_goes_negative(
         assert d[a.cell_id] <= D and lf[a.cell_id] <= L
         assert sum(d.values()) <= D
         assert sum(lf.values()) <= L
-        if a.is_increase:
-            assert a.after["daily_budget_micros"] <= want[a.cell_id]
+        if a.is_increase:  # a raise up to what was wanted, or a lifetime top-up
+            assert a.after["daily_budget_micros"] <= want.get(
+                a.cell_id, a.before["daily_budget_micros"])
         else:
             i = s.index[a.cell_id]
             assert a.after["lifetime_budget_micros"] >= min(int(s.spent[i]),
                                                             a.before["lifetime_budget_micros"])
     assert len({a.cell_id for a in plan.actions}) == len(plan.actions)
+
+
+def test_held_line_items_are_left_alone_and_risk_is_per_campaign() -> None:
+    base = state({"a": 40 * M, "b": 30 * M, "c": 30 * M})
+    held = CampaignState(base.campaign_id, base.daily_cap_micros, base.lifetime_cap_micros,
+                         base.days_left, base.cell_ids, base.line_item_ids, base.daily,
+                         base.lifetime, base.spent, base.spent_today, base.active,
+                         held=np.array([True, False, False]))
+    plan = DecisionEngine().decide([rebalance({"a": 10 * M, "b": 20 * M, "c": 40 * M})],
+                                   {"c1": held}, NOW)
+    assert {a.cell_id for a in plan.actions} == {"b", "c"}
+    assert any(s.reason.startswith("held") and s.targets == ("a",) for s in plan.skipped)
+    # a second campaign's rebalance has its own risk budget
+    other = CampaignState("c2", 100 * M, 1000 * M, 5.0, ("x", "y"), np.array([7, 8]),
+                          np.array([50 * M, 50 * M]), np.array([500 * M, 500 * M]),
+                          np.zeros(2, np.int64), np.zeros(2, np.int64), np.ones(2, bool))
+    r2 = Recommendation(agent="reallocation", kind="budget_rebalance", campaign_id="c2",
+                        target="c2", created_at=NOW,
+                        change={"daily_budgets_micros": {"x": 20 * M, "y": 80 * M}},
+                        score=1.0, impact=5.0, risk=0.15)
+    plan = DecisionEngine().decide([rebalance({"a": 10 * M, "c": 60 * M}, risk=0.15), r2],
+                                   {"c1": base, "c2": other}, NOW)
+    assert {a.campaign_id for a in plan.actions} == {"c1", "c2"}
+
+
+def test_recommendations_must_say_numbers_that_make_sense() -> None:
+    for bad in ({"risk": 1.5}, {"risk": -0.1}, {"score": 2.0}, {"impact": float("nan")}):
+        with pytest.raises(ValueError):
+            Recommendation(agent="x", kind="budget_rebalance", campaign_id="c", target="c",
+                           created_at=NOW, **bad)  # type: ignore[arg-type]

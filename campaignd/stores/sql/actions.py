@@ -12,12 +12,14 @@ apply a change twice or resurrect a rejected one.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -53,7 +55,24 @@ class ActionRow:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    """Canonical JSON; numpy scalars become numbers and non-finite floats null (the API's JSON
+    has no NaN)."""
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), default=str,
+                      allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict | Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    return value
 
 
 def _row(r: Any) -> ActionRow:
@@ -85,8 +104,11 @@ class ActionMethods:
                              actor: str | None = None, undo_of: int | None = None,
                              applied: bool = False) -> int:
         """Record decided actions (idempotent by key) with the status of ``mode`` (or, with
-        ``applied``, as changes already made — the DSP sync's); open actions of the same line
-        items from other decisions become ``superseded``. Returns how many were new."""
+        ``applied``, as changes already made — the DSP sync's). A decided action that repeats
+        the latest still-open one of its line item (same change, e.g. a proposal a person has
+        not looked at yet, or the same shadow decision cycle after cycle) is not recorded
+        again; open actions of the same line items from other decisions become
+        ``superseded`` — unless a person approved them. Returns how many were new."""
         if mode not in DECISION_MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(DECISION_MODES)}")
         if not items:
@@ -100,6 +122,8 @@ class ActionMethods:
                     select(actions.c.key).where(actions.c.key.in_(keys[i:i + 1000])))).scalars())
             new = [a for a in items if a.key not in known]
             new = list({a.key: a for a in new}.values())
+            if new and not applied and actor is None:
+                new = await self._not_repeated(conn, new)
             if not new:
                 return 0
             if status in ("pending", "proposed"):
@@ -113,6 +137,7 @@ class ActionMethods:
                             .where(and_(actions.c.campaign_id == campaign,
                                         actions.c.cell_id.in_(cells[i:i + 1000]),
                                         actions.c.status.in_(("proposed", "pending")),
+                                        actions.c.actor.is_(None),
                                         actions.c.decision_id != decision))
                             .values(status="superseded", updated_at=now,
                                     error=f"superseded by decision {decision}"))
@@ -129,6 +154,30 @@ class ActionMethods:
                 "applied_at": now if applied else None,
             } for a in new])
             return len(new)
+
+    async def _not_repeated(self, conn: AsyncConnection, items: list[Action]) -> list[Action]:
+        """``items`` without those whose line item's latest action is still open (proposed,
+        pending, applying) or a shadow decision, with the same kind, before and after."""
+        by_campaign: dict[str, list[str]] = {}
+        for a in items:
+            by_campaign.setdefault(a.campaign_id, []).append(a.cell_id)
+        latest: dict[tuple[str, str], tuple[str, str, str]] = {}
+        for campaign, cells in by_campaign.items():
+            for i in range(0, len(cells), 1000):
+                newest = (select(func.max(actions.c.id))
+                          .where(and_(actions.c.campaign_id == campaign,
+                                      actions.c.cell_id.in_(cells[i:i + 1000])))
+                          .group_by(actions.c.cell_id))
+                rows = (await conn.execute(
+                    select(actions.c.cell_id, actions.c.kind, actions.c.before_json,
+                           actions.c.after_json)
+                    .where(and_(actions.c.id.in_(newest),
+                                actions.c.status.in_(("proposed", "pending", "applying",
+                                                      "shadow")))))).all()
+                for cell, kind, before, after in rows:
+                    latest[(campaign, cell)] = (kind, before, after)
+        return [a for a in items if latest.get((a.campaign_id, a.cell_id))
+                != (a.kind, _dumps(a.before), _dumps(a.after))]
 
     async def outbox(self, *, limit: int = 500) -> list[ActionRow]:
         """Actions to apply, oldest first: ``pending`` and ``applying`` (an ``applying`` action
@@ -173,11 +222,16 @@ class ActionMethods:
         async with self._tx("claiming actions") as conn:
             for i in range(0, len(ids), 1000):
                 chunk = list(ids[i:i + 1000])
-                where = and_(actions.c.id.in_(chunk),
-                             actions.c.status.in_(("pending", "applying")))
-                out.extend((await conn.execute(select(actions.c.id).where(where))).scalars())
-                await conn.execute(update(actions).where(where).values(
-                    status="applying", updated_at=now, attempts=actions.c.attempts + 1))
+                # one statement: what it returns is exactly what it moved (a SELECT then an
+                # UPDATE could return an action superseded in between, on PostgreSQL)
+                res = await conn.execute(
+                    update(actions)
+                    .where(and_(actions.c.id.in_(chunk),
+                                actions.c.status.in_(("pending", "applying"))))
+                    .values(status="applying", updated_at=now,
+                            attempts=actions.c.attempts + 1)
+                    .returning(actions.c.id))
+                out.extend(res.scalars())
         return sorted(out)
 
     async def finish_actions(self, outcomes: Sequence[tuple[int, str, str | None,
@@ -204,6 +258,17 @@ class ActionMethods:
                     .values(**values))
                 changed += int(res.rowcount or 0)
         return changed
+
+    async def held_cells(self, campaign_id: str, *, since: datetime) -> set[str]:
+        """Cells a person changed (undo) since ``since`` that are not failed or refused: the
+        agents leave their line items alone for a while."""
+        async with self._tx("reading held cells") as conn:
+            rows = (await conn.execute(
+                select(actions.c.cell_id).distinct()
+                .where(and_(actions.c.campaign_id == campaign_id, actions.c.mode == "user",
+                            actions.c.status.in_(("pending", "applying", "applied")),
+                            actions.c.updated_at >= since)))).scalars()
+            return set(rows)
 
     async def get_action(self, action_id: int) -> ActionRow | None:
         async with self._tx(f"reading action {action_id}") as conn:
@@ -261,8 +326,9 @@ class ActionMethods:
 
     async def undo_action(self, action_id: int, *, actor: str, now: datetime) -> ActionRow:
         """Queue the reverse of an applied action: a new ``pending`` action whose ``after`` is the
-        original's ``before`` (the executor applies it with the same cap checks). Asking twice
-        returns the same undo."""
+        original's ``before`` (the executor applies it with the same cap checks, and the line
+        item is then held from agents for ``decision.manual_hold_s``). Asking twice returns the
+        same undo, unless it failed or was refused: then it is tried again."""
         row = await self.get_action(action_id)
         if row is None:
             raise NotFound(f"no action {action_id}; list them with `campaignd actions list`")
@@ -277,16 +343,25 @@ class ActionMethods:
                                "rejected instead")
         a = row.action
         after = dict(a.before)
-        undo = Action(key=action_key(f"undo:{row.id}", a.cell_id, a.kind, after),
-                      decision_id=f"undo:{row.id}", campaign_id=a.campaign_id,
+        async with self._tx(f"reading the undos of action {action_id}") as conn:
+            earlier = (await conn.execute(
+                select(actions.c.id, actions.c.status).where(actions.c.undo_of == row.id)
+                .order_by(actions.c.id.desc()))).all()
+        if earlier and earlier[0].status not in ("failed", "refused", "superseded"):
+            found = await self.get_action(int(earlier[0].id))
+            assert found is not None
+            return found  # asked again: the same undo
+        decision = f"undo:{row.id}" + (f":{len(earlier)}" if earlier else "")
+        undo = Action(key=action_key(decision, a.cell_id, a.kind, after),
+                      decision_id=decision, campaign_id=a.campaign_id,
                       cell_id=a.cell_id, line_item_id=a.line_item_id, kind=a.kind,
                       before=dict(a.after), after=after, agent="undo",
                       reason=f"undo of action {row.id} requested by {actor}",
                       evidence={"undo_of": row.id, "original_reason": a.reason},
                       created_at=now)
         await self.record_actions([undo], mode="user", now=now, actor=actor, undo_of=row.id)
-        found = await self.list_actions(decision_id=undo.decision_id, limit=1)
-        return found[0]
+        made = await self.list_actions(decision_id=undo.decision_id, limit=1)
+        return made[0]
 
 
 __all__ = ["MODE_STATUS", "ActionMethods", "ActionRow"]
