@@ -128,8 +128,6 @@ class ImpressionView(msgspec.Struct, **_OPTS):
     adgroupid: AdGroupIdView | None = None
     win_price_micros_usd: str | None = None
     rx_timestamp_usecs: str | None = None
-    auction_id: str | None = None
-    """*extension*: same value as ``auctionid_str``."""
     auction_adgroup_id: str | None = None
     """*extension*: ``<auction_id>.<account_id>.<campaign_id>.<line_item_id>`` (dedupe key)."""
     is_measurable: bool | None = None
@@ -137,8 +135,7 @@ class ImpressionView(msgspec.Struct, **_OPTS):
     means measured (a VIEWABILITY activity can only follow a measured impression)."""
 
     def adgroup_key(self) -> str | None:
-        return self.auction_adgroup_id or _adgroup_key(
-            self.auctionid_str or self.auction_id, self.adgroupid)
+        return self.auction_adgroup_id or _adgroup_key(self.auctionid_str, self.adgroupid)
 
 
 class ActivityView(msgspec.Struct, **_OPTS):
@@ -292,6 +289,8 @@ class ImpressionLogMessage(ImpressionView, **_OPTS):
     """``logs.ImpressionLogMessage``: one won auction (an impression)."""
 
     adgroupid: AdGroupId | None = None
+    auction_id: str | None = None
+    """*extension*: same value as ``auctionid_str`` (not read by the pipeline: a view skips it)."""
     auctionid: EventId | None = None
     requestid_str: str | None = None
     creative_id: str | None = None

@@ -113,10 +113,10 @@ async def test_memory_mark_seen_is_bounded(virtual_clock: VirtualClock) -> None:
     # "a", the oldest, was evicted to stay within 3 marks; the newest are remembered
     assert await store.mark_seen("ev", ["d", "c"], ttl_s=60) == [False, False]
     assert await store.mark_seen("ev", ["a"], ttl_s=60) == [True]
-    assert len(store._seen) == 3
+    assert store.marks_held() == 3
     virtual_clock.advance(61)
     assert await store.mark_seen("ev", ["z"], ttl_s=60) == [True]
-    assert len(store._seen) == 1  # expired marks are purged, not just ignored
+    assert store.marks_held() == 1  # expired marks are purged, not just ignored
 
 
 async def test_mark_seen_positions_tell_a_reprocessed_delivery_from_a_duplicate(
@@ -167,7 +167,7 @@ async def test_memory_mark_log_drops_whole_segments(tmp_path: Path,
     store._log.segment_marks = 500
     for i in range(60):
         await store.mark_seen("ev", [f"{i}-{j}" for j in range(250)], ttl_s=60)
-    assert len(store._seen) == 1000
+    assert store.marks_held() == 1000
     # segments whose marks were all evicted are gone: about 1000 marks' worth stay on disk
     files = sorted(log.glob("seg-*.log"))
     assert 2 <= len(files) <= 4

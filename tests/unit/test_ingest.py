@@ -317,7 +317,7 @@ async def test_memory_stays_bounded(seed_spec) -> None:  # type: ignore[no-untyp
     for b in range(10):
         await pipe.ingest([imp(b * 500 + i) for i in range(500)])
     assert len(pipe.classifier.context) <= 1000
-    assert len(hot._seen) == 1500
+    assert hot.marks_held() == 1500
     assert int(registry.tables[0].counts["impressions"].sum()) == 5000
 
 
@@ -334,3 +334,10 @@ async def test_batch_decoding_keeps_messages_and_payloads_aligned(setup) -> None
     assert r.accepted == 1 and pipe.take_flush().letters == [("malformed_json",
                                                               b"not bytes but str")]
     assert int(table.counts["impressions"].sum()) == 4
+    # two messages in one payload beside a blank one: the lines would be as many as the
+    # payloads, but not theirs; both payloads are refused, nothing is miscounted
+    two = imp(5) + b"\n" + imp(6)
+    r = await pipe.ingest([two, b" \n ", imp(7)])
+    assert r.accepted == 1
+    assert pipe.take_flush().letters == [("malformed_json", two), ("malformed_json", b" \n ")]
+    assert int(table.counts["impressions"].sum()) == 5
