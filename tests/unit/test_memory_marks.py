@@ -1,0 +1,92 @@
+"""The in-memory store's dedupe marks against a reference model (a dict of id -> expiry and
+position), under random batches, TTLs (mixed, so batches expire out of order), positions,
+clock moves and restarts through the mark log."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from campaignd.clock import VirtualClock
+from campaignd.stores.memory import InMemoryHotStore
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+_batch = st.tuples(
+    st.sampled_from(["ev", "other"]),
+    st.lists(st.sampled_from([f"id{i}" for i in range(12)]), max_size=8),
+    st.sampled_from([30.0, 60.0, 600.0]),
+    st.booleans(),  # with positions
+    st.floats(min_value=0, max_value=90),  # clock advance before the call
+    st.booleans(),  # restart from the log before the call
+)
+
+
+class Reference:
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def mark(self, ns: str, ids: list[str], ttl: float, positions: list[int] | None,
+             now: float) -> list[bool]:
+        out = []
+        for k, id_ in enumerate(ids):
+            pos = positions[k] if positions is not None else -1
+            old = self.marks.get((ns, id_))
+            if old is not None and old[0] > now:
+                out.append(pos >= 0 and old[1] == pos)
+            else:
+                self.marks[(ns, id_)] = (now + ttl, pos)
+                out.append(True)
+        return out
+
+    def live(self, now: float) -> int:
+        return sum(1 for exp, _ in self.marks.values() if exp > now)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_batch, max_size=25))
+def test_marks_match_the_reference(batches: list) -> None:  # type: ignore[type-arg]
+    async def run(directory: Path) -> None:
+        clock = VirtualClock(T0)
+        store = InMemoryHotStore(clock, seen_dir=directory)
+        ref = Reference()
+        seq = 0
+        for ns, ids, ttl, positioned, advance, restart in batches:
+            clock.advance(advance)
+            if restart:
+                await store.close()
+                store = InMemoryHotStore(clock, seen_dir=directory)
+            positions = None
+            if positioned:
+                # mostly fresh positions, sometimes the same delivery read again
+                positions = [(seq + k) if (seq + k) % 3 else 7 for k in range(len(ids))]
+                seq += len(ids)
+            now = clock.now().timestamp()
+            got = await store.mark_seen(ns, ids, ttl, positions=positions)
+            assert got == ref.mark(ns, ids, ttl, positions, now)
+            assert store.marks_held() == ref.live(now)
+        await store.close()
+
+    with TemporaryDirectory() as d:
+        asyncio.run(run(Path(d)))
+
+
+def test_the_cap_forgets_the_soonest_expiring_first() -> None:
+    async def run() -> None:
+        clock = VirtualClock(T0)
+        store = InMemoryHotStore(clock, max_seen=4)
+        assert await store.mark_seen("ev", ["long1", "long2"], 600) == [True, True]
+        assert await store.mark_seen("ev", ["short1", "short2"], 30) == [True, True]
+        assert await store.mark_seen("ev", ["new"], 600) == [True]
+        assert store.marks_held() == 4
+        # "short1" expired soonest and was forgotten; the others are still marked
+        assert await store.mark_seen("ev", ["long1", "long2", "short2"], 600) == [False] * 3
+        clock.advance(31)  # "short2" expires
+        assert await store.mark_seen("ev", ["short2"], 600) == [True]
+
+    asyncio.run(run())
