@@ -402,11 +402,21 @@ class Daemon:
                                          now=self.clock.now())
 
     async def _run_retention(self, now: datetime) -> int:
-        """Delete warm minute rows past ``pipeline.warm_retention_days``."""
+        """Delete warm minute rows past ``pipeline.warm_retention_days``; move finished actions
+        and dead letters past theirs to the audit archive (``campaignd.pipeline.archive``)."""
+        from campaignd.pipeline.archive import archive_old
         from campaignd.pipeline.rollup import apply_retention
         assert self.sql is not None
-        return await apply_retention(self.sql, now=self.clock.now(),
-                                     retention_days=self.settings.pipeline.warm_retention_days)
+        at = self.clock.now()
+        p = self.settings.pipeline
+        rows = await apply_retention(self.sql, now=at, retention_days=p.warm_retention_days)
+        moved = await archive_old(self.sql, self.settings.parquet_dir, now=at,
+                                  action_days=self.settings.decision.audit_retention_days,
+                                  dead_letter_days=p.dead_letter_retention_days)
+        if any(moved.values()):
+            log.info("audit archive", actions=moved["actions"],
+                     dead_letters=moved["dead_letters"])
+        return rows + sum(moved.values())
 
     async def _run_monitor(self, now: datetime) -> int:
         # Agents decide in the DSP's time (the sandbox market's, when sped up).

@@ -190,6 +190,9 @@ class DecisionSettings(_Section):
     max_cut_per_day: float | None = Field(
         None, ge=0, le=1, description="largest cut of a line item's budget per day (DV360 "
                                       "allows 0.2; unset: no limit)")
+    audit_retention_days: int = Field(
+        180, ge=1, description="finished actions older than this move from SQL to the audit "
+                               "archive (Parquet under parquet_dir/audit)")
 
 
 class HTTPSettings(_Section):
@@ -222,6 +225,9 @@ class PipelineSettings(_Section):
     max_backlog: int = Field(2_000_000, ge=10_000,
                              description="uncommitted rows before reading pauses")
     warm_retention_days: int = Field(7, ge=1, description="days of minute rows kept in SQL")
+    dead_letter_retention_days: int = Field(
+        30, ge=1, description="dead letters not seen again for this long move from SQL to the "
+                              "audit archive (Parquet under parquet_dir/audit)")
     rollup_s: float = Field(600.0, gt=0, description="seconds between Parquet exports")
     parquet_dir: Path | None = Field(None, description="default: state_dir/parquet")
 

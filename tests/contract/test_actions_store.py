@@ -149,3 +149,50 @@ async def test_a_refused_undo_can_be_asked_for_again(store: SqlStore) -> None:
     assert second.id != first.id and second.status == "pending"
     assert await store.undo_action(row.id, actor="bob", now=NOW) == second
     assert await store.held_cells("madhive_12345", since=NOW) == {"c1"}
+
+
+async def test_finished_actions_and_old_dead_letters_move_to_the_audit_archive(
+        store: SqlStore, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Past their retention, finished actions and dead letters go to Parquet (read back with
+    pyarrow, every column) and leave SQL; open ones, recent ones and an action a kept undo
+    refers to stay; running it again moves nothing twice."""
+    from campaignd.pipeline.archive import archive_old, read_archive
+
+    old = NOW - timedelta(days=200)
+    # c1: applied 200 days ago and undone (the undo, applied too, is as old)
+    await store.record_actions([act("c1", 5, decision="d0")], mode="live", now=old)
+    # c2: refused long ago; c3: still pending from long ago; c4: shadow, recent
+    await store.record_actions([act("c2", 6, decision="d0"), act("c3", 7, decision="d0")],
+                               mode="live", now=old)
+    await store.record_actions([act("c4", 8, decision="d9")], mode="shadow", now=NOW)
+    rows = {r.action.cell_id: r for r in await store.list_actions()}
+    c1, c2 = rows["c1"].id, rows["c2"].id
+    assert await store.set_action_status(c1, "applied", now=old, expect=("pending",),
+                                         result={"daily_budget_micros": 5})
+    assert await store.finish_actions([(c2, "refused", "over the cap", None)], now=old)
+    undo = await store.undo_action(c1, actor="alice", now=old)
+    assert await store.set_action_status(undo.id, "applied", now=old, expect=("pending",))
+    await store.add_dead_letters([("bad_money", b'{"old": 1}')], source="feed", now=old)
+    await store.add_dead_letters([("bad_money", b'{"new": 1}')], source="feed", now=NOW)
+
+    moved = await archive_old(store, tmp_path, now=NOW, action_days=180, dead_letter_days=30)
+    # the undo goes first, then (next chunk) the action it undid
+    assert moved == {"actions": 3, "dead_letters": 1}
+    left = {r.action.cell_id: r.status for r in await store.list_actions()}
+    assert left == {"c3": "pending", "c4": "shadow"}
+    assert [d.raw for d in await store.list_dead_letters()] == [b'{"new": 1}']
+
+    arch = read_archive(tmp_path, "actions").to_pylist()
+    assert [(a["id"], a["status"]) for a in arch] == [(c1, "applied"), (c2, "refused"),
+                                                     (undo.id, "applied")]
+    assert arch[2]["undo_of"] == c1 and arch[2]["actor"] == "alice"
+    assert arch[0]["result_json"] == '{"daily_budget_micros":5}'
+    assert arch[1]["error"] == "over the cap"
+    assert arch[0]["updated_at"] == old and '"x":[1,2]' in arch[0]["evidence_json"]
+    letters = read_archive(tmp_path, "dead_letters").to_pylist()
+    assert [(d["reason"], d["raw"], d["count"]) for d in letters] == [
+        ("bad_money", b'{"old": 1}', 1)]
+
+    assert await archive_old(store, tmp_path, now=NOW, action_days=180,
+                             dead_letter_days=30) == {"actions": 0, "dead_letters": 0}
+    assert len(read_archive(tmp_path, "actions")) == 3

@@ -48,7 +48,7 @@ def _schema_diff(connection: Connection) -> list[object]:
 async def test_upgrade_from_empty_to_head_is_idempotent(sql_url: str) -> None:
     assert await current_revision(sql_url) is None
     head = head_revision()
-    assert head == "0004"
+    assert head == "0005"
     assert await upgrade(sql_url) == head
     assert await current_revision(sql_url) == head
     assert await upgrade(sql_url) == head  # again: nothing to do, no error

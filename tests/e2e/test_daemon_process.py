@@ -3,6 +3,7 @@ control API, stopped with SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -10,12 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from campaignd.domain.campaign import from_micros
+from campaignd.pipeline.archive import read_archive
 from campaignd.testing import (
     SEED_SCENARIO,
     DaemonProcess,
@@ -115,6 +118,19 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  #
             assert r.status_code == 404 and "monitor" in r.json()["fix"]
             assert client.get("/api/v1/campaigns/nope").status_code == 404
 
+            # The retention job moves what is past its retention to the audit archive.
+            url = backend_env.get("CAMPAIGND_DATABASE__URL",
+                                  f"sqlite+aiosqlite:///{tmp_path / 'campaignd.db'}")
+            asyncio.run(_add_old_dead_letter(url))
+            r = client.post("/api/v1/agents/retention/run",
+                            headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 202
+            audit = tmp_path / "state" / "parquet" / "audit" / "dead_letters"
+            wait_for(lambda: list(audit.glob("archived=*/part-*.parquet")), 30,
+                     "the audit archive")
+            old = read_archive(tmp_path / "state" / "parquet", "dead_letters").to_pylist()
+            assert [(x["reason"], x["raw"]) for x in old] == [("bad_money", OLD_LETTER)]
+
         t0 = time.monotonic()
         assert d.stop() == 0
         assert time.monotonic() - t0 < 10
@@ -132,6 +148,21 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  #
     log_text = (tmp_path / "campaignd.log").read_text()
     assert token not in log_text
     assert "campaignd ready" in log_text
+
+
+OLD_LETTER = b'{"impression": {"win_price_micros_usd": "-5"}, "e2e": "archive"}'
+
+
+async def _add_old_dead_letter(url: str) -> None:
+    """A dead letter last seen 60 days ago (past the 30-day retention)."""
+    from campaignd.stores.sql import SqlStore
+
+    store = await SqlStore.connect(url)
+    try:
+        await store.add_dead_letters([("bad_money", OLD_LETTER)], source="e2e",
+                                     now=datetime.now(UTC) - timedelta(days=60))
+    finally:
+        await store.close()
 
 
 def run_once(cfg: Path, **env: str) -> subprocess.CompletedProcess[str]:

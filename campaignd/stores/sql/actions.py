@@ -20,10 +20,10 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from campaignd.domain.actions import Action, action_key
+from campaignd.domain.actions import OPEN_STATUSES, Action, action_key
 from campaignd.errors import BadInput, NotFound, StateConflict
 from campaignd.stores.sql.models import ACTION_STATUSES, DECISION_MODES, actions
 
@@ -269,6 +269,31 @@ class ActionMethods:
                             actions.c.status.in_(("pending", "applying", "applied")),
                             actions.c.updated_at >= since)))).scalars()
             return set(rows)
+
+    async def archivable_actions(self, *, before: datetime,
+                                 limit: int = 10_000) -> list[dict[str, Any]]:
+        """Up to ``limit`` finished actions (not proposed, pending or applying) last updated
+        before ``before``, oldest first, as plain column dicts — except those an action still
+        in SQL undoes (they follow once their undo has gone)."""
+        undo = actions.alias("undo")
+        q = (select(actions)
+             .where(actions.c.status.not_in(OPEN_STATUSES), actions.c.updated_at < before,
+                    ~exists().where(undo.c.undo_of == actions.c.id))
+             .order_by(actions.c.id).limit(limit))
+        async with self._tx("reading actions to archive") as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return [dict(r) for r in rows]
+
+    async def delete_actions(self, ids: Sequence[int], *, updated_before: datetime) -> int:
+        """Delete finished actions not updated since ``updated_before`` (open ones, and any
+        changed since they were read, are never deleted); returns rows deleted."""
+        if not ids:
+            return 0
+        async with self._tx("deleting archived actions") as conn:
+            result = await conn.execute(delete(actions).where(
+                actions.c.id.in_(list(ids)), actions.c.status.not_in(OPEN_STATUSES),
+                actions.c.updated_at < updated_before))
+        return int(result.rowcount or 0)
 
     async def get_action(self, action_id: int) -> ActionRow | None:
         async with self._tx(f"reading action {action_id}") as conn:

@@ -96,9 +96,24 @@ class DeadLetterMethods:
         async with self._tx("counting dead letters") as conn:
             return {r: int(n) for r, n in (await conn.execute(query)).all()}
 
-    async def delete_dead_letters(self, ids: Sequence[int]) -> int:
+    async def archivable_dead_letters(self, *, before: datetime,
+                                      limit: int = 10_000) -> list[dict[str, Any]]:
+        """Up to ``limit`` dead letters last seen before ``before``, oldest first, as plain
+        column dicts."""
+        query = (select(dead_letters).where(dead_letters.c.last_seen < before)
+                 .order_by(dead_letters.c.id).limit(limit))
+        async with self._tx("reading dead letters to archive") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [dict(r) for r in rows]
+
+    async def delete_dead_letters(self, ids: Sequence[int], *,
+                                  seen_before: datetime | None = None) -> int:
+        """Delete dead letters (with ``seen_before``: only those not seen again since)."""
+        query = delete(dead_letters).where(dead_letters.c.id.in_(ids))
+        if seen_before is not None:
+            query = query.where(dead_letters.c.last_seen < seen_before)
         async with self._tx("deleting dead letters") as conn:
-            result = await conn.execute(delete(dead_letters).where(dead_letters.c.id.in_(ids)))
+            result = await conn.execute(query)
         return int(result.rowcount or 0)
 
 

@@ -182,7 +182,7 @@ class DeadLetterModel(Base):
     source: Mapped[str] = mapped_column(String(255))
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     first_seen: Mapped[datetime]
-    last_seen: Mapped[datetime]
+    last_seen: Mapped[datetime] = mapped_column(index=True)
     count: Mapped[int] = mapped_column(Integer)
 
 
@@ -223,7 +223,7 @@ class ActionModel(Base):
     priority: Mapped[float] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
-    undo_of: Mapped[int | None] = mapped_column(Integer, ForeignKey("actions.id"))
+    undo_of: Mapped[int | None] = mapped_column(Integer, ForeignKey("actions.id"), index=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     decided_at: Mapped[datetime | None]
