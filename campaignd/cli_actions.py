@@ -25,6 +25,7 @@ from campaignd.cli import (
     print_json,
     with_store,
 )
+from campaignd.domain.actions import ACTION_STATUSES
 from campaignd.domain.campaign import from_micros
 from campaignd.errors import BadInput, NotFound
 
@@ -50,6 +51,18 @@ def _actor(actor: str | None) -> str:
     return f"cli:{name}"
 
 
+def _archived(config: Any) -> list[Any]:
+    """Every archived action (``campaignd.pipeline.archive``), oldest first, as ``ActionRow``."""
+    from types import SimpleNamespace
+
+    from campaignd.cli import _settings
+    from campaignd.pipeline.archive import read_archive
+    from campaignd.stores.sql.actions import _row
+
+    table = read_archive(_settings(config).parquet_dir, "actions")
+    return [_row(SimpleNamespace(**r)) for r in table.to_pylist()]
+
+
 def _change(row: Any) -> str:
     a = row.action
     if a.kind == "budget":
@@ -72,16 +85,33 @@ def actions_list(
     cell: Annotated[str | None, typer.Option(help="Only this cell.")] = None,
     decision: Annotated[str | None, typer.Option(help="Only this decision id.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 50,
+    archived: Annotated[bool, typer.Option(
+        "--archived", help="List the audit archive (actions moved out of SQL after "
+                           "decision.audit_retention_days) instead.")] = False,
 ) -> None:
     """Actions, newest first, with the counts by status."""
-    async def read(store: Any) -> Any:
-        return (await store.list_actions(status=status, campaign_id=campaign, cell_id=cell,
-                                         decision_id=decision, limit=limit),
-                await store.count_actions())
+    if archived:
+        if status is not None and status not in ACTION_STATUSES:
+            raise BadInput("is not an action status", field="--status", value=status,
+                           fix=f"use one of {', '.join(ACTION_STATUSES)}")
+        rows = [r for r in reversed(_archived(config)) if
+                all(v is None or v == got for v, got in (
+                    (status, r.status), (campaign, r.action.campaign_id),
+                    (cell, r.action.cell_id), (decision, r.action.decision_id)))]
+        counts = dict.fromkeys(ACTION_STATUSES, 0)
+        for r in rows:
+            counts[r.status] += 1
+        rows = rows[:limit]
+    else:
+        async def read(store: Any) -> Any:
+            return (await store.list_actions(status=status, campaign_id=campaign,
+                                             cell_id=cell, decision_id=decision, limit=limit),
+                    await store.count_actions())
 
-    rows, counts = with_store(config, read)
+        rows, counts = with_store(config, read)
     if json_out:
-        print_json({"counts": counts, "actions": [r.as_dict() for r in rows]})
+        print_json({"counts": counts, "actions": [r.as_dict() for r in rows],
+                    **({"archived": True} if archived else {})})
         return
     out.print("by status: " + (", ".join(f"{s} {n}" for s, n in counts.items() if n)
                                or "none"))
@@ -99,15 +129,24 @@ def actions_list(
 @handle_errors
 def actions_show(action_id: Annotated[int, typer.Argument(help="Action id.")],
                  config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """One action with its reason, evidence, before and after."""
+    """One action with its reason, evidence, before and after (from the audit archive when it
+    has left SQL)."""
     row = with_store(config, lambda store: store.get_action(action_id))
+    archived = False
     if row is None:
-        raise NotFound(f"ID: no action {action_id}; list them with `campaignd actions list`")
+        row = next((r for r in _archived(config) if r.id == action_id), None)
+        archived = row is not None
+    if row is None:
+        raise NotFound(f"ID: no action {action_id}; list them with `campaignd actions list` "
+                       "(or `--archived`)")
     data = row.as_dict()
+    if archived:
+        data["archived"] = True
     if json_out:
         print_json(data)
         return
-    out.print(f"[bold]action {row.id}[/] ({row.status}, {row.mode}) — {_escape(_change(row))}")
+    out.print(f"[bold]action {row.id}[/] ({row.status}, {row.mode}"
+              f"{', archived' if archived else ''}) — {_escape(_change(row))}")
     for k in ("reason", "agent", "actor", "campaign_id", "cell_id", "line_item_id",
               "decision_id", "score", "impact", "risk", "priority", "attempts", "error",
               "created_at", "decided_at", "applied_at", "undo_of", "before", "after",

@@ -175,3 +175,63 @@ def test_deadletter_list_and_show(tmp_path: Path) -> None:
     assert r.returncode == 0 and "bad_money" in r.stdout
     r = cli("deadletter", "show", "999", env=env)
     assert r.returncode == 2 and "999" in r.stderr
+
+
+def test_actions_archived_list_and_show(tmp_path: Path) -> None:
+    """An action moved to the audit archive is still listed (--archived) and shown."""
+    from datetime import UTC, datetime, timedelta
+
+    import anyio
+
+    from campaignd.domain.actions import Action, action_key
+    from campaignd.domain.campaign import atomize, load_spec
+    from campaignd.pipeline.archive import archive_old
+    from campaignd.stores.sql.migrate import upgrade
+    from campaignd.stores.sql.repository import SqlStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"
+    parquet = tmp_path / "parquet"
+    old = datetime.now(UTC) - timedelta(days=400)
+    spec = load_spec(SEED)
+    cells = atomize(spec)
+
+    def act(i: int) -> Action:
+        after = {"daily_budget_micros": 7_000_000 + i, "lifetime_budget_micros": 70_000_000}
+        return Action(key=action_key("d0", cells[i].cell_id, "budget", after), decision_id="d0",
+                      campaign_id=spec.id, cell_id=cells[i].cell_id, line_item_id=100 + i,
+                      kind="budget", before={"daily_budget_micros": 5_000_000,
+                                             "lifetime_budget_micros": 50_000_000},
+                      after=after, agent="reallocation", reason="test", evidence={"n": i},
+                      created_at=old, score=1.0, impact=2.0, risk=0.1, priority=1.8)
+
+    async def seed() -> int:
+        await upgrade(url)
+        store = await SqlStore.connect(url)
+        await store.upsert_campaign(spec, cells, now=old)
+        await store.record_actions([act(0), act(1)], mode="shadow", now=old)
+        await store.record_actions([act(2)], mode="live", now=datetime.now(UTC))
+        moved = await archive_old(store, parquet, now=datetime.now(UTC), action_days=180,
+                                  dead_letter_days=30)
+        await store.close()
+        return moved["actions"]
+
+    assert anyio.run(seed) == 2
+    env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_PIPELINE__PARQUET_DIR": str(parquet)}
+    r = cli("actions", "list", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [a["cell_id"] for a in json.loads(r.stdout)["actions"]] == [cells[2].cell_id]
+    r = cli("actions", "list", "--archived", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["archived"] is True and data["counts"]["shadow"] == 2
+    assert [a["cell_id"] for a in data["actions"]] == [cells[1].cell_id, cells[0].cell_id]
+    first = data["actions"][1]
+    r = cli("actions", "show", str(first["id"]), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["archived"] is True and shown["evidence"] == {"n": 0}
+    assert shown["after"]["daily_budget_micros"] == 7_000_000
+    r = cli("actions", "list", "--archived", "--status", "nope", env=env)
+    assert r.returncode == 2 and "--status" in r.stderr
+    r = cli("actions", "show", "999", env=env)
+    assert r.returncode == 2 and "--archived" in r.stderr
