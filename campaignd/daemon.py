@@ -387,7 +387,8 @@ class Daemon:
                 JobSpec("reallocation", a.reallocation_s, self._run_reallocation, a.timeout_s),
                 JobSpec("cold_export", p.rollup_s, self._run_cold_export, 300.0,
                         kind="maintenance"),
-                JobSpec("retention", 3600.0, self._run_retention, 300.0, kind="maintenance")]
+                JobSpec("retention", 3600.0, self._run_retention, 300.0, kind="maintenance"),
+                JobSpec("archive", 3600.0, self._run_archive, 300.0, kind="maintenance")]
         if self.dsp is not None:
             jobs.append(JobSpec("reconcile", self.settings.dsp.reconcile_s,
                                 self._run_reconcile, max(a.timeout_s, 60.0),
@@ -402,21 +403,26 @@ class Daemon:
                                          now=self.clock.now())
 
     async def _run_retention(self, now: datetime) -> int:
-        """Delete warm minute rows past ``pipeline.warm_retention_days``; move finished actions
-        and dead letters past theirs to the audit archive (``campaignd.pipeline.archive``)."""
-        from campaignd.pipeline.archive import archive_old
+        """Delete warm minute rows past ``pipeline.warm_retention_days``."""
         from campaignd.pipeline.rollup import apply_retention
         assert self.sql is not None
-        at = self.clock.now()
-        p = self.settings.pipeline
-        rows = await apply_retention(self.sql, now=at, retention_days=p.warm_retention_days)
-        moved = await archive_old(self.sql, self.settings.parquet_dir, now=at,
-                                  action_days=self.settings.decision.audit_retention_days,
-                                  dead_letter_days=p.dead_letter_retention_days)
+        return await apply_retention(self.sql, now=self.clock.now(),
+                                     retention_days=self.settings.pipeline.warm_retention_days)
+
+    async def _run_archive(self, now: datetime) -> int:
+        """Move finished actions and dead letters past their retention to the audit archive
+        (``campaignd.pipeline.archive``), two minutes of it at most per run."""
+        from campaignd.pipeline.archive import archive_old
+        assert self.sql is not None
+        moved = await archive_old(
+            self.sql, self.settings.parquet_dir, now=self.clock.now(),
+            action_days=self.settings.decision.audit_retention_days,
+            dead_letter_days=self.settings.pipeline.dead_letter_retention_days,
+            time_budget_s=120.0)
         if any(moved.values()):
             log.info("audit archive", actions=moved["actions"],
                      dead_letters=moved["dead_letters"])
-        return rows + sum(moved.values())
+        return sum(moved.values())
 
     async def _run_monitor(self, now: datetime) -> int:
         # Agents decide in the DSP's time (the sandbox market's, when sped up).

@@ -4,8 +4,10 @@ An append-only log in segment files (``<dir>/seg-<n>.log``): each ``mark_seen`` 
 new marks appends one JSON line ``[namespace, [ids], [positions], expiry]`` and flushes it
 before returning (a crashed process loses nothing it acknowledged; a torn last line is ignored
 on replay). A segment is deleted, never rewritten, once none of its marks can still be live:
-when ``keep`` marks (the store's cap) have been written after it — the store evicts oldest
-first, so those marks are gone from memory too — or when all of its marks have expired. Disk use
+when ``keep`` marks (the store's cap) have been written after it — with one TTL the store
+evicts oldest first, so those marks are gone from memory too (with mixed TTLs it evicts the
+soonest-expiring first, and a restart may forget a longer-lived mark early, which the dedupe
+contract allows) — or when all of its marks have expired. Disk use
 is therefore bounded by about ``keep`` marks plus one segment, and no write ever stalls on a
 compaction.
 """

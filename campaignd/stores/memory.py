@@ -191,6 +191,7 @@ class InMemoryHotStore(HotStore):
         add = out.append
         new_ids: list[str] = []
         new = new_ids.append
+        new_pos: list[int] = []
         if positions is None:
             for id_ in ids:
                 if get(id_) is None:
@@ -200,11 +201,13 @@ class InMemoryHotStore(HotStore):
                 else:
                     add(False)
         else:
+            at = new_pos.append
             for id_, pos in zip(ids, positions, strict=True):
                 old = get(id_)
                 if old is None:
                     held[id_] = pos
                     new(id_)
+                    at(pos)
                     add(True)
                 else:
                     # the same delivery read again (same position) is new again
@@ -212,10 +215,10 @@ class InMemoryHotStore(HotStore):
         if new_ids:
             expires = now + ttl_s
             marks.add_batch(held, new_ids, expires)
-            marks.evict(self.max_seen)
-            if self._log is not None:
-                self._log.append(namespace, new_ids, [held.get(i, -1) for i in new_ids],
+            if self._log is not None:  # before the cap may forget some of them
+                self._log.append(namespace, new_ids, new_pos or [-1] * len(new_ids),
                                  expires, now)
+            marks.evict(self.max_seen)
         return out
 
     def marks_held(self) -> int:

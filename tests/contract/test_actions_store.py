@@ -196,3 +196,40 @@ async def test_finished_actions_and_old_dead_letters_move_to_the_audit_archive(
     assert await archive_old(store, tmp_path, now=NOW, action_days=180,
                              dead_letter_days=30) == {"actions": 0, "dead_letters": 0}
     assert len(read_archive(tmp_path, "actions")) == 3
+
+
+async def test_the_archive_respects_undo_and_its_time_budget(
+        store: SqlStore, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from campaignd.pipeline.archive import archive_old
+
+    old = NOW - timedelta(days=200)
+    await store.record_actions([act("c1", 5, decision="d0")], mode="live", now=old)
+    (row,) = await store.list_actions()
+    assert await store.set_action_status(row.id, "applied", now=old, expect=("pending",))
+    # a run with no time left starts nothing
+    assert await archive_old(store, tmp_path, now=NOW, action_days=180, dead_letter_days=30,
+                             time_budget_s=0.0) == {"actions": 0, "dead_letters": 0}
+    # read for the archive, then a person asks for its undo before the delete: it stays
+    assert [r["id"] for r in await store.archivable_actions(before=NOW)] == [row.id]
+    undo = await store.undo_action(row.id, actor="alice", now=NOW)
+    assert await store.delete_actions([row.id], updated_before=NOW) == 0
+    assert (await store.get_action(row.id)) is not None and undo.undo_of == row.id
+
+
+def test_archived_rows_are_keyed_by_id_and_creation(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SQLite can give an id again once the newest rows have left: both rows are kept; the
+    same row archived twice (a crash between file and delete) is one, its newest copy."""
+    from campaignd.pipeline.archive import read_archive, write_chunk
+
+    def letter(created: datetime, seen: datetime, count: int) -> dict:  # type: ignore[type-arg]
+        return {"id": 1, "fingerprint": "f", "reason": "bad_money", "source": "s",
+                "raw": b"x", "first_seen": created, "last_seen": seen, "count": count}
+
+    early, late = NOW - timedelta(days=90), NOW - timedelta(days=40)
+    write_chunk(tmp_path, "dead_letters", [letter(early, early, 1)], now=NOW - timedelta(days=50))
+    write_chunk(tmp_path, "dead_letters", [letter(early, early + timedelta(days=1), 2)],
+                now=NOW - timedelta(days=20))
+    write_chunk(tmp_path, "dead_letters", [letter(late, late, 5)], now=NOW)
+    got = [(r["first_seen"], r["count"]) for r in
+           read_archive(tmp_path, "dead_letters").to_pylist()]
+    assert got == [(early, 2), (late, 5)]

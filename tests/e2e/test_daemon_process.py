@@ -118,11 +118,11 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  #
             assert r.status_code == 404 and "monitor" in r.json()["fix"]
             assert client.get("/api/v1/campaigns/nope").status_code == 404
 
-            # The retention job moves what is past its retention to the audit archive.
+            # The archive job moves what is past its retention to the audit archive.
             url = backend_env.get("CAMPAIGND_DATABASE__URL",
                                   f"sqlite+aiosqlite:///{tmp_path / 'campaignd.db'}")
             asyncio.run(_add_old_dead_letter(url))
-            r = client.post("/api/v1/agents/retention/run",
+            r = client.post("/api/v1/agents/archive/run",
                             headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 202
             audit = tmp_path / "state" / "parquet" / "audit" / "dead_letters"

@@ -90,3 +90,21 @@ def test_the_cap_forgets_the_soonest_expiring_first() -> None:
         assert await store.mark_seen("ev", ["short2"], 600) == [True]
 
     asyncio.run(run())
+
+
+def test_marks_the_cap_forgot_are_logged_with_their_positions(tmp_path: Path) -> None:
+    """A restart with a larger cap knows the same delivery at the same position again, even
+    for marks the cap made the first process forget at once."""
+    async def run() -> None:
+        clock = VirtualClock(T0)
+        small = InMemoryHotStore(clock, max_seen=2, seen_dir=tmp_path)
+        assert await small.mark_seen("ev", ["a", "b", "c", "d"], 600,
+                                     positions=[10, 11, 12, 13]) == [True] * 4
+        await small.close()
+        big = InMemoryHotStore(clock, max_seen=10, seen_dir=tmp_path)
+        assert await big.mark_seen("ev", ["a", "b", "c", "d"], 600,
+                                   positions=[10, 11, 12, 13]) == [True] * 4
+        assert await big.mark_seen("ev", ["a"], 600, positions=[99]) == [False]
+        await big.close()
+
+    asyncio.run(run())

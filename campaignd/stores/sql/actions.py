@@ -285,14 +285,17 @@ class ActionMethods:
         return [dict(r) for r in rows]
 
     async def delete_actions(self, ids: Sequence[int], *, updated_before: datetime) -> int:
-        """Delete finished actions not updated since ``updated_before`` (open ones, and any
-        changed since they were read, are never deleted); returns rows deleted."""
+        """Delete finished actions not updated since ``updated_before`` (open ones, any changed
+        since they were read and any an action undoes — an undo asked for meanwhile — are never
+        deleted); returns rows deleted."""
         if not ids:
             return 0
+        undo = actions.alias("undo")
         async with self._tx("deleting archived actions") as conn:
             result = await conn.execute(delete(actions).where(
                 actions.c.id.in_(list(ids)), actions.c.status.not_in(OPEN_STATUSES),
-                actions.c.updated_at < updated_before))
+                actions.c.updated_at < updated_before,
+                ~exists().where(undo.c.undo_of == actions.c.id)))
         return int(result.rowcount or 0)
 
     async def get_action(self, action_id: int) -> ActionRow | None:
