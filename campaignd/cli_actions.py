@@ -53,14 +53,12 @@ def _actor(actor: str | None) -> str:
 
 def _archived(config: Any) -> list[Any]:
     """Every archived action (``campaignd.pipeline.archive``), oldest first, as ``ActionRow``."""
-    from types import SimpleNamespace
-
     from campaignd.cli import _settings
     from campaignd.pipeline.archive import read_archive
-    from campaignd.stores.sql.actions import _row
+    from campaignd.stores.sql.actions import action_row
 
     table = read_archive(_settings(config).parquet_dir, "actions")
-    return [_row(SimpleNamespace(**r)) for r in table.to_pylist()]
+    return [action_row(r) for r in table.to_pylist()]
 
 
 def _change(row: Any) -> str:

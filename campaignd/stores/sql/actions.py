@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -86,6 +87,11 @@ def _row(r: Any) -> ActionRow:
                      result=json.loads(r.result_json) if r.result_json else None,
                      undo_of=r.undo_of, updated_at=r.updated_at, decided_at=r.decided_at,
                      applied_at=r.applied_at)
+
+
+def action_row(values: Mapping[str, Any]) -> ActionRow:
+    """An ``ActionRow`` from the table's columns by name (e.g. a row of the audit archive)."""
+    return _row(SimpleNamespace(**values))
 
 
 MODE_STATUS = {"live": "pending", "approve": "proposed", "shadow": "shadow", "user": "pending"}
@@ -392,4 +398,4 @@ class ActionMethods:
         return made[0]
 
 
-__all__ = ["MODE_STATUS", "ActionMethods", "ActionRow"]
+__all__ = ["MODE_STATUS", "ActionMethods", "ActionRow", "action_row"]
