@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -405,6 +406,13 @@ def sandbox_serve(
     start: Annotated[str, typer.Option(
         help="When the market's clock starts: now (what a daemon on the wall clock expects), "
              "scenario (the scenario's start), or an RFC 3339 time.")] = "now",
+    push_url: Annotated[str | None, typer.Option(
+        "--push-url", help="Push the log stream here (HTTP POST of JSON lines), as Beeswax's "
+                           "streaming log push does, e.g. a daemon's receiver: "
+                           "http://127.0.0.1:8471/beeswax/events.")] = None,
+    push_token_file: Annotated[Path | None, typer.Option(
+        "--push-token-file", help="File holding the push's bearer token (or set "
+                                  "CAMPAIGND_SANDBOX_PUSH_TOKEN).")] = None,
 ) -> None:
     """Run the sandbox DSP (Beeswax-compatible API over a ground-truth market) standalone."""
     from campaignd import logs
@@ -427,10 +435,21 @@ def sandbox_serve(
         if start_at.tzinfo is None:
             raise BadInput("needs a UTC offset", field="--start", value=start,
                            fix="end it with Z or +00:00")
+    push_token = os.environ.get("CAMPAIGND_SANDBOX_PUSH_TOKEN") or None
+    if push_token_file is not None:
+        try:
+            push_token = push_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise BadInput(f"cannot be read ({exc.strerror})", field="--push-token-file",
+                           value=str(push_token_file), fix="give a readable file") from None
+    if push_url is not None and not push_url.startswith(("http://", "https://")):
+        raise BadInput("is not an http(s) URL", field="--push-url", value=push_url,
+                       fix="e.g. --push-url http://127.0.0.1:8471/beeswax/events")
     logs.configure("INFO", "auto")
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(functools.partial(serve_standalone, scenario, port=port, host=host, seed=seed,
-                                    time_scale=time_scale, start=start_at))
+                                    time_scale=time_scale, start=start_at, push_url=push_url,
+                                    push_token=push_token))
 
 
 @app.command()

@@ -122,6 +122,7 @@ class Daemon:
         self.supervisor: Supervisor | None = None
         self.dsp: Any = None  # DSPService, built in _start_dsp
         self.ingest: Any = None  # EventIngestor
+        self.spool: Any = None  # Spool, when the receiver is on
         self.monitor = PerformanceMonitor()
         d = settings.decision
         self.reallocation = BudgetReallocationAgent(
@@ -152,6 +153,17 @@ class Daemon:
             problems.append(f"DSP adapter unhealthy: {dsp.get('detail')}")
         events = self.ingest.status() if self.ingest is not None else {
             "ingested": 0, "dead_lettered": 0, "duplicates": 0, "lag_s": None, "cursor": None}
+        if self.spool is not None:
+            sp = self.spool.status()
+            r = self.settings.receiver
+            events = {**events, "receiver": {
+                "url": f"http://{r.host}:{r.port}{r.path}", "accepted": self.spool.appended,
+                "spool_next_seq": sp.next_seq, "spool_first_seq": sp.first_seq,
+                "spool_bytes": sp.bytes, "spool_segments": sp.segments,
+                "spool_max_bytes": self.spool.max_bytes}}
+            if sp.bytes > 0.9 * self.spool.max_bytes:
+                problems.append(f"the receiver's spool is {sp.bytes / self.spool.max_bytes:.0%} "
+                                "full: the event feed is behind (pushes get 503 when full)")
         if self.ingest is not None and self.ingest.flush_failures and self.ingest.last_error \
                 and self.ingest.pipeline.backlog > self.ingest.max_backlog:
             problems.append(f"event counts cannot be committed: {self.ingest.last_error}")
@@ -221,6 +233,12 @@ class Daemon:
         logmod.register_secrets(secret_values(s))
         sock = bind_socket(s.http.host, s.http.port)
         try:
+            rsock = (bind_socket(s.receiver.host, s.receiver.port, key="receiver.port")
+                     if s.receiver_enabled else None)
+        except BaseException:
+            sock.close()
+            raise
+        try:
             async with anyio.create_task_group() as tg:
                 # Signals are handled from the first moment: a Ctrl-C during start-up (the
                 # database upgrade, the DSP sync) stops the daemon cleanly too.
@@ -230,7 +248,7 @@ class Daemon:
                 logmod.register_secrets([self._token])
                 await self._load_campaigns()
                 self.metrics.up.set(1)
-                await self._start_dsp(tg)
+                await self._start_dsp(tg, rsock)
                 self.supervisor = Supervisor(self._jobs(), clock=self.wall,
                                              on_record=self._record_run)
                 await tg.start(self.supervisor.run, name="supervisor")
@@ -247,6 +265,8 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await self._shutdown()
             sock.close()
+            if rsock is not None:
+                rsock.close()
         return 0
 
     async def _watch_signals(self, scope: anyio.CancelScope, *,
@@ -315,7 +335,7 @@ class Daemon:
             log.info("campaign loaded", campaign=spec.id, cells=len(cells),
                      cells_added=result.cells_added)
 
-    async def _start_dsp(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _start_dsp(self, tg: anyio.abc.TaskGroup, rsock: Any = None) -> None:
         from campaignd.dsp.service import DSPService
         from campaignd.pipeline.ingest import DEDUPE_NAMESPACE, Pipeline
         from campaignd.pipeline.ingestor import EventIngestor
@@ -331,6 +351,12 @@ class Daemon:
         # and counts of an earlier market are not this one's.
         checkpoint = (f"events:sandbox:{self.dsp.sandbox_url}" if sandbox
                       else f"events:beeswax:{s.dsp.beeswax.base_url}")
+        feed: Any = self.dsp.adapter
+        if rsock is not None:
+            # Beeswax pushes: the receiver spools, the feed reads the spool.
+            checkpoint = (f"events:receiver:sandbox:{self.dsp.sandbox_url}" if sandbox
+                          else f"events:receiver:{s.dsp.beeswax.base_url}")
+            feed = await self._start_receiver(tg, rsock, checkpoint, fresh=sandbox)
         p = s.pipeline
         pipeline = Pipeline(
             self.registry, self.hot, clock=self.clock, metrics=self.metrics,
@@ -341,9 +367,10 @@ class Daemon:
         self.metrics.add_lag_histogram(lambda: pipeline.stats.lag)
         await self._restore_counts(pipeline, fresh_market=sandbox)
         self.ingest = EventIngestor(
-            adapter=self.dsp.adapter, sql=self.sql, pipeline=pipeline, clock=self.clock,
+            adapter=feed, sql=self.sql, pipeline=pipeline, clock=self.clock,
             metrics=self.metrics, poll_s=s.dsp.events_poll_s, batch=p.batch,
-            checkpoint=checkpoint, flush_s=p.flush_s, max_backlog=p.max_backlog)
+            checkpoint=checkpoint, flush_s=p.flush_s, max_backlog=p.max_backlog,
+            on_commit=self._release_spool if self.spool is not None else None)
         for rt in self.campaigns.values():
             await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
         await tg.start(self.ingest.run, name="ingest")
@@ -355,6 +382,55 @@ class Daemon:
                                        poll_s=d.executor_poll_s, max_attempts=d.max_attempts)
         self.decisions.executor = self.executor
         await tg.start(self.executor.run, name="executor")
+
+    async def _start_receiver(self, tg: anyio.abc.TaskGroup, rsock: Any, checkpoint: str, *,
+                              fresh: bool) -> Any:
+        """Open the spool (numbering after the committed cursor) and serve the receiver on
+        ``rsock``; returns the spool's feed for the ingestor. A new sandbox market starts with
+        an empty spool (an earlier market's events are not this one's)."""
+        from campaignd.pipeline.spool import Spool, SpoolFeed
+        from campaignd.web.receiver import create_receiver_app
+
+        assert self.sql is not None
+        s = self.settings
+        r = s.receiver
+        directory = s.spool_dir
+        if fresh and directory.exists():
+            for old in directory.glob("*.spool"):
+                old.unlink()
+        self.spool = Spool(directory, segment_bytes=r.segment_mb << 20,
+                           max_bytes=r.max_spool_mb << 20)
+        committed = await self.sql.get_checkpoint(checkpoint)
+        try:
+            start = int(committed) if committed is not None else 0
+        except ValueError:
+            raise StartupError(f"the feed checkpoint {checkpoint!r} holds {committed!r}, not a "
+                               "spool position") from None
+        try:
+            await anyio.to_thread.run_sync(lambda: self.spool.open(min_next_seq=start))
+        except OSError as exc:
+            raise StartupError(f"cannot open the receiver's spool at {directory}: "
+                               f"{exc.strerror or exc}; set receiver.spool_dir to a writable "
+                               "directory") from None
+        assert r.token is not None
+        app = create_receiver_app(
+            self.spool, token=r.token.get_secret_value(), path=r.path,
+            max_body_bytes=r.max_body_mb << 20, on_accepted=self.metrics.receiver_messages.inc,
+            on_refused=lambda reason: self.metrics.receiver_refused.labels(reason).inc())
+        await tg.start(serve_http, app, rsock, name="receiver")
+        host, port = rsock.getsockname()[:2]
+        log.info("receiver ready", url=f"http://{host}:{port}{r.path}",
+                 spool=str(directory), next_seq=self.spool.next_seq)
+        return SpoolFeed(self.spool)
+
+    def _release_spool(self) -> None:
+        """After a commit: drop the spool segments the committed cursor has passed."""
+        cursor = self.ingest.committed_cursor if self.ingest is not None else None
+        if self.spool is not None and cursor is not None:
+            try:
+                self.spool.release(int(cursor))
+            except OSError as exc:
+                log.warning("could not release spool segments", error=str(exc))
 
     async def _restore_counts(self, pipeline: Any, *, fresh_market: bool) -> None:
         """Put the committed counts back into the registry; a new sandbox market starts from
@@ -476,6 +552,8 @@ class Daemon:
     async def _publish_status(self) -> None:
         st = self.status()
         self.metrics.dsp_healthy.set(1 if st["dsp"]["healthy"] else 0)
+        if self.spool is not None:
+            self.metrics.spool_bytes.set(self.spool.bytes)
         for c in st["campaigns"]:
             self.metrics.spend_micros.labels(c["id"]).set(
                 int(self.campaigns[c["id"]].table.counts["spend_micros"].sum()))

@@ -46,6 +46,15 @@ class Metrics:
                                          "Recommendation changes the decision engine did not "
                                          "take, by reason", ["reason"], registry=r)
 
+        self.receiver_messages = Counter("campaignd_receiver_messages_total",
+                                         "Pushed log messages the receiver spooled", registry=r)
+        self.receiver_refused = Counter("campaignd_receiver_refused_total",
+                                        "Push requests the receiver refused, by reason",
+                                        ["reason"], registry=r)
+        self.spool_bytes = Gauge("campaignd_spool_bytes",
+                                 "Bytes held by the receiver's spool (not yet released)",
+                                 registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -208,6 +208,30 @@ class HTTPSettings(_Section):
         return self
 
 
+class ReceiverSettings(_Section):
+    """The HTTP receiver for Beeswax's streaming log push (README "Receiving Beeswax's log
+    push")."""
+
+    enabled: bool | None = Field(None, description="None: on with dsp.adapter = 'beeswax' "
+                                                   "(its events arrive by push), off with the "
+                                                   "sandbox (its feed is read)")
+    host: str = "127.0.0.1"
+    port: int = Field(8471, ge=1, le=65535)
+    path: str = Field("/beeswax/events", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    spool_dir: Path | None = Field(None, description="default: state_dir/spool")
+    max_spool_mb: int = Field(10_240, ge=1, description="above this, pushes get 503 + Retry-After")
+    segment_mb: int = Field(64, ge=1, le=4096)
+    max_body_mb: int = Field(32, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _secret(self) -> ReceiverSettings:
+        if self.token is None:
+            self.token = _read_secret_file(self.token_file, "receiver.token_file")
+        return self
+
+
 class PipelineSettings(_Section):
     """The event pipeline and its stores (see README "The event pipeline")."""
 
@@ -254,6 +278,7 @@ class Settings(BaseSettings):
     decision: DecisionSettings = DecisionSettings()
     http: HTTPSettings = HTTPSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    receiver: ReceiverSettings = ReceiverSettings()
     log: LogSettings = LogSettings()
 
     config_file: Path | None = Field(None, exclude=True)
@@ -283,7 +308,27 @@ class Settings(BaseSettings):
         self.dsp.sandbox.scenario = fix(self.dsp.sandbox.scenario)  # type: ignore[assignment]
         self.log.file = fix(self.log.file)
         self.pipeline.parquet_dir = fix(self.pipeline.parquet_dir)
+        self.receiver.spool_dir = fix(self.receiver.spool_dir)
         return self
+
+    @model_validator(mode="after")
+    def _receiver_token(self) -> Settings:
+        r = self.receiver
+        if self.receiver_enabled and (r.token is None or not r.token.get_secret_value()):
+            why = ("dsp.adapter = 'beeswax' receives its events by push, so the receiver is on"
+                   if r.enabled is None else "receiver.enabled = true")
+            raise ValueError(f"receiver.token is needed: {why}; set CAMPAIGND_RECEIVER__TOKEN "
+                             "or receiver.token_file (or receiver.enabled = false)")
+        return self
+
+    @property
+    def receiver_enabled(self) -> bool:
+        r = self.receiver
+        return r.enabled if r.enabled is not None else self.dsp.adapter == "beeswax"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.receiver.spool_dir or self.state_dir / "spool"
 
     @property
     def parquet_dir(self) -> Path:
@@ -389,7 +434,7 @@ def secret_values(settings: Settings) -> list[str]:
     """Every secret's plain value, for the log redactor."""
     out = []
     for s in (settings.database.password, settings.redis.password, settings.dsp.beeswax.password,
-              settings.http.api_token):
+              settings.http.api_token, settings.receiver.token):
         if s is not None and s.get_secret_value():
             out.append(s.get_secret_value())
     for url in (settings.database.url, settings.redis.url, settings.dsp.beeswax.base_url):

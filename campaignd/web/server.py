@@ -15,7 +15,7 @@ from anyio.abc import TaskStatus
 from campaignd.errors import StartupError
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, *, key: str = "http.port") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -25,7 +25,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise StartupError(
             f"cannot listen on {host}:{port}: {exc.strerror}; another process may hold the port."
-            " Set http.port in the config (or CAMPAIGND_HTTP__PORT) to a free port") from None
+            f" Set {key} in the config (or CAMPAIGND_{key.upper().replace('.', '__')}) to a free"
+            " port") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock

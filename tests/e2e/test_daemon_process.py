@@ -262,31 +262,48 @@ def from_micros_str(value: str) -> int:
 
 def test_a_killed_daemon_restarts_without_losing_or_double_counting(
         tmp_path: Path, backend_env: dict[str, str]) -> None:
-    """`campaignd sandbox serve` as the DSP (it outlives the daemon), the daemon on the real
-    Beeswax adapter: SIGKILL mid-stream, start again, and the counts equal the sandbox's
-    delivered totals once the daemon has read the feed to its end."""
-    port = free_port()
+    """Production's event path: `campaignd sandbox serve` as Beeswax (it outlives the daemon)
+    pushes its log stream over HTTP to the daemon's receiver, which spools it; the daemon on
+    the real Beeswax adapter counts the spool. SIGKILL mid-stream (pushes fail while it is
+    down, and are retried), start again, and the counts equal the sandbox's delivered totals
+    once everything pushed has been counted: nothing acknowledged was lost, nothing counted
+    twice."""
+    port, rport = free_port(), free_port()
+    token = "push-token-0123456789"
+    # The market starts at the last 01:00 UTC (US prime time: plenty of supply whatever the
+    # hour the test runs at; within the daemon's at-least-once window of the wall clock).
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    while start.hour != 1:
+        start -= timedelta(hours=1)
     sandbox = subprocess.Popen(
         [sys.executable, "-m", "campaignd", "sandbox", "serve", "--scenario",
-         str(SEED_SCENARIO), "--port", str(port), "--time-scale", "10", "--seed", "3"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+         str(SEED_SCENARIO), "--port", str(port), "--time-scale", "10", "--seed", "3",
+         "--start", start.isoformat(), "--push-url", f"http://127.0.0.1:{rport}/beeswax/events"],
+        stdout=(tmp_path / "sandbox.log").open("w"), stderr=subprocess.STDOUT,
+        env=clean_env(CAMPAIGND_SANDBOX_PUSH_TOKEN=token))
     base = f"http://127.0.0.1:{port}"
     extra = "[pipeline]\nflush_s = 0.5\n"
     env = {**backend_env, "CAMPAIGND_DSP__ADAPTER": "beeswax",
            "CAMPAIGND_DSP__BEESWAX__BASE_URL": base, "CAMPAIGND_DSP__BEESWAX__BUZZ_KEY": "sandbox",
            "CAMPAIGND_DSP__BEESWAX__EMAIL": "sandbox@campaignd.local",
            "CAMPAIGND_DSP__BEESWAX__PASSWORD": "sandbox",
-           "CAMPAIGND_DSP__BEESWAX__RATE_LIMIT_RPS": "1000"}
+           "CAMPAIGND_DSP__BEESWAX__RATE_LIMIT_RPS": "1000",
+           "CAMPAIGND_RECEIVER__PORT": str(rport), "CAMPAIGND_RECEIVER__TOKEN": token}
     try:
         with httpx.Client(base_url=base, timeout=10, trust_env=False) as dsp:
             wait_for(lambda: _login(dsp), 60, "the sandbox to serve")
             first = DaemonProcess(tmp_path, env=env, extra=extra)
             with first:
-                first.wait_running(180)
+                st = first.wait_running(180)
+                assert st["events"]["receiver"]["url"].endswith(f":{rport}/beeswax/events")
                 committed = wait_for(lambda: _committed(first), 120, "events to be committed")
                 assert first.proc is not None
                 first.proc.kill()  # no shutdown, no final commit
                 first.proc.wait(10)
+            # the receiver is gone: the sandbox's pushes fail and are retried
+            wait_for(lambda: dsp.get("/rest/v2/sandbox/status").json()["push"]["retries"] > 0,
+                     30, "a push to fail while the daemon is down")
+            assert token not in (tmp_path / "daemon-output.log").read_text()
             second = DaemonProcess(tmp_path, env=env, extra=extra, port=first.port)
             with second:
                 st = second.wait_running(180)
@@ -298,8 +315,10 @@ def test_a_killed_daemon_restarts_without_losing_or_double_counting(
                     mine = httpx.get(f"{second.base_url}/api/v1/status", timeout=10).json()
                     after = dsp.get("/rest/v2/sandbox/status").json()
                     n = before["feed"]["next_cursor_seq"]
-                    if after["feed"]["next_cursor_seq"] == n and \
-                            mine["events"]["cursor"] == f"seq-{n}":
+                    spooled = mine["events"]["receiver"]["spool_next_seq"]
+                    if before["push"]["cursor_seq"] == n and after["feed"]["next_cursor_seq"] == n \
+                            and after["push"]["cursor_seq"] == n \
+                            and mine["events"]["cursor"] == str(spooled):
                         return mine, before["delivered"]
                     return None
 
@@ -308,6 +327,10 @@ def test_a_killed_daemon_restarts_without_losing_or_double_counting(
                 assert camp["impressions"] == truth["impressions"]
                 assert camp["conversions"] == truth["conversions"]
                 assert camp["spend"] == str(from_micros(truth["spend_micros"]))
+                pushed = dsp.get("/rest/v2/sandbox/status").json()["push"]
+                assert pushed["lost"] == 0
+                # everything counted was released from the spool but the last segment
+                assert mine["events"]["receiver"]["spool_segments"] >= 1
                 assert second.stop() == 0
     finally:
         sandbox.send_signal(signal.SIGINT)

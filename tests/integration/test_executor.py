@@ -44,7 +44,7 @@ async def dsp_service(sql: SqlStore, spec: CampaignSpec,
             "CAMPAIGND_DSP__BEESWAX__EMAIL": EMAIL,
             "CAMPAIGND_DSP__BEESWAX__PASSWORD": PASSWORD,
             "CAMPAIGND_DSP__BEESWAX__RATE_LIMIT_RPS": "1000",
-            "CAMPAIGND_DSP__BEESWAX__MAX_RETRIES": "0"})
+            "CAMPAIGND_DSP__BEESWAX__MAX_RETRIES": "0", "CAMPAIGND_RECEIVER__ENABLED": "false"})
         svc = DSPService(settings, sql, clock=VirtualClock(NOW))
         await tg.start(svc.run)
         cells = atomize(spec)[:n_cells]

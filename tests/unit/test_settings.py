@@ -73,6 +73,10 @@ def test_secret_from_file_is_masked(tmp_path: Path) -> None:
     ('[database]\nurl = "mysql://x"\n', "database.url must start with"),
     ('[dsp]\nadapter = "beeswax"\n', "dsp.beeswax.base_url"),
     ("[agents]\nmonitor_s = -1\n", "agents.monitor_s"),
+    ('[dsp]\nadapter = "beeswax"\n[dsp.beeswax]\nbase_url = "https://x.api.beeswax.com"\n'
+     'email = "a@b.c"\npassword = "pw"\n', "receiver.token is needed"),
+    ("[receiver]\nenabled = true\n", "receiver.token is needed: receiver.enabled = true"),
+    ('[receiver]\npath = "no-slash"\n', "receiver.path"),
     ("[http\n", "not valid TOML"),
 ])
 def test_invalid_settings_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -90,6 +94,25 @@ def test_missing_file_and_secret_file(tmp_path: Path) -> None:
     cfg.write_text(f'[http]\napi_token_file = "{tmp_path / "nope"}"\n')
     with pytest.raises(ConfigError, match="api_token_file"):
         load_settings(cfg, environ={})
+
+
+def test_the_receiver_is_on_for_beeswax_and_its_token_is_a_secret(tmp_path: Path) -> None:
+    from campaignd.settings import secret_values
+    token = tmp_path / "push-token"
+    token.write_text("push-secret-123456\n")
+    env = {"CAMPAIGND_DSP__ADAPTER": "beeswax",
+           "CAMPAIGND_DSP__BEESWAX__BASE_URL": "https://x.api.beeswax.com",
+           "CAMPAIGND_DSP__BEESWAX__EMAIL": "a@b.c", "CAMPAIGND_DSP__BEESWAX__PASSWORD": "pw",
+           "CAMPAIGND_RECEIVER__TOKEN_FILE": str(token)}
+    s = load_settings(None, environ=env)
+    assert s.receiver_enabled and s.receiver.host == "127.0.0.1"
+    assert s.spool_dir == s.state_dir / "spool"
+    assert "push-secret-123456" in secret_values(s)
+    assert "push-secret-123456" not in json.dumps(s.masked())
+    assert not load_settings(None, environ={}).receiver_enabled  # the sandbox's feed is read
+    del env["CAMPAIGND_RECEIVER__TOKEN_FILE"]
+    off = load_settings(None, environ={**env, "CAMPAIGND_RECEIVER__ENABLED": "false"})
+    assert not off.receiver_enabled
 
 
 def test_bad_environment_value_names_the_key() -> None:

@@ -12,7 +12,8 @@
 - Report Builder (``reporting.py``) and the pull stand-in for the streaming log feed
   (``GET /rest/v2/sandbox/log-stream``, see ``feed.py``);
 - ``GET /rest/v2/sandbox/status`` (sandbox only): market time, object and fault counts, the
-  log feed's extent and the market's delivered totals (the ground truth a test compares with).
+  log feed's extent, the log push's progress (when it pushes) and the market's delivered totals
+  (the ground truth a test compares with).
 
 Every change to a line item, its associations, its targeting expression, its campaign or a
 creative is translated into a ``LineItemConfig`` and handed to the market.
@@ -101,6 +102,8 @@ class SandboxState:
         self.feed = LogFeed(capacity=feed_capacity, faults=self.faults,
                             stats=self.injector.stats)
         self.encoder = MessageEncoder(buzz_key)
+        self.push: dict[str, Any] | None = None
+        """The log push's progress, when the service pushes (``SandboxService(push_url=…)``)."""
         self.sessions: dict[str, Session] = {}
         self.session_ttl_s = session_ttl_s
         self.keep_ttl_s = keep_ttl_s
@@ -593,6 +596,7 @@ def create_app(state: SandboxState) -> Starlette:
                                                          "line-item-creatives")},
             "feed": {"first_cursor_seq": state.feed.first_seq,
                      "next_cursor_seq": state.feed.next_seq},
+            "push": state.push,
             "delivered": state.delivered_totals(),
             "faults": state.injector.stats.injected,
             "requests": state.requests,

@@ -17,6 +17,7 @@ from anyio.abc import TaskStatus
 
 from campaignd.clock import Clock, SystemClock
 from campaignd.dsp.sandbox.faults import FaultConfig
+from campaignd.dsp.sandbox.feed import decode_cursor
 from campaignd.dsp.sandbox.model import MarketProtocol
 from campaignd.dsp.sandbox.server import SandboxState, create_app
 from campaignd.errors import StartupError
@@ -48,7 +49,9 @@ class SandboxService:
                  buzz_key: str = "sandbox", time_scale: float = 1.0,
                  faults: FaultConfig | None = None, host: str = "127.0.0.1", port: int = 0,
                  clock: Clock | None = None, tick_interval_s: float = 0.5,
-                 log_level: str = "warning", **state_options: Any) -> None:
+                 log_level: str = "warning", push_url: str | None = None,
+                 push_token: str | None = None, push_batch: int = 2000,
+                 **state_options: Any) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be > 0")
         self.clock: Clock = clock or SystemClock()
@@ -61,6 +64,13 @@ class SandboxService:
         self.tick_interval_s = tick_interval_s
         self.log_level = log_level
         self.base_url: str | None = None
+        self.push_url = push_url
+        self.push_token = push_token
+        self.push_batch = push_batch
+        self.push_cursor: str | None = None
+        if push_url:
+            self.state.push = {"url": push_url, "cursor_seq": 0, "pushed": 0, "lost": 0,
+                               "retries": 0, "last_error": None}
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -101,6 +111,52 @@ class SandboxService:
             except Exception:  # a market bug must not take the DSP endpoint down
                 log.exception("sandbox.market_tick_failed")
 
+    async def _pusher(self) -> None:
+        """Beeswax's streaming log push: POST the feed's messages (newline-delimited JSON,
+        ``Authorization: Bearer``) to ``push_url`` in order, moving on only when a batch is
+        acknowledged with a 2xx; anything else is retried with backoff (at least once: a batch
+        whose answer was lost is sent again, and the receiver's side deduplicates)."""
+        import httpx
+
+        feed = self.state.feed
+        progress = self.state.push
+        assert progress is not None
+        headers = {"content-type": "application/x-ndjson"}
+        if self.push_token:
+            headers["authorization"] = f"Bearer {self.push_token}"
+        backoff = 0.2
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+            while True:
+                messages, nxt, skipped = feed.read(self.push_cursor, self.push_batch)
+                if skipped:  # the feed evicted them before they could be pushed
+                    progress["lost"] += skipped
+                    log.warning("sandbox.push_lost", messages=skipped)
+                if not messages:
+                    if skipped:
+                        self.push_cursor = nxt
+                        progress["cursor_seq"] = decode_cursor(nxt)
+                    await anyio.sleep(0.1)
+                    continue
+                try:
+                    resp = await client.post(self.push_url,  # type: ignore[arg-type]
+                                             content=b"\n".join(messages), headers=headers)
+                    ok = resp.is_success
+                    detail = f"HTTP {resp.status_code}"
+                except httpx.HTTPError as exc:
+                    ok, detail = False, f"{type(exc).__name__}: {exc}"
+                if ok:
+                    self.push_cursor = nxt
+                    progress["pushed"] += len(messages)
+                    progress["cursor_seq"] = decode_cursor(nxt)
+                    progress["last_error"] = None
+                    backoff = 0.2
+                    continue
+                progress["retries"] += 1
+                progress["last_error"] = detail
+                log.info("sandbox.push_retry", error=detail, retry_in_s=backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
     async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
             sock = self._bind()
@@ -140,6 +196,8 @@ class SandboxService:
                             await anyio.sleep(0.005)
                     if self.state.market is not None:
                         tg.start_soon(self._ticker)
+                    if self.push_url:
+                        tg.start_soon(self._pusher)
                     log.info("sandbox.started", url=self.base_url, time_scale=self.time_scale)
                     task_status.started(self.base_url)
                     await anyio.sleep_forever()

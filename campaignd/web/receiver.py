@@ -1,0 +1,195 @@
+"""The event receiver: Beeswax's streaming log push (HTTP, JSON) into the durable spool.
+
+Beeswax delivers streaming log messages by pushing them to a URL the customer gives it (HTTP,
+or Kinesis); campaignd's side of the HTTP push is this small app on its own listener
+(``[receiver]``). Every message of a request is written to the spool (``campaignd.pipeline.spool``)
+and synced to disk *before* the request is answered 200, so Beeswax only forgets what campaignd
+holds; the event feed then counts the spool like any DSP stream (cursor = sequence number,
+committed with the counts).
+
+``POST <receiver.path>`` (default ``/beeswax/events``):
+
+- **Authentication**: ``Authorization: Bearer <receiver.token>``, or ``?token=<receiver.token>``
+  for push configurations that only take a URL (a token in a URL can end up in proxy logs:
+  prefer the header). No token: 401; a wrong one: 403.
+- **Body**: JSON — newline-delimited messages (one ``AdLogMessage`` a line), a JSON array of
+  messages, or one message; ``Content-Encoding: gzip`` is accepted. Protobuf (the other format
+  Beeswax offers) is refused with 415: configure the push for JSON.
+- **Nothing is judged here**: a line that is not valid JSON is spooled as it is and the pipeline
+  dead-letters it (``malformed_json``) with its payload, so no bad message makes Beeswax retry
+  a whole batch forever and nothing is dropped.
+- **Limits**: a body (after gunzip) above ``receiver.max_body_mb`` is refused with 413; when the
+  spool is full (``receiver.max_spool_mb``: the feed is not keeping up, or the stores are down)
+  or the disk fails, 503 with ``Retry-After`` — Beeswax retries, nothing is acknowledged that
+  was not kept.
+- **Answer**: ``{"accepted": n, "first_seq": s}``.
+
+``GET /healthz``: the spool's state (open, no token needed; the listener binds 127.0.0.1 unless
+configured otherwise — put a TLS-terminating proxy in front of it for Beeswax).
+"""
+
+from __future__ import annotations
+
+import hmac
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from campaignd.logs import get_logger
+from campaignd.pipeline.spool import Spool, SpoolFull
+
+log = get_logger("campaignd.receiver")
+
+RETRY_AFTER_S = 30
+
+
+def _error(status: int, message: str, *, field: str | None = None, fix: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field, "fix": fix}, status_code=status,
+                        headers=headers)
+
+
+def split_messages(body: bytes) -> list[bytes]:
+    """A push body's messages: the elements of a JSON array, one JSON value, or else its
+    non-blank lines (newline-delimited JSON). A body that is none of these cleanly still gives
+    its lines, each spooled as it is (the pipeline dead-letters the malformed ones)."""
+    stripped = body.strip()
+    if not stripped:
+        return []
+    if stripped[:1] == b"[":
+        try:
+            return [bytes(r) for r in msgspec.json.decode(stripped, type=list[msgspec.Raw])]
+        except msgspec.DecodeError:
+            pass  # not one array: lines, below
+    elif b"\n" in stripped:
+        lines = [line.strip() for line in stripped.split(b"\n")]
+        lines = [line for line in lines if line]
+        # a first line that is not a message by itself: maybe one pretty-printed message
+        if len(lines) > 1 and lines[0][:1] == b"{" and not _one_value(lines[0]) \
+                and _one_value(stripped):
+            return [stripped]
+        return lines
+    return [stripped]
+
+
+def _one_value(data: bytes) -> bool:
+    try:
+        msgspec.json.decode(data, type=msgspec.Raw)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+def _gunzip(data: bytes, limit: int) -> bytes | None:
+    """Decompressed ``data`` (gzip or zlib), or None when it would exceed ``limit`` bytes."""
+    d = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
+    out = d.decompress(data, limit + 1)
+    if len(out) > limit or d.unconsumed_tail:
+        return None
+    return out
+
+
+def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/events",
+                        max_body_bytes: int = 32 << 20,
+                        on_accepted: Callable[[int], Any] | None = None,
+                        on_refused: Callable[[str], Any] | None = None) -> Starlette:
+    """The receiver (see the module docstring). ``on_accepted(n)`` / ``on_refused(reason)``
+    are called for metrics."""
+    if not token:
+        raise ValueError("the receiver needs a token")
+
+    def refused(reason: str, response: JSONResponse) -> JSONResponse:
+        if on_refused is not None:
+            on_refused(reason)
+        return response
+
+    async def push(request: Request) -> Response:
+        auth = request.headers.get("authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            given = request.query_params.get("token", "")
+        if not given:
+            return refused("unauthenticated", _error(
+                401, "pushing events needs the receiver's token", field="Authorization",
+                fix="send 'Authorization: Bearer <token>' or add ?token=<token> to the push URL "
+                    "(receiver.token)"))
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return refused("bad_token", _error(403, "the token is not valid", field="Authorization",
+                                               fix="use the token in receiver.token"))
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if "protobuf" in ctype or ctype == "application/octet-stream":
+            return refused("unsupported_format", _error(
+                415, f"campaignd reads Beeswax's JSON log format, not {ctype}",
+                field="Content-Type", fix="configure the streaming log push for JSON"))
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            return refused("too_large", _too_large(max_body_bytes))
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                return refused("too_large", _too_large(max_body_bytes))
+        raw = bytes(body)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            try:
+                unzipped = _gunzip(raw, max_body_bytes)
+            except zlib.error as exc:
+                return refused("bad_encoding", _error(
+                    400, f"the body is not valid {encoding}: {exc}", field="Content-Encoding",
+                    fix="send the body compressed as Content-Encoding says, or uncompressed"))
+            if unzipped is None:
+                return refused("too_large", _too_large(max_body_bytes))
+            raw = unzipped
+        elif encoding not in ("", "identity"):
+            return refused("bad_encoding", _error(
+                415, f"Content-Encoding {encoding!r} is not supported", field="Content-Encoding",
+                fix="send gzip or an uncompressed body"))
+        messages = split_messages(raw)
+        if not messages:
+            return refused("empty", _error(400, "the body holds no message", field="body",
+                                           fix="send JSON log messages, one a line"))
+        try:
+            first = await anyio.to_thread.run_sync(spool.append, messages)
+        except SpoolFull as exc:
+            log.warning("receiver: the spool is full; asking the sender to retry", error=str(exc))
+            return refused("spool_full", _error(
+                503, "the spool is full: the event feed is behind", field=None,
+                fix="retry later; check `campaignd status` for the feed and the stores",
+                headers={"Retry-After": str(RETRY_AFTER_S)}))
+        except ValueError as exc:
+            return refused("too_large", _error(413, str(exc), field="body",
+                                               fix="send smaller messages"))
+        except OSError as exc:
+            log.error("receiver: cannot write the spool", error=str(exc))
+            return refused("spool_error", _error(
+                503, f"cannot write the spool: {exc.strerror or exc}", field=None,
+                fix="free disk space or fix receiver.spool_dir; the sender will retry",
+                headers={"Retry-After": str(RETRY_AFTER_S)}))
+        if on_accepted is not None:
+            on_accepted(len(messages))
+        return JSONResponse({"accepted": len(messages), "first_seq": first})
+
+    async def healthz(request: Request) -> Response:
+        st = spool.status()
+        return JSONResponse({"ok": True, "spool": {"first_seq": st.first_seq,
+                                                   "next_seq": st.next_seq,
+                                                   "segments": st.segments, "bytes": st.bytes}})
+
+    return Starlette(routes=[Route(path, push, methods=["POST"]),
+                             Route("/healthz", healthz, methods=["GET"])])
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return _error(413, f"the body is larger than {limit} bytes", field="body",
+                  fix="send smaller batches, or raise receiver.max_body_mb")
+
+
+__all__ = ["create_receiver_app", "split_messages"]
