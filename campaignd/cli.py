@@ -171,6 +171,11 @@ def _print_status(st: dict[str, Any]) -> None:
                   f"{ev['dead_lettered']} dead-lettered, lag p99 "
                   + ("—" if p99 is None else f"{p99:.2f} s")
                   + (f", {ev['backlog']} uncommitted" if ev.get("backlog") else ""))
+        rcv = ev.get("receiver")
+        if rcv:
+            out.print(f"  receiver {rcv['url']}: {rcv['accepted']} accepted since start, spool "
+                      f"{rcv['spool_bytes'] / 1e6:.1f} MB in {rcv['spool_segments']} "
+                      f"segment(s), next seq {rcv['spool_next_seq']}")
         if ev.get("dead_by_reason"):
             out.print("  dead-lettered: " + ", ".join(
                 f"{r} {n}" for r, n in sorted(ev["dead_by_reason"].items())))
