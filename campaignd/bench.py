@@ -378,7 +378,102 @@ def _bench_decide() -> None:
 FAMILIES["decide"] = _bench_decide
 
 
+def receiver_server(port: int, directory: str) -> None:
+    """The receiver alone on ``port`` with its spool in ``directory`` (``bench receiver``'s
+    server process)."""
+    import anyio
+
+    from campaignd.pipeline.spool import Spool
+    from campaignd.web.receiver import create_receiver_app
+    from campaignd.web.server import bind_socket, serve_http
+
+    spool = Spool(directory)
+    spool.open()
+    sock = bind_socket("127.0.0.1", port)
+    anyio.run(serve_http, create_receiver_app(spool, token="bench-token"), sock)
+
+
+def bench_receiver(batches: int = 200, batch: int = 1000, connections: int = 4) -> None:
+    """Beeswax's push into the receiver over loopback: ``batches`` POSTs of ``batch`` messages
+    (JSON lines, ~830 bytes each) from ``connections`` concurrent clients, each answered after
+    the spool's fsync; then the feed's read of the spool alone (batches of 5,000)."""
+    import subprocess
+    import tempfile
+    from datetime import UTC, datetime
+
+    import anyio
+    import httpx
+
+    from campaignd.domain.campaign import atomize, load_spec
+    from campaignd.pipeline.spool import Spool
+    from campaignd.testing import free_port
+
+    cells = atomize(load_spec(ROOT / "config" / "campaigns" / "madhive_12345.toml"))
+    raws = _messages(batch * 20, len(cells), int(datetime.now(UTC).timestamp() * 1_000_000))
+    bodies = [b"\n".join(raws[i:i + batch]) for i in range(0, len(raws), batch)]
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:  # on the project's disk, not tmpfs
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "campaignd.bench", "receiver-server",
+                                   str(port), tmp])
+        try:
+            async def push() -> tuple[float, list[float]]:
+                url = f"http://127.0.0.1:{port}/beeswax/events"
+                headers = {"authorization": "Bearer bench-token"}
+                latencies: list[float] = []
+                async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+                    for _ in range(200):
+                        try:
+                            await client.get(f"http://127.0.0.1:{port}/healthz")
+                            break
+                        except httpx.TransportError:
+                            await anyio.sleep(0.05)
+                    todo = list(range(batches))
+
+                    async def worker() -> None:
+                        while todo:
+                            i = todo.pop()
+                            t = time.perf_counter()
+                            r = await client.post(url, content=bodies[i % len(bodies)],
+                                                  headers=headers)
+                            r.raise_for_status()
+                            latencies.append(time.perf_counter() - t)
+
+                    t0 = time.perf_counter()
+                    async with anyio.create_task_group() as tg:
+                        for _ in range(connections):
+                            tg.start_soon(worker)
+                    return time.perf_counter() - t0, latencies
+
+            wall, lat = anyio.run(push)
+        finally:
+            server.terminate()
+            server.wait(10)
+        spool = Spool(tmp)
+        spool.open()
+        t0 = time.perf_counter()
+        cursor, n = None, 0
+        while True:
+            b = spool.read(cursor, 5000)
+            if not b.messages:
+                break
+            n += len(b.messages)
+            cursor = int(b.next_cursor)
+        read_s = time.perf_counter() - t0
+        lat.sort()
+        emit("receiver", messages=batches * batch, batch=batch, connections=connections,
+             spool_bytes=spool.bytes, pushed_messages_per_s=round(batches * batch / wall),
+             request_ms_p50=round(lat[len(lat) // 2] * 1000, 1),
+             request_ms_p99=round(lat[int(len(lat) * 0.99)] * 1000, 1),
+             spool_read_messages_per_s=round(n / read_s))
+
+
+FAMILIES["receiver"] = bench_receiver
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["receiver-server"]:
+        receiver_server(int(argv[1]), argv[2])
+        return 0
     if argv[:1] == ["load-server"]:
         load_server(int(argv[1]), float(argv[2]))
         return 0
