@@ -236,8 +236,11 @@ def bench_baselines() -> None:
                      oracle_spend=r.get("oracle_spend"), budget=r["budget"])
 
 
-def load_server(port: int, rate: float) -> None:
-    """The sandbox's Beeswax-compatible server over a constant-rate market (for ``sustained``)."""
+def load_server(port: int, rate: float, push_url: str | None = None) -> None:
+    """The sandbox's Beeswax-compatible server over a constant-rate market (for ``sustained``),
+    pushing its log stream to ``push_url`` (the token in ``CAMPAIGND_SANDBOX_PUSH_TOKEN``)."""
+    import os
+
     import anyio
 
     from campaignd import logs
@@ -245,7 +248,9 @@ def load_server(port: int, rate: float) -> None:
     from campaignd.dsp.sandbox.service import SandboxService
     logs.configure("WARNING", "console")
     service = SandboxService(ConstantRateMarket(rate), port=port, time_scale=1.0,
-                             tick_interval_s=0.1, feed_capacity=2_000_000, log_level="warning")
+                             tick_interval_s=0.1, feed_capacity=2_000_000, log_level="warning",
+                             push_url=push_url,
+                             push_token=os.environ.get("CAMPAIGND_SANDBOX_PUSH_TOKEN"))
     anyio.run(service.run)
 
 
@@ -266,8 +271,9 @@ def _lag_buckets(metrics_text: str) -> dict[str, float]:
 
 
 def bench_sustained(rate: float = 20_000, seconds: float = 600, warmup: float = 60) -> None:
-    """The daemon (every agent and job on its cadence, SQLite + in-memory hot store) reading a
-    feed of ``rate`` events/s for ``seconds``: event-to-registry lag and memory over time."""
+    """The daemon (every agent and job on its cadence, SQLite + in-memory hot store) receiving
+    ``rate`` events/s for ``seconds`` as Beeswax delivers them — pushed over HTTP to its receiver,
+    spooled, read back by the feed: event-to-registry lag and memory over time."""
     import os
     import socket
     import subprocess
@@ -281,7 +287,8 @@ def bench_sustained(rate: float = 20_000, seconds: float = 600, warmup: float = 
             return int(sock.getsockname()[1])
 
     tmp = Path(tempfile.mkdtemp(prefix="campaignd-sustained-"))
-    dsp_port, http_port = free_port(), free_port()
+    dsp_port, http_port, push_port = free_port(), free_port(), free_port()
+    token = "sustained-bench-push-token"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")}
     spec = ROOT / "config" / "campaigns" / "madhive_12345.toml"
     cfg = tmp / "campaignd.toml"
@@ -298,14 +305,19 @@ email = "sandbox@campaignd.local"
 rate_limit_rps = 1000
 [http]
 port = {http_port}
+[receiver]
+port = {push_port}
 [log]
 format = "json"
 level = "WARNING"
 file = "{tmp / 'campaignd.log'}"
 """)
-    env_d = {**env, "CAMPAIGND_DSP__BEESWAX__PASSWORD": "sandbox"}
+    env_d = {**env, "CAMPAIGND_DSP__BEESWAX__PASSWORD": "sandbox",
+             "CAMPAIGND_RECEIVER__TOKEN": token}
     server = subprocess.Popen([sys.executable, "-m", "campaignd.bench", "load-server",
-                               str(dsp_port), str(rate)], env=env)
+                               str(dsp_port), str(rate),
+                               f"http://127.0.0.1:{push_port}/beeswax/events"],
+                              env={**env, "CAMPAIGND_SANDBOX_PUSH_TOKEN": token})
     daemon = None
     try:
         time.sleep(2.0)
@@ -475,7 +487,7 @@ def main(argv: list[str]) -> int:
         receiver_server(int(argv[1]), argv[2])
         return 0
     if argv[:1] == ["load-server"]:
-        load_server(int(argv[1]), float(argv[2]))
+        load_server(int(argv[1]), float(argv[2]), argv[3] if len(argv) > 3 else None)
         return 0
     if argv[:1] == ["sustained"] and len(argv) > 1:
         bench_sustained(*(float(a) for a in argv[1:4]))
