@@ -354,8 +354,9 @@ class Daemon:
         feed: Any = self.dsp.adapter
         if rsock is not None:
             # Beeswax pushes: the receiver spools, the feed reads the spool.
+            # (the spool's own stream: its cursor does not depend on the DSP's REST URL)
             checkpoint = (f"events:receiver:sandbox:{self.dsp.sandbox_url}" if sandbox
-                          else f"events:receiver:{s.dsp.beeswax.base_url}")
+                          else "events:receiver")
             feed = await self._start_receiver(tg, rsock, checkpoint, fresh=sandbox)
         p = s.pipeline
         pipeline = Pipeline(
@@ -406,8 +407,14 @@ class Daemon:
         except ValueError:
             raise StartupError(f"the feed checkpoint {checkpoint!r} holds {committed!r}, not a "
                                "spool position") from None
+        spool = self.spool
+
+        def open_spool() -> None:
+            spool.open(min_next_seq=start)
+            spool.release(start)  # what was committed before a crash between commit and release
+
         try:
-            await anyio.to_thread.run_sync(lambda: self.spool.open(min_next_seq=start))
+            await anyio.to_thread.run_sync(open_spool)
         except OSError as exc:
             raise StartupError(f"cannot open the receiver's spool at {directory}: "
                                f"{exc.strerror or exc}; set receiver.spool_dir to a writable "
@@ -422,6 +429,12 @@ class Daemon:
         log.info("receiver ready", url=f"http://{host}:{port}{r.path}",
                  spool=str(directory), next_seq=self.spool.next_seq)
         return SpoolFeed(self.spool)
+
+    async def _close_spool(self) -> None:
+        spool = self.spool
+        if spool is not None:
+            self._release_spool()  # what the final commit covered
+            await anyio.to_thread.run_sync(spool.close)
 
     def _release_spool(self) -> None:
         """After a commit: drop the spool segments the committed cursor has passed."""
@@ -581,6 +594,7 @@ class Daemon:
             ("commit the ingested events and the cursor", 3.0, ingest.flush if ingest else None),
             ("write the final spend and status", 2.0, final_status),
             ("close the DSP adapter", 1.0, dsp.aclose if dsp else None),
+            ("close the receiver's spool", 1.0, self._close_spool if self.spool else None),
             ("close the hot store", 1.0, hot.close if hot else None),
             ("close the database", 2.0, sql.close if sql else None),
         ]

@@ -229,6 +229,10 @@ class ReceiverSettings(_Section):
     def _secret(self) -> ReceiverSettings:
         if self.token is None:
             self.token = _read_secret_file(self.token_file, "receiver.token_file")
+        if self.max_spool_mb < self.segment_mb + self.max_body_mb:
+            raise ValueError(f"receiver.max_spool_mb ({self.max_spool_mb}) must be at least "
+                             f"receiver.segment_mb + receiver.max_body_mb "
+                             f"({self.segment_mb + self.max_body_mb}): raise it, or lower those")
         return self
 
 

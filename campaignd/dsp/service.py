@@ -128,10 +128,19 @@ class DSPService:
         # The market starts at the daemon's "now" (the scaled sandbox clock), so the campaign's
         # flight and the viewers' local dayparts line up with what the daemon sees.
         market = Market(scenario, seed=sb.seed, start=self.clock.now())
+        push: dict[str, Any] = {}
+        if self.settings.receiver_enabled:
+            # The market pushes its log stream to the daemon's receiver, as Beeswax does.
+            r = self.settings.receiver
+            host = "127.0.0.1" if r.host in ("0.0.0.0", "", "::") else r.host
+            host = f"[{host}]" if ":" in host else host
+            assert r.token is not None
+            push = {"push_url": f"http://{host}:{r.port}{r.path}",
+                    "push_token": r.token.get_secret_value()}
         self.sandbox = SandboxService(market, email=sb.email,
                                       password=sb.password.get_secret_value(),
                                       time_scale=sb.time_scale, faults=faults, host=sb.host,
-                                      port=sb.port)
+                                      port=sb.port, **push)
         await self.sandbox.run(task_status=task_status)
 
     async def aclose(self) -> None:
@@ -357,7 +366,8 @@ class DSPService:
         market = state.market
         return {"delivered": state.delivered_totals(),
                 "market_now": market.now.isoformat() if market is not None else None,
-                "feed": {"first_seq": state.feed.first_seq, "next_seq": state.feed.next_seq}}
+                "feed": {"first_seq": state.feed.first_seq, "next_seq": state.feed.next_seq},
+                "push": state.push}
 
 
 def _budgets(li: LineItem) -> dict[str, int]:

@@ -80,7 +80,9 @@ class Spool:
         self._next_seq = 0
         self._durable_seq = 0
         self._active: int | None = None  # file descriptor of the last segment
-        self._read_at: tuple[int, int] | None = None  # (seq, byte offset) after the last read
+        self._read_at: tuple[int, int, int] | None = None
+        """(seq, segment, byte offset) after the last read: the next read continues there."""
+        self._rotate = False  # the next append starts a new segment (corruption in the last)
         self.appended = 0
 
     # --- opening -------------------------------------------------------------------------
@@ -94,16 +96,24 @@ class Spool:
                         if p.name[:-len(_SUFFIX)].isdigit())
         sizes = {f: (self.directory / _name(f)).stat().st_size for f in firsts}
         next_seq = 0
+        rotate = False
         if firsts:
             last = firsts[-1]
-            count, good = _scan(self.directory / _name(last))
+            count, good, corrupt = _scan(self.directory / _name(last))
             if good < sizes[last]:
+                # an incomplete record at the very end: a crash mid-write, never acknowledged
                 log.warning("spool: cut a torn record off the last segment (never acknowledged)",
                             segment=_name(last), bytes=sizes[last] - good)
                 with open(self.directory / _name(last), "r+b") as fh:
                     fh.truncate(good)
                     os.fsync(fh.fileno())
                 sizes[last] = good
+            if corrupt:
+                # complete records that fail their CRC (disk corruption): they keep their
+                # sequence numbers (the reader reports them lost); new ones go to a new segment
+                log.error("spool: corrupt records in the last segment", segment=_name(last),
+                          corrupt=corrupt)
+                rotate = True
             next_seq = last + count
         if min_next_seq > next_seq:
             if firsts:
@@ -125,6 +135,7 @@ class Spool:
             self._next_seq = self._durable_seq = next_seq
             self._active = None
             self._read_at = None
+            self._rotate = rotate
 
     def close(self) -> None:
         with self._write_lock:
@@ -142,6 +153,8 @@ class Spool:
             return self._next_seq
         parts: list[bytes] = []
         for p in payloads:
+            if not p:
+                raise ValueError("an empty message cannot be spooled")
             if len(p) > MAX_RECORD_BYTES:
                 raise ValueError(f"a message of {len(p)} bytes is above the spool's limit of "
                                  f"{MAX_RECORD_BYTES}")
@@ -154,10 +167,9 @@ class Spool:
                     raise SpoolFull(f"the spool holds {self._total} bytes; {len(data)} more would "
                                     f"pass its limit of {self.max_bytes}")
                 first = self._next_seq
-                if not self._firsts or self._sizes[self._firsts[-1]] >= self.segment_bytes:
-                    new_segment = True
-                else:
-                    new_segment = False
+                new_segment = (not self._firsts or self._rotate
+                               or self._sizes[self._firsts[-1]] >= self.segment_bytes)
+                self._rotate = False
             if new_segment:
                 self._start_segment(first)
             fd = self._fd()
@@ -187,8 +199,12 @@ class Spool:
             self._active = None
         path = self.directory / _name(first)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if self.fsync:
-            _fsync_dir(self.directory)
+        try:
+            if self.fsync:
+                _fsync_dir(self.directory)
+        except OSError:
+            os.close(fd)
+            raise
         self._active = fd
         with self._lock:
             if not self._firsts or self._firsts[-1] != first:
@@ -226,7 +242,8 @@ class Spool:
             k = bisect.bisect_right(firsts, seq_now) - 1
             seg = firsts[k]
             seg_end = firsts[k + 1] if k + 1 < len(firsts) else durable
-            offset = read_at[1] if read_at is not None and read_at[0] == seq_now else None
+            offset = (read_at[2] if read_at is not None and read_at[0] == seq_now
+                      and read_at[1] == seg else None)
             got, offset_after, ok = self._read_segment(seg, seq_now, offset,
                                                        min(limit - len(messages),
                                                            seg_end - seq_now))
@@ -241,8 +258,11 @@ class Spool:
                 first_msg = seq_now
             messages.extend(got)
             seq_now += len(got)
-            read_at = (seq_now, offset_after) if seq_now < seg_end else None
+            read_at = (seq_now, seg, offset_after)
             if not ok:
+                if k == len(firsts) - 1:
+                    with self._lock:  # new appends must not land behind the bad record
+                        self._rotate = True
                 lost = seg_end - seq_now
                 log.error("spool: a corrupt record; the rest of its segment is unreadable",
                           segment=_name(seg), seq=seq_now, lost=lost)
@@ -289,8 +309,12 @@ class Spool:
                 i = 0
                 while len(out) < n:
                     if i + size > len(chunk):
+                        if i == 0:  # a few stray bytes where a header should be
+                            return out, pos, False
                         break
                     length, crc = unpack(chunk, i)
+                    if length == 0:  # never written by append: garbage
+                        return out, pos, False
                     end = i + size + length
                     if end > len(chunk):
                         if i == 0:  # a record larger than the chunk: read it whole
@@ -313,21 +337,26 @@ class Spool:
 
     def release(self, seq: int) -> int:
         """Delete the segments holding only messages before ``seq`` (the committed cursor);
-        returns how many. The last segment is kept (appends go there)."""
-        with self._lock:
-            firsts = list(self._firsts)
-        gone = []
-        for k in range(len(firsts) - 1):
-            if firsts[k + 1] <= seq:
-                gone.append(firsts[k])
-        for f in gone:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.directory / _name(f))
-        if gone:
+        returns how many. The last segment goes too once everything in it is committed (the
+        next append starts a new one), so a spool the feed keeps up with never fills."""
+        with self._write_lock:  # no append while the last segment may go
             with self._lock:
-                for f in gone:
-                    self._firsts.remove(f)
-                    self._total -= self._sizes.pop(f, 0)
+                firsts = list(self._firsts)
+                everything = seq >= self._durable_seq
+            gone = [firsts[k] for k in range(len(firsts) - 1) if firsts[k + 1] <= seq]
+            if everything and firsts and self._sizes.get(firsts[-1], 0) > 0:
+                gone.append(firsts[-1])
+                if self._active is not None:
+                    os.close(self._active)
+                    self._active = None
+            for f in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.directory / _name(f))
+            if gone:
+                with self._lock:
+                    for f in gone:
+                        self._firsts.remove(f)
+                        self._total -= self._sizes.pop(f, 0)
         return len(gone)
 
     # --- state ---------------------------------------------------------------------------
@@ -360,21 +389,25 @@ class SpoolFeed:
         return await anyio.to_thread.run_sync(self.spool.read, seq, limit)
 
 
-def _scan(path: Path) -> tuple[int, int]:
-    """(sound records, bytes they take) from the start of a segment."""
-    count = good = 0
+def _scan(path: Path) -> tuple[int, int, int]:
+    """Walk a segment's records from the start: (records, bytes up to the end of the last
+    complete one, complete records whose CRC fails). An incomplete record can only be the
+    last (a torn write); a complete one with a bad CRC still holds its sequence number."""
+    count = good = corrupt = 0
     size = _HEADER.size
+    total = path.stat().st_size
     with open(path, "rb") as fh:
-        data = fh.read()
-    n = len(data)
-    while good + size <= n:
-        length, crc = _HEADER.unpack_from(data, good)
-        end = good + size + length
-        if end > n or zlib.crc32(data[good + size:end]) != crc:
-            break
-        count += 1
-        good = end
-    return count, good
+        while good + size <= total:
+            fh.seek(good)
+            length, crc = _HEADER.unpack(fh.read(size))
+            end = good + size + length
+            if end > total or length == 0:  # torn, or a zero-filled tail after a crash
+                break
+            if zlib.crc32(fh.read(length)) != crc:
+                corrupt += 1
+            count += 1
+            good = end
+    return count, good, corrupt
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -35,6 +35,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import msgspec
 from starlette.applications import Starlette
@@ -48,6 +49,8 @@ from campaignd.pipeline.spool import Spool, SpoolFull
 log = get_logger("campaignd.receiver")
 
 RETRY_AFTER_S = 30
+MAX_CONCURRENT = 8
+"""Push requests handled at once (each holds its body, up to ``receiver.max_body_mb``)."""
 
 
 def _error(status: int, message: str, *, field: str | None = None, fix: str | None = None,
@@ -67,16 +70,16 @@ def split_messages(body: bytes) -> list[bytes]:
         try:
             return [bytes(r) for r in msgspec.json.decode(stripped, type=list[msgspec.Raw])]
         except msgspec.DecodeError:
-            pass  # not one array: lines, below
-    elif b"\n" in stripped:
-        lines = [line.strip() for line in stripped.split(b"\n")]
-        lines = [line for line in lines if line]
-        # a first line that is not a message by itself: maybe one pretty-printed message
-        if len(lines) > 1 and lines[0][:1] == b"{" and not _one_value(lines[0]) \
-                and _one_value(stripped):
-            return [stripped]
-        return lines
-    return [stripped]
+            pass  # not one array (a bad element, or several arrays): lines, below
+    if b"\n" not in stripped:
+        return [stripped]
+    lines = [line.strip() for line in stripped.split(b"\n")]
+    lines = [line for line in lines if line]
+    # a first line that is not a message by itself: maybe one pretty-printed message
+    if len(lines) > 1 and lines[0][:1] == b"{" and not _one_value(lines[0]) \
+            and _one_value(stripped):
+        return [stripped]
+    return lines
 
 
 def _one_value(data: bytes) -> bool:
@@ -87,13 +90,26 @@ def _one_value(data: bytes) -> bool:
     return True
 
 
-def _gunzip(data: bytes, limit: int) -> bytes | None:
-    """Decompressed ``data`` (gzip or zlib), or None when it would exceed ``limit`` bytes."""
-    d = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
-    out = d.decompress(data, limit + 1)
-    if len(out) > limit or d.unconsumed_tail:
-        return None
-    return out
+class _TooLarge(Exception):
+    pass
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Decompressed ``data`` — every gzip member of it (``cat a.gz b.gz`` is valid gzip), or
+    zlib. Raises ``_TooLarge`` past ``limit`` bytes, ``zlib.error`` for a corrupt or truncated
+    stream."""
+    out = bytearray()
+    rest = data
+    while True:
+        d = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
+        out += d.decompress(rest, limit + 1 - len(out))
+        if len(out) > limit or d.unconsumed_tail:
+            raise _TooLarge
+        if not d.eof:
+            raise zlib.error("the compressed stream is truncated")
+        rest = d.unused_data
+        if not rest.strip(b"\x00"):  # trailing padding after the last member
+            return bytes(out)
 
 
 def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/events",
@@ -102,8 +118,11 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
                         on_refused: Callable[[str], Any] | None = None) -> Starlette:
     """The receiver (see the module docstring). ``on_accepted(n)`` / ``on_refused(reason)``
     are called for metrics."""
-    if not token:
+    if not token.strip():
         raise ValueError("the receiver needs a token")
+    expected = token.strip().encode()
+
+    slots: list[anyio.Semaphore] = []
 
     def refused(reason: str, response: JSONResponse) -> JSONResponse:
         if on_refused is not None:
@@ -111,6 +130,12 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
         return response
 
     async def push(request: Request) -> Response:
+        if not slots:
+            slots.append(anyio.Semaphore(MAX_CONCURRENT))
+        async with slots[0]:  # bodies held in memory at once: at most this many
+            return await receive(request)
+
+    async def receive(request: Request) -> Response:
         auth = request.headers.get("authorization", "")
         scheme, _, given = auth.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
@@ -120,7 +145,7 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
                 401, "pushing events needs the receiver's token", field="Authorization",
                 fix="send 'Authorization: Bearer <token>' or add ?token=<token> to the push URL "
                     "(receiver.token)"))
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if not hmac.compare_digest(given.strip().encode(), expected):
             return refused("bad_token", _error(403, "the token is not valid", field="Authorization",
                                                fix="use the token in receiver.token"))
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -136,28 +161,28 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
             body += chunk
             if len(body) > max_body_bytes:
                 return refused("too_large", _too_large(max_body_bytes))
-        raw = bytes(body)
         encoding = request.headers.get("content-encoding", "").strip().lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            try:
-                unzipped = _gunzip(raw, max_body_bytes)
-            except zlib.error as exc:
-                return refused("bad_encoding", _error(
-                    400, f"the body is not valid {encoding}: {exc}", field="Content-Encoding",
-                    fix="send the body compressed as Content-Encoding says, or uncompressed"))
-            if unzipped is None:
-                return refused("too_large", _too_large(max_body_bytes))
-            raw = unzipped
-        elif encoding not in ("", "identity"):
+        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
             return refused("bad_encoding", _error(
                 415, f"Content-Encoding {encoding!r} is not supported", field="Content-Encoding",
                 fix="send gzip or an uncompressed body"))
-        messages = split_messages(raw)
-        if not messages:
-            return refused("empty", _error(400, "the body holds no message", field="body",
-                                           fix="send JSON log messages, one a line"))
-        try:
-            first = await anyio.to_thread.run_sync(spool.append, messages)
+
+        def unpack_and_spool(raw: bytes) -> tuple[int, int]:
+            if encoding not in ("", "identity"):
+                raw = _gunzip(raw, max_body_bytes)
+            messages = split_messages(raw)
+            if not messages:
+                return 0, spool.next_seq
+            return len(messages), spool.append(messages)
+
+        try:  # decompressing, splitting and the fsync run on a worker thread
+            n, first = await anyio.to_thread.run_sync(unpack_and_spool, bytes(body))
+        except _TooLarge:
+            return refused("too_large", _too_large(max_body_bytes))
+        except zlib.error as exc:
+            return refused("bad_encoding", _error(
+                400, f"the body is not valid {encoding}: {exc}", field="Content-Encoding",
+                fix="send the body compressed as Content-Encoding says, or uncompressed"))
         except SpoolFull as exc:
             log.warning("receiver: the spool is full; asking the sender to retry", error=str(exc))
             return refused("spool_full", _error(
@@ -173,9 +198,12 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
                 503, f"cannot write the spool: {exc.strerror or exc}", field=None,
                 fix="free disk space or fix receiver.spool_dir; the sender will retry",
                 headers={"Retry-After": str(RETRY_AFTER_S)}))
+        if n == 0:
+            return refused("empty", _error(400, "the body holds no message", field="body",
+                                           fix="send JSON log messages, one a line"))
         if on_accepted is not None:
-            on_accepted(len(messages))
-        return JSONResponse({"accepted": len(messages), "first_seq": first})
+            on_accepted(n)
+        return JSONResponse({"accepted": n, "first_seq": first})
 
     async def healthz(request: Request) -> Response:
         st = spool.status()

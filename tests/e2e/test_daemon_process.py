@@ -216,13 +216,19 @@ seed = 7
 """
 
 
-def test_counts_equal_what_the_sandbox_delivered(tmp_path: Path,
-                                                 backend_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("feed", ["pull", "push"])
+def test_counts_equal_what_the_sandbox_delivered(tmp_path: Path, backend_env: dict[str, str],
+                                                 feed: str) -> None:
     """With at-least-once duplicates, reordering and malformed messages in the feed, the
     daemon's counts equal the sandbox market's delivered totals whenever it has read the whole
-    feed; after a restart the committed counts come back (a new sandbox market is a new DSP, so
-    they start from zero again there)."""
-    d = DaemonProcess(tmp_path, env=backend_env, time_scale=300.0, extra=FEED_FAULTS)
+    feed — pulled from the sandbox, or pushed by it to the daemon's receiver and spooled, as
+    Beeswax delivers; after a restart the committed counts come back (a new sandbox market is a
+    new DSP, so they start from zero again there)."""
+    extra = FEED_FAULTS
+    if feed == "push":
+        extra += (f"[receiver]\nenabled = true\nport = {free_port()}\n"
+                  'token = "receiver-token-e2e"\n')
+    d = DaemonProcess(tmp_path, env=backend_env, time_scale=300.0, extra=extra)
     with d:
         d.wait_running()
         with httpx.Client(base_url=d.base_url, timeout=10, trust_env=False) as client:
@@ -230,7 +236,13 @@ def test_counts_equal_what_the_sandbox_delivered(tmp_path: Path,
                 st = client.get("/api/v1/status").json()
                 truth = st["dsp"].get("sandbox") or {}
                 cursor = st["events"].get("cursor") or ""
-                read_all = cursor == f"seq-{truth.get('feed', {}).get('next_seq')}"
+                n = truth.get("feed", {}).get("next_seq")
+                if feed == "push":
+                    pushed = (truth.get("push") or {}).get("cursor_seq")
+                    spooled = st["events"]["receiver"]["spool_next_seq"]
+                    read_all = pushed == n and cursor == str(spooled)
+                else:
+                    read_all = cursor == f"seq-{n}"
                 delivered = truth.get("delivered", {}).get("impressions", 0)
                 return st if read_all and delivered >= 500 else None
 

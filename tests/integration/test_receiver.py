@@ -26,7 +26,7 @@ from campaignd.stores.memory import InMemoryHotStore
 from campaignd.stores.sql import SqlStore
 from campaignd.stores.sql.models import COUNTER_COLUMNS
 from campaignd.testing import conversion_message, impression_message
-from campaignd.web.receiver import create_receiver_app
+from campaignd.web.receiver import create_receiver_app, split_messages
 from campaignd.web.server import bind_socket, serve_http
 
 TOKEN = "receiver-token-for-tests"
@@ -92,13 +92,30 @@ async def test_every_body_format_is_spooled_message_by_message(tmp_path: Path) -
                               headers={"content-encoding": "gzip",
                                        "content-type": "application/x-ndjson"})
         assert r.json() == {"accepted": 2, "first_seq": 6}
+        # gzip of several members (as `cat a.gz b.gz` or a chunked compressor makes)
+        r = await client.post(PATH, content=gzip.compress(a + b"\n") + gzip.compress(c),
+                              headers={**AUTH, "content-encoding": "gzip"})
+        assert r.json() == {"accepted": 2, "first_seq": 8}
         health = (await client.get("/healthz")).json()
-    assert health["spool"]["next_seq"] == 8
+    assert health["spool"]["next_seq"] == 10
     got = held(spool)
     assert got[:3] == [a, b"{not json", b]
     assert got[3:5] == [a, c]
     assert json.loads(got[5]) == json.loads(c)
-    assert got[6:] == [a, b]
+    assert got[6:8] == [a, b]
+    assert got[8:] == [a, c]
+
+
+def test_bodies_split_into_messages() -> None:
+    a, b = b'{"impression": {}}', b'{"clicks": []}'
+    assert split_messages(b"[" + a + b"," + b + b"]") == [a, b]
+    assert split_messages(a) == [a]
+    assert split_messages(a + b"\r\n" + b + b"\n") == [a, b]
+    # an array that does not decode (a bad element, several arrays): its lines, each kept
+    assert split_messages(b"[" + a + b",\n" + b + b",]") == [b"[" + a + b",", b + b",]"]
+    assert split_messages(b"[" + a + b"]\n[" + b + b"]") == [b"[" + a + b"]", b"[" + b + b"]"]
+    assert split_messages(b'{\n  "clicks": []\n}') == [b'{\n  "clicks": []\n}']
+    assert split_messages(b" \n ") == []
 
 
 async def test_refusals_name_the_field_and_keep_nothing(tmp_path: Path) -> None:
@@ -123,6 +140,9 @@ async def test_refusals_name_the_field_and_keep_nothing(tmp_path: Path) -> None:
         r = await client.post(PATH, content=b"not gzip", headers={**AUTH,
                                                                   "content-encoding": "gzip"})
         assert r.status_code == 400 and r.json()["field"] == "Content-Encoding"
+        cut = gzip.compress(msg * 3)[:-12]  # truncated: not acknowledged as if whole
+        r = await client.post(PATH, content=cut, headers={**AUTH, "content-encoding": "gzip"})
+        assert r.status_code == 400 and "truncated" in r.json()["error"]
         r = await client.post(PATH, content=b" \n \n", headers=AUTH)
         assert r.status_code == 400 and r.json()["field"] == "body"
         assert spool.next_seq == 0
@@ -134,7 +154,8 @@ async def test_refusals_name_the_field_and_keep_nothing(tmp_path: Path) -> None:
         assert spool.next_seq == 1
         refused = client.refused  # type: ignore[attr-defined]
     assert refused == ["unauthenticated", "bad_token", "bad_token", "unsupported_format",
-                       "too_large", "too_large", "bad_encoding", "empty", "spool_full"]
+                       "too_large", "too_large", "bad_encoding", "bad_encoding", "empty",
+                       "spool_full"]
 
 
 def totals_of(rows: dict[str, tuple[int, ...]]) -> dict[str, int]:

@@ -96,22 +96,73 @@ def test_release_deletes_only_wholly_counted_segments(tmp_path: Path) -> None:
     assert sp.release(firsts[1] + 1) == 1  # only the first segment is wholly below
     assert sorted(int(p.stem) for p in tmp_path.glob("*.spool")) == firsts[1:]
     assert sp.bytes < before
-    assert sp.release(10**9) == len(firsts) - 2  # never the last one
+    assert sp.release(59) == len(firsts) - 2  # the last one holds an uncounted message
     assert len(list(tmp_path.glob("*.spool"))) == 1
     # a cursor behind what is held reads on from the oldest held, counting the gap
     b = sp.read(0, 1000)
     assert b.skipped == firsts[-1] and b.messages == payloads(firsts[-1], 60 - firsts[-1])
+    # everything counted: the last segment goes too, and numbering carries on
+    assert sp.release(60) == 1
+    assert list(tmp_path.glob("*.spool")) == [] and sp.bytes == 0
+    assert sp.append([b"next"]) == 60
+    assert sp.read(60, 5).messages == [b"next"]
+    sp.close()
+    again = Spool(tmp_path)
+    again.open(min_next_seq=60)
+    assert again.next_seq == 61
 
 
-def test_full_spool_refuses_without_writing(tmp_path: Path) -> None:
-    sp = Spool(tmp_path, segment_bytes=1024, max_bytes=600)
+def test_full_spool_refuses_without_writing_until_the_feed_catches_up(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, segment_bytes=64 * 1024, max_bytes=600)  # one segment never fills
     sp.open()
     sp.append(payloads(0, 10))
     with pytest.raises(SpoolFull):
         sp.append(payloads(10, 20))
     assert sp.next_seq == 10
-    got, _, _ = read_all(sp, None)
+    got, nxt, _ = read_all(sp, None)
     assert got == payloads(0, 10)
+    sp.release(nxt)  # counted and committed: room again
+    assert sp.append(payloads(10, 5)) == 10
+    assert read_all(sp, nxt)[0] == payloads(10, 5)
+
+
+def test_corruption_in_the_last_segment_keeps_numbering_and_reports_the_loss(
+        tmp_path: Path) -> None:
+    sp = Spool(tmp_path)
+    sp.open()
+    sp.append(payloads(0, 40))
+    sp.close()
+    [path] = tmp_path.glob("*.spool")
+    data = bytearray(path.read_bytes())
+    off = 0
+    for _ in range(5):
+        off += 8 + int.from_bytes(data[off:off + 4], "little")
+    data[off + 10] ^= 0xFF  # record 5's payload
+    path.write_bytes(bytes(data))
+    again = Spool(tmp_path)
+    again.open(min_next_seq=3)
+    assert again.next_seq == 40  # acknowledged records keep their numbers
+    assert again.append([b"new"]) == 40  # in a segment of its own, after the bad one
+    got, nxt, skipped = read_all(again, 3, limit=100)
+    assert got == [*payloads(3, 2), b"new"] and skipped == 35 and nxt == 41
+
+
+def test_stray_bytes_at_a_segment_end_do_not_stall_the_reader(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, segment_bytes=1024)
+    sp.open()
+    for i in range(8):
+        sp.append(payloads(i * 10, 10))
+    firsts = sorted(int(p.stem) for p in tmp_path.glob("*.spool"))
+    path = tmp_path / f"{firsts[0]:020d}.spool"
+    data = path.read_bytes()
+    off = 0
+    for _ in range(firsts[1] - 1):
+        off += 8 + int.from_bytes(data[off:off + 4], "little")
+    path.write_bytes(data[:off + 3])  # cut inside the last record's header
+    got, nxt, skipped = read_all(sp, 0, limit=100)
+    assert nxt == 80
+    assert skipped == 1 and got == payloads(0, firsts[1] - 1) + payloads(firsts[1],
+                                                                          80 - firsts[1])
 
 
 def test_an_emptied_spool_numbers_from_the_committed_cursor(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from anyio.abc import TaskStatus
 
 from campaignd.clock import Clock, SystemClock
 from campaignd.dsp.sandbox.faults import FaultConfig
-from campaignd.dsp.sandbox.feed import decode_cursor
+from campaignd.dsp.sandbox.feed import decode_cursor, encode_cursor
 from campaignd.dsp.sandbox.model import MarketProtocol
 from campaignd.dsp.sandbox.server import SandboxState, create_app
 from campaignd.errors import StartupError
@@ -128,13 +128,12 @@ class SandboxService:
         async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
             while True:
                 messages, nxt, skipped = feed.read(self.push_cursor, self.push_batch)
-                if skipped:  # the feed evicted them before they could be pushed
+                if skipped:  # the feed evicted them before they could be pushed (counted once)
                     progress["lost"] += skipped
                     log.warning("sandbox.push_lost", messages=skipped)
+                    self.push_cursor = encode_cursor((decode_cursor(nxt) or 0) - len(messages))
+                    progress["cursor_seq"] = decode_cursor(self.push_cursor)
                 if not messages:
-                    if skipped:
-                        self.push_cursor = nxt
-                        progress["cursor_seq"] = decode_cursor(nxt)
                     await anyio.sleep(0.1)
                     continue
                 try:
