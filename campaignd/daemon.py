@@ -433,15 +433,17 @@ class Daemon:
     async def _close_spool(self) -> None:
         spool = self.spool
         if spool is not None:
-            self._release_spool()  # what the final commit covered
+            await self._release_spool()  # what the final commit covered
             await anyio.to_thread.run_sync(spool.close)
 
-    def _release_spool(self) -> None:
-        """After a commit: drop the spool segments the committed cursor has passed."""
+    async def _release_spool(self) -> None:
+        """After a commit: drop the spool segments the committed cursor has passed (file
+        deletions, and waiting for an append's fsync: on a worker thread)."""
         cursor = self.ingest.committed_cursor if self.ingest is not None else None
-        if self.spool is not None and cursor is not None:
+        spool = self.spool
+        if spool is not None and cursor is not None:
             try:
-                self.spool.release(int(cursor))
+                await anyio.to_thread.run_sync(spool.release, int(cursor))
             except OSError as exc:
                 log.warning("could not release spool segments", error=str(exc))
 

@@ -11,6 +11,7 @@ pauses while the stores are behind (the uncommitted backlog never grows without 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 from collections.abc import Callable
 from typing import Any
@@ -177,7 +178,9 @@ class EventIngestor:
         self.flushes += 1
         self.last_flush_s = anyio.current_time() - t0
         if self.on_commit is not None:
-            self.on_commit()
+            done = self.on_commit()
+            if inspect.isawaitable(done):
+                await done
 
 
 __all__ = ["EventIngestor"]
