@@ -211,3 +211,14 @@ def conversion_message(conversion_id: str, *, line_item: int, ts_usecs: int,
     return s.encode_message(s.AdLogMessage(conversion=s.ConversionLogMessage(
         conversion_id=conversion_id, value=value, rx_timestamp=str(ts_usecs),
         auction_adgroup_id=f"{ts_usecs}.3054.1.sandbox.1.{campaign}.{line_item}")))
+
+
+def counter_totals(rows: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Per-cell SQL totals (``SqlStore.read_cell_totals``) summed per counter column."""
+    from campaignd.stores.sql.models import COUNTER_COLUMNS
+
+    out = dict.fromkeys(COUNTER_COLUMNS, 0)
+    for counts in rows.values():
+        for c, n in zip(COUNTER_COLUMNS, counts, strict=True):
+            out[c] += n
+    return out

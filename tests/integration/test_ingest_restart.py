@@ -28,8 +28,12 @@ from campaignd.stores.base import HotStore
 from campaignd.stores.memory import InMemoryHotStore
 from campaignd.stores.redis import RedisHotStore
 from campaignd.stores.sql import SqlStore
-from campaignd.stores.sql.models import COUNTER_COLUMNS
-from campaignd.testing import activity_message, conversion_message, impression_message
+from campaignd.testing import (
+    activity_message,
+    conversion_message,
+    counter_totals,
+    impression_message,
+)
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW_US = int(NOW.timestamp() * 1_000_000)
@@ -71,13 +75,6 @@ def expected(pairs: list[tuple[str, bytes]], table_cells: dict[int, str]) -> dic
     imps = sum(1 for k in seen if k.startswith("i"))
     return {"impressions": imps, "conversions": sum(1 for k in seen if k.startswith("v"))}
 
-
-def totals_of(rows: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    out = dict.fromkeys(COUNTER_COLUMNS, 0)
-    for counts in rows.values():
-        for c, n in zip(COUNTER_COLUMNS, counts, strict=True):
-            out[c] += n
-    return out
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -121,7 +118,7 @@ async def test_a_crash_between_commits_neither_loses_nor_double_counts(
         for _ in range(3):
             await ing.poll_once()
         await ing.flush()  # 150 messages committed
-        committed = totals_of(await sql_store.read_cell_totals(seed_spec.id))
+        committed = counter_totals(await sql_store.read_cell_totals(seed_spec.id))
         assert committed["impressions"] > 0
         while await ing.poll_once():
             pass  # the rest of part 1 is counted in memory only: then the process dies
@@ -131,7 +128,7 @@ async def test_a_crash_between_commits_neither_loses_nor_double_counts(
         hot = hot_factory()
         pipe, ing, registry = run(hot)
         await restore(pipe, sql_store, now=NOW)
-        assert totals_of({c: tuple(int(x) for x in registry.tables[0].matrix[:, i])
+        assert counter_totals({c: tuple(int(x) for x in registry.tables[0].matrix[:, i])
                           for i, c in enumerate(cells)}) == committed
         ing.cursor = await sql_store.get_checkpoint(CHECKPOINT)
         while await ing.poll_once():
@@ -140,7 +137,7 @@ async def test_a_crash_between_commits_neither_loses_nor_double_counts(
         await hot.close()
 
     want = expected(pairs, line_items)
-    got = totals_of(await sql_store.read_cell_totals(seed_spec.id))
+    got = counter_totals(await sql_store.read_cell_totals(seed_spec.id))
     assert got["impressions"] == want["impressions"] == 120
     assert got["conversions"] == want["conversions"] == 12
     assert got["spend_micros"] == 120 * 25_000

@@ -24,8 +24,7 @@ from campaignd.pipeline.registry import Registry
 from campaignd.pipeline.spool import Spool, SpoolFeed
 from campaignd.stores.memory import InMemoryHotStore
 from campaignd.stores.sql import SqlStore
-from campaignd.stores.sql.models import COUNTER_COLUMNS
-from campaignd.testing import conversion_message, impression_message
+from campaignd.testing import conversion_message, counter_totals, impression_message
 from campaignd.web.receiver import create_receiver_app, split_messages
 from campaignd.web.server import bind_socket, serve_http
 
@@ -158,13 +157,6 @@ async def test_refusals_name_the_field_and_keep_nothing(tmp_path: Path) -> None:
                        "spool_full"]
 
 
-def totals_of(rows: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    out = dict.fromkeys(COUNTER_COLUMNS, 0)
-    for counts in rows.values():
-        for c, n in zip(COUNTER_COLUMNS, counts, strict=True):
-            out[c] += n
-    return out
-
 
 async def test_a_crash_between_commits_loses_and_doubles_nothing_pushed(
         tmp_path: Path, sql_store: SqlStore, seed_spec: CampaignSpec,
@@ -228,7 +220,7 @@ async def test_a_crash_between_commits_loses_and_doubles_nothing_pushed(
         pass
     await ing.flush()
 
-    got = totals_of(await sql_store.read_cell_totals(seed_spec.id))
+    got = counter_totals(await sql_store.read_cell_totals(seed_spec.id))
     assert got["impressions"] == 150
     assert got["conversions"] == 15
     assert got["spend_micros"] == 150 * 25_000

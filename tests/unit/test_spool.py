@@ -16,6 +16,23 @@ def payloads(first: int, n: int) -> list[bytes]:
     return [b'{"n": %d, "pad": "%s"}' % (i, b"x" * (i % 50)) for i in range(first, first + n)]
 
 
+def filled(directory: Path, appends: int, segment_bytes: int = 1024) -> tuple[Spool, list[int]]:
+    """A spool with ``appends`` batches of 10 messages; its segments' first numbers."""
+    sp = Spool(directory, segment_bytes=segment_bytes)
+    sp.open()
+    for i in range(appends):
+        sp.append(payloads(i * 10, 10))
+    return sp, sorted(int(p.stem) for p in directory.glob("*.spool"))
+
+
+def record_offset(data: bytes | bytearray, k: int) -> int:
+    """Where record ``k`` of a segment file starts."""
+    off = 0
+    for _ in range(k):
+        off += 8 + int.from_bytes(data[off:off + 4], "little")
+    return off
+
+
 def read_all(spool: Spool, cursor: int | None, limit: int = 7) -> tuple[list[bytes], int, int]:
     """Everything from ``cursor`` in reads of ``limit``: (messages, next cursor, skipped)."""
     out: list[bytes] = []
@@ -65,20 +82,12 @@ def test_reopen_continues_numbering_and_cuts_a_torn_tail(tmp_path: Path) -> None
 
 
 def test_a_corrupt_record_loses_exactly_the_rest_of_its_segment(tmp_path: Path) -> None:
-    sp = Spool(tmp_path, segment_bytes=1024)
-    sp.open()
-    for i in range(8):
-        sp.append(payloads(i * 10, 10))
-    firsts = sorted(int(p.stem) for p in tmp_path.glob("*.spool"))
+    sp, firsts = filled(tmp_path, 8)
     assert len(firsts) >= 3
     seg, seg_end = firsts[0], firsts[1]
     path = tmp_path / f"{seg:020d}.spool"
     data = bytearray(path.read_bytes())
-    # flip a payload byte of the segment's third record
-    off = 0
-    for _ in range(2):
-        off += 8 + int.from_bytes(data[off:off + 4], "little")
-    data[off + 8] ^= 0xFF
+    data[record_offset(data, 2) + 8] ^= 0xFF  # a payload byte of the segment's third record
     path.write_bytes(bytes(data))
     got, nxt, skipped = read_all(sp, 0, limit=100)
     assert skipped == seg_end - (seg + 2)
@@ -87,11 +96,7 @@ def test_a_corrupt_record_loses_exactly_the_rest_of_its_segment(tmp_path: Path) 
 
 
 def test_release_deletes_only_wholly_counted_segments(tmp_path: Path) -> None:
-    sp = Spool(tmp_path, segment_bytes=1024)
-    sp.open()
-    for i in range(6):
-        sp.append(payloads(i * 10, 10))
-    firsts = sorted(int(p.stem) for p in tmp_path.glob("*.spool"))
+    sp, firsts = filled(tmp_path, 6)
     before = sp.bytes
     assert sp.release(firsts[1] + 1) == 1  # only the first segment is wholly below
     assert sorted(int(p.stem) for p in tmp_path.glob("*.spool")) == firsts[1:]
@@ -134,10 +139,7 @@ def test_corruption_in_the_last_segment_keeps_numbering_and_reports_the_loss(
     sp.close()
     [path] = tmp_path.glob("*.spool")
     data = bytearray(path.read_bytes())
-    off = 0
-    for _ in range(5):
-        off += 8 + int.from_bytes(data[off:off + 4], "little")
-    data[off + 10] ^= 0xFF  # record 5's payload
+    data[record_offset(data, 5) + 10] ^= 0xFF  # record 5's payload
     path.write_bytes(bytes(data))
     again = Spool(tmp_path)
     again.open(min_next_seq=3)
@@ -148,17 +150,10 @@ def test_corruption_in_the_last_segment_keeps_numbering_and_reports_the_loss(
 
 
 def test_stray_bytes_at_a_segment_end_do_not_stall_the_reader(tmp_path: Path) -> None:
-    sp = Spool(tmp_path, segment_bytes=1024)
-    sp.open()
-    for i in range(8):
-        sp.append(payloads(i * 10, 10))
-    firsts = sorted(int(p.stem) for p in tmp_path.glob("*.spool"))
+    sp, firsts = filled(tmp_path, 8)
     path = tmp_path / f"{firsts[0]:020d}.spool"
     data = path.read_bytes()
-    off = 0
-    for _ in range(firsts[1] - 1):
-        off += 8 + int.from_bytes(data[off:off + 4], "little")
-    path.write_bytes(data[:off + 3])  # cut inside the last record's header
+    path.write_bytes(data[:record_offset(data, firsts[1] - 1) + 3])  # inside the last header
     got, nxt, skipped = read_all(sp, 0, limit=100)
     assert nxt == 80
     assert skipped == 1 and got == payloads(0, firsts[1] - 1) + payloads(firsts[1],
