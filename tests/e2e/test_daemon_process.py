@@ -258,6 +258,11 @@ def test_counts_equal_what_the_sandbox_delivered(tmp_path: Path, backend_env: di
         assert ev["ingested_by_kind"]["impression"] == truth["impressions"]
         assert ev["outside_targeting"] == {}  # the market delivers only what was targeted
         assert ev["lag_p99_s"] is not None
+        if feed == "push":
+            assert ev["receiver"]["accepted"] == truth_push(st) > 0
+            metrics = httpx.get(f"{d.base_url}/metrics", timeout=10).text
+            assert f"campaignd_receiver_messages_total {float(truth_push(st))}" in metrics
+            assert "campaignd_spool_bytes" in metrics
         assert d.stop() == 0
     # everything ingested was committed at shutdown: SQL has the same totals
     r = cli("campaign", "list", "--config", str(d.config), "--json", env=backend_env)
@@ -265,6 +270,11 @@ def test_counts_equal_what_the_sandbox_delivered(tmp_path: Path, backend_env: di
     assert from_micros_str(listed["spend"]) >= from_micros_str(camp["spend"])
     r = cli("deadletter", "list", "--config", str(d.config), "--json", env=backend_env)
     assert sum(json.loads(r.stdout)["counts"].values()) >= 1
+
+
+def truth_push(st: dict) -> int:
+    """Messages the in-process sandbox pushed and had acknowledged."""
+    return int(st["dsp"]["sandbox"]["push"]["pushed"])
 
 
 def from_micros_str(value: str) -> int:
