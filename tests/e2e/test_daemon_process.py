@@ -351,6 +351,9 @@ def test_a_killed_daemon_restarts_without_losing_or_double_counting(
                 assert camp["spend"] == str(from_micros(truth["spend_micros"]))
                 pushed = dsp.get("/rest/v2/sandbox/status").json()["push"]
                 assert pushed["lost"] == 0
+                shown = cli("status", "--config", str(second.config), env=env, timeout=30)
+                assert shown.returncode == 0
+                assert f"receiver http://127.0.0.1:{rport}/beeswax/events:" in shown.stdout
                 # everything counted was released from the spool but the last segment
                 assert mine["events"]["receiver"]["spool_segments"] >= 1
                 assert second.stop() == 0
