@@ -72,13 +72,13 @@ class Spool:
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
         self.fsync = fsync
-        self._lock = threading.Lock()  # segment list, sizes, next_seq
+        self._lock = threading.Lock()  # segment list, sizes, the next sequence number
         self._write_lock = threading.Lock()  # one writer at a time
         self._firsts: list[int] = []
         self._sizes: dict[int, int] = {}
         self._total = 0
-        self._next_seq = 0
         self._durable_seq = 0
+        """The next sequence number: every record below it is on disk (appends are serial)."""
         self._active: int | None = None  # file descriptor of the last segment
         self._read_at: tuple[int, int, int] | None = None
         """(seq, segment, byte offset) after the last read: the next read continues there."""
@@ -132,7 +132,7 @@ class Spool:
         with self._lock:
             self._firsts, self._sizes = firsts, sizes
             self._total = sum(sizes.values())
-            self._next_seq = self._durable_seq = next_seq
+            self._durable_seq = next_seq
             self._active = None
             self._read_at = None
             self._rotate = rotate
@@ -150,7 +150,7 @@ class Spool:
         one's sequence number. Raises ``SpoolFull`` (nothing written) when they would take the
         spool past ``max_bytes``, ``ValueError`` for a payload above ``MAX_RECORD_BYTES``."""
         if not payloads:
-            return self._next_seq
+            return self._durable_seq
         parts: list[bytes] = []
         for p in payloads:
             if not p:
@@ -166,7 +166,7 @@ class Spool:
                 if self._total + len(data) > self.max_bytes:
                     raise SpoolFull(f"the spool holds {self._total} bytes; {len(data)} more would "
                                     f"pass its limit of {self.max_bytes}")
-                first = self._next_seq
+                first = self._durable_seq
                 new_segment = (not self._firsts or self._rotate
                                or self._sizes[self._firsts[-1]] >= self.segment_bytes)
                 self._rotate = False
@@ -188,8 +188,7 @@ class Spool:
             with self._lock:
                 self._sizes[self._firsts[-1]] += len(data)
                 self._total += len(data)
-                self._next_seq = first + len(payloads)
-                self._durable_seq = self._next_seq
+                self._durable_seq = first + len(payloads)
             self.appended += len(payloads)
         return first
 
