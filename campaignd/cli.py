@@ -418,6 +418,11 @@ def sandbox_serve(
     push_token_file: Annotated[Path | None, typer.Option(
         "--push-token-file", help="File holding the push's bearer token (or set "
                                   "CAMPAIGND_SANDBOX_PUSH_TOKEN).")] = None,
+    account_timezone: Annotated[str, typer.Option(
+        "--account-timezone", help="The account's time zone (IANA): the API's dates, and the "
+                                   "midnight at which daily budgets and pacing start over. "
+                                   "Match the daemon's dsp.account_timezone.")
+    ] = "America/New_York",
 ) -> None:
     """Run the sandbox DSP (Beeswax-compatible API over a ground-truth market) standalone."""
     from campaignd import logs
@@ -427,6 +432,12 @@ def sandbox_serve(
         raise BadInput("must be greater than 0", field="--time-scale", value=time_scale)
     from datetime import UTC, datetime
     sc = load_scenario(scenario)  # validate before binding anything
+    from campaignd.domain.budget_day import check_timezone
+    try:
+        check_timezone(account_timezone)
+    except ValueError as exc:
+        raise BadInput(str(exc), field="--account-timezone", value=account_timezone,
+                       fix="e.g. --account-timezone America/New_York") from None
     if start == "now":
         start_at = datetime.now(UTC)
     elif start == "scenario":
@@ -454,7 +465,7 @@ def sandbox_serve(
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(functools.partial(serve_standalone, scenario, port=port, host=host, seed=seed,
                                     time_scale=time_scale, start=start_at, push_url=push_url,
-                                    push_token=push_token))
+                                    push_token=push_token, account_timezone=account_timezone))
 
 
 @app.command()

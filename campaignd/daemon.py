@@ -38,6 +38,7 @@ from campaignd.agents.reallocation import BudgetReallocationAgent
 from campaignd.clock import Clock, ScaledClock, SystemClock
 from campaignd.control import DaemonPlane
 from campaignd.decisions import DecisionService
+from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
 from campaignd.domain.cells import CellSnapshot, CellTable
 from campaignd.errors import BadInput, CampaigndError, StartupError, StorageError
@@ -116,7 +117,7 @@ class Daemon:
         self.started_at = self.wall.now()
         self.t0 = time.monotonic()
         self.campaigns: dict[str, CampaignRuntime] = {}
-        self.registry = Registry()
+        self.registry = Registry(BudgetDay(settings.dsp.account_timezone))
         self.sql: SqlStore | None = None
         self.hot: HotStore | None = None
         self.supervisor: Supervisor | None = None
@@ -130,7 +131,8 @@ class Daemon:
             decision_seconds=int(settings.agents.reallocation_s),
             policy_options={"max_cut_per_cycle": d.max_cut_per_cycle,
                             "max_cut_per_day": d.max_cut_per_day}
-            if d.policy == "thompson" else None)
+            if d.policy == "thompson" else None,
+            budget_day=self.registry.budget_day)
         self.decisions: DecisionService | None = None
         self.executor: Any = None  # ActionExecutor, built in _start_dsp
         self._token = ""

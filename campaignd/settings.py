@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -139,6 +147,17 @@ class DSPSettings(_Section):
     events_poll_s: float = Field(0.25, gt=0,
                                  description="seconds between event-feed reads when idle")
     reconcile_s: float = Field(300.0, gt=0, description="seconds between line-item read-backs")
+    account_timezone: str = Field(
+        "America/New_York",
+        description="the DSP account's time zone (IANA name): the DSP's dates are in it and its "
+                    "daily budgets reset at its midnight (Beeswax's default: America/New_York)")
+
+    @field_validator("account_timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from campaignd.domain.budget_day import check_timezone
+
+        return check_timezone(v)
 
     @model_validator(mode="after")
     def _beeswax_complete(self) -> DSPSettings:

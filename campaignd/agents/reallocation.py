@@ -38,6 +38,7 @@ import numpy as np
 
 from campaignd.agents.base import Agent
 from campaignd.domain.actions import CellValues, Recommendation
+from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import CampaignSpec, Cell
 from campaignd.domain.cells import CellSnapshot
 from campaignd.sim.policies import Observations, Policy, PolicyContext, make_policy
@@ -147,8 +148,11 @@ class BudgetReallocationAgent(Agent):
 
     def __init__(self, *, policy: str = "thompson", seed: int = 0, risk_draws: int = 64,
                  decision_seconds: int = 120, level: float = 0.9,
-                 policy_options: Mapping[str, Any] | None = None) -> None:
+                 policy_options: Mapping[str, Any] | None = None,
+                 budget_day: BudgetDay | None = None) -> None:
         self.policy_name = policy
+        self.budget_day = budget_day if budget_day is not None else BudgetDay("UTC")
+        """The DSP account's day (``dsp.account_timezone``): when today's budget starts over."""
         self.policy_options = dict(policy_options or {})
         self.seed = seed
         self.risk_draws = risk_draws
@@ -166,7 +170,7 @@ class BudgetReallocationAgent(Agent):
             return
         ctx = PolicyContext(spec, list(cells), spec.lifetime_budget_micros,
                             spec.daily_budget_micros, seed=self.seed,
-                            decision_seconds=self.decision_seconds)
+                            decision_seconds=self.decision_seconds, budget_day=self.budget_day)
         self._campaigns[spec.id] = _Campaign(spec, ids, make_policy(self.policy_name, ctx,
                                                                     **self.policy_options))
 

@@ -4,9 +4,9 @@ A ``CellTable`` holds, for one campaign's cells (indexed by atomization order):
 
 - running totals: one int64 row per metric of ``METRICS`` (``matrix[metric, cell]``; ``counts``
   gives the rows by name, as views);
-- the counts of the current UTC day by event time (``today``, what a DSP's daily budget has
-  spent: the budget day), reset when an event of a later day arrives or a snapshot is taken
-  after midnight;
+- the counts of the current budget day by event time (``today``, what a DSP's daily budget has
+  spent; the day is the calendar day in the DSP account's time zone, ``domain.budget_day``),
+  reset when an event of a later day arrives or a snapshot is taken after midnight;
 - rolling windows over the last 30 s, 5 min, 1 h, 3 h and 24 h (``domain.windows``);
 - hourly series per creative (fatigue) and per ZIP code (discovery) over the last 72 hours
   (``domain.series``).
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import Cell
 from campaignd.domain.series import KeyedSeries, SeriesSnapshot
 from campaignd.domain.windows import WINDOWS_S, RollingWindows
@@ -38,7 +39,6 @@ OTHER_ZIP = "other"
 events whose impression's ZIP is no longer known)."""
 SERIES_BUCKET_S = 3600
 SERIES_SPAN = 72
-DAY_S = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +58,11 @@ class CellSnapshot:
     at_s: int | None = None
     """When the snapshot was taken (the registry's time, epoch seconds)."""
     today: Mapping[str, np.ndarray] = field(default_factory=dict)
-    """metric → int64 array aligned with ``cell_ids``: counts of the UTC day ``day`` (event
+    """metric → int64 array aligned with ``cell_ids``: counts of the budget day ``day`` (event
     time), e.g. ``today["spend_micros"]`` is what each line item's daily budget has spent."""
     day: int | None = None
-    """The UTC day of ``today`` (days since the epoch); ``None`` before any event."""
+    """The budget day of ``today`` (a ``BudgetDay`` number: the local date in the account's
+    time zone, as days since 1970-01-01); ``None`` before any event."""
     daily_budgets_micros: np.ndarray | None = None
     """The daily budget in force per cell (the DSP's, as last acknowledged), when the caller
     knows it (the daemon and the simulator fill it in; the registry does not keep budgets)."""
@@ -104,8 +105,11 @@ class CellTable:
     """Mutable counters for one campaign's cells."""
 
     def __init__(self, campaign_id: str, cells: Sequence[Cell], *,
-                 zips: Iterable[str] = (), windows_s: Iterable[int] = WINDOWS_S) -> None:
+                 zips: Iterable[str] = (), windows_s: Iterable[int] = WINDOWS_S,
+                 budget_day: BudgetDay | None = None) -> None:
         self.campaign_id = campaign_id
+        self.budget_day = budget_day if budget_day is not None else BudgetDay("UTC")
+        """What "today" is: the day in the DSP account's time zone."""
         self.cell_ids: tuple[str, ...] = tuple(c.cell_id for c in cells)
         self.index: dict[str, int] = {cid: i for i, cid in enumerate(self.cell_ids)}
         self.levels = {d: tuple(getattr(c, d) for c in cells)
@@ -151,14 +155,14 @@ class CellTable:
         of an earlier day are not today's."""
         if positions.size == 0:
             return
-        days = seconds // DAY_S
+        days = self.budget_day.indices(seconds)
         self.roll_day(int(days.max()))
         m = days == self.day
         if m.any():
             np.add.at(self.today.T, positions[m], deltas[m])
 
     def roll_day(self, day: int) -> None:
-        """Move ``today`` to UTC day ``day`` (days since the epoch) if it is a later one."""
+        """Move ``today`` to budget day ``day`` (``BudgetDay`` numbers) if it is a later one."""
         if self.day is None or day > self.day:
             if self.day is not None:
                 self.today[:] = 0
@@ -207,7 +211,7 @@ class CellTable:
         campaign's windows empty out)."""
         if at_s is not None:
             self.windows.roll(at_s)
-            self.roll_day(at_s // DAY_S)
+            self.roll_day(self.budget_day.index(at_s))
         wins: dict[int, Mapping[str, np.ndarray]] = {}
         if windows:
             for w, arr in self.windows.all().items():

@@ -104,7 +104,8 @@ class DSPService:
             self.adapter = BeeswaxAdapter(
                 email=email, password=password, base_url=base_url, rate_limit_per_s=rps,
                 rate_burst=max(1, int(rps)), max_attempts=retries, timeout_s=timeout,
-                breaker_threshold=b.breaker_failures, breaker_cooldown_s=b.breaker_cooldown_s)
+                breaker_threshold=b.breaker_failures, breaker_cooldown_s=b.breaker_cooldown_s,
+                account_timezone=s.dsp.account_timezone)
             task_status.started()
             # The adapter outlives this task: the daemon closes it (``aclose``) after every
             # component that uses it has stopped.
@@ -127,7 +128,9 @@ class DSPService:
                              rate_malformed=f.malformed_rate)
         # The market starts at the daemon's "now" (the scaled sandbox clock), so the campaign's
         # flight and the viewers' local dayparts line up with what the daemon sees.
-        market = Market(scenario, seed=sb.seed, start=self.clock.now())
+        # It stands in for the user's account: its budget day is dsp.account_timezone's.
+        market = Market(scenario, seed=sb.seed, start=self.clock.now(),
+                        account_timezone=self.settings.dsp.account_timezone)
         push: dict[str, Any] = {}
         if self.settings.receiver_enabled:
             # The market pushes its log stream to the daemon's receiver, as Beeswax does.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from campaignd.clock import Clock, SystemClock
+from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import atomize
 from campaignd.errors import BadInput, CampaigndError
 from campaignd.pipeline.ingest import DEDUPE_NAMESPACE, Pipeline, commit, restore, stream_base
@@ -100,7 +101,7 @@ class OfflineIngest:
         self.clock: Clock = clock or SystemClock()
         self.sql: Any = None
         self.hot: HotStore | None = None
-        self.registry = Registry()
+        self.registry = Registry(BudgetDay(settings.dsp.account_timezone))
         self.before: dict[str, dict[str, int]] = {}
         """Each campaign's totals before this run (``added`` = now minus these)."""
 

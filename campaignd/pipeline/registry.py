@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import CampaignSpec, Cell
 from campaignd.domain.cells import CellTable
 
@@ -37,7 +38,9 @@ class Route:
 
 
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, budget_day: BudgetDay | None = None) -> None:
+        self.budget_day = budget_day if budget_day is not None else BudgetDay("UTC")
+        """The DSP account's day: what "today" means in every campaign's table."""
         self.tables: list[CellTable] = []
         self.specs: list[CampaignSpec] = []
         self._by_id: dict[str, int] = {}
@@ -59,7 +62,7 @@ class Registry:
         if spec.id in self._by_id:
             return self.tables[self._by_id[spec.id]]
         zips = {z for a in spec.audiences for z in a.zips}
-        table = CellTable(spec.id, cells, zips=zips)
+        table = CellTable(spec.id, cells, zips=zips, budget_day=self.budget_day)
         self._by_id[spec.id] = len(self.tables)
         self.tables.append(table)
         self.specs.append(spec)

@@ -33,7 +33,8 @@ class DecidingPolicy:
         self.name = inner
         self._ctx = ctx
         self.agent = BudgetReallocationAgent(policy=inner, seed=ctx.seed,
-                                             decision_seconds=ctx.decision_seconds)
+                                             decision_seconds=ctx.decision_seconds,
+                                             budget_day=ctx.budget_day)
         self.agent.add_campaign(ctx.spec, ctx.cells)
         self.engine = DecisionEngine(rules or DecisionRules(
             max_requests=BEESWAX_REQUESTS_PER_CYCLE))

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from campaignd.clock import VirtualClock
+from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import (
     DIMENSIONS,
     CampaignSpec,
@@ -176,8 +177,8 @@ class _Feed:
     docstring)."""
 
     def __init__(self, spec: CampaignSpec, cells: list[Cell], clock: VirtualClock, *,
-                 events: bool) -> None:
-        self.registry = Registry()
+                 events: bool, budget_day: BudgetDay | None = None) -> None:
+        self.registry = Registry(budget_day)
         self.table = self.registry.add_campaign(spec, cells)
         self.registry.register(spec.id, {i + 1: c.cell_id for i, c in enumerate(cells)})
         self.events = events
@@ -228,7 +229,7 @@ def run_policy(market: Market, policy: Policy, ctx: PolicyContext, *, start: dat
     objective_key = _T[_OBJECTIVE_TOTAL[spec.objective]]
     next_sample = start
     actions_this_hour = 0
-    feed = _Feed(spec, cells, clock, events=events)
+    feed = _Feed(spec, cells, clock, events=events, budget_day=ctx.budget_day)
     table = feed.table
     try:
         while True:
@@ -278,7 +279,7 @@ def run_policy(market: Market, policy: Policy, ctx: PolicyContext, *, start: dat
     if feed.events:
         trace.pipeline = feed.pipeline.stats.as_dict()
     last = end - timedelta(microseconds=1)
-    trace.days_touched = (last.date() - start.date()).days + 1
+    trace.days_touched = ctx.budget_day.of(last) - ctx.budget_day.of(start) + 1
     return trace
 
 
@@ -310,7 +311,8 @@ def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = No
     start = scenario.default_start
     end = start + timedelta(days=days)
     ctx = PolicyContext(spec, cells, spec.lifetime_budget_micros, spec.daily_budget_micros,
-                        seed=seed, decision_seconds=decision_seconds)
+                        seed=seed, decision_seconds=decision_seconds,
+                        budget_day=BudgetDay(scenario.account_timezone))
     configs = line_item_configs(spec, cells, 0)
 
     def fresh_market() -> Market:

@@ -6,7 +6,7 @@ daily budgets through the same ``decide`` interface and the same cap enforcement
 The oracle differs only in what it sees: instead of observed counts it reads the market's ground
 truth (``Market.forecast``: expected available impressions, clearing prices and true rates, with
 the current creative fatigue and any drift at each hour, per line item). Every hour it re-plans
-the rest of the UTC day:
+the rest of the budget day (to the account's midnight):
 
 1. for every line item, its spend capacity (expected wins x clearing price) and expected
    objective value for the rest of the day *as the sole buyer of its inventory*. Line items
@@ -37,7 +37,7 @@ therefore beat it by a few percent by luck, but not systematically.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class OraclePolicy:
         m = self._market
         ctx = self._ctx
         now = now.astimezone(UTC)
-        day_end = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+        day_end = datetime.fromtimestamp(ctx.budget_day.span(now.timestamp())[1], UTC)
         spent = observations.spent_today_micros.astype(np.int64)
         budgets = spent.copy()
         remaining = ctx.daily_budget_micros - int(spent.sum())

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import OBJECTIVE_COUNTER, CampaignSpec, Cell
 from campaignd.domain.capacity import CapacityModel
 
@@ -45,6 +46,8 @@ class PolicyContext:
     daily_budget_micros: int
     seed: int = 0
     decision_seconds: int = 120
+    budget_day: BudgetDay = field(default_factory=lambda: BudgetDay("UTC"))
+    """The DSP account's day: when "today" (its spend, its budget) starts over."""
 
     @property
     def objective(self) -> str:
@@ -135,8 +138,9 @@ class SeedPolicy:
 
 
 class ThompsonPolicy:
-    """Budgets from the Bayesian allocator, re-planned every ``replan_seconds`` (and at every UTC
-    midnight) from what the DSP reported -- never from the market's ground truth.
+    """Budgets from the Bayesian allocator, re-planned every ``replan_seconds`` (and at every
+    midnight of the account's budget day, ``PolicyContext.budget_day``) from what the DSP
+    reported -- never from the market's ground truth.
 
     Every re-plan:
 
@@ -148,10 +152,12 @@ class ThompsonPolicy:
        with an exponential delay of mean ``conversion_delay_hours`` (the campaign's conversion
        lag, a setting; 0 for clicks and completed views).
     2. **Delivery shape.** Each (audience, daypart) pair buys at its own hours: its share of a
-       UTC day's supply by hour is taken as uniform over the daypart's local hours in each of
+       day's supply by UTC hour is taken as uniform over the daypart's local hours in each of
        the audience's ZIPs' time zones (from the spec). ``F(t)`` = the share of today's supply
-       already past. (Learning the shape from delivery was tried and was worse: delivery follows
-       our own budget changes -- catch-up bursts -- as much as the supply.)
+       already past (today: the account's budget day, which may start at any UTC hour and last
+       23 or 25 hours on a daylight-saving change). (Learning the shape from delivery was tried
+       and was worse: delivery follows our own budget changes -- catch-up bursts -- as much as
+       the supply.)
     3. **Capacity.** What a line item can buy depends on its inventory and bid, not on its
        creative, so capacity (money per day) is estimated per supply key (audience, daypart,
        platform, bid strategy) by a ``CapacityModel`` (``campaignd.domain.capacity``: a
@@ -276,18 +282,32 @@ class ThompsonPolicy:
         return self._prior_shape
 
     def _shape(self, now: datetime) -> np.ndarray:
-        """Per (audience, daypart): share of a UTC day's supply by UTC hour, from the spec:
+        """Per (audience, daypart): share of a day's supply by UTC hour, from the spec:
         uniform over the daypart's local hours in each of the audience's ZIPs' time zones.
         (Learning it from delivery was tried and was worse: delivery follows our own budget
         changes -- catch-up bursts -- as much as the supply.)"""
         return self._prior(now)
 
     def _elapsed(self, shape: np.ndarray, now: datetime) -> np.ndarray:
-        """Per cell: the share of its supply of the UTC day of ``now`` already past."""
-        t = now.astimezone(UTC)
-        h = t.hour
-        frac = (t.minute * 60 + t.second + t.microsecond / 1e6) / 3600
-        f = shape[:, :h].sum(axis=1) + shape[:, h] * frac
+        """Per cell: the share of its supply of the budget day of ``now`` already past."""
+        ts = now.timestamp()
+        start, end, _ = self._ctx.budget_day.span(ts)
+        first = datetime.fromtimestamp(start, UTC)
+        hours = max(1, round((end - start) / 3600))
+        if first.hour == 0 and first.minute == 0 and hours == 24:  # a day from UTC midnight
+            t = now.astimezone(UTC)
+            h = t.hour
+            frac = (t.minute * 60 + t.second + t.microsecond / 1e6) / 3600
+            f = shape[:, :h].sum(axis=1) + shape[:, h] * frac
+        else:  # the day's hours, in order from its midnight (UTC hour of each: shape's columns)
+            x = (ts - start) / 3600
+            h = min(int(x), hours - 1)
+            frac = x - h
+            rot = shape[:, (first.hour + np.arange(hours)) % 24]
+            f = rot[:, :h].sum(axis=1) + rot[:, h] * frac
+            if hours != 24:  # a 23- or 25-hour day: its own hours are all of its supply
+                tot = rot.sum(axis=1)
+                f = f / np.where(tot > 0, tot, 1.0)
         out: np.ndarray = np.clip(f, 0.0, 1.0)[self._group]
         return out
 
@@ -303,8 +323,10 @@ class ThompsonPolicy:
             self._start = now
             new_day = True
         else:
-            new_day = now.astimezone(UTC).date() != self._last_at.astimezone(UTC).date()
-            if not new_day and (now - self._last_at).total_seconds() < self.replan_seconds:
+            day = ctx.budget_day
+            new_day = day.of(now) != day.of(self._last_at)
+            if (not new_day and (now - self._last_at).total_seconds() < self.replan_seconds
+                    and int(self._budgets.sum()) <= today):  # (spend may have used up the rest)
                 return self._budgets.copy()
             self._learn(obs, now, new_day)
         if new_day:

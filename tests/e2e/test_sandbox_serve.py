@@ -66,3 +66,13 @@ def test_sandbox_serve_rejects_a_bad_scenario(tmp_path: Path) -> None:
                         str(bad), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
+
+
+def test_sandbox_serve_rejects_an_unknown_account_time_zone() -> None:
+    r = subprocess.run([sys.executable, "-m", "campaignd", "sandbox", "serve", "--scenario",
+                        str(ROOT / "config" / "scenarios" / "seed.toml"), "--port", "0",
+                        "--account-timezone", "Eastern"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "--account-timezone" in r.stderr and "America/New_York" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -347,3 +347,47 @@ def test_drift_changes_a_level_mid_flight() -> None:
     before = m.true_rates(configs[i].line_item_id, START + timedelta(days=2, hours=2))
     after = m.true_rates(configs[i].line_item_id, START + timedelta(days=3, hours=2))
     assert after["conversion"] < 0.5 * before["conversion"]
+
+
+def test_a_new_york_account_starts_its_budget_day_at_new_york_midnight() -> None:
+    # 2 November 2026 is EST (UTC-5): the account's day turns at 05:00 UTC, not at 00:00
+    m = Market(seed_scenario(), seed=10, start=START + timedelta(hours=22),
+               account_timezone="America/New_York")
+    m.configure(config(primetime_cells(1)[0], daily=30_000_000))
+    m.advance(START + timedelta(days=1, minutes=30), emit_events=False)
+    before = int(m.spent_today_micros().sum())
+    assert before > 0  # UTC midnight passed: still the same New York day
+    m.advance(START + timedelta(days=1, hours=4, minutes=59), emit_events=False)
+    assert m.spent_today_micros().sum() >= before
+    m.advance(START + timedelta(days=1, hours=5), emit_events=False)
+    assert m.spent_today_micros().sum() == 0  # New York midnight: nothing spent yet
+    m.advance(START + timedelta(days=1, hours=6), emit_events=False)
+    assert 0 <= m.spent_today_micros().sum() <= 30_000_000
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=st.lists(st.integers(7, 300), min_size=3, max_size=12), seed=st.integers(0, 5),
+       zone=st.sampled_from(["America/New_York", "America/Los_Angeles", "Asia/Kolkata"]))
+def test_daily_caps_hold_per_account_day(chunks: list[int], seed: int, zone: str) -> None:
+    from campaignd.domain.budget_day import BudgetDay
+
+    day = BudgetDay(zone)
+    m = Market(seed_scenario(), seed=seed, start=START + timedelta(hours=20),
+               account_timezone=zone)
+    cells = primetime_cells(3)
+    for i in cells:
+        m.configure(config(i, daily=40_000_000))
+    per_day: dict[int, np.ndarray] = {}
+    for minutes in chunks:
+        target = m.now + timedelta(minutes=minutes)
+        midnight = datetime.fromtimestamp(day.span(m.now.timestamp())[1], UTC)
+        for stop in ([midnight, target] if target > midnight else [target]):
+            n = day.of(m.now)
+            tot, _ = m.advance(stop, emit_events=False)
+            per_day[n] = per_day.get(n, 0) + tot.spend_micros
+    for spent in per_day.values():
+        assert (spent <= 40_000_000).all()
+    # spent today is what was spent since the account's midnight
+    assert m.spent_today_micros().sum() == (
+        per_day[day.of(m.now)].sum() if day.start(m.now.timestamp()) < m.now.timestamp()
+        else 0)

@@ -71,6 +71,7 @@ def _errors(data: dict[str, Any]) -> SpecErrors:
     (lambda d: d.setdefault("drift", []).append({"platform": "hulu", "conversion": -1.0}),
      "drift[0].at_day", "at_day"),
     (lambda d: d.update(colour="blue"), "colour", "allowed"),
+    (lambda d: d.update(account_timezone="Eastern"), "account_timezone", "America/New_York"),
     (lambda d: d["fatigue"].update(metrics=["happiness"]), "fatigue.metrics", "ctr"),
 ])
 def test_bad_values_name_the_field_and_the_fix(mutate: Any, field: str, hint: str) -> None:

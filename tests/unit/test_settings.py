@@ -77,6 +77,9 @@ def test_secret_from_file_is_masked(tmp_path: Path) -> None:
      'email = "a@b.c"\npassword = "pw"\n', "receiver.token is needed"),
     ("[receiver]\nenabled = true\n", "receiver.token is needed: receiver.enabled = true"),
     ('[receiver]\npath = "no-slash"\n', "receiver.path"),
+    ('[dsp]\naccount_timezone = "Eastern"\n',
+     "dsp.account_timezone: 'Eastern' is not a known IANA time zone: use a name such as "
+     "America/New_York"),
     ("[http\n", "not valid TOML"),
 ])
 def test_invalid_settings_name_the_key(tmp_path: Path, text: str, needle: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import atomize
 from campaignd.dsp.sandbox.market import Market
 from campaignd.dsp.sandbox.scenarios import load_scenario
@@ -40,27 +42,28 @@ class _Recorder:
 
 
 def _run(hours: float, *, seed: int, daily: int, lifetime: int,
-         decision_seconds: int = 600) -> tuple[_Recorder, np.ndarray]:
+         decision_seconds: int = 600, zone: str = "UTC") -> tuple[_Recorder, np.ndarray]:
     sc = load_scenario(SEED)
     spec = sc.campaign
     cells = atomize(spec)
     ctx = PolicyContext(spec, cells, lifetime, daily, seed=seed,
-                        decision_seconds=decision_seconds)
-    market = Market(sc, seed=seed)
+                        decision_seconds=decision_seconds, budget_day=BudgetDay(zone))
+    start = sc.default_start + timedelta(hours=20)  # crosses UTC and New York midnights
+    market = Market(sc, seed=seed, start=start, account_timezone=zone)
     for cfg in line_item_configs(spec, cells, 0):
         market.configure(cfg)
     rec = _Recorder(ThompsonPolicy(ctx, replan_seconds=1200))
-    start = sc.default_start + timedelta(hours=20)  # crosses a UTC midnight
     trace = run_policy(market, rec, ctx, start=start, end=start + timedelta(hours=hours),
                        decision_seconds=decision_seconds)
     assert trace.totals is not None
     return rec, trace.totals
 
 
-def test_thompson_never_asks_beyond_the_daily_or_lifetime_budget() -> None:
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
+def test_thompson_never_asks_beyond_the_daily_or_lifetime_budget(zone: str) -> None:
     daily = 2_500_000_000
-    lifetime = 3_000_000_000  # binds during the second UTC day
-    rec, totals = _run(14, seed=2, daily=daily, lifetime=lifetime)
+    lifetime = 3_000_000_000  # binds during the second day
+    rec, totals = _run(14, seed=2, daily=daily, lifetime=lifetime, zone=zone)
     spent_before = np.zeros(totals.shape[1], dtype=np.int64)
     for obs, budgets in rec.seen:
         assert budgets.dtype == np.int64 and budgets.shape == obs.spent_today_micros.shape
@@ -93,3 +96,25 @@ def test_registered_and_blind_to_ground_truth() -> None:
     # it is built from the campaign alone and decides from observations alone
     params = inspect.signature(ThompsonPolicy.__init__).parameters
     assert "market" not in params and list(params)[:2] == ["self", "ctx"]
+
+
+def test_the_share_of_the_day_past_counts_from_the_accounts_midnight() -> None:
+    sc = load_scenario(SEED)
+    cells = atomize(sc.campaign)
+    utc = ThompsonPolicy(PolicyContext(sc.campaign, cells, 10**12, 2_500_000_000, seed=1))
+    ny = ThompsonPolicy(PolicyContext(sc.campaign, cells, 10**12, 2_500_000_000, seed=1,
+                                      budget_day=BudgetDay("America/New_York")))
+    midnight_ny = datetime(2026, 11, 2, 5, tzinfo=UTC)  # EST
+    shape = ny._shape(midnight_ny)
+    assert np.allclose(ny._elapsed(shape, midnight_ny), 0.0)
+    assert np.allclose(ny._elapsed(shape, midnight_ny + timedelta(hours=24, seconds=-1)), 1.0,
+                       atol=1e-3)
+    # five hours into the New York day: the supply of 05:00-10:00 UTC is behind it
+    later = midnight_ny + timedelta(hours=5)
+    assert np.allclose(ny._elapsed(shape, later),
+                       utc._elapsed(shape, later) - utc._elapsed(shape, midnight_ny))
+    # a 25-hour day (DST ends on 1 November 2026 at 02:00 New York time) still runs 0 → 1
+    fall = datetime(2026, 11, 1, 4, tzinfo=UTC)  # midnight EDT
+    assert np.allclose(ny._elapsed(shape, fall), 0.0)
+    assert np.allclose(ny._elapsed(shape, fall + timedelta(hours=25, seconds=-1)), 1.0,
+                       atol=1e-3)

@@ -2,7 +2,8 @@
 
 ``Market`` implements ``MarketProtocol``. It sees only ``LineItemConfig`` values (targeting, bid,
 budgets, creatives, flight, active) and a ``Scenario`` (the true world). Per internal step (at
-most ``step_seconds``, aligned to a grid so no step crosses a local hour or a UTC midnight):
+most ``step_seconds``, aligned to a grid so no step crosses a local hour or the account's
+midnight):
 
 1. **Supply.** Every (line item, ZIP, app bundle, creative) is a *pair*. A (ZIP, bundle) *unit*
    offers ``per_zip_hour[platform] / bundles x zip weight x hourly[viewer local hour]``
@@ -14,8 +15,10 @@ most ``step_seconds``, aligned to a grid so no step crosses a local hour or a UT
    clearing price = E[max(competing bid, reserve) | win] (second price). Closed form.
 3. **Budgets.** Impressions are capped so that spend never exceeds the lifetime budget nor the
    paced daily allowance: ``daily x min(1, F(t) + catch_up)`` where F is the elapsed fraction of
-   the UTC day, weighted by the line item's own expected supply (``pacing.mode = "supply"``,
-   i.e. even pacing over available inventory) or by clock time (``"time"``).
+   the budget day (midnight to midnight in the DSP account's time zone, ``account_timezone``;
+   the scenario's by default), weighted by the line item's own expected supply
+   (``pacing.mode = "supply"``, i.e. even pacing over available inventory) or by clock time
+   (``"time"``).
 4. **Outcomes.** Wins ~ Poisson(available); outcome counts are binomial draws from the true
    rates: logit(base) + level effects (attached to ZIPs, segments, bundles, creative keys, local
    hours, bid) + interactions + ZIP clusters + hidden ZIP heterogeneity + drift, with creative
@@ -62,6 +65,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from campaignd.domain.budget_day import BudgetDay
 from campaignd.dsp.sandbox.emission import EventEmitter, ImpressionRefs
 from campaignd.dsp.sandbox.model import LineItemConfig, MarketEvent, StepTotals
 from campaignd.dsp.sandbox.pairs import Flow
@@ -86,10 +90,14 @@ class Market(GroundTruth):
     """A deterministic ground-truth market (see the module docstring)."""
 
     def __init__(self, scenario: Scenario, *, seed: int = 0, start: datetime | None = None,
-                 step_seconds: int = 300, host_id: int = 3054, buzz_key: str = "sandbox") -> None:
+                 step_seconds: int = 300, host_id: int = 3054, buzz_key: str = "sandbox",
+                 account_timezone: str | None = None) -> None:
         if step_seconds <= 0 or 3600 % step_seconds:
             raise ValueError("step_seconds must divide 3600")
         super().__init__(scenario, start)
+        self.account_timezone = account_timezone or scenario.account_timezone
+        """The DSP account's time zone: daily budgets and pacing reset at its midnight."""
+        self.budget_day = BudgetDay(self.account_timezone)
         self.seed = seed
         self.step_seconds = step_seconds
         self._rng = np.random.default_rng([seed, 1])
@@ -98,7 +106,7 @@ class Market(GroundTruth):
         self._totals = np.zeros((len(TOTAL_KEYS), 0), dtype=np.int64)
         # pacing
         self._day: int | None = None
-        self._profile: np.ndarray | None = None  # (n, 24) cumulative fraction at hour ends
+        self._profile: np.ndarray | None = None  # (n, hours) cumulative fraction at hour ends
         self._profile_day: int | None = None
         # conversions
         self._pending: list[tuple[int, int, int, int, tuple[str, str, str, str, int]]] = []
@@ -166,7 +174,10 @@ class Market(GroundTruth):
         t = usecs(self._now)
         end = usecs(until)
         while t < end:
-            nxt = min(end, (t // step_us + 1) * step_us)
+            # a step never crosses the account's midnight (nor a local hour: the grid divides
+            # an hour, and every time zone's offset is a whole number of quarter hours)
+            day_end = self.budget_day.span(t // 1_000_000)[1] * 1_000_000
+            nxt = min(end, (t // step_us + 1) * step_us, day_end)
             self._step(t, nxt, acc, events if emit_events else None)
             t = nxt
         self._now = until
@@ -190,9 +201,10 @@ class Market(GroundTruth):
     # --- delivery state, and what was truly caused ------------------------------------------
 
     def spent_today_micros(self) -> np.ndarray:
-        """Spend of each slot since the last UTC midnight (before ``now``)."""
+        """Spend of each slot since the last midnight in the account's time zone (before
+        ``now``)."""
         n = len(self._ids)
-        if self._day != usecs(self._now) // 86_400_000_000:
+        if self._day != self.budget_day.of(self._now):
             return np.zeros(n, dtype=np.int64)  # a new day has begun: nothing spent yet
         return self._a["spent_today"][:n].copy()
 
@@ -224,7 +236,7 @@ class Market(GroundTruth):
         tot[:, : self._totals.shape[1]] = self._totals
         self._totals = tot
         if self._profile is not None:
-            prof = np.ones((cap, 24))
+            prof = np.ones((cap, self._profile.shape[1]))
             prof[: self._profile.shape[0]] = self._profile
             self._profile = prof
 
@@ -233,38 +245,41 @@ class Market(GroundTruth):
             super()._rebuild()
             self._profile_day = None  # recompute the pacing profile with the new targeting
 
-    def _pacing_profile(self, day_start_us: int) -> np.ndarray:
-        """(n, 24): each slot's expected share of the UTC day's supply elapsed at each hour end."""
+    def _pacing_profile(self, day_start_us: int, day_end_us: int) -> np.ndarray:
+        """(n, hours): each slot's expected share of the budget day's supply elapsed at each
+        hour end (a day has 23, 24 or 25 hours in a time zone with daylight saving)."""
         n = len(self._ids)
         el = np.ones(n, dtype=bool)
-        hourly = np.zeros((n, 24))
-        for h in range(24):
+        hours = max(1, round((day_end_us - day_start_us) / 3_600_000_000))
+        hourly = np.zeros((n, hours))
+        for h in range(hours):
             t0 = day_start_us + h * 3_600_000_000
-            f = self._flow_supply_only(t0, t0 + 3_600_000_000, el)
+            f = self._flow_supply_only(t0, min(t0 + 3_600_000_000, day_end_us), el)
             hourly[:, h] = f
         tot = hourly.sum(axis=1, keepdims=True)
         cum = np.cumsum(hourly, axis=1)
         prof = np.where(tot > 0, cum / np.where(tot > 0, tot, 1.0),
-                        (np.arange(1, 25) / 24.0)[None, :])
+                        (np.arange(1, hours + 1) / hours)[None, :])
         return prof
 
     def _step(self, t0: int, t1: int, acc: np.ndarray, events: list[MarketEvent] | None) -> None:
         a = self._a
         n = len(self._ids)
         sc = self.scenario
-        day = t0 // 86_400_000_000
+        day_start_s, day_end_s, day = self.budget_day.span(t0 // 1_000_000)
         if day != self._day:
             self._day = day
             a["spent_today"][:n] = 0
         if sc.pacing.mode == "supply" and self._profile_day != day:
             self._profile_day = day
-            self._profile = self._pacing_profile(day * 86_400_000_000)
+            self._profile = self._pacing_profile(day_start_s * 1_000_000, day_end_s * 1_000_000)
         # paced daily allowance at the end of this step
-        frac_day = (t1 - self._day * 86_400_000_000) / 86_400e6
+        frac_day = (t1 - day_start_s * 1_000_000) / ((day_end_s - day_start_s) * 1e6)
         if sc.pacing.mode == "supply" and self._profile is not None:
-            h = min(23, int(frac_day * 24 - 1e-9))
+            hours = self._profile.shape[1]
+            h = min(hours - 1, int(frac_day * hours - 1e-9))
             prev = self._profile[:n, h - 1] if h > 0 else np.zeros(n)
-            within = frac_day * 24 - h
+            within = frac_day * hours - h
             frac = prev + (self._profile[:n, h] - prev) * within
         else:
             frac = np.full(n, frac_day)

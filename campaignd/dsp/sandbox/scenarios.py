@@ -18,6 +18,7 @@ File layout (every table optional except ``campaign`` and ``[base]``)::
 
     name = "seed"                       campaign = "../campaigns/madhive_12345.toml"
     start = 2026-11-02T00:00:00Z        # default market start (default: campaign flight start)
+    account_timezone = "UTC"            # the DSP account's time zone: the budget day (default UTC)
     world_seed = 7                      # fixes the hidden per-ZIP heterogeneity
     [base]         ctr, completion, viewability, conversion, measurable, start (probabilities)
     [supply]       per_zip_hour = {platform = imps/hour per ZIP}, default_per_zip_hour,
@@ -53,6 +54,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from campaignd.domain.budget_day import check_timezone
 from campaignd.domain.campaign import (
     DIMENSIONS,
     CampaignSpec,
@@ -245,6 +247,10 @@ class Scenario:
     world_seed: int = 7
     start: datetime | None = None
     description: str = ""
+    account_timezone: str = "UTC"
+    """The simulated DSP account's time zone: its daily budgets and pacing reset at its
+    midnight. The daemon's sandbox mode uses ``dsp.account_timezone`` instead (the market
+    stands in for the user's own account)."""
 
     @property
     def default_start(self) -> datetime:
@@ -374,9 +380,10 @@ def _per_platform(raw: Any, field: str, spec: CampaignSpec, errs: _Errs) -> dict
     return out
 
 
-TOP_KEYS = {"name", "description", "campaign", "start", "world_seed", "signal_share", "base",
-            "supply", "auction", "conversion_value", "conversion_delay", "fatigue", "journeys",
-            "pacing", "zip_heterogeneity", "effects", "interactions", "zip_clusters", "drift"}
+TOP_KEYS = {"name", "description", "campaign", "start", "account_timezone", "world_seed",
+            "signal_share", "base", "supply", "auction", "conversion_value", "conversion_delay",
+            "fatigue", "journeys", "pacing", "zip_heterogeneity", "effects", "interactions",
+            "zip_clusters", "drift"}
 
 
 def parse_scenario(data: Mapping[str, Any], *, base_dir: Path, source: str = "scenario",
@@ -419,6 +426,13 @@ def parse_scenario(data: Mapping[str, Any], *, base_dir: Path, source: str = "sc
             start = datetime.combine(raw_start, time(0), tzinfo=UTC)
         else:
             errs.add("start", "is not a date-time", raw_start, "use e.g. 2026-11-02T00:00:00Z")
+    account_tz = data.get("account_timezone", "UTC")
+    try:
+        check_timezone(account_tz)
+    except ValueError as exc:
+        errs.add("account_timezone", str(exc), account_tz,
+                 'e.g. account_timezone = "America/New_York"')
+        account_tz = "UTC"
     world_seed = data.get("world_seed", 7)
     if not isinstance(world_seed, int) or isinstance(world_seed, bool) or world_seed < 0:
         errs.add("world_seed", "must be a non-negative integer", world_seed)
@@ -675,7 +689,7 @@ def parse_scenario(data: Mapping[str, Any], *, base_dir: Path, source: str = "sc
         interactions=tuple(interactions), zip_clusters=tuple(clusters),
         drift=tuple(sorted(drifts, key=lambda d: d.at_day)), zip_sigma=zip_sigma,
         signal_share=signal_share if signal_share is not None else 0.3,
-        world_seed=world_seed, start=start, description=str(desc),
+        world_seed=world_seed, start=start, description=str(desc), account_timezone=account_tz,
     )
 
 

@@ -56,6 +56,10 @@ class SandboxService:
             raise ValueError("time_scale must be > 0")
         self.clock: Clock = clock or SystemClock()
         state_options.setdefault("clock", self.clock)
+        # the API's dates are in the account's time zone, the one the market's days follow
+        tz = getattr(market, "account_timezone", None)
+        if tz is not None:
+            state_options.setdefault("timezone", tz)
         self.state = SandboxState(market, email=email, password=password, buzz_key=buzz_key,
                                   faults=faults, **state_options)
         self.time_scale = time_scale
@@ -213,21 +217,23 @@ async def serve_standalone(scenario_path: str | Path, *, port: int, host: str = 
                            seed: int = 0, time_scale: float = 1.0,
                            start: datetime | None = None,
                            faults: FaultConfig | None = None, buzz_key: str = "sandbox",
+                           account_timezone: str | None = None,
                            task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
                            **options: Any) -> None:
     """Build the scenario's market and serve it until cancelled (``campaignd sandbox serve``).
 
-    ``start`` is the market's start time (default: the scenario's). ``options`` go to
-    ``SandboxService`` (``email``, ``password``, ``tick_interval_s``, ``log_level``, and
-    ``SandboxState`` options such as ``report_polls``). Raises ``SpecError`` for a bad scenario
-    and ``StartupError`` when the port cannot be bound.
+    ``start`` is the market's start time (default: the scenario's); ``account_timezone`` the
+    account's time zone (its API dates, budget day and pacing; default: the scenario's).
+    ``options`` go to ``SandboxService`` (``email``, ``password``, ``tick_interval_s``,
+    ``log_level``, and ``SandboxState`` options such as ``report_polls``). Raises
+    ``SpecError`` for a bad scenario and ``StartupError`` when the port cannot be bound.
     """
     from campaignd.dsp.sandbox.market import Market
     from campaignd.dsp.sandbox.scenarios import load_scenario
 
     scenario = load_scenario(scenario_path)
     market = Market(scenario, seed=seed, start=start or scenario.default_start,
-                    buzz_key=buzz_key)
+                    buzz_key=buzz_key, account_timezone=account_timezone)
     service = SandboxService(market, host=host, port=port, time_scale=time_scale,
                              faults=faults, buzz_key=buzz_key, **options)
     await service.run(task_status=task_status)
