@@ -304,7 +304,8 @@ def test_a_killed_daemon_restarts_without_losing_or_double_counting(
         stdout=(tmp_path / "sandbox.log").open("w"), stderr=subprocess.STDOUT,
         env=clean_env(CAMPAIGND_SANDBOX_PUSH_TOKEN=token))
     base = f"http://127.0.0.1:{port}"
-    extra = "[pipeline]\nflush_s = 0.5\n"
+    # 1 MB segments: the run spools several, and the counted ones must be released
+    extra = "[pipeline]\nflush_s = 0.5\n[receiver]\nsegment_mb = 1\n"
     env = {**backend_env, "CAMPAIGND_DSP__ADAPTER": "beeswax",
            "CAMPAIGND_DSP__BEESWAX__BASE_URL": base, "CAMPAIGND_DSP__BEESWAX__BUZZ_KEY": "sandbox",
            "CAMPAIGND_DSP__BEESWAX__EMAIL": "sandbox@campaignd.local",
