@@ -59,9 +59,9 @@ class BudgetDay:
         """``(start, end, day)`` of the day holding ``epoch_s``: start and end in epoch
         seconds (end exclusive), ``day`` its number."""
         s = int(epoch_s // 1)
-        start, end, day = self._span
-        if start <= s < end:
-            return self._span
+        cached = self._span  # one read: another thread may replace it meanwhile
+        if cached[0] <= s < cached[1]:
+            return cached
         if self._utc:
             day = s // DAY_S
             start, end = day * DAY_S, (day + 1) * DAY_S
@@ -70,8 +70,9 @@ class BudgetDay:
             day = local.toordinal() - _EPOCH_ORDINAL
             start = self._midnight(local)
             end = self._midnight(local + timedelta(days=1))
-        self._span = (start, end, day)
-        return self._span
+        span = (start, end, day)
+        self._span = span  # replaced whole, never updated in place
+        return span
 
     def index(self, epoch_s: float) -> int:
         """The number of the day holding ``epoch_s``."""

@@ -429,10 +429,17 @@ async def let_io_start() -> None:
 
 
 async def restore(pipeline: Pipeline, sql: Any, *, now: datetime) -> dict[str, int]:
-    """Put the committed counts back into the registry — every cell's running totals, and the
-    last 24 h of minute rows for the windows and the creative series — and publish the totals
-    to the hot store. Returns the impressions restored per campaign."""
+    """Put the committed counts back into the registry — every cell's running totals, the
+    last 24 h of minute rows for the windows and the creative series, and the budget day's rows
+    for ``today`` (a 25-hour day's first hour is older than 24 h) — and publish the totals to
+    the hot store. Returns the impressions restored per campaign."""
     from datetime import timedelta
+
+    def columns(table: Any, rows: Sequence[Any]) -> tuple[np.ndarray, ...]:
+        """Minute rows (``AggregateRow``) as cell positions, epoch seconds and counts."""
+        return (np.array([table.index.get(r.cell_id, -1) for r in rows], dtype=np.int64),
+                np.array([int(r.at.timestamp()) for r in rows], dtype=np.int64),
+                np.array([r.counts for r in rows], dtype=np.int64))
 
     out: dict[str, int] = {}
     for table in pipeline.registry.tables:
@@ -442,13 +449,17 @@ async def restore(pipeline: Pipeline, sql: Any, *, now: datetime) -> dict[str, i
             pos = table.index.get(cell_id)
             if pos is not None:
                 table.matrix[:, pos] = counts
-        rows = await sql.minute_rows(cid, since=now - timedelta(hours=24),
-                                     until=now + timedelta(hours=1))
+        recent = now - timedelta(hours=24)
+        day_start = datetime.fromtimestamp(table.budget_day.start(now.timestamp()), UTC)
+        if day_start < recent:
+            earlier = await sql.minute_rows(cid, since=day_start, until=recent)
+            if earlier:
+                cells, at_s, day_counts = columns(table, earlier)
+                keep = cells >= 0
+                table.add_days(cells[keep], at_s[keep], day_counts[keep])
+        rows = await sql.minute_rows(cid, since=recent, until=now + timedelta(hours=1))
         if rows:
-            table.replay_recent(
-                np.array([table.index.get(r.cell_id, -1) for r in rows], dtype=np.int64),
-                np.array([int(r.at.timestamp()) for r in rows], dtype=np.int64),
-                np.array([r.counts for r in rows], dtype=np.int64))
+            table.replay_recent(*columns(table, rows))
         if totals:
             await pipeline.hot.set_totals(cid, {
                 cell: dict(zip(METRICS, counts, strict=True))

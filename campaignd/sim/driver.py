@@ -148,7 +148,8 @@ class RunTrace:
     pipeline: dict[str, Any] | None = None
     """The pipeline's counters when events went through it (``events=True``)."""
     days_touched: int = 0
-    """UTC days the run overlaps: the budget available is the daily budget times this."""
+    """Budget days (the account's) the run overlaps: the budget available is the daily budget
+    times this."""
 
 
 _TOTAL_METRIC = np.array([METRIC_INDEX[k] for k in TOTAL_KEYS], dtype=np.int64)

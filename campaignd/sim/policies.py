@@ -292,22 +292,24 @@ class ThompsonPolicy:
         """Per cell: the share of its supply of the budget day of ``now`` already past."""
         ts = now.timestamp()
         start, end, _ = self._ctx.budget_day.span(ts)
-        first = datetime.fromtimestamp(start, UTC)
-        hours = max(1, round((end - start) / 3600))
-        if first.hour == 0 and first.minute == 0 and hours == 24:  # a day from UTC midnight
+        if start % 86_400 == 0 and end - start == 86_400:  # a day from UTC midnight
             t = now.astimezone(UTC)
             h = t.hour
             frac = (t.minute * 60 + t.second + t.microsecond / 1e6) / 3600
             f = shape[:, :h].sum(axis=1) + shape[:, h] * frac
-        else:  # the day's hours, in order from its midnight (UTC hour of each: shape's columns)
-            x = (ts - start) / 3600
-            h = min(int(x), hours - 1)
-            frac = x - h
-            rot = shape[:, (first.hour + np.arange(hours)) % 24]
-            f = rot[:, :h].sum(axis=1) + rot[:, h] * frac
-            if hours != 24:  # a 23- or 25-hour day: its own hours are all of its supply
-                tot = rot.sum(axis=1)
-                f = f / np.where(tot > 0, tot, 1.0)
+        else:  # supply past since the day's midnight ÷ the whole day's (any offset, any length)
+            def cum(t: float) -> np.ndarray:  # the shape's cumulative sum over UTC hours
+                k = int(t // 3600)
+                c: np.ndarray = (k // 24) * total + head[:, k % 24] + shape[:, k % 24] * (
+                    t / 3600 - k)
+                return c
+
+            total = shape.sum(axis=1)
+            head = np.concatenate([np.zeros((shape.shape[0], 1)), np.cumsum(shape, axis=1)],
+                                  axis=1)
+            c0, c1 = cum(start), cum(end)
+            day = c1 - c0
+            f = (cum(ts) - c0) / np.where(day > 0, day, 1.0)
         out: np.ndarray = np.clip(f, 0.0, 1.0)[self._group]
         return out
 

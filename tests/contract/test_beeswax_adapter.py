@@ -447,7 +447,7 @@ def seed_market(start: datetime) -> Any:
     from campaignd.dsp.sandbox.scenarios import load_scenario
 
     scenario = load_scenario(ROOT / "config" / "scenarios" / "seed.toml")
-    return Market(scenario, seed=11, start=start)
+    return Market(scenario, seed=11, start=start, account_timezone="America/New_York")
 
 
 async def drain(read: Callable[[str | None], Awaitable[Any]], cursor: str | None,

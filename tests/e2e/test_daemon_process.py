@@ -359,8 +359,9 @@ def test_a_killed_daemon_restarts_without_losing_or_double_counting(
                 # passed): the 1 MB segments of the run do not pile up. The sandbox keeps
                 # pushing, so the one being written and one awaiting its commit may remain.
                 def released() -> bool:
-                    st = httpx.get(f"{second.base_url}/api/v1/status", timeout=10).json()
-                    return st["events"]["receiver"]["spool_segments"] <= 2
+                    rcv = httpx.get(f"{second.base_url}/api/v1/status",
+                                    timeout=10).json()["events"]["receiver"]
+                    return rcv["spool_segments"] <= 2 and rcv["spool_first_seq"] > 0
                 wait_for(released, 30, "counted spool segments to be released", 0.2)
                 assert mine["events"]["receiver"]["spool_next_seq"] > 5_000  # several MB spooled
                 assert second.stop() == 0

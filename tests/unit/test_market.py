@@ -354,9 +354,12 @@ def test_a_new_york_account_starts_its_budget_day_at_new_york_midnight() -> None
     m = Market(seed_scenario(), seed=10, start=START + timedelta(hours=22),
                account_timezone="America/New_York")
     m.configure(config(primetime_cells(1)[0], daily=30_000_000))
+    m.advance(START + timedelta(days=1), emit_events=False)
+    by_utc_midnight = int(m.spent_today_micros().sum())
     m.advance(START + timedelta(days=1, minutes=30), emit_events=False)
     before = int(m.spent_today_micros().sum())
-    assert before > 0  # UTC midnight passed: still the same New York day
+    # UTC midnight passed: still the same New York day, so today keeps what it had
+    assert before > by_utc_midnight > 0
     m.advance(START + timedelta(days=1, hours=4, minutes=59), emit_events=False)
     assert m.spent_today_micros().sum() >= before
     m.advance(START + timedelta(days=1, hours=5), emit_events=False)
@@ -391,3 +394,25 @@ def test_daily_caps_hold_per_account_day(chunks: list[int], seed: int, zone: str
     assert m.spent_today_micros().sum() == (
         per_day[day.of(m.now)].sum() if day.start(m.now.timestamp()) < m.now.timestamp()
         else 0)
+
+
+def test_a_coarse_step_stops_at_a_half_hour_zones_midnight() -> None:
+    # Asia/Kolkata's midnight is 18:30 UTC: off an hourly step grid, so the market must cut
+    # its step there, or the spend of 18:00-19:00 would all land on one day
+    from campaignd.domain.budget_day import BudgetDay
+
+    zone = "Asia/Kolkata"
+    day = BudgetDay(zone)
+    m = Market(seed_scenario(), seed=4, start=START + timedelta(hours=12), step_seconds=3600,
+               account_timezone=zone)
+    for i in primetime_cells(2):  # bidding around the clock
+        m.configure(config(i, daily=6_000_000, hours_of_week=frozenset(range(168))))
+    midnight = datetime(2026, 11, 2, 18, 30, tzinfo=UTC)
+    # one advance across midnight, on an hourly grid: 18:00-19:00 UTC is split at 18:30
+    first, _ = m.advance(datetime(2026, 11, 2, 19, tzinfo=UTC), emit_events=False)
+    assert day.of(m.now) == day.of(midnight)
+    # what was spent since 18:30 UTC is today's; what was spent before is yesterday's
+    assert 0 < m.spent_today_micros().sum() < first.spend_micros.sum()
+    later, _ = m.advance(midnight + timedelta(hours=6), emit_events=False)
+    assert (m.spent_today_micros() <= 6_000_000).all()
+    assert (first.spend_micros + later.spend_micros <= 2 * 6_000_000).all()  # two days

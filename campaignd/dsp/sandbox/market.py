@@ -174,8 +174,8 @@ class Market(GroundTruth):
         t = usecs(self._now)
         end = usecs(until)
         while t < end:
-            # a step never crosses the account's midnight (nor a local hour: the grid divides
-            # an hour, and every time zone's offset is a whole number of quarter hours)
+            # a step never crosses the account's midnight (nor, with steps of at most 15
+            # minutes, a local hour: every time zone's offset is a whole number of quarters)
             day_end = self.budget_day.span(t // 1_000_000)[1] * 1_000_000
             nxt = min(end, (t // step_us + 1) * step_us, day_end)
             self._step(t, nxt, acc, events if emit_events else None)

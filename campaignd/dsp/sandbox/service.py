@@ -217,13 +217,14 @@ async def serve_standalone(scenario_path: str | Path, *, port: int, host: str = 
                            seed: int = 0, time_scale: float = 1.0,
                            start: datetime | None = None,
                            faults: FaultConfig | None = None, buzz_key: str = "sandbox",
-                           account_timezone: str | None = None,
+                           account_timezone: str = "America/New_York",
                            task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
                            **options: Any) -> None:
     """Build the scenario's market and serve it until cancelled (``campaignd sandbox serve``).
 
     ``start`` is the market's start time (default: the scenario's); ``account_timezone`` the
-    account's time zone (its API dates, budget day and pacing; default: the scenario's).
+    account's time zone (its API dates, budget day and pacing; Beeswax's default, as the
+    daemon's ``dsp.account_timezone``).
     ``options`` go to ``SandboxService`` (``email``, ``password``, ``tick_interval_s``,
     ``log_level``, and ``SandboxState`` options such as ``report_polls``). Raises
     ``SpecError`` for a bad scenario and ``StartupError`` when the port cannot be bound.

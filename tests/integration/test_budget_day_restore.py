@@ -1,0 +1,51 @@
+"""After a restart the registry's "today" is the account's whole budget day again, even on the
+25-hour day that ends daylight saving time (its first hour is more than 24 h old)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from campaignd.clock import VirtualClock
+from campaignd.domain.budget_day import BudgetDay
+from campaignd.domain.campaign import CampaignSpec, atomize
+from campaignd.domain.cells import METRIC_INDEX, N_METRICS
+from campaignd.pipeline.ingest import Pipeline, restore
+from campaignd.pipeline.registry import Registry
+from campaignd.stores.memory import InMemoryHotStore
+from campaignd.stores.sql import SqlStore
+from campaignd.stores.sql.aggregates import AggregateRow
+
+# 1 November 2026 in New York: 00:00 EDT (04:00 UTC) to 00:00 EST (05:00 UTC on 2 November)
+DAY_START = datetime(2026, 11, 1, 4, tzinfo=UTC)
+NOW = DAY_START + timedelta(hours=24, minutes=30)  # the 25th hour of that day
+
+
+def row(spec: CampaignSpec, cell_id: str, at: datetime, spend: int) -> AggregateRow:
+    counts = [0] * N_METRICS
+    counts[METRIC_INDEX["impressions"]] = 1
+    counts[METRIC_INDEX["spend_micros"]] = spend
+    return AggregateRow(spec.id, cell_id, at, tuple(counts))
+
+
+async def test_restore_rebuilds_a_25_hour_days_spend_today(sql_store: SqlStore,
+                                                           seed_spec: CampaignSpec) -> None:
+    cells = atomize(seed_spec)
+    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
+    cell = cells[0].cell_id
+    rows = [row(seed_spec, cell, DAY_START - timedelta(minutes=10), 1_000),  # the day before
+            row(seed_spec, cell, DAY_START + timedelta(minutes=5), 20_000),  # > 24 h ago
+            row(seed_spec, cell, DAY_START + timedelta(hours=12), 300_000),
+            row(seed_spec, cell, NOW - timedelta(minutes=1), 4_000_000)]
+    await sql_store.commit_ingest(minutes=rows, now=NOW)
+
+    registry = Registry(BudgetDay("America/New_York"))
+    table = registry.add_campaign(seed_spec, cells)
+    clock = VirtualClock(NOW)
+    pipeline = Pipeline(registry, InMemoryHotStore(clock), clock=clock)
+    await restore(pipeline, sql_store, now=NOW)
+    spend = METRIC_INDEX["spend_micros"]
+    assert int(table.matrix[spend, 0]) == 4_321_000  # lifetime: every row
+    assert int(table.today[spend, 0]) == 4_320_000  # today: all 25 hours of 1 November
+    assert table.day == BudgetDay("America/New_York").of(NOW)
+    # the windows hold the last 24 h only
+    assert int(table.windows.all()[86_400][spend, 0]) == 4_300_000
