@@ -237,8 +237,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 @handle_errors
 def db_upgrade(config: ConfigOpt = None) -> None:
     """Upgrade the database schema to the newest revision."""
-    from campaignd.daemon import database_url, masked_database_url
     from campaignd.errors import StorageError
+    from campaignd.stores.opening import database_url, masked_database_url
     from campaignd.stores.sql.migrate import upgrade
     settings = _settings(config)
     try:
@@ -308,7 +308,7 @@ def with_store(config: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
     settings = _settings(config)
 
     async def go() -> T:
-        from campaignd.daemon import open_sql
+        from campaignd.stores.opening import open_sql
         store = await open_sql(settings)
         try:
             return await work(store)

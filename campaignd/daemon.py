@@ -13,7 +13,6 @@ all within 10 s.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import os
 import secrets
@@ -29,7 +28,6 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from sqlalchemy.engine import make_url
 
 from campaignd import __version__
 from campaignd import logs as logmod
@@ -47,6 +45,12 @@ from campaignd.pipeline.registry import Registry
 from campaignd.scheduling import JobSpec, RunRecord, Supervisor
 from campaignd.settings import Settings, secret_values
 from campaignd.stores.base import HotStore
+from campaignd.stores.opening import (
+    database_url,
+    masked_database_url,
+    open_hot_store,
+    short_error,
+)
 from campaignd.stores.sql.repository import AgentRun, SqlStore
 from campaignd.systemd import Notifier
 from campaignd.web.app import create_app, tokens_equal
@@ -56,18 +60,6 @@ log = logmod.get_logger("campaignd.daemon")
 
 STATUS_INTERVAL_S = 5.0
 STATUS_STALE_S = 30.0
-
-
-def database_url(settings: Settings) -> str:
-    """The database URL with the secret password filled in (never log the result)."""
-    url = make_url(settings.database.url)
-    if settings.database.password is not None:
-        url = url.set(password=settings.database.password.get_secret_value())
-    return url.render_as_string(hide_password=False)
-
-
-def masked_database_url(settings: Settings) -> str:
-    return make_url(settings.database.url).render_as_string(hide_password=True)
 
 
 def token_path(settings: Settings) -> Path:
@@ -309,7 +301,7 @@ class Daemon:
                 rev = await upgrade(url)
             except Exception as exc:
                 raise StartupError(f"cannot upgrade the database at {masked_database_url(s)}: "
-                                   f"{_short(exc)}; check database.url and that the server "
+                                   f"{short_error(exc)}; check database.url and that the server "
                                    "is running") from None
             log.info("database ready", url=masked_database_url(s), revision=rev)
         try:
@@ -582,7 +574,7 @@ class Daemon:
                 await self.hot.set_json(f"status:{self.settings.instance}", st,
                                         ttl_s=STATUS_STALE_S)
         except Exception as exc:
-            log.warning("could not publish status", error=_short(exc))
+            log.warning("could not publish status", error=short_error(exc))
 
     async def _shutdown(self) -> None:
         """Flush and close everything, each step on its own time budget (≤ 9 s in all)."""
@@ -609,57 +601,12 @@ class Daemon:
                 try:
                     await step()
                 except Exception as exc:
-                    log.warning("shutdown step failed", step=what, error=_short(exc))
+                    log.warning("shutdown step failed", step=what, error=short_error(exc))
             if scope.cancelled_caught:
                 log.warning("shutdown step timed out", step=what, budget_s=budget)
         self.notifier.close()
         self._stopped = True
         log.info("campaignd stopped")
-
-
-async def open_sql(settings: Settings) -> SqlStore:
-    """The configured database, upgraded first unless ``database.upgrade_on_start`` is off
-    (for the CLI's store-backed commands)."""
-    from campaignd.stores.sql.migrate import upgrade
-    url = database_url(settings)
-    if settings.database.upgrade_on_start:
-        await upgrade(url)
-    return await SqlStore.connect(url)
-
-
-async def open_hot_store(settings: Settings, clock: Clock) -> HotStore:
-    """The hot store named by ``redis.url``: Redis when set, in-memory otherwise."""
-    if not settings.redis.url:
-        from campaignd.stores.memory import InMemoryHotStore
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        return InMemoryHotStore(clock=clock, max_seen=settings.pipeline.max_seen,
-                                seen_dir=settings.state_dir / "dedupe-marks")
-    from campaignd.stores.redis import RedisHotStore
-    password = settings.redis.password.get_secret_value() if settings.redis.password else None
-    store = RedisHotStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix,
-                                   password=password)
-    try:
-        with anyio.fail_after(5):
-            await store.ping()
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            await store.close()
-        raise StartupError(f"cannot reach Redis at {make_url_safe(settings.redis.url)}: "
-                           f"{_short(exc)}; start Redis or set redis.url = \"\" for the "
-                           "in-memory hot store") from None
-    return store
-
-
-def make_url_safe(url: str) -> str:
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def run_daemon(settings: Settings) -> int:

@@ -63,7 +63,7 @@ async def read_status(settings: Settings, *, timeout: float = 3.0) -> dict[str, 
 async def _read_record(settings: Settings) -> tuple[dict[str, Any], datetime] | None:
     from sqlalchemy.engine import make_url
 
-    from campaignd.daemon import database_url
+    from campaignd.stores.opening import database_url
     from campaignd.stores.sql.repository import SqlStore
     url = make_url(settings.database.url)
     if url.get_backend_name() == "sqlite" and (

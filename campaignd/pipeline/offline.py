@@ -106,8 +106,8 @@ class OfflineIngest:
         """Each campaign's totals before this run (``added`` = now minus these)."""
 
     async def __aenter__(self) -> OfflineIngest:
-        from campaignd.daemon import open_hot_store, open_sql
         from campaignd.status import STATUS_STALE_S
+        from campaignd.stores.opening import open_hot_store, open_sql
         from campaignd.stores.sql.repository import spec_from_dict
 
         self.sql = await open_sql(self.settings)
