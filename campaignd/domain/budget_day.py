@@ -93,15 +93,6 @@ class BudgetDay:
         local = date.fromordinal(day + _EPOCH_ORDINAL)
         return self._midnight(local), self._midnight(local + timedelta(days=1))
 
-    def elapsed(self, epoch_s: float) -> float:
-        """The share of the day holding ``epoch_s`` that is past (0 at midnight)."""
-        start, end, _ = self.span(epoch_s)
-        return (epoch_s - start) / (end - start)
-
-    def local_date(self, when: datetime) -> date:
-        """The local calendar date of ``when``."""
-        return when.astimezone(self._zone).date()
-
     def _midnight(self, local: date) -> int:
         # Midnight may not exist on a DST change (a few zones change at 00:00): fold=0 then
         # names the first instant of the day after the gap, which is what starts the day.

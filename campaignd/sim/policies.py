@@ -292,7 +292,8 @@ class ThompsonPolicy:
         """Per cell: the share of its supply of the budget day of ``now`` already past."""
         ts = now.timestamp()
         start, end, _ = self._ctx.budget_day.span(ts)
-        if start % 86_400 == 0 and end - start == 86_400:  # a day from UTC midnight
+        if start % 86_400 == 0 and end - start == 86_400:
+            # a day from UTC midnight: the arithmetic of before, so UTC runs stay bit-identical
             t = now.astimezone(UTC)
             h = t.hour
             frac = (t.minute * 60 + t.second + t.microsecond / 1e6) / 3600
