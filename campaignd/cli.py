@@ -463,9 +463,43 @@ def sandbox_serve(
                        fix="e.g. --push-url http://127.0.0.1:8471/beeswax/events")
     logs.configure("INFO", "auto")
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(functools.partial(serve_standalone, scenario, port=port, host=host, seed=seed,
-                                    time_scale=time_scale, start=start_at, push_url=push_url,
-                                    push_token=push_token, account_timezone=account_timezone))
+        anyio.run(_until_signalled, functools.partial(
+            serve_standalone, scenario, port=port, host=host, seed=seed, time_scale=time_scale,
+            start=start_at, push_url=push_url, push_token=push_token,
+            account_timezone=account_timezone))
+
+
+async def _until_signalled(serve: Callable[[], Awaitable[None]],
+                           deadline_s: float = 10.0) -> None:
+    """Run ``serve`` until SIGINT or SIGTERM, then stop it by cancelling it (uvicorn shuts down,
+    the ticker stops) -- as the daemon does, instead of relying on asyncio's SIGINT handling,
+    which cancels the main task natively (a cancellation anyio's task groups can take for their
+    own) and leaves SIGTERM to kill the process mid-response. A second signal during the
+    shutdown gets the default action (a second Ctrl-C quits at once), and a shutdown still
+    running ``deadline_s`` later ends the process with exit code 1."""
+    import signal
+    import threading
+
+    from anyio.abc import TaskStatus
+
+    from campaignd.logs import get_logger
+
+    async with anyio.create_task_group() as tg:
+        async def watch(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for signum in signals:
+                    get_logger("campaignd.sandbox").info(
+                        "shutting down", signal=signal.Signals(signum).name)
+                    timer = threading.Timer(deadline_s, os._exit, args=(1,))
+                    timer.daemon = True
+                    timer.start()
+                    tg.cancel_scope.cancel()
+                    return
+
+        await tg.start(watch)
+        await serve()
+        tg.cancel_scope.cancel()
 
 
 @app.command()
