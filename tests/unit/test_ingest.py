@@ -16,6 +16,7 @@ from campaignd.clock import VirtualClock
 from campaignd.domain.campaign import atomize
 from campaignd.domain.cells import METRIC_INDEX
 from campaignd.metrics import Metrics
+from campaignd.pipeline import ingest as ingest_module
 from campaignd.pipeline import schema as s
 from campaignd.pipeline.ingest import Pipeline
 from campaignd.pipeline.registry import Registry
@@ -267,11 +268,13 @@ def test_lag_quantiles() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 60), dup_idx=st.lists(st.integers(0, 10_000), max_size=40),
-       split=st.lists(st.integers(1, 50), min_size=1, max_size=6), seed=st.integers(0, 999))
+       split=st.lists(st.integers(1, 50), min_size=1, max_size=6), seed=st.integers(0, 999),
+       chunk=st.sampled_from([1, 3, 7, ingest_module.PREPARE_CHUNK]))
 def test_counts_do_not_depend_on_duplicates_order_or_batching(
-        seed_spec, n: int, dup_idx: list[int], split: list[int], seed: int) -> None:  # type: ignore[no-untyped-def]
-    """Property: whatever the redeliveries, their order and the batch boundaries, the counts
-    are those of the distinct events."""
+        seed_spec, n: int, dup_idx: list[int], split: list[int], seed: int,  # type: ignore[no-untyped-def]
+        chunk: int) -> None:
+    """Property: whatever the redeliveries, their order, the batch boundaries and the chunks a
+    batch is prepared in, the counts are those of the distinct events."""
     cells = atomize(seed_spec)
     events = []
     for i in range(n):
@@ -298,7 +301,12 @@ def test_counts_do_not_depend_on_duplicates_order_or_batching(
             k += 1
         return table.matrix.copy()
 
-    m = asyncio.run(run())
+    default = ingest_module.PREPARE_CHUNK
+    ingest_module.PREPARE_CHUNK = chunk
+    try:
+        m = asyncio.run(run())
+    finally:
+        ingest_module.PREPARE_CHUNK = default
     assert int(m[METRIC_INDEX["impressions"]].sum()) == n
     assert int(m[METRIC_INDEX["starts"]].sum()) == n // 2
     assert int(m[METRIC_INDEX["conversions"]].sum()) == (n + 4) // 5
@@ -341,3 +349,28 @@ async def test_batch_decoding_keeps_messages_and_payloads_aligned(setup) -> None
     assert r.accepted == 1
     assert pipe.take_flush().letters == [("malformed_json", two), ("malformed_json", b" \n ")]
     assert int(table.counts["impressions"].sum()) == 5
+
+
+async def test_a_batch_prepared_in_chunks_keeps_payloads_and_positions_aligned(
+        setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A live batch is decoded and classified a chunk at a time: a bad payload sends only its
+    chunk down the one-by-one path, its letter carries its own payload, and every event keeps
+    its own stream position (a batch read again at the same positions -- a restart before
+    the commit -- is new again; at other positions it is duplicates)."""
+    monkeypatch.setattr(ingest_module, "PREPARE_CHUNK", 2)
+    pipe, table, _ = setup
+    batch = [imp(1), b"{broken", imp(2), act(2, "START"), imp(3, price="-5"), imp(4), imp(5)]
+    positions = list(range(100, 107))
+    r = await pipe.ingest(batch, positions)
+    assert (r.read, r.accepted, r.duplicates) == (7, 5, 0)
+    assert sorted(pipe.take_flush().letters) == [("bad_money", batch[4]),
+                                                 ("malformed_json", b"{broken")]
+    # the same deliveries read again, in other batches and chunks (as after a restart)
+    monkeypatch.setattr(ingest_module, "PREPARE_CHUNK", 3)
+    r1 = await pipe.ingest(batch[:4], positions[:4])
+    r2 = await pipe.ingest(batch[4:], positions[4:])
+    assert (r1.accepted + r2.accepted, r1.duplicates + r2.duplicates) == (5, 0)
+    r = await pipe.ingest(batch, range(200, 207))  # redeliveries
+    assert (r.accepted, r.duplicates) == (0, 5)
+    assert int(table.counts["impressions"].sum()) == 8
+    assert int(table.counts["starts"].sum()) == 2
