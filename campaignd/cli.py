@@ -475,31 +475,58 @@ async def _until_signalled(serve: Callable[[], Awaitable[None]],
     the ticker stops) -- as the daemon does, instead of relying on asyncio's SIGINT handling,
     which cancels the main task natively (a cancellation anyio's task groups can take for their
     own) and leaves SIGTERM to kill the process mid-response. A second signal during the
-    shutdown gets the default action (a second Ctrl-C quits at once), and a shutdown still
-    running ``deadline_s`` later ends the process with exit code 1."""
+    shutdown ends the process at once (exit 128 + the signal's number: 130 for a second
+    Ctrl-C), and so does a shutdown still running ``deadline_s`` later (exit 1). What ``serve``
+    raises comes out as itself, not inside the task group's exception group."""
     import signal
     import threading
 
     from anyio.abc import TaskStatus
 
+    from campaignd.errors import leaves
     from campaignd.logs import get_logger
 
-    async with anyio.create_task_group() as tg:
-        async def watch(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                task_status.started()
-                async for signum in signals:
-                    get_logger("campaignd.sandbox").info(
-                        "shutting down", signal=signal.Signals(signum).name)
-                    timer = threading.Timer(deadline_s, os._exit, args=(1,))
-                    timer.daemon = True
-                    timer.start()
-                    tg.cancel_scope.cancel()
-                    return
+    log = get_logger("campaignd.sandbox")
+    timer: threading.Timer | None = None
 
-        await tg.start(watch)
-        await serve()
-        tg.cancel_scope.cancel()
+    def now(code: int, message: str, **fields: Any) -> None:
+        log.error(message, **fields)
+        sys.stderr.flush()
+        os._exit(code)
+
+    async def watch(serving: anyio.CancelScope, *,
+                    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        nonlocal timer
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if timer is not None:
+                    now(128 + signum, "second signal during the shutdown; exiting now",
+                        signal=name)
+                log.info("shutting down", signal=name)
+                timer = threading.Timer(deadline_s, now, args=(
+                    1, "shutdown overran its deadline; exiting now"),
+                    kwargs={"deadline_s": deadline_s})
+                timer.daemon = True
+                timer.start()
+                serving.cancel()  # the watcher stays: a second signal must still be heard
+
+    try:
+        async with anyio.create_task_group() as tg:
+            serving = anyio.CancelScope()
+            await tg.start(watch, serving)
+            with serving:
+                await serve()
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        errors = list(leaves(group))
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 @app.command()

@@ -20,7 +20,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +38,7 @@ from campaignd.decisions import DecisionService
 from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
 from campaignd.domain.cells import CellSnapshot, CellTable
-from campaignd.errors import BadInput, CampaigndError, StartupError, StorageError
+from campaignd.errors import BadInput, CampaigndError, StartupError, StorageError, leaves
 from campaignd.metrics import Metrics
 from campaignd.pipeline.registry import Registry
 from campaignd.scheduling import JobSpec, RunRecord, Supervisor
@@ -624,7 +623,7 @@ def run_daemon(settings: Settings) -> int:
     try:
         code = anyio.run(Daemon(settings).run)
     except Exception as exc:
-        errors = list(_leaves(exc))
+        errors = list(leaves(exc))
         ours = [e for e in errors if isinstance(e, CampaigndError)]
         if not ours or len(ours) < len(errors):
             raise
@@ -633,15 +632,6 @@ def run_daemon(settings: Settings) -> int:
                       else "campaignd failed", error=str(e))
         code = 2 if all(isinstance(e, BadInput) for e in ours) else 1
     return exit_promptly(code)
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
-    if isinstance(exc, BaseExceptionGroup):
-        for e in exc.exceptions:
-            yield from _leaves(e)
-    else:
-        yield exc
 
 
 def exit_promptly(code: int, grace_s: float = 2.0) -> int:

@@ -7,7 +7,7 @@ carry whether a retry can help, so callers never parse messages to decide.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 
@@ -124,3 +124,13 @@ class DSPRejected(DSPError):
 
 class DSPNotFound(DSPError):
     """The object does not exist on the DSP (HTTP 404)."""
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``exc`` itself: what failed inside
+    an anyio task group, which always raises a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from leaves(e)
+    else:
+        yield exc

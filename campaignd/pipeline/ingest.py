@@ -271,8 +271,10 @@ class Pipeline:
                 msgs, kept, kept_pos = Classifier.decode(
                     raws[i:i + PREPARE_CHUNK],
                     positions[i:i + PREPARE_CHUNK] if positions is not None else None, out)
-                newest = max(newest, self._classify(msgs, kept, kept_pos, out, now_us))
+                newest = max(newest, self._classify(msgs, kept, kept_pos, out, now_us,
+                                                    rotate=False))
                 del msgs, kept  # freed now, while still in cache
+            self.classifier.context.rotate()  # once per batch, however it was split
             return Prepared(out, n, positions is not None, newest)
 
     def prepare_messages(self, msgs: Sequence[AdLogMessage],
@@ -284,7 +286,8 @@ class Pipeline:
             return Prepared(out, len(msgs), positions is not None, newest)
 
     def _classify(self, msgs: Sequence[AdLogView], raws: Sequence[bytes | str],
-                  positions: Sequence[int] | None, out: Classified, now_us: int) -> int:
+                  positions: Sequence[int] | None, out: Classified, now_us: int, *,
+                  rotate: bool = True) -> int:
         """Classify decoded messages into ``out``; returns the newest accepted event time."""
         reference_us = now_us
         if self.reference == "stream":
@@ -294,7 +297,7 @@ class Pipeline:
             self.high_water_us = max(self.high_water_us, newest)
             reference_us = self.high_water_us
         return self.classifier.classify(msgs, raws, positions, now_us=now_us,
-                                        reference_us=reference_us, out=out)
+                                        reference_us=reference_us, out=out, rotate=rotate)
 
     async def complete(self, prep: Prepared) -> BatchResult:
         """Dedupe against the hot store's marks and aggregate; record the refused events."""

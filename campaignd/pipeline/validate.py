@@ -170,8 +170,12 @@ class Classifier:
 
     def classify(self, msgs: Sequence[AdLogView], raws: Sequence[bytes | str],
                  positions: Sequence[int] | None, *, now_us: int, reference_us: int,
-                 out: Classified) -> int:
+                 out: Classified, rotate: bool = True) -> int:
         """Append accepted events to ``out`` (refused ones to ``out.letters``).
+
+        ``rotate=False`` leaves the impression context's generation change to the caller
+        (``ImpressionContext.rotate``), e.g. once per batch classified in several calls, so
+        that how a batch is split does not change which impressions stay findable.
 
         ``now_us`` bounds future timestamps; ``reference_us`` is the time the at-least-once
         window counts back from (the clock for a live feed, the newest event seen for a replayed
@@ -348,7 +352,8 @@ class Classifier:
             codes.append(code)
             values.append(value)
             zkeys.append(zk)
-        ctx.rotate()
+        if rotate:
+            ctx.rotate()
         mism = out.mismatches
         for dim, n in (("zip", off_zip), ("daypart", off_hours), ("platform", off_platform),
                        ("device", off_device)):

@@ -61,9 +61,8 @@ def true_value_per_dollar() -> dict[str, float]:
 
 
 def test_live_mode_moves_budget_toward_the_truly_better_cells(tmp_path: Path) -> None:
-    # 22.5 market minutes per second and a reallocation every 2 s (45 market minutes a cycle):
-    # about a market day and a half
-    with DaemonProcess(tmp_path, time_scale=1350, reallocation_s=2.0, monitor_s=5.0) as d:
+    # 15 market minutes per second and a reallocation every 3 s: about a market day and a half
+    with DaemonProcess(tmp_path, time_scale=900, reallocation_s=3.0, monitor_s=5.0) as d:
         st = d.wait_running()
         base = st["dsp"]["base_url"]
 

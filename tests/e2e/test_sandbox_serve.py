@@ -85,3 +85,47 @@ def test_sandbox_serve_rejects_an_unknown_account_time_zone() -> None:
     assert r.returncode == 2
     assert "--account-timezone" in r.stderr and "America/New_York" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_sandbox_serve_on_a_busy_port_exits_1_naming_it() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "campaignd", "sandbox", "serve", "--scenario",
+                            str(ROOT / "config" / "scenarios" / "seed.toml"), "--port",
+                            str(port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr[-4000:]
+    assert f"127.0.0.1:{port}" in r.stderr and "pick another port" in r.stderr
+    assert "Traceback" not in r.stderr and "ExceptionGroup" not in r.stderr
+
+
+def test_a_second_ctrl_c_during_the_shutdown_quits_at_once() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "campaignd", "sandbox", "serve", "--scenario",
+         str(ROOT / "config" / "scenarios" / "seed.toml"), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGND_")})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/rest/v2/line-items", timeout=5,
+                          trust_env=False)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "did not start"
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=15)
+        # the second Ctrl-C ends the process at once (exit 130, or killed by SIGINT once the
+        # shutdown is over and Python's default handler is back), or finds it already done
+        assert proc.returncode in (0, 130, -signal.SIGINT), err[-4000:]
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -374,3 +374,58 @@ async def test_a_batch_prepared_in_chunks_keeps_payloads_and_positions_aligned(
     assert (r.accepted, r.duplicates) == (0, 5)
     assert int(table.counts["impressions"].sum()) == 8
     assert int(table.counts["starts"].sum()) == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), chunk=st.integers(1, 9), capacity=st.integers(2, 60),
+       batch=st.integers(5, 40), seed=st.integers(0, 999))
+def test_a_chunked_batch_is_prepared_exactly_as_a_whole_one(
+        seed_spec, n: int, chunk: int, capacity: int, batch: int, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """Property: preparing live batches in chunks gives the same accepted columns (keys,
+    positions, cells, ZIP keys found through the impression context), the same letters and
+    mismatch counts, and the same impression context afterwards, as preparing them whole --
+    whatever the chunk size and however small the context (it changes generation once a
+    batch either way). Activities, clicks and auction-only conversions look their impression
+    up across chunk boundaries; str payloads and bad ones send their chunk down the
+    one-by-one path."""
+    cells = atomize(seed_spec)
+    zips = ("10001", "60614", "75034", "99999")
+    events: list[bytes | str] = []
+    for i in range(n):
+        events.append(imp(i, li=100 + i % 5, zip_code=zips[i % 4], bundle="com.hulu.plus"))
+        events.append(act(i, "COMPLETE", li=100 + i % 5))
+        if i % 3 == 0:
+            events.append(click(i, li=100 + i % 5))
+        if i % 4 == 0:
+            events.append(conv(f"c{i}", li=None, n=i))
+        if i % 7 == 3:
+            events.append(b"{not json")
+        if i % 11 == 5:
+            events.append(act(i, "START", li=100 + i % 5).decode())
+    rng = random.Random(seed)
+    for j in range(len(events) - 1, 0, -1):  # a local shuffle: lookups stay near their impression
+        k = max(0, j - rng.randrange(6))
+        events[j], events[k] = events[k], events[j]
+
+    def prepared(chunk_size: int) -> tuple[list[object], object]:
+        registry = Registry()
+        registry.add_campaign(seed_spec, cells)
+        registry.register(seed_spec.id, {100 + i: c.cell_id for i, c in enumerate(cells[:5])})
+        clock = VirtualClock(NOW)
+        pipe = Pipeline(registry, InMemoryHotStore(clock), clock=clock,
+                        context_capacity=capacity)
+        default = ingest_module.PREPARE_CHUNK
+        ingest_module.PREPARE_CHUNK = chunk_size
+        try:
+            outs = []
+            for at in range(0, len(events), batch):
+                o = pipe.prepare(events[at:at + batch], range(at, min(at + batch, len(events))))
+                outs.append((o.out.keys, o.out.positions, o.out.slots, o.out.codes,
+                             o.out.values, o.out.zip_keys, o.out.usecs,
+                             sorted(o.out.letters), dict(o.out.mismatches), o.newest_us))
+        finally:
+            ingest_module.PREPARE_CHUNK = default
+        ctx = pipe.classifier.context
+        return outs, (ctx.new, ctx.old)
+
+    assert prepared(chunk) == prepared(10**9)
