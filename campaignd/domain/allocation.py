@@ -76,7 +76,8 @@ class CellPosterior:
     """Central credible interval at ``level``."""
     cost_per_trial: np.ndarray
     value_per_dollar: np.ndarray
-    """Posterior-mean value per money unit (rate x value per success / cost per trial)."""
+    """Posterior-mean value per money unit (rate x value per success / cost per trial; the
+    cell's own rate, with the allocator's ``spill`` and ``rate_scale``)."""
     proven: np.ndarray
     level: float
 
@@ -116,7 +117,18 @@ class Allocator:
     first -- chosen per allocation as the cell the group's knapsack funds in most draws
     (``group_choice="mode"``) or in one random draw (``"sample"``); the other cells of the
     group keep their lower and cut-limit bounds only, and the exploration floor goes to the
-    chosen cells of groups not yet proven.
+    chosen cells of groups not yet proven; ``spill`` [0.0]: the share of every cell's
+    successes that last-touch attribution credits to it although other cells caused them (a
+    converting user saw the cell's ad last), spread over the cells in proportion to their
+    trials -- the credited rate is then about ``(1 - spill) x own + spill x pooled``, which
+    makes cheap, poor cells look better per money unit than they are, so the allocator ranks
+    ``(credited - spill x pooled) / (1 - spill)`` instead (the share cannot be told apart from
+    smaller effects in the counts: it comes from the attribution's path data).
+
+    ``rate_scale`` (attribute, default ``None``): a per-cell multiplier of the modelled rate
+    when allocating and assessing, for callers that observe trials scaled by a known factor --
+    e.g. ``ThompsonPolicy`` with creative fatigue: trials count at the strength their
+    impressions had, and a cell's rate is scaled by the wear its creative has reached.
 
     ``assess`` / ``risk_of`` / ``expected_gain`` compare two allocations on joint posterior
     draws (the decision engine's "risk that a change hurts" and "expected impact").
@@ -131,7 +143,7 @@ class Allocator:
                  priors: Mapping[str, Prior | tuple[float, float]] | None = None,
                  groups: Sequence[object] | None = None,
                  exploration_scale: float = 1.0, one_cell_per_group: bool = False,
-                 group_choice: str = "mode") -> None:
+                 group_choice: str = "mode", spill: float = 0.0) -> None:
         if draws < 1:
             raise ValueError(f"draws must be >= 1, got {draws}")
         if not 0.0 <= explore_fraction <= 1.0:
@@ -151,6 +163,9 @@ class Allocator:
         if not exploration_scale >= 0:
             raise ValueError(f"exploration_scale must be >= 0, got {exploration_scale}")
         self.exploration_scale = exploration_scale
+        if not 0.0 <= spill < 1.0:
+            raise ValueError(f"spill must be in [0, 1), got {spill}")
+        self.spill = spill
         if group_choice not in ("mode", "sample"):
             raise ValueError(f"group_choice must be 'mode' or 'sample', got {group_choice!r}")
         self.one_cell_per_group = one_cell_per_group
@@ -170,6 +185,9 @@ class Allocator:
             ids: dict[object, int] = {}
             self._groups = np.array([ids.setdefault(g, len(ids)) for g in groups],
                                     dtype=np.int64)
+        self.rate_scale: np.ndarray | None = None
+        """Optional per-cell multiplier of the modelled rate when allocating (e.g. the creative
+        fatigue a cell's creative has reached, when the trials observed were scaled by it)."""
         self.trials = np.zeros(n)
         self.successes = np.zeros(n)
         self.spend = np.zeros(n)
@@ -213,6 +231,28 @@ class Allocator:
             self._value_seen = True
         self._dirty = True
         self._cost = None
+
+    def forget(self, cells: np.ndarray, keep: float) -> None:
+        """Keep only ``keep`` (in [0, 1]) of everything observed so far of the cells in the
+        mask ``cells`` -- e.g. when their rate has changed (``LevelChangeDetector``)."""
+        mask = np.asarray(cells, dtype=bool)
+        if mask.shape != (self.n_cells,):
+            raise ValueError(f"cells: need one flag per cell ({self.n_cells}), got shape "
+                             f"{mask.shape}")
+        if not 0.0 <= keep <= 1.0:
+            raise ValueError(f"keep must be in [0, 1], got {keep}")
+        for arr in (self.trials, self.successes, self.spend, self.value):
+            arr[mask] *= keep
+        self._dirty = True
+        self._cost = None
+
+    def expected_successes(self, trials: np.ndarray) -> np.ndarray:
+        """Per cell: the successes (as credited, at full strength) the posterior mode expects
+        of ``trials`` more trials."""
+        t = self._vec(trials, "trials")
+        self._fit()
+        out: np.ndarray = t * _sigmoid(self.model.eta())
+        return out
 
     def _vec(self, x: np.ndarray | Sequence[float], name: str) -> np.ndarray:
         a = np.asarray(x, dtype=float)
@@ -293,9 +333,11 @@ class Allocator:
             1 - 2 * _sigmoid(eta)) * sd**2
         mean = np.clip(mean, 0.0, 1.0)
         cost = self.cost_per_trial()[idx]
+        own = mean if self.spill <= 0 and self.rate_scale is None else np.clip(
+            self._own_rate(eta, idx), 0.0, 1.0)
         return CellPosterior(self.trials[idx].copy(), self.successes[idx].copy(), mean,
                              _sigmoid(eta - z * sd), _sigmoid(eta + z * sd), cost,
-                             mean * self._value_per_success() / cost, self.proven()[idx],
+                             own * self._value_per_success() / cost, self.proven()[idx],
                              level)
 
     def effects(self) -> dict[str, float]:
@@ -340,8 +382,8 @@ class Allocator:
             return ChangeAssessment(0.0, 0.0, 0.0, 0.0, draws)
         self._fit()
         eta = self.model.draw_eta(self._risk_rng, draws)[:, live]
-        per_money = _sigmoid(eta) * (self._value_per_success()
-                                     / self.cost_per_trial()[live])[None, :]
+        per_money = self._own_rate(eta, live) * (self._value_per_success()
+                                                 / self.cost_per_trial()[live])[None, :]
         gain = per_money @ delta[live]
         lo, hi = np.quantile(gain, [0.5 - level / 2, 0.5 + level / 2])
         return ChangeAssessment(float(np.mean(gain < 0)), float(gain.mean()), float(lo),
@@ -441,8 +483,20 @@ class Allocator:
         if self.exploration_scale != 1.0:
             mode = self.model.eta()[live]
             eta = mode[None, :] + self.exploration_scale * (eta - mode[None, :])
-        out: np.ndarray = _sigmoid(eta) / self.cost_per_trial()[live][None, :]
+        out: np.ndarray = self._own_rate(eta, live) / self.cost_per_trial()[live][None, :]
         return out
+
+    def _own_rate(self, eta: np.ndarray, live: np.ndarray | slice) -> np.ndarray:
+        """The rate a cell itself yields now, from (draws of) the linear predictor of its
+        credited rate at full strength: without the spill of last-touch credit (``spill``),
+        times ``rate_scale``."""
+        p: np.ndarray = _sigmoid(eta)
+        if self.spill > 0:
+            q = self.spill
+            p = np.maximum(p - q * self.pooled_rate(), 1e-3 * p) / (1.0 - q)
+        if self.rate_scale is not None:
+            p = p * self.rate_scale[live]
+        return p
 
     def _choose_cells(self, rest: float, room: np.ndarray) -> np.ndarray:
         """One cell per group (mask): the cell the group's knapsack funds most often over the

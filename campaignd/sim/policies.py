@@ -21,6 +21,7 @@ Policies here:
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ import numpy as np
 from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import OBJECTIVE_COUNTER, CampaignSpec, Cell
 from campaignd.domain.capacity import CapacityModel
+from campaignd.domain.changes import LevelChangeDetector
 
 if TYPE_CHECKING:
     from campaignd.domain.allocation import Allocator
@@ -185,6 +187,22 @@ class ThompsonPolicy:
     Cut limits (``max_cut_per_cycle``, ``max_cut_per_day``) are off by default here: the
     sandbox DSP has none, and a cut limit keeps a group's previous line item bidding next to
     the new one (splitting the group's supply). Set them for a DSP that limits cuts.
+
+    Off by default (measured in BENCHMARKS.md, "The thompson policy", sixth session; they need
+    facts about the campaign that the counts cannot give):
+
+    - ``fatigue_half_life`` (impressions) and ``fatigue_floor``: creative fatigue per
+      (creative, audience) -- a rate falls to ``floor + (1 - floor) x 2^(-shown /
+      half-life)`` of its fresh value, ``shown`` being the impressions of that creative to that
+      audience so far. Trials count at the strength they had (their cost per impression
+      unchanged) and a cell's rate is scaled by the wear reached (``Allocator.rate_scale``), so
+      the model learns fresh rates and needs no discounting for fatigue.
+    - ``spill``: the share of credited conversions that last-touch attribution moved from the
+      line item that caused them (``Allocator``'s ``spill``).
+    - ``change_threshold`` (with ``change_up``, ``change_down``, ``change_keep``): per-level
+      change detection (``campaignd.domain.changes.LevelChangeDetector``) on the successes
+      observed against those the model expected; a level that changed keeps ``change_keep`` of
+      its cells' history. The last levels and times are in ``changed``.
     """
 
     name = "thompson"
@@ -198,7 +216,11 @@ class ThompsonPolicy:
                  interaction_sd: float = 0.3, residual_sd: float = 0.05,
                  capacity_margin: float = 1.3, capacity_groups: float = 4.0,
                  capacity_tolerance: float = 0.15, capacity_optimism: float = 0.5,
-                 one_cell_per_group: bool = True, group_choice: str = "mode") -> None:
+                 one_cell_per_group: bool = True, group_choice: str = "mode",
+                 fatigue_half_life: float | None = None, fatigue_floor: float = 0.5,
+                 spill: float = 0.0, change_threshold: float | None = None,
+                 change_keep: float = 0.3, change_up: float = 2.0,
+                 change_down: float = 0.5) -> None:
         from campaignd.domain.allocation import Allocator
 
         self._ctx = ctx
@@ -216,8 +238,27 @@ class ThompsonPolicy:
                                 exploration_scale=exploration_scale, main_sd=main_sd,
                                 interaction_sd=interaction_sd, residual_sd=residual_sd,
                                 one_cell_per_group=one_cell_per_group,
-                                group_choice=group_choice)
+                                group_choice=group_choice, spill=spill)
         self.replan_seconds = replan_seconds
+        if fatigue_half_life is not None and not fatigue_half_life > 0:
+            raise ValueError(f"fatigue_half_life must be positive impressions or None, got "
+                             f"{fatigue_half_life!r}")
+        if not 0.0 <= fatigue_floor < 1.0:
+            raise ValueError(f"fatigue_floor must be in [0, 1), got {fatigue_floor!r}")
+        if not 0.0 <= change_keep <= 1.0:
+            raise ValueError(f"change_keep must be in [0, 1], got {change_keep!r}")
+        self.fatigue_half_life = fatigue_half_life
+        self.fatigue_floor = fatigue_floor
+        self._changes: LevelChangeDetector | None = None
+        if change_threshold is not None:
+            self._changes = LevelChangeDetector([c.levels() for c in cells], up=change_up,
+                                                down=change_down, threshold=change_threshold)
+        self.change_keep = change_keep
+        self.changed: deque[tuple[datetime, tuple[str, str]]] = deque(maxlen=100)
+        """The last 100 levels whose rate changed, and when (their history was forgotten)."""
+        pairs: dict[tuple[str, str], int] = {}
+        self._wear_key = np.array([pairs.setdefault((c.creative, c.audience), len(pairs))
+                                   for c in cells], dtype=np.int64)
         self.half_life_hours = half_life_hours
         delayed = ctx.objective in ("conversions", "revenue")
         self.delay_hours = conversion_delay_hours if delayed else 0.0
@@ -352,6 +393,17 @@ class ThompsonPolicy:
         self._last, self._last_at = obs, now
         return budgets.copy()
 
+    def _wear(self, obs: Observations) -> np.ndarray:
+        """Per cell: the creative fatigue its (creative, audience) has reached, from the
+        impressions shown so far: floor + (1 - floor) x 2^(-impressions / half-life)."""
+        assert self.fatigue_half_life
+        k = self._wear_key
+        exposure = np.bincount(k, obs.impressions.astype(float), minlength=int(k.max()) + 1)
+        f = self.fatigue_floor + (1.0 - self.fatigue_floor) * np.exp2(
+            -exposure / self.fatigue_half_life)
+        out: np.ndarray = f[k]
+        return out
+
     def _learn(self, obs: Observations, now: datetime, new_day: bool) -> None:
         last, last_at = self._last, self._last_at
         assert last is not None and last_at is not None
@@ -373,6 +425,19 @@ class ThompsonPolicy:
             trials, spend = d_imps, d_spend
         discount = 0.5 ** (dt_h / self.half_life_hours) if self.half_life_hours > 0 else 1.0
         value = d_value if self._ctx.objective == "revenue" else None
+        if self.fatigue_half_life:
+            wear = self._wear(obs)
+            # trials at full strength: what the impressions were worth against the unworn rate
+            # (their cost stays per impression)
+            trials, spend = trials * wear, spend * wear
+        if self._changes is not None:
+            levels = self._changes.update(np.maximum(d_succ, 0.0), self._alloc.expected_successes(
+                np.maximum(trials, 0.0)))
+            if levels:
+                self._alloc.forget(self._changes.cells_of(levels), self.change_keep)
+                self.changed.extend((now, lvl) for lvl in levels)
+        if self.fatigue_half_life:
+            self._alloc.rate_scale = wear
         self._alloc.observe(np.maximum(trials, 0.0), np.maximum(d_succ, 0.0),
                             spend=np.maximum(spend, 0.0), value=value, discount=discount)
         if new_day:

@@ -49,6 +49,9 @@ def problems(draw: st.DrawFn) -> dict[str, object]:
         "groups": draw(st.booleans()),
         "one_cell": draw(st.booleans()),
         "seed": draw(st.integers(0, 3)),
+        "spill": draw(st.sampled_from([0.0, 0.26, 0.9])),
+        "scale": (np.array(draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)))
+                  if draw(st.booleans()) else None),
     }
 
 
@@ -61,7 +64,8 @@ def test_allocation_respects_budget_capacity_bounds_cuts_and_floor(p: dict) -> N
     alloc = Allocator(cells, seed=p["seed"], draws=8, max_cut_per_cycle=p["cut"],
                       explore_fraction=p["explore"],
                       groups=[c["a"] for c in cells] if p["groups"] else None,
-                      one_cell_per_group=one_cell)
+                      one_cell_per_group=one_cell, spill=p["spill"])
+    alloc.rate_scale = p["scale"]
     alloc.observe(p["trials"], p["successes"], spend=p["spend"])
     budget = p["budget"]
     cap = p["capacity"] if p["capacity"] is not None else np.full(n, np.inf)
@@ -324,3 +328,52 @@ def test_posterior_of_some_cells_equals_theirs_in_the_whole() -> None:
     for field in ("trials", "successes", "rate_mean", "rate_low", "rate_high",
                   "cost_per_trial", "value_per_dollar", "proven"):
         np.testing.assert_allclose(getattr(part, field), getattr(whole, field)[some])
+
+
+def test_spill_of_last_touch_credit_is_taken_out_before_ranking() -> None:
+    # a cheap cell credited 0.6 % and a dear one credited 1 %: per money unit the cheap one
+    # looks better (0.006 / 0.5 > 0.010 / 1.0); with 40 % of every credit spilled over from
+    # the pooled 0.8 %, the own rates are (0.006 - 0.0032) / 0.6 and (0.010 - 0.0032) / 0.6,
+    # and the dear one wins (0.0093 / 0.5 < 0.0113 / 1.0)
+    cells = [{"a": "cheap"}, {"a": "dear"}]
+    trials = np.array([500_000.0, 500_000.0])
+    succ = np.array([3_000.0, 5_000.0])
+    spend = trials * np.array([0.5, 1.0])
+    plain = Allocator(cells, seed=0, explore_fraction=0.0, exploration_scale=0.0,
+                      max_cut_per_cycle=None)
+    spilled = Allocator(cells, seed=0, explore_fraction=0.0, exploration_scale=0.0,
+                        max_cut_per_cycle=None, spill=0.4)
+    for a in (plain, spilled):
+        a.observe(trials, succ, spend=spend)
+    cap = np.array([60.0, 60.0])
+    assert plain.allocate(100.0, cap)[0] == pytest.approx(60.0)
+    assert spilled.allocate(100.0, cap)[1] == pytest.approx(60.0)
+    post = spilled.posterior()
+    assert post.value_per_dollar[1] > post.value_per_dollar[0]
+    assert post.rate_mean[0] == pytest.approx(0.006, rel=0.05)  # the evidence: as credited
+    with pytest.raises(ValueError, match="spill"):
+        Allocator(cells, spill=1.0)
+
+
+def test_rate_scale_forget_and_expected_successes() -> None:
+    cells = grid(a=2, b=2)
+    alloc = Allocator(cells, seed=0, explore_fraction=0.0, exploration_scale=0.0,
+                      max_cut_per_cycle=None)
+    alloc.observe(np.full(4, 1e5), np.array([300.0, 300.0, 100.0, 100.0]),
+                  spend=np.full(4, 1e3))
+    exp = alloc.expected_successes(np.full(4, 1e4))
+    assert exp == pytest.approx([30.0, 30.0, 10.0, 10.0], rel=0.05)
+    cap = np.full(4, 40.0)
+    assert alloc.allocate(80.0, cap)[:2] == pytest.approx([40.0, 40.0])
+    # the first two cells' creative is worn to a fifth of its strength: the others now win
+    alloc.rate_scale = np.array([0.2, 0.2, 1.0, 1.0])
+    assert alloc.allocate(80.0, cap)[2:] == pytest.approx([40.0, 40.0])
+    # forgetting keeps a share of the chosen cells' history only
+    alloc.forget(np.array([True, False, False, False]), 0.25)
+    assert alloc.trials == pytest.approx([2.5e4, 1e5, 1e5, 1e5])
+    assert alloc.successes == pytest.approx([75.0, 300.0, 100.0, 100.0])
+    assert alloc.spend == pytest.approx([250.0, 1e3, 1e3, 1e3])
+    with pytest.raises(ValueError, match="keep"):
+        alloc.forget(np.ones(4, dtype=bool), 1.5)
+    with pytest.raises(ValueError, match="cells"):
+        alloc.forget(np.ones(3, dtype=bool), 0.5)

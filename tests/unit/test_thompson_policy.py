@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,7 +43,8 @@ class _Recorder:
 
 
 def _run(hours: float, *, seed: int, daily: int, lifetime: int,
-         decision_seconds: int = 600, zone: str = "UTC") -> tuple[_Recorder, np.ndarray]:
+         decision_seconds: int = 600, zone: str = "UTC",
+         **options: Any) -> tuple[_Recorder, np.ndarray]:
     sc = load_scenario(SEED)
     spec = sc.campaign
     cells = atomize(spec)
@@ -52,18 +54,25 @@ def _run(hours: float, *, seed: int, daily: int, lifetime: int,
     market = Market(sc, seed=seed, start=start, account_timezone=zone)
     for cfg in line_item_configs(spec, cells, 0):
         market.configure(cfg)
-    rec = _Recorder(ThompsonPolicy(ctx, replan_seconds=1200))
+    rec = _Recorder(ThompsonPolicy(ctx, replan_seconds=1200, **options))
     trace = run_policy(market, rec, ctx, start=start, end=start + timedelta(hours=hours),
                        decision_seconds=decision_seconds)
     assert trace.totals is not None
     return rec, trace.totals
 
 
-@pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
-def test_thompson_never_asks_beyond_the_daily_or_lifetime_budget(zone: str) -> None:
+WORN = {"fatigue_half_life": 150_000.0, "spill": 0.26, "half_life_hours": 0.0,
+        "change_threshold": 8.0}
+"""The options that are off by default, all on."""
+
+
+@pytest.mark.parametrize(("zone", "options"), [("UTC", {}), ("America/New_York", {}),
+                                               ("UTC", WORN)])
+def test_thompson_never_asks_beyond_the_daily_or_lifetime_budget(
+        zone: str, options: dict[str, Any]) -> None:
     daily = 2_500_000_000
     lifetime = 3_000_000_000  # binds during the second day
-    rec, totals = _run(14, seed=2, daily=daily, lifetime=lifetime, zone=zone)
+    rec, totals = _run(14, seed=2, daily=daily, lifetime=lifetime, zone=zone, **options)
     spent_before = np.zeros(totals.shape[1], dtype=np.int64)
     for obs, budgets in rec.seen:
         assert budgets.dtype == np.int64 and budgets.shape == obs.spent_today_micros.shape
@@ -118,3 +127,37 @@ def test_the_share_of_the_day_past_counts_from_the_accounts_midnight() -> None:
     assert np.allclose(ny._elapsed(shape, fall), 0.0)
     assert np.allclose(ny._elapsed(shape, fall + timedelta(hours=25, seconds=-1)), 1.0,
                        atol=1e-3)
+
+
+def test_creative_fatigue_counts_trials_at_the_strength_they_had() -> None:
+    sc = load_scenario(SEED)
+    cells = atomize(sc.campaign)
+    ctx = PolicyContext(sc.campaign, cells, 10**12, 2_500_000_000, seed=1)
+    pol = ThompsonPolicy(ctx, fatigue_half_life=1_000.0, fatigue_floor=0.4)
+    n = len(cells)
+    imps = np.zeros(n, dtype=np.int64)
+    first = cells[0]
+    same = [i for i, c in enumerate(cells)
+            if (c.creative, c.audience) == (first.creative, first.audience)]
+    other = next(i for i, c in enumerate(cells) if c.creative != first.creative)
+    # 2,000 impressions of the first cell's creative to its audience, over two of its cells
+    imps[same[0]], imps[same[1]] = 1_500, 500
+    z = np.zeros(n, dtype=np.int64)
+    obs = Observations(sc.default_start, tuple(c.cell_id for c in cells), imps, z, z, z, z, z,
+                       z, z, z, z)
+    wear = pol._wear(obs)
+    # two half-lives: 0.4 + 0.6 / 4, the same for every cell of that creative and audience
+    assert wear[same] == pytest.approx(0.55)
+    assert wear[other] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("option", "value"), [("fatigue_half_life", 0.0),
+                                               ("fatigue_floor", 1.0), ("spill", -0.1),
+                                               ("change_keep", 2.0), ("change_up", 0.9)])
+def test_bad_options_name_themselves(option: str, value: float) -> None:
+    sc = load_scenario(SEED)
+    ctx = PolicyContext(sc.campaign, atomize(sc.campaign), 10**12, 2_500_000_000, seed=1)
+    extra = {"change_threshold": 8.0} if option.startswith("change") else {}
+    with pytest.raises(ValueError, match=option.split("_")[-1] if option == "change_up"
+                       else option):
+        ThompsonPolicy(ctx, **{option: value}, **extra)
