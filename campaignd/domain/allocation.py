@@ -117,18 +117,18 @@ class Allocator:
     first -- chosen per allocation as the cell the group's knapsack funds in most draws
     (``group_choice="mode"``) or in one random draw (``"sample"``); the other cells of the
     group keep their lower and cut-limit bounds only, and the exploration floor goes to the
-    chosen cells of groups not yet proven; ``spill`` [0.0]: the share of every cell's
-    successes that last-touch attribution credits to it although other cells caused them (a
-    converting user saw the cell's ad last), spread over the cells in proportion to their
-    trials -- the credited rate is then about ``(1 - spill) x own + spill x pooled``, which
-    makes cheap, poor cells look better per money unit than they are, so the allocator ranks
-    ``(credited - spill x pooled) / (1 - spill)`` instead (the share cannot be told apart from
-    smaller effects in the counts: it comes from the attribution's path data).
+    chosen cells of groups not yet proven; ``spill`` [0.0]: the share of every cell's own
+    successes that last-touch attribution credits to other cells (a converting user saw
+    another line item's ad last), which land on the cells in proportion to their trials -- the
+    credited rate is then about ``(1 - spill) x own + spill x pooled``, which makes cheap, poor
+    cells look better per money unit than they are, so the allocator ranks ``(credited - spill
+    x pooled) / (1 - spill)`` instead (the share cannot be told apart from smaller effects in
+    the counts: it comes from the attribution's path data).
 
-    ``rate_scale`` (attribute, default ``None``): a per-cell multiplier of the modelled rate
-    when allocating and assessing, for callers that observe trials scaled by a known factor --
-    e.g. ``ThompsonPolicy`` with creative fatigue: trials count at the strength their
-    impressions had, and a cell's rate is scaled by the wear its creative has reached.
+    ``observe(..., strength=)`` and ``rate_scale`` (attribute, default ``None``): for trials of
+    a known strength -- e.g. ``ThompsonPolicy`` with creative fatigue: trials count at the
+    strength their impressions had, the model learns rates at full strength, and a cell's rate
+    is scaled by the wear its creative has reached when allocating and assessing.
 
     ``assess`` / ``risk_of`` / ``expected_gain`` compare two allocations on joint posterior
     draws (the decision engine's "risk that a change hurts" and "expected impact").
@@ -185,10 +185,9 @@ class Allocator:
             ids: dict[object, int] = {}
             self._groups = np.array([ids.setdefault(g, len(ids)) for g in groups],
                                     dtype=np.int64)
-        self.rate_scale: np.ndarray | None = None
-        """Optional per-cell multiplier of the modelled rate when allocating (e.g. the creative
-        fatigue a cell's creative has reached, when the trials observed were scaled by it)."""
+        self._rate_scale: np.ndarray | None = None
         self.trials = np.zeros(n)
+        self._strong: np.ndarray | None = None  # trials x their strength, once one was given
         self.successes = np.zeros(n)
         self.spend = np.zeros(n)
         self.value = np.zeros(n)
@@ -208,26 +207,38 @@ class Allocator:
 
     def observe(self, trials: np.ndarray, successes: np.ndarray, *,
                 spend: np.ndarray | None = None, value: np.ndarray | None = None,
-                discount: float = 1.0) -> None:
+                discount: float = 1.0, strength: np.ndarray | None = None) -> None:
         """Add per-cell counts since the last call (floats allowed: e.g. delay-adjusted trials).
 
         ``spend``: money spent on those trials (enables value per dollar); ``value``: total value
         of those successes (e.g. revenue); ``discount`` in (0, 1]: first multiply everything
-        observed so far by it (forgetting, for markets that drift)."""
+        observed so far by it (forgetting, for markets that drift); ``strength``: per cell, the
+        share of its full rate these trials had (e.g. the creative fatigue they were shown at):
+        the model then learns rates at full strength, and ``rate_scale`` says what they are
+        now (costs and the pooled rate stay per trial)."""
         t = self._vec(trials, "trials")
         s = self._vec(successes, "successes")
+        sp = None if spend is None else self._vec(spend, "spend")
+        v = None if value is None else self._vec(value, "value")
+        st = None if strength is None else self._vec(strength, "strength")
         if not 0.0 < discount <= 1.0:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
+        if st is not None and self._strong is None:
+            self._strong = self.trials.copy()  # what came before counted at full strength
         if discount != 1.0:
             for arr in (self.trials, self.successes, self.spend, self.value):
                 arr *= discount
+            if self._strong is not None:
+                self._strong *= discount
+        if self._strong is not None:
+            self._strong += t if st is None else t * st
         self.trials += t
         self.successes += s
-        if spend is not None:
-            self.spend += self._vec(spend, "spend")
+        if sp is not None:
+            self.spend += sp
             self._spend_seen = True
-        if value is not None:
-            self.value += self._vec(value, "value")
+        if v is not None:
+            self.value += v
             self._value_seen = True
         self._dirty = True
         self._cost = None
@@ -243,16 +254,31 @@ class Allocator:
             raise ValueError(f"keep must be in [0, 1], got {keep}")
         for arr in (self.trials, self.successes, self.spend, self.value):
             arr[mask] *= keep
+        if self._strong is not None:
+            self._strong[mask] *= keep
         self._dirty = True
         self._cost = None
 
-    def expected_successes(self, trials: np.ndarray) -> np.ndarray:
-        """Per cell: the successes (as credited, at full strength) the posterior mode expects
-        of ``trials`` more trials."""
+    def expected_successes(self, trials: np.ndarray,
+                           strength: np.ndarray | None = None) -> np.ndarray:
+        """Per cell: the successes (as credited) the posterior mode expects of ``trials`` more
+        trials at ``strength`` (default: full strength; see ``observe``)."""
         t = self._vec(trials, "trials")
+        if strength is not None:
+            t = t * self._vec(strength, "strength")
         self._fit()
         out: np.ndarray = t * _sigmoid(self.model.eta())
         return out
+
+    @property
+    def rate_scale(self) -> np.ndarray | None:
+        """Optional per-cell multiplier of the modelled (full-strength) rate when allocating
+        and assessing: the strength the cells' trials have now (see ``observe``)."""
+        return self._rate_scale
+
+    @rate_scale.setter
+    def rate_scale(self, scale: np.ndarray | None) -> None:
+        self._rate_scale = None if scale is None else self._vec(scale, "rate_scale").copy()
 
     def _vec(self, x: np.ndarray | Sequence[float], name: str) -> np.ndarray:
         a = np.asarray(x, dtype=float)
@@ -265,7 +291,8 @@ class Allocator:
 
     def _fit(self) -> None:
         if self._dirty:
-            self.model.fit(self.trials, self.successes)
+            self.model.fit(self.trials if self._strong is None else self._strong,
+                           self.successes)
             self._dirty = False
 
     # --- estimates -----------------------------------------------------------------------------
@@ -333,8 +360,7 @@ class Allocator:
             1 - 2 * _sigmoid(eta)) * sd**2
         mean = np.clip(mean, 0.0, 1.0)
         cost = self.cost_per_trial()[idx]
-        own = mean if self.spill <= 0 and self.rate_scale is None else np.clip(
-            self._own_rate(eta, idx), 0.0, 1.0)
+        own = np.clip(self._own(mean, idx), 0.0, 1.0)
         return CellPosterior(self.trials[idx].copy(), self.successes[idx].copy(), mean,
                              _sigmoid(eta - z * sd), _sigmoid(eta + z * sd), cost,
                              own * self._value_per_success() / cost, self.proven()[idx],
@@ -487,15 +513,17 @@ class Allocator:
         return out
 
     def _own_rate(self, eta: np.ndarray, live: np.ndarray | slice) -> np.ndarray:
-        """The rate a cell itself yields now, from (draws of) the linear predictor of its
-        credited rate at full strength: without the spill of last-touch credit (``spill``),
-        times ``rate_scale``."""
-        p: np.ndarray = _sigmoid(eta)
+        return self._own(_sigmoid(eta), live)
+
+    def _own(self, p: np.ndarray, live: np.ndarray | slice) -> np.ndarray:
+        """The rate a cell itself yields now, from (draws of) its credited rate at full
+        strength ``p``: times ``rate_scale`` (the strength now), less the spill of last-touch
+        credit (``spill``), which follows impressions, not strength."""
+        if self._rate_scale is not None:
+            p = p * self._rate_scale[live]
         if self.spill > 0:
             q = self.spill
             p = np.maximum(p - q * self.pooled_rate(), 1e-3 * p) / (1.0 - q)
-        if self.rate_scale is not None:
-            p = p * self.rate_scale[live]
         return p
 
     def _choose_cells(self, rest: float, room: np.ndarray) -> np.ndarray:

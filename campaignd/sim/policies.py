@@ -425,21 +425,24 @@ class ThompsonPolicy:
             trials, spend = d_imps, d_spend
         discount = 0.5 ** (dt_h / self.half_life_hours) if self.half_life_hours > 0 else 1.0
         value = d_value if self._ctx.objective == "revenue" else None
-        if self.fatigue_half_life:
-            wear = self._wear(obs)
-            # trials at full strength: what the impressions were worth against the unworn rate
-            # (their cost stays per impression)
-            trials, spend = trials * wear, spend * wear
+        # the strength of these trials: the wear their creative had reached (at the end of the
+        # interval: a little low for trials that matured from earlier impressions)
+        wear = self._wear(obs) if self.fatigue_half_life else None
+        trials = np.maximum(trials, 0.0)
         if self._changes is not None:
-            levels = self._changes.update(np.maximum(d_succ, 0.0), self._alloc.expected_successes(
-                np.maximum(trials, 0.0)))
+            # a change is a departure from what was learnt: only proven cells take part (an
+            # unproven cell's expectation is the prior's)
+            known = self._alloc.proven()
+            levels = self._changes.update(
+                np.where(known, np.maximum(d_succ, 0.0), 0.0),
+                np.where(known, self._alloc.expected_successes(trials, wear), 0.0))
             if levels:
                 self._alloc.forget(self._changes.cells_of(levels), self.change_keep)
                 self.changed.extend((now, lvl) for lvl in levels)
-        if self.fatigue_half_life:
+        self._alloc.observe(trials, np.maximum(d_succ, 0.0), spend=np.maximum(spend, 0.0),
+                            value=value, discount=discount, strength=wear)
+        if wear is not None:
             self._alloc.rate_scale = wear
-        self._alloc.observe(np.maximum(trials, 0.0), np.maximum(d_succ, 0.0),
-                            spend=np.maximum(spend, 0.0), value=value, discount=discount)
         if new_day:
             return  # spent today restarted: this interval says nothing clean about capacity
         shape = self._shape(now)

@@ -333,8 +333,8 @@ def test_posterior_of_some_cells_equals_theirs_in_the_whole() -> None:
 def test_spill_of_last_touch_credit_is_taken_out_before_ranking() -> None:
     # a cheap cell credited 0.6 % and a dear one credited 1 %: per money unit the cheap one
     # looks better (0.006 / 0.5 > 0.010 / 1.0); with 40 % of every credit spilled over from
-    # the pooled 0.8 %, the own rates are (0.006 - 0.0032) / 0.6 and (0.010 - 0.0032) / 0.6,
-    # and the dear one wins (0.0093 / 0.5 < 0.0113 / 1.0)
+    # the pooled 0.8 %, the own rates are (0.006 - 0.0032) / 0.6 = 0.0047 and
+    # (0.010 - 0.0032) / 0.6 = 0.0113, and the dear one wins (0.0047 / 0.5 < 0.0113 / 1.0)
     cells = [{"a": "cheap"}, {"a": "dear"}]
     trials = np.array([500_000.0, 500_000.0])
     succ = np.array([3_000.0, 5_000.0])
@@ -377,3 +377,23 @@ def test_rate_scale_forget_and_expected_successes() -> None:
         alloc.forget(np.ones(4, dtype=bool), 1.5)
     with pytest.raises(ValueError, match="cells"):
         alloc.forget(np.ones(3, dtype=bool), 0.5)
+
+
+def test_trials_of_a_known_strength_teach_the_full_strength_rate() -> None:
+    cells = grid(a=2)
+    alloc = Allocator(cells, seed=0, interactions=False, residual_sd=0.01)
+    alloc.observe(np.full(2, 1e5), np.array([100.0, 100.0]))
+    # then at half strength (a worn creative): 50 successes of 1e5 trials is the same rate
+    alloc.observe(np.full(2, 1e5), np.array([50.0, 50.0]), strength=np.full(2, 0.5),
+                  discount=0.5)
+    assert alloc.trials == pytest.approx([1.5e5, 1.5e5])  # costs and pooling: per trial
+    assert alloc._strong == pytest.approx([1e5, 1e5])     # the model: at full strength
+    assert alloc.posterior().rate_mean == pytest.approx([1e-3, 1e-3], rel=0.05)
+    assert alloc.expected_successes(np.full(2, 1e4), np.full(2, 0.5)) == pytest.approx(
+        [5.0, 5.0], rel=0.05)
+    alloc.forget(np.array([True, False]), 0.5)
+    assert alloc._strong == pytest.approx([5e4, 1e5])
+    with pytest.raises(ValueError, match="strength"):
+        alloc.observe(np.ones(2), np.zeros(2), strength=np.array([-1.0, 1.0]))
+    with pytest.raises(ValueError, match="rate_scale"):
+        alloc.rate_scale = np.ones(3)

@@ -161,3 +161,63 @@ def test_bad_options_name_themselves(option: str, value: float) -> None:
     with pytest.raises(ValueError, match=option.split("_")[-1] if option == "change_up"
                        else option):
         ThompsonPolicy(ctx, **{option: value}, **extra)
+
+
+def _feed(pol: ThompsonPolicy, cells: list[Any], steps: int, rate: Any,
+          start: datetime) -> list[Observations]:
+    """Drive ``pol`` with 10-minute observations: every cell buys 1,000 impressions for
+    $20 per step and converts at ``rate(step, cells)`` (conversions reported at once)."""
+    n = len(cells)
+    rng = np.random.default_rng(5)
+    imps = np.zeros(n, dtype=np.int64)
+    spend = np.zeros(n, dtype=np.int64)
+    conv = np.zeros(n, dtype=np.int64)
+    seen = []
+    for k in range(steps):
+        now = start + timedelta(minutes=10 * k)
+        z = np.zeros(n, dtype=np.int64)
+        obs = Observations(now, tuple(c.cell_id for c in cells), imps.copy(), spend.copy(), z,
+                           z, z, z, conv.copy(), z, spend.copy(), np.full(n, 10**10))
+        pol.decide(obs, now)
+        seen.append(obs)
+        imps += 1_000
+        spend += 20_000_000
+        conv += rng.poisson(1_000 * rate(k, cells))
+    return seen
+
+
+def test_a_platform_that_stops_converting_is_found_and_its_history_forgotten() -> None:
+    sc = load_scenario(SEED)
+    cells = atomize(sc.campaign)
+    ctx = PolicyContext(sc.campaign, cells, 10**15, 2_500_000_000, seed=1)
+    pol = ThompsonPolicy(ctx, replan_seconds=600, conversion_delay_hours=0.0,
+                         half_life_hours=0.0, change_threshold=8.0)
+    hulu = np.array([c.platform == "hulu" for c in cells])
+
+    def rate(k: int, _cells: list[Any]) -> np.ndarray:
+        return np.where(hulu & (k >= 60), 0.0002, 0.002)
+
+    _feed(pol, cells, 90, rate, sc.default_start)
+    levels = [lvl for _, lvl in pol.changed]
+    assert ("platform", "hulu") in levels
+    assert levels[0] == ("platform", "hulu")  # nothing before the drop
+    # hulu's old history was forgotten: it has fewer trials behind it than the others
+    trials = pol.allocator.trials
+    assert trials[hulu].mean() < 0.8 * trials[~hulu].mean()
+
+
+def test_creative_fatigue_scales_the_trials_the_model_learns_from() -> None:
+    sc = load_scenario(SEED)
+    cells = atomize(sc.campaign)
+    ctx = PolicyContext(sc.campaign, cells, 10**15, 2_500_000_000, seed=1)
+    pol = ThompsonPolicy(ctx, replan_seconds=600, conversion_delay_hours=0.0,
+                         half_life_hours=0.0, fatigue_half_life=20_000.0)
+    seen = _feed(pol, cells, 12, lambda k, c: np.full(len(c), 0.002), sc.default_start)
+    alloc = pol.allocator
+    wear = pol._wear(seen[-1])
+    assert alloc.rate_scale == pytest.approx(wear)
+    assert wear.max() < 1.0  # every (creative, audience) has been shown by now
+    # the model's trials count at the strength they had: fewer than the impressions
+    strong = alloc._strong
+    assert strong is not None
+    assert (strong < alloc.trials).all() and (strong > wear * alloc.trials - 1e-6).all()
