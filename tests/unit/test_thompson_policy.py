@@ -186,18 +186,23 @@ def _feed(pol: ThompsonPolicy, cells: list[Any], steps: int, rate: Any,
     return seen
 
 
-def test_a_platform_that_stops_converting_is_found_and_its_history_forgotten() -> None:
+def _undiscounted(**options: Any) -> tuple[ThompsonPolicy, list[Any], datetime]:
+    """A policy with conversions reported at once and no discounting, its cells and start."""
     sc = load_scenario(SEED)
     cells = atomize(sc.campaign)
     ctx = PolicyContext(sc.campaign, cells, 10**15, 2_500_000_000, seed=1)
-    pol = ThompsonPolicy(ctx, replan_seconds=600, conversion_delay_hours=0.0,
-                         half_life_hours=0.0, change_threshold=8.0)
+    return (ThompsonPolicy(ctx, replan_seconds=600, conversion_delay_hours=0.0,
+                           half_life_hours=0.0, **options), cells, sc.default_start)
+
+
+def test_a_platform_that_stops_converting_is_found_and_its_history_forgotten() -> None:
+    pol, cells, start = _undiscounted(change_threshold=8.0)
     hulu = np.array([c.platform == "hulu" for c in cells])
 
     def rate(k: int, _cells: list[Any]) -> np.ndarray:
         return np.where(hulu & (k >= 60), 0.0002, 0.002)
 
-    _feed(pol, cells, 90, rate, sc.default_start)
+    _feed(pol, cells, 90, rate, start)
     levels = [lvl for _, lvl in pol.changed]
     assert ("platform", "hulu") in levels
     assert levels[0] == ("platform", "hulu")  # nothing before the drop
@@ -207,12 +212,8 @@ def test_a_platform_that_stops_converting_is_found_and_its_history_forgotten() -
 
 
 def test_creative_fatigue_scales_the_trials_the_model_learns_from() -> None:
-    sc = load_scenario(SEED)
-    cells = atomize(sc.campaign)
-    ctx = PolicyContext(sc.campaign, cells, 10**15, 2_500_000_000, seed=1)
-    pol = ThompsonPolicy(ctx, replan_seconds=600, conversion_delay_hours=0.0,
-                         half_life_hours=0.0, fatigue_half_life=20_000.0)
-    seen = _feed(pol, cells, 12, lambda k, c: np.full(len(c), 0.002), sc.default_start)
+    pol, cells, start = _undiscounted(fatigue_half_life=20_000.0)
+    seen = _feed(pol, cells, 12, lambda k, c: np.full(len(c), 0.002), start)
     alloc = pol.allocator
     wear = pol._wear(seen[-1])
     assert alloc.rate_scale == pytest.approx(wear)
