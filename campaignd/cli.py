@@ -549,6 +549,10 @@ def simulate(
     no_engine: Annotated[bool, typer.Option(
         "--no-engine", help="Diagnostic: apply thompson's budgets directly, without the "
                             "decision engine's rules.")] = False,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="A policy option as KEY=VALUE (repeatable), e.g. -o "
+                               "fatigue_half_life=400000 -o spill=0 (README, 'Budget "
+                               "allocation').")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the agents on a virtual clock against the market and compare with the oracle."""
@@ -557,7 +561,8 @@ def simulate(
         raise BadInput("must be greater than 0", field="--days", value=days)
     result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
                             policy=policy, report_html=report, events=events,
-                            engine=not no_engine)
+                            engine=not no_engine,
+                            policy_options=parse_options(option or [], "--option"))
     if json_out:
         print_json(result)
         return
@@ -567,6 +572,33 @@ def simulate(
         if not isinstance(v, dict | list):
             t.add_row(k, str(v))
     out.print(t)
+
+
+def parse_options(pairs: list[str], flag: str) -> dict[str, object]:
+    """``KEY=VALUE`` pairs to a dict; values are numbers, true/false, none, or text."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key or not raw:
+            raise BadInput("must be KEY=VALUE", field=flag, value=pair,
+                           fix="e.g. -o fatigue_half_life=400000")
+        value: object
+        low = raw.lower()
+        if low in ("none", "null"):
+            value = None
+        elif low in ("true", "false"):
+            value = low == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        out[key] = value
+    return out
 
 
 def limit_math_threads() -> None:

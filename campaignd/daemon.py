@@ -120,9 +120,7 @@ class Daemon:
         self.reallocation = BudgetReallocationAgent(
             policy=d.policy, seed=settings.dsp.sandbox.seed,
             decision_seconds=int(settings.agents.reallocation_s),
-            policy_options={"max_cut_per_cycle": d.max_cut_per_cycle,
-                            "max_cut_per_day": d.max_cut_per_day}
-            if d.policy == "thompson" else None,
+            policy_options=d.thompson_options() if d.policy == "thompson" else None,
             budget_day=self.registry.budget_day)
         self.decisions: DecisionService | None = None
         self.executor: Any = None  # ActionExecutor, built in _start_dsp

@@ -209,9 +209,40 @@ class DecisionSettings(_Section):
     max_cut_per_day: float | None = Field(
         None, ge=0, le=1, description="largest cut of a line item's budget per day (DV360 "
                                       "allows 0.2; unset: no limit)")
+    fatigue_half_life: int = Field(
+        0, ge=0, description="impressions of one creative to one audience after which "
+                                   "its rates have lost half of what fatigue can take (0: "
+                                   "assume no creative fatigue)")
+    fatigue_floor: float = Field(0.5, ge=0, le=1, description="the share of a creative's "
+                                                              "rates that fatigue never takes")
+    attribution_spill: float = Field(
+        0.0, ge=0, lt=1, description="share of a line item's credited conversions that "
+                                     "last-touch attribution took from another line item the "
+                                     "user saw (0: every conversion credited to its cause)")
+    conversion_delay_h: float = Field(
+        3.0, ge=0, description="mean hours from an impression to its conversion (impressions "
+                               "count as trials as they mature; clicks and views: none)")
+    history_half_life_h: float = Field(
+        24.0, ge=0, description="hours after which old counts weigh half, for markets that "
+                                "drift and creatives that wear out (0: keep them all)")
+    change_threshold: float = Field(
+        0.0, ge=0, description="evidence (log-likelihood ratio) that a level's rate changed "
+                               "before its history is mostly forgotten (0: no change "
+                               "detection)")
     audit_retention_days: int = Field(
         180, ge=1, description="finished actions older than this move from SQL to the audit "
                                "archive (Parquet under parquet_dir/audit)")
+
+    def thompson_options(self) -> dict[str, Any]:
+        """The ``thompson`` budget policy's options from these settings."""
+        return {"max_cut_per_cycle": self.max_cut_per_cycle,
+                "max_cut_per_day": self.max_cut_per_day,
+                "fatigue_half_life": self.fatigue_half_life or None,
+                "fatigue_floor": self.fatigue_floor,
+                "spill": self.attribution_spill,
+                "half_life_hours": self.history_half_life_h,
+                "conversion_delay_hours": self.conversion_delay_h,
+                "change_threshold": self.change_threshold or None}
 
 
 class HTTPSettings(_Section):

@@ -11,7 +11,9 @@ caps on top, as the DSP would).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -26,15 +28,18 @@ BEESWAX_REQUESTS_PER_CYCLE = 1200
 
 
 class DecidingPolicy:
-    """See the module docstring. ``inner``: the agent's budget policy."""
+    """See the module docstring. ``inner``: the agent's budget policy, built with
+    ``options``."""
 
     def __init__(self, ctx: PolicyContext, *, inner: str = "thompson",
-                 rules: DecisionRules | None = None) -> None:
+                 rules: DecisionRules | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
         self.name = inner
         self._ctx = ctx
         self.agent = BudgetReallocationAgent(policy=inner, seed=ctx.seed,
                                              decision_seconds=ctx.decision_seconds,
-                                             budget_day=ctx.budget_day)
+                                             budget_day=ctx.budget_day,
+                                             policy_options=options)
         self.agent.add_campaign(ctx.spec, ctx.cells)
         self.engine = DecisionEngine(rules or DecisionRules(
             max_requests=BEESWAX_REQUESTS_PER_CYCLE))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -297,15 +298,21 @@ class SimulationResult:
 def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = None,
              days: float, seed: int, policy: str = "uniform",
              decision_seconds: int = DECISION_SECONDS, oracle: bool = True,
-             events: bool = False, engine: bool = True) -> SimulationResult:
+             events: bool = False, engine: bool = True,
+             policy_options: Mapping[str, Any] | None = None) -> SimulationResult:
     """Run a policy (and the oracle) and return the report with the traces behind it.
 
     ``thompson`` runs the daemon's decision path (``DecidingPolicy``: the reallocation agent,
     then the decision engine with the daemon's rules); ``engine=False`` applies its budgets
-    directly instead (a diagnostic: what the engine's rules cost or gain)."""
+    directly instead (a diagnostic: what the engine's rules cost or gain). ``policy_options``:
+    the policy's keyword options (e.g. ``fatigue_half_life`` for ``thompson``)."""
     wall0 = time.perf_counter()
     if not days > 0:
         raise BadInput("must be positive", field="days", value=days, fix="e.g. --days 7")
+    options = dict(policy_options or {})
+    if options and policy == "oracle":
+        raise BadInput("takes no options", field="policy", value=policy,
+                       fix="drop the policy options, or simulate another policy")
     scenario = load_scenario(scenario_path)
     spec = load_spec(campaign_path) if campaign_path is not None else scenario.campaign
     cells = atomize(spec)
@@ -330,9 +337,9 @@ def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = No
     else:
         if policy == "thompson" and engine:
             from campaignd.sim.deciding import DecidingPolicy
-            pol = DecidingPolicy(ctx)
+            pol = DecidingPolicy(ctx, options=options)
         else:
-            pol = make_policy(policy, ctx)
+            pol = make_policy(policy, ctx, **options)
         ptrace = run_policy(market, pol, ctx, start=start, end=end,
                             decision_seconds=decision_seconds, events=events)
     if oracle:
@@ -392,11 +399,15 @@ def _report(scenario: Scenario, spec: CampaignSpec, cells: list[Cell], policy: s
 def run_simulation(scenario_path: str | Path, *, campaign_path: str | Path | None = None,
                    days: float, seed: int, policy: str = "uniform",
                    report_html: Path | None = None, events: bool = False,
-                   engine: bool = True) -> dict[str, Any]:
+                   engine: bool = True,
+                   policy_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Simulate ``days`` of the campaign under ``policy`` against the scenario's market; return
     the JSON report (and write the HTML report to ``report_html`` if given)."""
     result = simulate(scenario_path, campaign_path=campaign_path, days=days, seed=seed,
-                      policy=policy, events=events, engine=engine)
+                      policy=policy, events=events, engine=engine,
+                      policy_options=policy_options)
+    if policy_options:
+        result.report["policy_options"] = dict(policy_options)
     if report_html is not None:
         from campaignd.sim.report import write_html_report
 

@@ -20,6 +20,7 @@ Policies here:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -489,18 +490,39 @@ POLICIES: dict[str, Callable[[PolicyContext], Policy]] = {
 }
 
 
+def policy_options(name: str) -> tuple[str, ...]:
+    """The keyword options a named policy takes."""
+    factory = POLICIES.get(name)
+    if factory is None:
+        return ()
+    return tuple(k for k, p in inspect.signature(factory).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 def make_policy(name: str, ctx: PolicyContext, **options: Any) -> Policy:
     """Build a named policy (``options``: its keyword options); ``oracle`` is built by the
-    driver (it needs the market's truth)."""
+    driver (it needs the market's truth). An unknown policy or option, or a bad option value,
+    raises ``BadInput`` naming it."""
+    from campaignd.errors import BadInput
+
     try:
         factory = POLICIES[name]
     except KeyError:
-        from campaignd.errors import BadInput
-
         raise BadInput("is not a known policy", field="policy", value=name,
                        fix=f"use one of {', '.join([*POLICIES, 'oracle'])}") from None
-    return factory(ctx, **options)
+    known = policy_options(name)
+    for key in options:
+        if key not in known:
+            raise BadInput(f"is not an option of the {name} policy", field=key,
+                           fix=f"use one of {', '.join(known)}" if known
+                           else f"the {name} policy takes no options")
+    try:
+        return factory(ctx, **options)
+    except (TypeError, ValueError) as e:
+        raise BadInput(str(e), field=f"{name} policy options",
+                       fix="see the option's description in README.md, 'Budget allocation'"
+                       ) from None
 
 
 __all__ = ["POLICIES", "Observations", "Policy", "PolicyContext", "SeedPolicy", "ThompsonPolicy",
-           "UniformPolicy", "equal_split", "make_policy"]
+           "UniformPolicy", "equal_split", "make_policy", "policy_options"]

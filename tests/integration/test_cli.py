@@ -143,6 +143,16 @@ def test_simulate_json_report_and_bad_input(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--days" in r.stderr
     r = cli("simulate", "--scenario", scenario, "--days", "1", "--policy", "best", timeout=60)
     assert r.returncode == 2 and "uniform" in r.stderr
+    # policy options: KEY=VALUE, named when unknown, malformed or out of range
+    r = cli("simulate", "--scenario", scenario, "--days", "0.1", "-o", "fatigue_half_life=none",
+            "-o", "spill=0", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["policy_options"] == {"fatigue_half_life": None, "spill": 0}
+    for bad, named in (("spil=0.2", "spil: is not an option of the thompson policy"),
+                       ("spill", "--option: must be KEY=VALUE"),
+                       ("spill=1.5", "spill must be in [0, 1)")):
+        r = cli("simulate", "--scenario", scenario, "--days", "1", "-o", bad, timeout=60)
+        assert r.returncode == 2 and named in r.stderr, (bad, r.stderr)
 
 
 def test_deadletter_list_and_show(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import atomize
 from campaignd.dsp.sandbox.market import Market
 from campaignd.dsp.sandbox.scenarios import load_scenario
+from campaignd.errors import BadInput
 from campaignd.sim.driver import line_item_configs, run_policy
 from campaignd.sim.policies import (
     POLICIES,
@@ -21,6 +22,7 @@ from campaignd.sim.policies import (
     PolicyContext,
     ThompsonPolicy,
     make_policy,
+    policy_options,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,3 +224,34 @@ def test_creative_fatigue_scales_the_trials_the_model_learns_from() -> None:
     strong = alloc._strong
     assert strong is not None
     assert (strong < alloc.trials).all() and (strong > wear * alloc.trials - 1e-6).all()
+
+
+def test_make_policy_names_an_unknown_option_or_a_bad_value() -> None:
+    sc = load_scenario(SEED)
+    ctx = PolicyContext(sc.campaign, atomize(sc.campaign), 10**12, 2_500_000_000, seed=1)
+    assert "fatigue_half_life" in policy_options("thompson")
+    assert policy_options("uniform") == ()
+    with pytest.raises(BadInput, match=r"fatigue_halflife: is not an option of the thompson "
+                                       r"policy; use one of .*fatigue_half_life"):
+        make_policy("thompson", ctx, fatigue_halflife=1000)
+    with pytest.raises(BadInput, match="spill must be in"):
+        make_policy("thompson", ctx, spill=1.0)
+    with pytest.raises(BadInput, match="the uniform policy takes no options"):
+        make_policy("uniform", ctx, spill=0.2)
+    assert isinstance(make_policy("thompson", ctx, spill=0.1, fatigue_half_life=None),
+                      ThompsonPolicy)
+
+
+def test_the_daemons_settings_give_the_policys_own_defaults() -> None:
+    """``[decision]`` mirrors the policy's defaults: a daemon left at its defaults runs the
+    policy ``campaignd simulate`` measures."""
+    from campaignd.settings import DecisionSettings
+
+    options = DecisionSettings().thompson_options()
+    params = inspect.signature(ThompsonPolicy).parameters
+    for key, value in options.items():
+        assert params[key].default == value, key
+    custom = DecisionSettings(fatigue_half_life=0, change_threshold=0,
+                              attribution_spill=0.3).thompson_options()
+    assert custom["fatigue_half_life"] is None and custom["change_threshold"] is None
+    assert custom["spill"] == 0.3
