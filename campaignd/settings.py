@@ -210,10 +210,10 @@ class DecisionSettings(_Section):
         None, ge=0, le=1, description="largest cut of a line item's budget per day (DV360 "
                                       "allows 0.2; unset: no limit)")
     fatigue_half_life: int = Field(
-        0, ge=0, description="impressions of one creative to one audience after which "
-                                   "its rates have lost half of what fatigue can take (0: "
-                                   "assume no creative fatigue)")
-    fatigue_floor: float = Field(0.5, ge=0, le=1, description="the share of a creative's "
+        0, ge=0, description="impressions of one creative to one audience after which its "
+                             "rates have lost half of what fatigue can take (0: assume no "
+                             "creative fatigue)")
+    fatigue_floor: float = Field(0.5, ge=0, lt=1, description="the share of a creative's "
                                                               "rates that fatigue never takes")
     attribution_spill: float = Field(
         0.0, ge=0, lt=1, description="share of a line item's credited conversions that "
