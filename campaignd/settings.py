@@ -222,6 +222,9 @@ class DecisionSettings(_Section):
     conversion_delay_h: float = Field(
         3.0, ge=0, description="mean hours from an impression to its conversion (impressions "
                                "count as trials as they mature; clicks and views: none)")
+    estimate_conversion_delay: bool = Field(
+        False, description="measure the conversion lag from when conversions arrive after "
+                           "delivery (conversion_delay_h is then the starting value)")
     history_half_life_h: float = Field(
         24.0, ge=0, description="hours after which old counts weigh half, for markets that "
                                 "drift and creatives that wear out (0: keep them all)")
@@ -242,6 +245,7 @@ class DecisionSettings(_Section):
                 "spill": self.attribution_spill,
                 "half_life_hours": self.history_half_life_h,
                 "conversion_delay_hours": self.conversion_delay_h,
+                "estimate_delay": self.estimate_conversion_delay,
                 "change_threshold": self.change_threshold or None}
 
 

@@ -245,6 +245,9 @@ class BudgetReallocationAgent(Agent):
                    "p_worse": risk}
         if assessment is not None:
             summary["gain_interval"] = [assessment.gain_low, assessment.gain_high]
+        delay = getattr(camp.policy, "delay_hours", None)
+        if delay:  # the conversion lag in use (measured, with estimate_delay)
+            summary["conversion_delay_hours"] = round(float(delay), 2)
         self.last[spec.id].update(summary)
         return Recommendation(
             agent=self.name, kind="budget_rebalance", campaign_id=spec.id, target=spec.id,

@@ -30,6 +30,7 @@ campaign, policy, seed and days give the same report except ``wall_seconds``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -388,12 +389,38 @@ def _report(scenario: Scenario, spec: CampaignSpec, cells: list[Cell], policy: s
         "oracle_clicks": int(ot[_T["clicks"]]),
         "oracle_spend": _money(ot[_T["spend_micros"]]),
         "capture_ratio": round(achieved / best, 4) if best > 0 else None,
+        "capture_by_day": _capture_by_day(p, o),
         "actions": dict(sorted(p.actions_by_kind.items())) or {"budget_change": 0},
         "decisions": p.decisions,
         "events": p.pipeline is not None,
         **({"pipeline": p.pipeline} if p.pipeline is not None else {}),
         "wall_seconds": round(wall, 3),
     }
+
+
+def _capture_by_day(p: RunTrace, o: RunTrace) -> list[float | None]:
+    """Per 24 hours of the run (the last one may be shorter): achieved ÷ oracle on the
+    objective over those hours, from the hourly samples (``None`` where the oracle got none).
+    The first day is the cost of learning from nothing; the later ones show how close the
+    policy gets once it has data."""
+    if not p.times or not o.times:
+        return []
+    start = p.times[0]
+
+    def at(trace: RunTrace, t: datetime) -> float:
+        i = bisect.bisect_right(trace.times, t) - 1  # the last sample at or before t
+        return trace.objective[max(i, 0)]
+
+    out: list[float | None] = []
+    day = timedelta(days=1)
+    t0 = start
+    while t0 < p.times[-1]:
+        t1 = min(t0 + day, p.times[-1])
+        got = at(p, t1) - at(p, t0)
+        best = at(o, t1) - at(o, t0)
+        out.append(round(got / best, 4) if best > 0 else None)
+        t0 = t1
+    return out
 
 
 def run_simulation(scenario_path: str | Path, *, campaign_path: str | Path | None = None,

@@ -34,6 +34,7 @@ from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import OBJECTIVE_COUNTER, CampaignSpec, Cell
 from campaignd.domain.capacity import CapacityModel
 from campaignd.domain.changes import LevelChangeDetector
+from campaignd.domain.lag import LagEstimator
 
 if TYPE_CHECKING:
     from campaignd.domain.allocation import Allocator
@@ -153,7 +154,9 @@ class ThompsonPolicy:
        ``half_life_hours`` (the market drifts and creatives fatigue). Conversions arrive after a
        delay, so impressions count as trials only as they mature: a pending pool releases them
        with an exponential delay of mean ``conversion_delay_hours`` (the campaign's conversion
-       lag, a setting; 0 for clicks and completed views).
+       lag, a setting; 0 for clicks and completed views). With ``estimate_delay`` the lag is
+       measured from the counts (``campaignd.domain.lag.LagEstimator``: when conversions arrive
+       after the delivery that the model expects them from), the setting being its prior.
     2. **Delivery shape.** Each (audience, daypart) pair buys at its own hours: its share of a
        day's supply by UTC hour is taken as uniform over the daypart's local hours in each of
        the audience's ZIPs' time zones (from the spec). ``F(t)`` = the share of today's supply
@@ -221,7 +224,7 @@ class ThompsonPolicy:
                  fatigue_half_life: float | None = None, fatigue_floor: float = 0.5,
                  spill: float = 0.0, change_threshold: float | None = None,
                  change_keep: float = 0.3, change_up: float = 2.0,
-                 change_down: float = 0.5) -> None:
+                 change_down: float = 0.5, estimate_delay: bool = False) -> None:
         from campaignd.domain.allocation import Allocator
 
         self._ctx = ctx
@@ -263,6 +266,9 @@ class ThompsonPolicy:
         self.half_life_hours = half_life_hours
         delayed = ctx.objective in ("conversions", "revenue")
         self.delay_hours = conversion_delay_hours if delayed else 0.0
+        self._lag: LagEstimator | None = None
+        if estimate_delay and self.delay_hours > 0:
+            self._lag = LagEstimator(self.delay_hours)
         self.capacity_growth = capacity_growth
         self.capacity_margin = capacity_margin
         self.capacity_tolerance = capacity_tolerance
@@ -414,6 +420,13 @@ class ThompsonPolicy:
                   - getattr(last, self._success_field)).astype(float)
         d_spend = (obs.spend_micros - last.spend_micros).astype(float)
         d_value = (obs.conversion_value_micros - last.conversion_value_micros).astype(float)
+        wear = self._wear(obs) if self.fatigue_half_life else None
+        if self._lag is not None:
+            # the conversions this interval's impressions will bring, by the model as it stands
+            self._lag.update(float(self._alloc.expected_successes(
+                np.maximum(d_imps, 0.0), wear).sum()), float(np.maximum(d_succ, 0.0).sum()),
+                dt_h)
+            self.delay_hours = self._lag.hours
         # impressions mature into trials as their conversions have had time to arrive
         if self.delay_hours > 0:
             e = math.exp(-dt_h / self.delay_hours)
@@ -428,7 +441,6 @@ class ThompsonPolicy:
         value = d_value if self._ctx.objective == "revenue" else None
         # the strength of these trials: the wear their creative had reached (at the end of the
         # interval: a little low for trials that matured from earlier impressions)
-        wear = self._wear(obs) if self.fatigue_half_life else None
         trials = np.maximum(trials, 0.0)
         if self._changes is not None:
             # a change is a departure from what was learnt: only proven cells take part (an

@@ -54,6 +54,8 @@ def test_a_restarted_agent_moves_budget_toward_the_better_cells_with_evidence(
             "after_micros", "why"} <= set(some)
     assert some["rate_low"] <= some["rate_mean"] <= some["rate_high"]
     assert rec.evidence["summary"]["cells_changed"] == len(new)
+    # the conversion lag the counts were matured with is part of the evidence
+    assert rec.evidence["summary"]["conversion_delay_hours"] == 3.0
 
 
 def test_nothing_is_recommended_without_the_budgets_in_force(seed_spec: CampaignSpec) -> None:

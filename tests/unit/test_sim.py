@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "config" / "scenarios" / "seed.toml"
 REPORT_KEYS = {"conversions", "conversion_value", "spend", "budget", "impressions", "clicks",
                "completed_views", "oracle_conversions", "oracle_conversion_value",
-               "capture_ratio", "actions", "wall_seconds", "scenario", "policy", "seed", "days",
-               "cells"}
+               "capture_ratio", "capture_by_day", "actions", "wall_seconds", "scenario", "policy",
+               "seed", "days", "cells"}
 
 
 @pytest.mark.parametrize("policy", ["uniform", "seed"])
@@ -50,6 +50,8 @@ def test_policies_run_and_report(policy: str) -> None:
     assert Decimal(rep["spend"]) <= Decimal(rep["budget"])
     assert rep["impressions"] > 0
     assert 0 < rep["capture_ratio"] <= 1.5
+    # a quarter of a day: one (short) day, the whole run
+    assert rep["capture_by_day"] == [pytest.approx(rep["capture_ratio"], abs=1e-4)]
     assert isinstance(rep["actions"], dict)
     if policy == "seed":
         assert rep["actions"]["budget_change"] > 0
@@ -201,3 +203,18 @@ def test_what_is_simulated_is_what_the_pipeline_counts() -> None:
     assert stats["dead_lettered"] == 0 and stats["duplicates"] == 0
     assert stats["outside_targeting"] == {}
     assert stats["ingested_by_kind"]["impression"] == runs[True].report["impressions"]
+
+
+def test_capture_by_day_splits_the_run_into_24_hour_windows() -> None:
+    from campaignd.sim.driver import RunTrace, _capture_by_day
+
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    times = [start + timedelta(hours=h) for h in range(0, 61)]  # 2.5 days, hourly samples
+    # the policy gets 1 an hour on day 1 and 3 an hour after; the oracle 4 an hour throughout
+    p = RunTrace(times=times, objective=[float(min(h, 24) + 3 * max(h - 24, 0))
+                                         for h in range(61)])
+    o = RunTrace(times=times, objective=[4.0 * h for h in range(61)])
+    assert _capture_by_day(p, o) == [0.25, 0.75, 0.75]
+    o_dead = RunTrace(times=times, objective=[0.0] * 61)
+    assert _capture_by_day(p, o_dead) == [None, None, None]
+    assert _capture_by_day(RunTrace(), RunTrace()) == []

@@ -255,3 +255,32 @@ def test_the_daemons_settings_give_the_policys_own_defaults() -> None:
                               attribution_spill=0.3).thompson_options()
     assert custom["fatigue_half_life"] is None and custom["change_threshold"] is None
     assert custom["spill"] == 0.3
+
+
+def test_the_conversion_lag_is_measured_from_the_market(tmp_path: Path) -> None:
+    """A market whose conversions arrive 6 h after the impression on average, a policy that
+    starts from the default 3 h: with ``estimate_delay`` it measures the lag from when the
+    conversions arrive after delivery (the market's truth is never read)."""
+    text = SEED.read_text().replace(
+        'campaign = "../campaigns/', f'campaign = "{SEED.parent.parent}/campaigns/')
+    text = text.replace("mean_hours = 3.0", "mean_hours = 6.0")
+    assert "mean_hours = 6.0" in text
+    path = tmp_path / "slow.toml"
+    path.write_text(text)
+    sc = load_scenario(path)
+    spec = sc.campaign
+    cells = atomize(spec)
+    ctx = PolicyContext(spec, cells, spec.lifetime_budget_micros, spec.daily_budget_micros,
+                        seed=1, decision_seconds=600)
+    start = sc.default_start
+    lags = {}
+    for estimate in (False, True):
+        market = Market(sc, seed=1, start=start)
+        for cfg in line_item_configs(spec, cells, 0):
+            market.configure(cfg)
+        pol = ThompsonPolicy(ctx, estimate_delay=estimate)
+        run_policy(market, pol, ctx, start=start, end=start + timedelta(hours=30),
+                   decision_seconds=600)
+        lags[estimate] = pol.delay_hours
+    assert lags[False] == 3.0
+    assert 4.5 < lags[True] < 8.0
