@@ -553,23 +553,33 @@ def simulate(
         "--option", "-o", help="A policy option as KEY=VALUE (repeatable), e.g. -o "
                                "fatigue_half_life=400000 -o spill=0 (README, 'Budget "
                                "allocation').")] = None,
+    oracle_after: Annotated[float | None, typer.Option(
+        "--oracle-after", help="Diagnostic, a bound on learning: the policy decides for this "
+                               "many hours, then the oracle (the true rates) takes over.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the agents on a virtual clock against the market and compare with the oracle."""
     from campaignd.sim.driver import run_simulation
     if days <= 0:
         raise BadInput("must be greater than 0", field="--days", value=days)
+    if oracle_after is not None and not 0 <= oracle_after <= days * 24:
+        raise BadInput("must be between 0 and the run's hours", field="--oracle-after",
+                       value=oracle_after, fix=f"e.g. --oracle-after 24 (at most {days * 24:g})")
     result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
                             policy=policy, report_html=report, events=events,
                             engine=not no_engine,
-                            policy_options=parse_options(option or [], "--option"))
+                            policy_options=parse_options(option or [], "--option"),
+                            oracle_after=oracle_after)
     if json_out:
         print_json(result)
         return
     t = Table("measure", "value", title=f"simulate {result.get('scenario')} · policy "
               f"{result.get('policy')} · seed {result.get('seed')}", title_justify="left")
     for k, v in result.items():
-        if not isinstance(v, dict | list):
+        if isinstance(v, list):
+            t.add_row(k, ", ".join(str(x) for x in v))
+        elif not isinstance(v, dict):
             t.add_row(k, str(v))
     out.print(t)
 

@@ -286,6 +286,36 @@ def run_policy(market: Market, policy: Policy, ctx: PolicyContext, *, start: dat
     return trace
 
 
+class HandOver:
+    """The policy until ``at``, then the oracle on the same market (``simulate``'s
+    ``oracle_after``: what perfect learning from ``at`` on would reach). The oracle re-plans
+    hourly from the hand-over, as it does on its own."""
+
+    def __init__(self, policy: Policy, oracle: OraclePolicy, at: datetime) -> None:
+        self.name = policy.name
+        self.policy, self.oracle, self.at = policy, oracle, at
+        self._planned: datetime | None = None
+        self._budgets: np.ndarray | None = None
+
+    @property
+    def lifetime_budgets(self) -> np.ndarray | None:
+        """The policy's own line-item lifetime budgets until the hand-over (if it sets them);
+        then none: the driver shares what is left, as for the oracle."""
+        if self._planned is not None:
+            return None
+        own: np.ndarray | None = getattr(self.policy, "lifetime_budgets", None)
+        return own
+
+    def decide(self, observations: Observations, now: datetime) -> np.ndarray:
+        if now < self.at:
+            return self.policy.decide(observations, now)
+        if (self._planned is None or self._budgets is None
+                or (now - self._planned).total_seconds() >= OraclePolicy.decision_seconds):
+            self._planned = now
+            self._budgets = self.oracle.decide(observations, now)
+        return self._budgets
+
+
 @dataclass
 class SimulationResult:
     report: dict[str, Any]
@@ -300,16 +330,27 @@ def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = No
              days: float, seed: int, policy: str = "uniform",
              decision_seconds: int = DECISION_SECONDS, oracle: bool = True,
              events: bool = False, engine: bool = True,
-             policy_options: Mapping[str, Any] | None = None) -> SimulationResult:
+             policy_options: Mapping[str, Any] | None = None,
+             oracle_after: float | None = None) -> SimulationResult:
     """Run a policy (and the oracle) and return the report with the traces behind it.
 
     ``thompson`` runs the daemon's decision path (``DecidingPolicy``: the reallocation agent,
     then the decision engine with the daemon's rules); ``engine=False`` applies its budgets
     directly instead (a diagnostic: what the engine's rules cost or gain). ``policy_options``:
-    the policy's keyword options (e.g. ``fatigue_half_life`` for ``thompson``)."""
+    the policy's keyword options (e.g. ``fatigue_half_life`` for ``thompson``).
+
+    ``oracle_after`` (hours): a bound on learning, not a policy -- the policy decides for the
+    first ``oracle_after`` hours, then the oracle (the true rates) takes over the same market:
+    what the run would reach had the policy learnt everything by then (``HandOver``)."""
     wall0 = time.perf_counter()
     if not days > 0:
         raise BadInput("must be positive", field="days", value=days, fix="e.g. --days 7")
+    if oracle_after is not None and policy == "oracle":
+        raise BadInput("the oracle cannot hand over to itself", field="oracle_after",
+                       value=oracle_after, fix="simulate another policy, or drop it")
+    if oracle_after is not None and not 0 <= oracle_after <= days * 24:
+        raise BadInput("must be between 0 and the run's hours", field="oracle_after",
+                       value=oracle_after, fix=f"e.g. --oracle-after 24 (at most {days * 24:g})")
     options = dict(policy_options or {})
     if options and policy == "oracle":
         raise BadInput("takes no options", field="policy", value=policy,
@@ -341,6 +382,9 @@ def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = No
             pol = DecidingPolicy(ctx, options=options)
         else:
             pol = make_policy(policy, ctx, **options)
+        if oracle_after is not None:
+            pol = HandOver(pol, OraclePolicy(ctx, market, targeting_groups(configs)),
+                           start + timedelta(hours=oracle_after))
         ptrace = run_policy(market, pol, ctx, start=start, end=end,
                             decision_seconds=decision_seconds, events=events)
     if oracle:
@@ -427,14 +471,17 @@ def run_simulation(scenario_path: str | Path, *, campaign_path: str | Path | Non
                    days: float, seed: int, policy: str = "uniform",
                    report_html: Path | None = None, events: bool = False,
                    engine: bool = True,
-                   policy_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   policy_options: Mapping[str, Any] | None = None,
+                   oracle_after: float | None = None) -> dict[str, Any]:
     """Simulate ``days`` of the campaign under ``policy`` against the scenario's market; return
     the JSON report (and write the HTML report to ``report_html`` if given)."""
     result = simulate(scenario_path, campaign_path=campaign_path, days=days, seed=seed,
                       policy=policy, events=events, engine=engine,
-                      policy_options=policy_options)
+                      policy_options=policy_options, oracle_after=oracle_after)
     if policy_options:
         result.report["policy_options"] = dict(policy_options)
+    if oracle_after is not None:
+        result.report["oracle_after_hours"] = oracle_after
     if report_html is not None:
         from campaignd.sim.report import write_html_report
 
@@ -442,6 +489,6 @@ def run_simulation(scenario_path: str | Path, *, campaign_path: str | Path | Non
     return result.report
 
 
-__all__ = ["DECISION_SECONDS", "RunTrace", "SimulationResult", "enforce_caps",
+__all__ = ["DECISION_SECONDS", "HandOver", "RunTrace", "SimulationResult", "enforce_caps",
            "lifetime_shares", "line_item_configs", "run_policy", "run_simulation", "simulate",
            "targeting_groups"]

@@ -153,6 +153,10 @@ def test_simulate_json_report_and_bad_input(tmp_path: Path) -> None:
                        ("spill=1.5", "spill must be in [0, 1)")):
         r = cli("simulate", "--scenario", scenario, "--days", "1", "-o", bad, timeout=60)
         assert r.returncode == 2 and named in r.stderr, (bad, r.stderr)
+    # the learning bound: the oracle takes over after some hours of the run, no more
+    r = cli("simulate", "--scenario", scenario, "--days", "1", "--oracle-after", "30",
+            timeout=60)
+    assert r.returncode == 2 and "--oracle-after" in r.stderr and "at most 24" in r.stderr
 
 
 def test_deadletter_list_and_show(tmp_path: Path) -> None:

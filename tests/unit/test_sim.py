@@ -218,3 +218,25 @@ def test_capture_by_day_splits_the_run_into_24_hour_windows() -> None:
     o_dead = RunTrace(times=times, objective=[0.0] * 61)
     assert _capture_by_day(p, o_dead) == [None, None, None]
     assert _capture_by_day(RunTrace(), RunTrace()) == []
+
+
+def test_the_oracle_taking_over_bounds_what_learning_can_reach() -> None:
+    """``oracle_after``: the policy for the first hours, then the true rates. Handing over at
+    once is the oracle's own run (up to the market's noise); handing over later keeps the
+    policy's start and gains on it afterwards."""
+    from campaignd.errors import BadInput
+    from campaignd.sim.driver import simulate
+
+    days = 0.5
+    alone = simulate(SEED, days=days, seed=2, policy="uniform").report
+    at_once = simulate(SEED, days=days, seed=2, policy="uniform", oracle_after=0).report
+    later = simulate(SEED, days=days, seed=2, policy="uniform", oracle_after=4).report
+    assert at_once["capture_ratio"] == pytest.approx(1.0, abs=0.1)
+    assert alone["capture_ratio"] < 0.8  # an equal split is far from the oracle
+    assert alone["capture_ratio"] < later["capture_ratio"] < at_once["capture_ratio"] + 0.05
+    assert Decimal(later["spend"]) <= Decimal(later["budget"])
+    for bad in (-1.0, 13.0):
+        with pytest.raises(BadInput, match="oracle_after"):
+            simulate(SEED, days=days, seed=2, policy="uniform", oracle_after=bad)
+    with pytest.raises(BadInput, match="hand over to itself"):
+        simulate(SEED, days=days, seed=2, policy="oracle", oracle_after=1)
