@@ -210,7 +210,7 @@ class DecisionSettings(_Section):
         None, ge=0, le=1, description="largest cut of a line item's budget per day (DV360 "
                                       "allows 0.2; unset: no limit)")
     fatigue_half_life: int = Field(
-        0, ge=0, description="impressions of one creative to one audience after which its "
+        200_000, ge=0, description="impressions of one creative to one audience after which its "
                              "rates have lost half of what fatigue can take (0: assume no "
                              "creative fatigue)")
     fatigue_floor: float = Field(0.5, ge=0, lt=1, description="the share of a creative's "
@@ -223,13 +223,13 @@ class DecisionSettings(_Section):
         3.0, ge=0, description="mean hours from an impression to its conversion (impressions "
                                "count as trials as they mature; clicks and views: none)")
     estimate_conversion_delay: bool = Field(
-        False, description="measure the conversion lag from when conversions arrive after "
+        True, description="measure the conversion lag from when conversions arrive after "
                            "delivery (conversion_delay_h is then the starting value)")
     history_half_life_h: float = Field(
-        24.0, ge=0, description="hours after which old counts weigh half, for markets that "
+        0.0, ge=0, description="hours after which old counts weigh half, for markets that "
                                 "drift and creatives that wear out (0: keep them all)")
     change_threshold: float = Field(
-        0.0, ge=0, description="evidence (log-likelihood ratio) that a level's rate changed "
+        8.0, ge=0, description="evidence (log-likelihood ratio) that a level's rate changed "
                                "before its history is mostly forgotten (0: no change "
                                "detection)")
     audit_retention_days: int = Field(

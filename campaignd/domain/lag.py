@@ -45,7 +45,7 @@ class LagEstimator:
 
     def __init__(self, prior_hours: float, *, grid: Sequence[float] = DEFAULT_GRID,
                  half_life_hours: float = 72.0, min_conversions: float = 100.0,
-                 prior_sd: float = 0.4) -> None:
+                 prior_sd: float = 0.4, max_interval_hours: float = 6.0) -> None:
         if not prior_hours > 0:
             raise ValueError(f"prior_hours must be positive, got {prior_hours!r}")
         g = np.asarray(sorted(float(x) for x in grid))
@@ -60,6 +60,7 @@ class LagEstimator:
         self.grid = g
         self.half_life_hours = float(half_life_hours)
         self.min_conversions = float(min_conversions)
+        self.max_interval_hours = float(max_interval_hours)
         self._pending = np.zeros(g.size)
         self._c = 0.0  # discounted conversions that arrived
         self._m = np.zeros(g.size)  # discounted predicted arrivals per candidate
@@ -70,7 +71,8 @@ class LagEstimator:
     def update(self, expected: float, arrived: float, hours: float) -> None:
         """One interval of ``hours``: ``expected`` = the conversions the interval's new
         impressions will bring in the end (spread evenly over the interval), ``arrived`` = the
-        conversions reported in it."""
+        conversions reported in it. Intervals longer than ``max_interval_hours`` only move the
+        pending pools."""
         if not hours > 0:
             return
         x = max(float(expected), 0.0)
@@ -80,6 +82,10 @@ class LagEstimator:
         new_mature = 1.0 - g / hours * (1.0 - e)  # share of the interval's own that arrived
         m = self._pending * (1.0 - e) + x * new_mature
         self._pending = self._pending * e + x * (1.0 - new_mature)
+        if hours > self.max_interval_hours:
+            # a long interval (a restart catching up on a day of counts) keeps the pools right
+            # but says little about timing: delivery within it is not known to be even
+            return
         disc = 0.5 ** (hours / self.half_life_hours)
         self._c = self._c * disc + c
         self._m = self._m * disc + m

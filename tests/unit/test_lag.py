@@ -80,6 +80,9 @@ def test_no_conversions_keep_the_prior() -> None:
     assert est.hours == 2.5
     est.update(1.0, 0.0, 0.0)  # an empty interval changes nothing
     assert est.seen == 0.0
+    # a day of counts in one interval (a restart catching up) is no evidence of timing
+    est.update(500.0, 450.0, 30.0)
+    assert est.hours == 2.5 and est.seen == 0.0
 
 
 def test_a_lag_that_moves_is_followed() -> None:
