@@ -563,9 +563,6 @@ def simulate(
     from campaignd.sim.driver import run_simulation
     if days <= 0:
         raise BadInput("must be greater than 0", field="--days", value=days)
-    if oracle_after is not None and not 0 <= oracle_after <= days * 24:
-        raise BadInput("must be between 0 and the run's hours", field="--oracle-after",
-                       value=oracle_after, fix=f"e.g. --oracle-after 24 (at most {days * 24:g})")
     result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
                             policy=policy, report_html=report, events=events,
                             engine=not no_engine,
