@@ -307,7 +307,10 @@ def create_app(state: SandboxState) -> Starlette:
         return wrapped
 
     def _set_session_cookies(response: Response, token: str, csrf: str, ttl: float) -> None:
-        max_age = max(1, math.ceil(ttl))
+        # The server enforces the session's lifetime; the cookie only has to outlive it.
+        # Clients count Max-Age from a whole-second clock (http.cookiejar: int(now) + max_age),
+        # so a 1-second cookie can be dropped by the client at once: never under a minute.
+        max_age = max(60, math.ceil(ttl))
         for name in (state.cookie_name, "sessionid"):
             response.set_cookie(name, token, max_age=max_age, httponly=True, samesite="lax")
         response.set_cookie("csrftoken", csrf, max_age=max_age, samesite="lax")
