@@ -50,7 +50,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def write_sandbox_config(directory: Path, port: int, *, time_scale: float = 120.0,
                          monitor_s: float = 1.0, reallocation_s: float = 120.0,
-                         mode: str = "live", extra: str = "") -> Path:
+                         mode: str = "live", policy: str = "thompson",
+                         extra: str = "") -> Path:
     """A settings file for a sandbox-mode daemon whose state lives in ``directory``."""
     cfg = directory / "campaignd.toml"
     cfg.write_text(f"""
@@ -69,6 +70,7 @@ monitor_s = {monitor_s}
 reallocation_s = {reallocation_s}
 [decision]
 mode = "{mode}"
+policy = "{policy}"
 [http]
 host = "127.0.0.1"
 port = {port}

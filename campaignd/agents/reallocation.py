@@ -18,6 +18,10 @@ from the budgets in force it recommends a ``budget_rebalance`` of the changed ce
   in force (the share of draws where that sum is negative); **score** 1 (the allocator's
   uncertainty is all in the risk: priority = impact × (1 − risk)).
 
+A baseline policy (``uniform``, ``seed``: chosen in settings, for comparison) has no posterior:
+its changes are recommended unassessed (``assessed`` false in the evidence; impact 1 and risk 0
+so that the engine applies the rule, within its caps, materiality and request budget).
+
 A re-plan is assessed once: while the policy still wants the same budgets from the same
 posterior (some changes wait for the DSP's request budget), the pending remainder is the same
 decision and keeps its assessment.
@@ -227,8 +231,12 @@ class BudgetReallocationAgent(Agent):
                 camp.assessed = (key, assessment)
         if assessment is not None:
             impact, risk = assessment.expected_gain, assessment.risk
-        else:  # a baseline policy without a posterior: no claim either way
-            impact, risk = 0.0, 0.5
+        else:
+            # A baseline (the operator chose it in settings) has no posterior to assess its
+            # changes with: they go to the engine unassessed (impact 1, risk 0, ``assessed``
+            # false in the evidence), so the rule is applied as it says -- within the engine's
+            # caps, materiality and request budget -- instead of never.
+            impact, risk = 1.0, 0.0
         pooled = None
         if alloc is not None:
             t, sc = float(alloc.trials.sum()), float(alloc.successes.sum())
@@ -241,8 +249,9 @@ class BudgetReallocationAgent(Agent):
                    "budget_before_micros": int(current.sum()),
                    "budget_after_micros": int(wanted.sum()), "pooled_rate": pooled,
                    "draws": assessment.draws if assessment is not None else 0,
-                   "expected_gain_per_day": impact,
-                   "p_worse": risk}
+                   "assessed": assessment is not None,
+                   "expected_gain_per_day": impact if assessment is not None else None,
+                   "p_worse": risk if assessment is not None else None}
         if assessment is not None:
             summary["gain_interval"] = [assessment.gain_low, assessment.gain_high]
         delay = getattr(camp.policy, "delay_hours", None)

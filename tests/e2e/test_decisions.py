@@ -114,7 +114,9 @@ def test_shadow_mode_decides_and_records_but_changes_nothing(tmp_path: Path) -> 
             assert r.returncode == 0, r.stderr
             return int(json.loads(r.stdout)["counts"]["shadow"]) or None
 
-        n = wait_for(recorded, 120, "shadow actions to be recorded", interval=2)
+        # thompson records what its posterior backs: measured 45 s after start, more on a busy
+        # machine (the first backed plan can take a few dozen cycles)
+        n = wait_for(recorded, 240, "shadow actions to be recorded", interval=2)
         assert n > 0
         _, st = d.status()
         assert st["decision"]["mode"] == "shadow"
@@ -124,16 +126,18 @@ def test_shadow_mode_decides_and_records_but_changes_nothing(tmp_path: Path) -> 
 
 
 def test_approve_mode_waits_for_a_person_then_undo(tmp_path: Path) -> None:
-    # a proposal stands until the next cycle supersedes it: give the person 30 s
+    # A proposal stands until the next cycle supersedes it: give the person 30 s. The seed
+    # rule proposes at every cycle; thompson proposes only what its posterior backs, which
+    # early in a run can be nothing for several cycles (the live and shadow tests cover it).
     with DaemonProcess(tmp_path, time_scale=600, reallocation_s=30.0, monitor_s=5.0,
-                       mode="approve") as d:
+                       mode="approve", policy="seed") as d:
         st = d.wait_running()
         base = st["dsp"]["base_url"]
         before = dsp_daily_budgets(base)
 
         def proposed() -> list[dict[str, Any]] | None:
             r = httpx.get(f"{d.base_url}/api/v1/actions",
-                          params={"status": "proposed", "limit": 50})
+                          params={"status": "proposed", "limit": 500})
             return r.json()["actions"] or None
 
         queue = wait_for(proposed, 120, "proposed actions", interval=2)

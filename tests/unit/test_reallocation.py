@@ -82,3 +82,36 @@ def test_the_daily_cut_limit_holds_in_every_recommendation(seed_spec: CampaignSp
     new = np.array(list(rec.change["daily_budgets_micros"].values()))
     assert new.min() >= 0.8 * budget - 1  # cut by at most 20 % on the day
     assert new.max() > budget  # and still moving money
+
+
+def test_a_baseline_chosen_in_settings_is_applied_unassessed(seed_spec: CampaignSpec) -> None:
+    """The seed rule has no posterior: its changes reach the engine unassessed and are applied
+    (before, a neutral risk of 0.5 meant the engine never executed a baseline)."""
+    from campaignd.agents.decision import DecisionEngine
+    from campaignd.domain.actions import CampaignState
+
+    cells = atomize(seed_spec)
+    n = len(cells)
+    budget = seed_spec.daily_budget_micros // n
+    agent = BudgetReallocationAgent(policy="seed", seed=1)
+    agent.add_campaign(seed_spec, cells)
+    at = seed_spec.flight_start + timedelta(days=1, hours=1)
+    snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
+                     at=at)
+    (rec,) = agent.run({seed_spec.id: snap}, at)  # type: ignore[dict-item]
+    summary = rec.evidence["summary"]
+    assert summary["assessed"] is False and summary["p_worse"] is None
+    assert summary["policy"] == "seed" and rec.priority > 0
+    spent = np.full(n, 4000 * 20_000, dtype=np.int64)
+    state = CampaignState(seed_spec.id, seed_spec.daily_budget_micros,
+                          seed_spec.lifetime_budget_micros, 10.0, snap.cell_ids,  # type: ignore[attr-defined]
+                          np.arange(1, n + 1), np.full(n, budget, dtype=np.int64),
+                          np.full(n, seed_spec.lifetime_budget_micros // n, dtype=np.int64),
+                          spent, np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool))
+    plan = DecisionEngine().decide([rec], {seed_spec.id: state}, at)
+    assert plan.selected == [rec] and plan.actions
+    after = state.daily.copy()
+    for a in plan.actions:
+        after[state.index[a.cell_id]] = a.after["daily_budget_micros"]
+    assert after.sum() <= seed_spec.daily_budget_micros
+    assert after.min() < budget < after.max()  # the rule's cuts and raises
