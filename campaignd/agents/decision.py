@@ -172,6 +172,16 @@ class DecisionEngine:
             if unknown:
                 plan.skipped.append(_skip(rec, "unknown cell: no line item for it",
                                           targets=unknown))
+            # pauses and activations of line items already in that state change nothing:
+            # they spend no risk and claim no line item
+            noop = (kind != _BUDGET) & (state.active[pos] == (kind == _ACTIVATE))
+            if noop.any():
+                plan.skipped.append(_skip(rec, "no change: already in that state",
+                                          count=int(noop.sum()),
+                                          targets=_cells(state, pos[noop])))
+                pos, kind, value = pos[~noop], kind[~noop], value[~noop]
+                if pos.size == 0:
+                    continue
             # changes that will not be made spend no risk: immaterial ones, held line items
             small = self._immaterial(state, pos, kind, value)
             if small.any():
@@ -195,7 +205,8 @@ class DecisionEngine:
                 first = recs[int(taken[clash][0])]
                 plan.skipped.append(_skip(
                     rec, f"conflict: line item already changed this cycle by {first.agent} "
-                         f"({first.decision_id})", targets=_cells(state, pos[clash])))
+                         f"({first.decision_id})", count=int(clash.sum()),
+                    targets=_cells(state, pos[clash])))
                 pos, kind, value = pos[~clash], kind[~clash], value[~clash]
             if pos.size == 0:
                 continue
@@ -243,11 +254,9 @@ class DecisionEngine:
         days = max(float(st.days_left), 0.0)
         runway = min(days, rules.runway_days)
         D, L = int(st.daily_cap_micros), int(st.lifetime_cap_micros)
-        # pauses and activations: only where they change something
+        # pauses and activations (those that would change nothing were dropped in decide)
         switch = kind != _BUDGET
-        noop = switch & (st.active[pos] == (kind == _ACTIVATE))
-        _skip_each(plan, recs, st, rec[noop], pos[noop], "no change: already in that state")
-        keep_sw = switch & ~noop
+        keep_sw = switch
         # budgets
         b = ~switch
         new = np.clip(value, 0, D)
@@ -275,6 +284,8 @@ class DecisionEngine:
         if budget_recs.size and runway > 0:
             free = np.ones(len(st.cell_ids), dtype=bool)
             free[pos] = False
+            if st.held is not None:  # a person's change stands: no top-up on top of it
+                free &= ~st.held
             short = free & st.active & (st.daily > 0) & (
                 st.lifetime - st.spent < st.daily * min(1.0, runway))
             t = np.nonzero(short)[0]

@@ -102,6 +102,35 @@ def test_a_line_item_about_to_run_out_of_lifetime_budget_is_topped_up() -> None:
     assert by["b"].after["lifetime_budget_micros"] == 20 * M  # a cut frees lifetime budget
 
 
+def test_a_held_line_item_is_not_topped_up_and_no_op_switches_spend_no_risk() -> None:
+    from dataclasses import replace
+
+    s = CampaignState.of("c1", 100 * M, 1000 * M, 5.0, {
+        "a": LineItemState("a", 1, 40 * M, 45 * M, spent_micros=30 * M),  # short of runway
+        "b": LineItemState("b", 2, 30 * M, 300 * M),
+        "c": LineItemState("c", 3, 30 * M, 300 * M, active=False)})
+    held = replace(s, held=np.array([True, False, False]))
+    pause_c = Recommendation(agent="lifecycle", kind="pause_cell", campaign_id="c1",
+                             target="c", created_at=NOW, score=1.0, impact=50.0, risk=0.15)
+    plan = DecisionEngine(DecisionRules(risk_budget=0.2)).decide(
+        [pause_c, rebalance({"b": 10 * M}, risk=0.1)], {"c1": held}, NOW)
+    # a person's undo on "a" stands (no top-up); pausing the paused "c" changes nothing, so it
+    # neither spends the risk budget nor blocks the rebalance
+    assert [a.cell_id for a in plan.actions] == ["b"]
+    assert plan.risk_used == pytest.approx(0.1)
+    assert [(x.reason.split(":")[0], x.targets) for x in plan.skipped] == [
+        ("no change", ("c",))]
+
+
+def test_conflicts_are_counted_per_line_item() -> None:
+    cells = {f"x{i}": 10 * M for i in range(20)}
+    s = state(cells, D=400 * M, L=4000 * M)
+    first = rebalance({c: 5 * M for c in cells}, impact=100.0, risk=0.05, agent="first")
+    second = rebalance({c: 6 * M for c in cells}, impact=1.0, risk=0.05, agent="second")
+    plan = DecisionEngine().decide([first, second], {"c1": s}, NOW)
+    assert plan.summary()["skipped"] == {"conflict": 20}
+
+
 def test_immaterial_changes_are_dropped() -> None:
     s = state({"a": 100 * M, "b": 100 * M}, D=300 * M)
     rules = DecisionRules(min_change_fraction=0.05, min_change_micros=10 * M)
