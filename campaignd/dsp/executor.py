@@ -142,20 +142,35 @@ class ActionExecutor:
         item; return the rest."""
         newest: dict[tuple[str, str], ActionRow] = {}
         dropped: list[tuple[int, str, str | None, dict[str, Any] | None]] = []
+
+        def drop(r: ActionRow, why: str) -> None:
+            # An "applying" action was sent before a crash: if the DSP holds what it set, it
+            # was applied, and the audit log must say so (and it can be undone).
+            if r.status == "applying":
+                st = self.dsp.campaigns.get(r.action.campaign_id)
+                li = st.line_items.get(r.action.cell_id) if st is not None else None
+                if li is not None:
+                    now_state = line_item_state(li)
+                    if all(now_state.get(k) == v for k, v in r.action.after.items()):
+                        dropped.append((r.id, "applied", "applied before an interruption: the "
+                                        "DSP holds its budgets", now_state))
+                        return
+            dropped.append((r.id, "superseded", why, None))
+
         for r in rows:  # oldest first
             if self.mode != "live" and r.mode != "user" and r.actor is None:
-                dropped.append((r.id, "superseded", f"not applied: the daemon now runs in "
-                                f"{self.mode} mode (decided in {r.mode} mode)", None))
+                drop(r, f"not applied: the daemon now runs in {self.mode} mode (decided in "
+                        f"{r.mode} mode)")
                 continue
             key = (r.action.campaign_id, r.action.cell_id)
             older = newest.get(key)
             if older is not None:
-                dropped.append((older.id, "superseded",
-                                f"superseded by action {r.id} (decision {r.action.decision_id})",
-                                None))
+                drop(older, f"superseded by action {r.id} (decision {r.action.decision_id})")
             newest[key] = r
         if dropped:
-            out.superseded += await self.sql.finish_actions(dropped, now=self.clock.now())
+            await self.sql.finish_actions(dropped, now=self.clock.now())
+            out.superseded += sum(1 for d in dropped if d[1] == "superseded")
+            out.applied += sum(1 for d in dropped if d[1] == "applied")
         return sorted(newest.values(), key=lambda r: r.id)
 
     async def _phase(self, rows: list[ActionRow], out: DrainResult) -> None:
@@ -175,6 +190,7 @@ class ActionExecutor:
         claimed = set(await self.sql.claim_actions(list(sends), now=now))
         limiter = anyio.Semaphore(self.concurrency)
         acked: dict[str, LineItem] = {}
+        uncounted: set[int] = set()
 
         def release(campaign_id: str, dd: int, dl: int, *, acknowledged: bool) -> None:
             s = sums.get(campaign_id)
@@ -203,8 +219,10 @@ class ActionExecutor:
                 except DSPError as exc:
                     release(a.campaign_id, dd, dl, acknowledged=False)
                     text = f"{type(exc).__name__}: {exc}"[:500]
-                    retry = exc.retryable and (isinstance(exc, DSPCircuitOpen | DSPRateLimited)
-                                               or row.attempts + 1 < self.max_attempts)
+                    waited = isinstance(exc, DSPCircuitOpen | DSPRateLimited)
+                    if waited:  # not a try: the DSP was not asked (or asked us to wait)
+                        uncounted.add(row.id)
+                    retry = exc.retryable and (waited or row.attempts + 1 < self.max_attempts)
                     outcomes[row.id] = ("pending" if retry else "failed", text, None)
                     return
                 except Exception as exc:  # one action's surprise never stops the others
@@ -232,7 +250,7 @@ class ActionExecutor:
                 out.waiting += 1  # still waiting, nothing new to write
                 continue
             final.append((i, st, err, result))
-        await self.sql.finish_actions(final, now=self.clock.now())
+        await self.sql.finish_actions(final, now=self.clock.now(), uncounted=uncounted)
         for i, st, err, _ in final:
             name = "waiting" if st == "pending" else st
             setattr(out, name, getattr(out, name) + 1)

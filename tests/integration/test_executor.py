@@ -36,6 +36,14 @@ M = 1_000_000
 async def dsp_service(sql: SqlStore, spec: CampaignSpec,
                       n_cells: int = 6) -> AsyncIterator[DSPService]:
     """A synced campaign of ``n_cells`` line items on a sandbox over loopback."""
+    async with dsp_and_sandbox(sql, spec, n_cells) as (svc, _):
+        yield svc
+
+
+@asynccontextmanager
+async def dsp_and_sandbox(sql: SqlStore, spec: CampaignSpec, n_cells: int = 6
+                          ) -> AsyncIterator[tuple[DSPService, SandboxService]]:
+    """``dsp_service`` and the sandbox behind it (to script its faults)."""
     sandbox = SandboxService(None, email=EMAIL, password=PASSWORD, log_level="critical")
     async with anyio.create_task_group() as tg:
         url = await tg.start(sandbox.run)
@@ -51,7 +59,7 @@ async def dsp_service(sql: SqlStore, spec: CampaignSpec,
         await sql.upsert_campaign(spec, cells, now=NOW)
         await svc.sync_campaign(spec, cells)
         try:
-            yield svc
+            yield svc, sandbox
         finally:
             await svc.aclose()
             tg.cancel_scope.cancel()
@@ -312,6 +320,61 @@ async def test_only_the_newest_action_of_a_line_item_is_applied(
         assert (await dsp_budgets(svc, spec))[cells[0]][0] == 3 * M
         statuses = [r.status for r in sorted(await ours(sql_store), key=lambda r: r.id)]
         assert statuses == ["superseded", "applied"]
+
+
+async def test_an_action_the_dsp_applied_before_a_crash_is_recorded_as_applied(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        first = plan(svc, spec, {cells[0]: 4 * M})
+        await sql_store.record_actions(first, mode="live", now=NOW)
+        assert (await executor(sql_store, svc).drain()).applied == 1
+        (row,) = await ours(sql_store)
+        # the DSP acknowledged it, then the daemon died before recording that: "applying"
+        assert await sql_store.set_action_status(row.id, "applying", now=NOW,
+                                                 expect=("applied",))
+        # it restarts in approve mode (or a newer action for the line item comes): the change
+        # the DSP holds is recorded as applied -- not "superseded" -- and can be undone
+        res = await executor(sql_store, svc, mode="approve").drain()
+        assert (res.applied, res.superseded) == (1, 0)
+        (row,) = await ours(sql_store)
+        assert row.status == "applied" and "before an interruption" in (row.error or "")
+        assert (await dsp_budgets(svc, spec))[cells[0]][0] == 4 * M
+        # one that never reached the DSP is superseded as before
+        second = plan(svc, spec, {cells[1]: 3 * M}, at=NOW.replace(minute=2))
+        await sql_store.record_actions(second, mode="live", now=NOW)
+        row2 = next(r for r in await ours(sql_store) if r.action.cell_id == cells[1])
+        await sql_store.set_action_status(row2.id, "applying", now=NOW, expect=("pending",))
+        res = await executor(sql_store, svc, mode="approve").drain()
+        assert (res.applied, res.superseded) == (0, 1)
+        assert (await dsp_budgets(svc, spec))[cells[1]][0] == 10 * M
+
+
+async def test_rate_limits_do_not_use_up_an_actions_attempts(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    from campaignd.dsp.sandbox.faults import ScriptedFault
+
+    spec = small(seed_spec)
+    async with dsp_and_sandbox(sql_store, spec) as (svc, sandbox):
+        cells = list(svc.campaigns[spec.id].line_items)
+        await sql_store.record_actions(plan(svc, spec, {cells[0]: 4 * M}), mode="live",
+                                       now=NOW)
+        ex = executor(sql_store, svc, max_attempts=2)
+        for _ in range(4):  # the DSP says "wait" four times, more than max_attempts
+            sandbox.state.injector.script(ScriptedFault("429", method="PATCH",
+                                                        retry_after_s=1))
+            res = await ex.drain()
+            assert res.applied == 0 and res.failed == 0
+            (row,) = await ours(sql_store)
+            assert row.status == "pending" and row.attempts == 0, row
+        # then one ordinary transient error: a try, not yet the last one
+        sandbox.state.injector.script(ScriptedFault("5xx", method="PATCH", status=503))
+        res = await ex.drain()
+        (row,) = await ours(sql_store)
+        assert res.failed == 0 and row.status == "pending" and row.attempts == 1
+        assert (await ex.drain()).applied == 1
+        assert (await dsp_budgets(svc, spec))[cells[0]][0] == 4 * M
 
 
 async def test_a_campaign_not_synced_yet_keeps_its_actions_waiting(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy import and_, case, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from campaignd.domain.actions import OPEN_STATUSES, Action, action_key
@@ -243,9 +243,11 @@ class ActionMethods:
     async def finish_actions(self, outcomes: Sequence[tuple[int, str, str | None,
                                                             dict[str, Any] | None]], *,
                              now: datetime, expect: Sequence[str] = ("pending", "applying"),
-                             ) -> int:
+                             uncounted: Collection[int] = ()) -> int:
         """Record many outcomes — ``(id, status, error, result)`` — in one transaction, each a
-        guarded update (only from ``expect``). Returns how many rows changed."""
+        guarded update (only from ``expect``). ``uncounted``: actions whose claim was not a try
+        (a rate limit, an open circuit): their attempt is taken back. Returns how many rows
+        changed."""
         changed = 0
         if not outcomes:
             return 0
@@ -259,6 +261,9 @@ class ActionMethods:
                     values["result_json"] = _dumps(result)
                 if status == "applied":
                     values["applied_at"] = now
+                if action_id in uncounted:
+                    values["attempts"] = case((actions.c.attempts > 0, actions.c.attempts - 1),
+                                              else_=0)
                 res = await conn.execute(update(actions).where(
                     and_(actions.c.id == action_id, actions.c.status.in_(tuple(expect))))
                     .values(**values))
