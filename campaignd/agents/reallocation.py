@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import structlog
 
 from campaignd.agents.base import Agent
 from campaignd.domain.actions import CellValues, Recommendation
@@ -46,6 +47,8 @@ from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import CampaignSpec, Cell
 from campaignd.domain.cells import CellSnapshot
 from campaignd.sim.policies import Observations, Policy, PolicyContext, make_policy
+
+log = structlog.get_logger(__name__)
 
 RATE_NAME = {"conversions": "CVR", "revenue": "CVR", "clicks": "CTR",
              "completed_views": "completion rate"}
@@ -163,6 +166,8 @@ class BudgetReallocationAgent(Agent):
         self.decision_seconds = decision_seconds
         self.level = level
         self._campaigns: dict[str, _Campaign] = {}
+        self.errors = 0
+        """Campaign runs that failed (logged; the other campaigns went on)."""
         self.last: dict[str, dict[str, Any]] = {}
         """Per campaign: what the last run concluded (for status and tests)."""
 
@@ -190,22 +195,40 @@ class BudgetReallocationAgent(Agent):
             if snap.cell_ids != camp.cell_ids:
                 raise ValueError(f"campaign {cid}: the snapshot's cells are not the agent's; "
                                  "call add_campaign with the campaign's current cells")
-            obs = observations_from(snap, now)
-            if not camp.started:
-                camp.started = True
-                if int(obs.impressions.sum()) > 0:
-                    # Learn what was counted before this agent started as one interval (from
-                    # the flight's start, or a day back), instead of an equal split.
-                    since = min(camp.spec.flight_start, now - timedelta(days=1))
-                    camp.policy.decide(_zero_observations(obs, since), since)
-            wanted = np.asarray(camp.policy.decide(obs, now), dtype=np.int64)
-            current = obs.budgets_micros
-            changed = np.nonzero(wanted != current)[0]
-            self.last[cid] = {"at": now.isoformat(), "cells_changed": int(changed.size)}
-            if changed.size == 0:
+            try:
+                rec = self._run_campaign(camp, snap, now)
+            except Exception as exc:  # one campaign's failure never stops the others
+                log.error("reallocation: campaign skipped this cycle", campaign=cid,
+                          error=f"{type(exc).__name__}: {exc}"[:300], exc_info=True)
+                self.last[cid] = {"at": now.isoformat(), "error": f"{type(exc).__name__}: "
+                                                                  f"{exc}"[:300]}
+                self.errors += 1
                 continue
-            recs.append(self._recommend(camp, obs, wanted, current, changed, now))
+            if rec is not None:
+                recs.append(rec)
         return recs
+
+    def _run_campaign(self, camp: _Campaign, snap: CellSnapshot, now: datetime
+                      ) -> Recommendation | None:
+        cid = camp.spec.id
+        obs = observations_from(snap, now)
+        if not camp.started:
+            camp.started = True
+            if int(obs.impressions.sum()) > 0:
+                # Learn what was counted before this agent started as one interval -- from
+                # the flight's start, at most a day back (older counts are taken as a
+                # day old: a long flight's whole history as one interval would discount
+                # it all away) -- instead of an equal split.
+                since = min(max(camp.spec.flight_start, now - timedelta(days=1)),
+                            now - timedelta(minutes=1))
+                camp.policy.decide(_zero_observations(obs, since), since)
+        wanted = np.asarray(camp.policy.decide(obs, now), dtype=np.int64)
+        current = obs.budgets_micros
+        changed = np.nonzero(wanted != current)[0]
+        self.last[cid] = {"at": now.isoformat(), "cells_changed": int(changed.size)}
+        if changed.size == 0:
+            return None
+        return self._recommend(camp, obs, wanted, current, changed, now)
 
     def _recommend(self, camp: _Campaign, obs: Observations, wanted: np.ndarray,
                    current: np.ndarray, changed: np.ndarray, now: datetime) -> Recommendation:

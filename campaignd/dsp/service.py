@@ -259,16 +259,18 @@ class DSPService:
                 li = new
             retired += int(li.lifetime_budget_micros)
         st.retired_lifetime_micros = retired
+        # the removed cells' line items still count against the campaign's lifetime budget
+        life_cap = max(spec.lifetime_budget_micros - retired, 0)
         items = list(st.line_items.items())
         life_total = sum(li.lifetime_budget_micros for _, li in items)
         daily_total = sum(li.daily_budget_micros or 0 for _, li in items)
-        if life_total <= spec.lifetime_budget_micros and daily_total <= spec.daily_budget_micros:
+        if life_total <= life_cap and daily_total <= spec.daily_budget_micros:
             return
         for cid, li in items:
             life = li.lifetime_budget_micros
             daily = li.daily_budget_micros
-            if life_total > spec.lifetime_budget_micros:
-                life = life * spec.lifetime_budget_micros // life_total
+            if life_total > life_cap:
+                life = life * life_cap // life_total
             if daily is not None and daily_total > spec.daily_budget_micros:
                 daily = daily * spec.daily_budget_micros // daily_total
             if (life, daily) != (li.lifetime_budget_micros, li.daily_budget_micros):

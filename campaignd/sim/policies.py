@@ -444,7 +444,10 @@ class ThompsonPolicy:
             self._pending_spend = self._pending_spend * e + d_spend * (1 - new_mature)
         else:
             trials, spend = d_imps, d_spend
-        discount = 0.5 ** (dt_h / self.half_life_hours) if self.half_life_hours > 0 else 1.0
+        # (floored: a restarted agent's first interval can be a long flight, and 0.5 ** 1000 is
+        # 0.0, which the allocator refuses)
+        discount = max(0.5 ** (dt_h / self.half_life_hours), 1e-12) \
+            if self.half_life_hours > 0 else 1.0
         value = d_value if self._ctx.objective == "revenue" else None
         # the strength of these trials: the wear their creative had reached (at the end of the
         # interval: a little low for trials that matured from earlier impressions)
