@@ -321,6 +321,7 @@ class Daemon:
             result = await self.sql.upsert_campaign(spec, cells)
             table = self.registry.add_campaign(spec, cells)
             self.reallocation.add_campaign(spec, cells)
+            self.monitor.objectives[spec.id] = spec.objective
             self.campaigns[spec.id] = CampaignRuntime(spec, cells, table, {})
             self.metrics.cells.labels(spec.id, "total").set(len(cells))
             log.info("campaign loaded", campaign=spec.id, cells=len(cells),

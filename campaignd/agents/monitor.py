@@ -3,9 +3,10 @@
 Metrics per cell and per campaign — impressions, clicks, conversions, viewability, completion
 rate, CTR, CVR, CPA and ROAS — over the running totals and each of the registry's windows (30 s,
 5 min, 1 h, 3 h, 24 h). A cell is flagged only when the posterior probability that its rate on
-the monitored metric (over ``window_s`` seconds, or ``"totals"``; default: its running totals) is
-below
-``threshold_ratio`` × the campaign's pooled rate exceeds ``confidence`` (Beta posterior with a
+the monitored metric (by default the campaign objective's rate: CTR for clicks, completion
+rate for completed views, CVR for conversions and revenue; over ``window_s`` seconds, or
+``"totals"``; default: its running totals) is below ``threshold_ratio`` × the campaign's pooled
+rate exceeds ``confidence`` (Beta posterior with a
 weak prior centred on the pooled rate), and it has at least ``min_trials`` trials there.
 ``rule="raw"`` applies the seed's rule instead — the observed rate over the last 30 seconds
 below half the threshold — kept for comparison: with small counts it flags noise.
@@ -30,6 +31,9 @@ from campaignd.domain.actions import Recommendation
 from campaignd.domain.cells import CellSnapshot, derived_metrics
 
 SUCCESS_METRIC = {"ctr": "clicks", "cvr": "conversions", "completion": "completes"}
+OBJECTIVE_METRIC = {"clicks": "ctr", "completed_views": "completion", "conversions": "cvr",
+                    "revenue": "cvr"}
+"""The rate each campaign objective is watched on (``metric="objective"``)."""
 RAW_RULE_WINDOW_S = 30
 """The seed's rule looks at the last 30 seconds."""
 
@@ -53,7 +57,7 @@ def campaign_metrics(counts: Mapping[str, np.ndarray]) -> dict[str, Any]:
 class PerformanceMonitor(Agent):
     name = "monitor"
 
-    def __init__(self, *, metric: Literal["ctr", "cvr", "completion"] = "cvr",
+    def __init__(self, *, metric: Literal["objective", "ctr", "cvr", "completion"] = "objective",
                  threshold_ratio: float = 0.5, confidence: float = 0.95,
                  min_trials: int = 200, rule: Literal["posterior", "raw"] = "posterior",
                  prior_successes: float = 2.0,
@@ -68,22 +72,32 @@ class PerformanceMonitor(Agent):
         self.window_s: int | None = (
             None if window_s == "totals" else
             (RAW_RULE_WINDOW_S if rule == "raw" else None) if window_s is None else window_s)
+        self.objectives: dict[str, str] = {}
+        """Campaign id → objective (``metric="objective"``: a campaign not here is watched on
+        CVR)."""
         self.last_metrics: dict[str, dict[str, Any]] = {}
         """Per campaign: the pooled rate, campaign metrics per window and the flagged cells of
         the last run (what the control API shows)."""
+
+    def metric_for(self, campaign_id: str) -> str:
+        """The rate a campaign is watched on: ``metric``, or its objective's rate."""
+        if self.metric != "objective":
+            return self.metric
+        return OBJECTIVE_METRIC.get(self.objectives.get(campaign_id, "conversions"), "cvr")
 
     def run(self, snapshots: Mapping[str, CellSnapshot], now: datetime) -> list[Recommendation]:
         recs: list[Recommendation] = []
         for cid, snap in snapshots.items():
             if len(snap) == 0:
                 continue
+            metric = self.metric_for(cid)
             counts = snap.counts if self.window_s is None else snap.window(self.window_s)
-            trials = (counts["starts"] if self.metric == "completion"
+            trials = (counts["starts"] if metric == "completion"
                       else counts["impressions"]).astype(float)
-            succ = counts[SUCCESS_METRIC[self.metric]].astype(float)
+            succ = counts[SUCCESS_METRIC[metric]].astype(float)
             total_t, total_s = trials.sum(), succ.sum()
             summary: dict[str, Any] = {
-                "at": now.isoformat(), "metric": self.metric, "rule": self.rule,
+                "at": now.isoformat(), "metric": metric, "rule": self.rule,
                 "window_s": self.window_s, "trials": int(total_t),
                 "successes": int(total_s),
                 "pooled_rate": float(total_s / total_t) if total_t else None,
@@ -116,7 +130,7 @@ class PerformanceMonitor(Agent):
             for rank, i in enumerate(ranked):
                 cell = snap.cell_ids[i]
                 evidence: dict[str, Any] = {
-                    "metric": self.metric, "window_s": self.window_s, "trials": int(trials[i]),
+                    "metric": metric, "window_s": self.window_s, "trials": int(trials[i]),
                     "successes": int(succ[i]), "pooled_rate": float(pooled),
                     "threshold": float(threshold), "p_below_threshold": float(p_below[i]),
                     "rule": self.rule}

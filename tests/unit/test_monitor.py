@@ -88,3 +88,26 @@ def test_metrics_over_windows_and_the_raw_rule_uses_the_last_30_seconds(seed_spe
     assert summary["windows"]["30"]["impressions"] == 50 * n
     assert summary["windows"]["3600"]["conversions"] == n - 1
     assert summary["windows"]["totals"]["cpa_micros"] is not None
+
+
+def test_each_campaign_is_watched_on_its_objectives_rate(seed_spec) -> None:  # type: ignore[no-untyped-def]
+    n = 432
+    rng = np.random.default_rng(1)
+    t = CellTable(seed_spec.id, atomize(seed_spec))
+    t.counts["impressions"][:] = 20_000
+    t.counts["clicks"][:] = rng.binomial(20_000, 0.01, n)
+    t.counts["clicks"][7] = 0  # a clicks campaign's dead cell; no conversions anywhere
+    t.counts["starts"][:] = 20_000
+    t.counts["completes"][:] = rng.binomial(20_000, 0.8, n)
+    mon = PerformanceMonitor()
+    mon.objectives[seed_spec.id] = "clicks"
+    recs = mon.run({seed_spec.id: t.snapshot()}, NOW)
+    assert [r.target for r in recs] == [t.cell_ids[7]]
+    assert recs[0].evidence["metric"] == "ctr"
+    assert mon.last_metrics[seed_spec.id]["metric"] == "ctr"
+    # completed views: the completion rate; a campaign of unknown objective: CVR
+    mon.objectives[seed_spec.id] = "completed_views"
+    assert mon.metric_for(seed_spec.id) == "completion"
+    assert mon.run({seed_spec.id: t.snapshot()}, NOW) == []
+    assert PerformanceMonitor().metric_for("unknown") == "cvr"
+    assert PerformanceMonitor(metric="ctr").metric_for(seed_spec.id) == "ctr"
