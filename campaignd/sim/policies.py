@@ -141,6 +141,15 @@ class SeedPolicy:
         return b.copy()
 
 
+
+def _offset_hours(zone: Any, now: datetime) -> int:
+    """A time zone's UTC offset at ``now``, in whole hours (floored)."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    off = now.astimezone(zone).utcoffset()
+    return int(off.total_seconds() // 3600) if off is not None else 0
+
+
 class ThompsonPolicy:
     """Budgets from the Bayesian allocator, re-planned every ``replan_seconds`` (and at every
     midnight of the account's budget day, ``PolicyContext.budget_day``) from what the DSP
@@ -285,7 +294,9 @@ class ThompsonPolicy:
         self._group = np.array([keys.setdefault((c.audience, c.daypart), len(keys))
                                 for c in cells], dtype=np.int64)
         self._group_keys = list(keys)
-        self._prior_shape: np.ndarray | None = None
+        self._prior_shapes: dict[tuple[int, ...], np.ndarray] = {}
+        self._shape_zones: list[tuple[list[Any], tuple[int, ...]]] | None = None
+        self._zone_set: list[Any] = []
         # capacity is a property of the inventory a line item buys and its bid, not of its
         # creative: one estimate per supply key (audience, daypart, platform, bid strategy)
         skeys: dict[tuple[str, str, str, str], int] = {}
@@ -317,24 +328,37 @@ class ThompsonPolicy:
     # --- delivery shape ---------------------------------------------------------------------
 
     def _prior(self, now: datetime) -> np.ndarray:
-        if self._prior_shape is None:
-            from zoneinfo import ZoneInfo
+        from zoneinfo import ZoneInfo
 
-            from campaignd.domain.geo import zip_timezone
+        from campaignd.domain.geo import zip_timezone
 
-            spec = self._ctx.spec
+        spec = self._ctx.spec
+        if self._shape_zones is None:
+            # per (audience, daypart): the time zone of each ZIP (one entry per ZIP) and the
+            # daypart's local hours
+            zones: dict[str, ZoneInfo] = {}
+            self._shape_zones = [
+                ([zones.setdefault(tz, ZoneInfo(tz)) for tz in (
+                    zip_timezone(z) for z in (spec.level("audience", aud).zips  # type: ignore[union-attr]
+                                              or ("",)))],
+                 tuple(spec.level("daypart", dp).hours))  # type: ignore[union-attr]
+                for aud, dp in self._group_keys]
+            self._zone_set = list(zones.values())
+        # the shape depends on the zones' UTC offsets now (daylight saving moves them twice a
+        # year): computed once per set of offsets
+        key = tuple(_offset_hours(z, now) for z in self._zone_set)
+        shape_now = self._prior_shapes.get(key)
+        if shape_now is None:
             shape = np.zeros((len(self._group_keys), 24))
-            for g, (aud, dp) in enumerate(self._group_keys):
-                zips = spec.level("audience", aud).zips  # type: ignore[union-attr]
-                hours = spec.level("daypart", dp).hours  # type: ignore[union-attr]
-                for z in zips or ("",):
-                    off = ZoneInfo(zip_timezone(z)).utcoffset(now.replace(tzinfo=None))
-                    off_h = int(off.total_seconds() // 3600) if off is not None else 0
+            for g, (zs, hours) in enumerate(self._shape_zones):
+                for z in zs:
+                    off_h = _offset_hours(z, now)
                     for h in hours:
                         shape[g, (h - off_h) % 24] += 1.0
             tot = shape.sum(axis=1, keepdims=True)
-            self._prior_shape = np.where(tot > 0, shape / np.where(tot > 0, tot, 1.0), 1 / 24)
-        return self._prior_shape
+            shape_now = np.where(tot > 0, shape / np.where(tot > 0, tot, 1.0), 1 / 24)
+            self._prior_shapes[key] = shape_now
+        return shape_now
 
     def _shape(self, now: datetime) -> np.ndarray:
         """Per (audience, daypart): share of a day's supply by UTC hour, from the spec:

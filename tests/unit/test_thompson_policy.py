@@ -131,6 +131,19 @@ def test_the_share_of_the_day_past_counts_from_the_accounts_midnight() -> None:
                        atol=1e-3)
 
 
+def test_the_supply_shape_follows_daylight_saving() -> None:
+    """A daypart is local hours: when the clocks go back, its supply comes an hour later in
+    UTC (the shape was computed once, at the first decision, and kept for the whole flight)."""
+    sc = load_scenario(SEED)
+    cells = atomize(sc.campaign)
+    pol = ThompsonPolicy(PolicyContext(sc.campaign, cells, 10**12, 2_500_000_000, seed=1))
+    summer = pol._shape(datetime(2026, 10, 31, 12, tzinfo=UTC)).copy()  # EDT, PDT, ...
+    winter = pol._shape(datetime(2026, 11, 2, 12, tzinfo=UTC))  # EST, PST, ...
+    # the seed campaign's audiences are in zones that observe daylight saving
+    assert np.allclose(np.roll(summer, 1, axis=1), winter)
+    assert np.allclose(pol._shape(datetime(2026, 10, 30, tzinfo=UTC)), summer)
+
+
 def test_creative_fatigue_counts_trials_at_the_strength_they_had() -> None:
     sc = load_scenario(SEED)
     cells = atomize(sc.campaign)
