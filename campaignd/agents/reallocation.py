@@ -211,6 +211,11 @@ class BudgetReallocationAgent(Agent):
     def _run_campaign(self, camp: _Campaign, snap: CellSnapshot, now: datetime
                       ) -> Recommendation | None:
         cid = camp.spec.id
+        if not camp.spec.flight_start <= now < camp.spec.flight_end:
+            # outside the flight nothing can be bought: no re-plan, no requests
+            self.last[cid] = {"at": now.isoformat(), "cells_changed": 0,
+                              "outside_flight": True}
+            return None
         obs = observations_from(snap, now)
         if not camp.started:
             camp.started = True

@@ -164,3 +164,20 @@ def test_one_campaigns_failure_does_not_stop_the_others(seed_spec: CampaignSpec)
     recs = agent.run({other.id: bad, seed_spec.id: good}, at)  # type: ignore[dict-item]
     assert [r.campaign_id for r in recs] == [seed_spec.id]
     assert agent.errors == 1 and "error" in agent.last[other.id]
+
+
+def test_nothing_is_planned_outside_the_flight(seed_spec: CampaignSpec) -> None:
+    cells = atomize(seed_spec)
+    budget = seed_spec.daily_budget_micros // len(cells)
+    agent = BudgetReallocationAgent(seed=1)
+    agent.add_campaign(seed_spec, cells)
+    for at in (seed_spec.flight_start - timedelta(hours=1), seed_spec.flight_end,
+               seed_spec.flight_end + timedelta(days=3)):
+        snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
+                         at=at)
+        assert agent.run({seed_spec.id: snap}, at) == []  # type: ignore[dict-item]
+        assert agent.last[seed_spec.id]["outside_flight"] is True
+    inside = seed_spec.flight_start + timedelta(days=2, hours=1)
+    snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
+                     at=inside)
+    assert len(agent.run({seed_spec.id: snap}, inside)) == 1  # type: ignore[dict-item]
