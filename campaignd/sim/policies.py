@@ -297,6 +297,7 @@ class ThompsonPolicy:
         self._prior_shapes: dict[tuple[int, ...], np.ndarray] = {}
         self._shape_zones: list[tuple[list[Any], tuple[int, ...]]] | None = None
         self._zone_set: list[Any] = []
+        self._shape_days: list[tuple[int, ...]] = []
         # capacity is a property of the inventory a line item buys and its bid, not of its
         # creative: one estimate per supply key (audience, daypart, platform, bid strategy)
         skeys: dict[tuple[str, str, str, str], int] = {}
@@ -343,22 +344,49 @@ class ThompsonPolicy:
                                               or ("",)))],
                  tuple(spec.level("daypart", dp).hours))  # type: ignore[union-attr]
                 for aud, dp in self._group_keys]
+            self._shape_days = [
+                tuple(spec.level("daypart", dp).days)  # type: ignore[union-attr]
+                for _, dp in self._group_keys]
             self._zone_set = list(zones.values())
         # the shape depends on the zones' UTC offsets now (daylight saving moves them twice a
         # year): computed once per set of offsets
         key = tuple(_offset_hours(z, now) for z in self._zone_set)
         shape_now = self._prior_shapes.get(key)
         if shape_now is None:
-            shape = np.zeros((len(self._group_keys), 24))
-            for g, (zs, hours) in enumerate(self._shape_zones):
-                for z in zs:
-                    off_h = _offset_hours(z, now)
-                    for h in hours:
-                        shape[g, (h - off_h) % 24] += 1.0
-            tot = shape.sum(axis=1, keepdims=True)
-            shape_now = np.where(tot > 0, shape / np.where(tot > 0, tot, 1.0), 1 / 24)
+            if all(len(d) == 7 for d in self._shape_days):
+                shape = np.zeros((len(self._group_keys), 24))
+                for g, (zs, hours) in enumerate(self._shape_zones):
+                    for z in zs:
+                        off_h = _offset_hours(z, now)
+                        for h in hours:
+                            shape[g, (h - off_h) % 24] += 1.0
+                tot = shape.sum(axis=1, keepdims=True)
+                shape_now = np.where(tot > 0, shape / np.where(tot > 0, tot, 1.0), 1 / 24)
+            else:
+                shape_now = self._weekly_shape(now)
             self._prior_shapes[key] = shape_now
         return shape_now
+
+    def _weekly_shape(self, now: datetime) -> np.ndarray:
+        """Dayparts limited to some weekdays: per group, the supply by UTC hour of the week
+        (168 slots, slot ``j`` = hours since the epoch mod 168: the epoch is a Thursday),
+        scaled so that a day of the daypart holds one day's worth (a day off holds none)."""
+        assert self._shape_zones is not None
+        shape = np.zeros((len(self._group_keys), 168))
+        j = np.arange(168)
+        utc_day, utc_hour = (j // 24 + 3) % 7, j % 24  # 0 = Monday
+        for g, ((zs, hours), days) in enumerate(zip(self._shape_zones, self._shape_days,
+                                                   strict=True)):
+            in_hours = np.zeros(24, dtype=bool)
+            in_hours[list(hours)] = True
+            in_days = np.zeros(7, dtype=bool)
+            in_days[list(days)] = True
+            for z in zs:
+                local = utc_hour + _offset_hours(z, now)
+                shape[g] += in_hours[local % 24] & in_days[(utc_day + local // 24) % 7]
+            per_day = shape[g].sum() / max(len(days), 1)
+            shape[g] = shape[g] / per_day if per_day > 0 else 1 / 24
+        return shape
 
     def _shape(self, now: datetime) -> np.ndarray:
         """Per (audience, daypart): share of a day's supply by UTC hour, from the spec:
@@ -369,9 +397,19 @@ class ThompsonPolicy:
 
     def _elapsed(self, shape: np.ndarray, now: datetime) -> np.ndarray:
         """Per cell: the share of its supply of the budget day of ``now`` already past."""
+        return self._elapsed_and_day(shape, now)[0]
+
+    def _day_supply(self, shape: np.ndarray, now: datetime) -> np.ndarray | None:
+        """Per cell: the budget day's supply in days' worth (``None``: one day's worth for
+        every cell, as when every daypart runs all week)."""
+        return self._elapsed_and_day(shape, now)[1]
+
+    def _elapsed_and_day(self, shape: np.ndarray, now: datetime
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
         ts = now.timestamp()
         start, end, _ = self._ctx.budget_day.span(ts)
-        if start % 86_400 == 0 and end - start == 86_400:
+        period = shape.shape[1]
+        if period == 24 and start % 86_400 == 0 and end - start == 86_400:
             # a day from UTC midnight: the arithmetic of before, so UTC runs stay bit-identical
             t = now.astimezone(UTC)
             h = t.hour
@@ -380,8 +418,8 @@ class ThompsonPolicy:
         else:  # supply past since the day's midnight ÷ the whole day's (any offset, any length)
             def cum(t: float) -> np.ndarray:  # the shape's cumulative sum over UTC hours
                 k = int(t // 3600)
-                c: np.ndarray = (k // 24) * total + head[:, k % 24] + shape[:, k % 24] * (
-                    t / 3600 - k)
+                c: np.ndarray = (k // period) * total + head[:, k % period] + shape[
+                    :, k % period] * (t / 3600 - k)
                 return c
 
             total = shape.sum(axis=1)
@@ -390,8 +428,11 @@ class ThompsonPolicy:
             c0, c1 = cum(start), cum(end)
             day = c1 - c0
             f = (cum(ts) - c0) / np.where(day > 0, day, 1.0)
+            if period != 24:  # some days have no supply (or part of a day's worth)
+                out_f: np.ndarray = np.clip(f, 0.0, 1.0)[self._group]
+                return out_f, day[self._group]
         out: np.ndarray = np.clip(f, 0.0, 1.0)[self._group]
-        return out
+        return out, None
 
     # --- decisions ----------------------------------------------------------------------------
 
@@ -415,10 +456,11 @@ class ThompsonPolicy:
             # the day's cut limit counts from the budgets the DSP holds as the day starts
             self._alloc.begin_day(reference=obs.budgets_micros.astype(float))
         shape = self._shape(now)
-        f_now = self._elapsed(shape, now)
+        f_now, day_supply = self._elapsed_and_day(shape, now)
         s = spent_today.astype(float)
         key_cap = self._capacity.estimate()[self._skey]
-        cap = s + self.capacity_margin * key_cap * (1.0 - f_now)
+        supply_left = 1.0 - f_now if day_supply is None else day_supply * (1.0 - f_now)
+        cap = s + self.capacity_margin * key_cap * supply_left
         self.spend_upper = cap
         x = self._alloc.allocate(float(today), cap, lower=np.minimum(s, float(today)),
                                  previous=obs.budgets_micros.astype(float))
@@ -494,8 +536,10 @@ class ThompsonPolicy:
             return  # spent today restarted: this interval says nothing clean about capacity
         shape = self._shape(now)
         f0 = self._elapsed(shape, last_at)
-        f1 = self._elapsed(shape, now)
+        f1, day_supply = self._elapsed_and_day(shape, now)
         df = f1 - f0
+        if day_supply is not None:  # in days' worth of supply (a day off has none)
+            df = df * day_supply
         b = obs.budgets_micros.astype(float)
         s0 = last.spent_today_micros.astype(float)
         s1 = obs.spent_today_micros.astype(float)

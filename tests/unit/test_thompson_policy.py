@@ -297,3 +297,48 @@ def test_the_conversion_lag_is_measured_from_the_market(tmp_path: Path) -> None:
         lags[estimate] = pol.delay_hours
     assert lags[False] == 3.0
     assert 4.5 < lags[True] < 8.0
+
+
+def test_a_daypart_limited_to_some_weekdays_gets_no_budget_on_the_others() -> None:
+    import copy
+    import tomllib
+
+    from campaignd.domain.campaign import parse_spec
+
+    raw = tomllib.loads((ROOT / "config" / "campaigns" / "madhive_12345.toml").read_text())
+    d = copy.deepcopy(raw)
+    d["dayparts"] = [{"id": "wkday_prime", "hours": list(range(17, 23)), "days": [0, 1, 2, 3, 4]},
+                     {"id": "wkend_prime", "hours": list(range(17, 23)), "days": [5, 6]}]
+    spec = parse_spec(d)
+    cells = atomize(spec)
+    n = len(cells)
+    weekday = np.array([c.daypart == "wkday_prime" for c in cells])
+    z = np.zeros(n, dtype=np.int64)
+
+    def plan(at: datetime) -> tuple[np.ndarray, ThompsonPolicy]:
+        pol = ThompsonPolicy(PolicyContext(spec, cells, spec.lifetime_budget_micros,
+                                           spec.daily_budget_micros, seed=1,
+                                           budget_day=BudgetDay("America/New_York")))
+        o = Observations(now=at, cell_ids=tuple(c.cell_id for c in cells), impressions=z,
+                         spend_micros=z, clicks=z, completes=z, viewable=z, measurable=z,
+                         conversions=z, conversion_value_micros=z, spent_today_micros=z,
+                         budgets_micros=z)
+        return pol.decide(o, at), pol
+
+    saturday = datetime(2026, 11, 7, 14, tzinfo=UTC)  # 09:00 in New York
+    b, pol = plan(saturday)
+    assert b[weekday].sum() == 0 and b[~weekday].sum() > 0.9 * spec.daily_budget_micros
+    assert pol.spend_upper is not None and pol.spend_upper[weekday].sum() == 0
+    monday = datetime(2026, 11, 9, 14, tzinfo=UTC)
+    b, _ = plan(monday)
+    assert b[~weekday].sum() == 0 and b[weekday].sum() > 0.9 * spec.daily_budget_micros
+    # a day's worth of supply on a day of the daypart, none on the others (in New York's
+    # budget day: a West Coast evening runs past its midnight, so Monday's misses Sunday's
+    # tail and Saturday's has Friday's)
+    tuesday = monday + timedelta(days=1)
+    shape = pol._shape(tuesday)
+    assert shape.shape[1] == 168
+    assert np.allclose(pol._day_supply(shape, tuesday)[weekday], 1.0)
+    assert np.allclose(pol._day_supply(shape, tuesday)[~weekday], 0.0)
+    on_monday = pol._day_supply(shape, monday)
+    assert np.all((on_monday[weekday] > 0.5) & (on_monday[weekday] <= 1.0 + 1e-9))
