@@ -564,6 +564,13 @@ class ThompsonPolicy:
         # supply-limited: the spend per unit of supply is a measurement of the capacity
         m = np.flatnonzero(key_sup & ~key_bud & (key_df > 0))
         cm.measure(m, rate[m], key_imps[m])
+        # one that bought nothing at all: less than one impression's worth over that share of
+        # the day (a measurement, so a line item with no inventory stops holding budget)
+        imps_all = float(obs.impressions.sum())
+        none = m[key_imps[m] <= 0]
+        if none.size and imps_all > 0:
+            cpi = float(obs.spend_micros.sum()) / imps_all
+            cm.measure(none, cpi / key_df[none], np.ones(none.size))
         # kept pace while funded up to the capacity we believed: it can buy more (probe up)
         up = np.flatnonzero(key_at_cap & ~key_sup)
         assert self._start is not None

@@ -299,6 +299,59 @@ def test_the_conversion_lag_is_measured_from_the_market(tmp_path: Path) -> None:
     assert 4.5 < lags[True] < 8.0
 
 
+def test_a_line_item_with_no_inventory_stops_holding_budget() -> None:
+    """A supply-limited line item that buys nothing at all is a measurement too (less than an
+    impression's worth): before, it was dropped, and the empty line item kept its prior
+    capacity and a large share of the budget for the whole flight."""
+    import copy
+    import tomllib
+
+    from campaignd.domain.campaign import parse_spec
+
+    raw = tomllib.loads((ROOT / "config" / "campaigns" / "madhive_12345.toml").read_text())
+    d = copy.deepcopy(raw)
+    for t in ("audiences", "creatives", "bid_strategies"):
+        d[t] = d[t][:1]
+    d["dayparts"] = [{"id": "all", "hours": list(range(24))}]
+    d["platforms"] = d["platforms"][:2]
+    spec = parse_spec(d)
+    cells = atomize(spec)
+    assert len(cells) == 2
+    pol = ThompsonPolicy(PolicyContext(spec, cells, spec.lifetime_budget_micros,
+                                       spec.daily_budget_micros, seed=1))
+    true_cap = np.array([2_000e6, 0.0])  # the second platform has no inventory
+    n = 2
+    t = datetime(2026, 11, 2, 0, 5, tzinfo=UTC)
+    imps, spend, conv, today = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    b = np.zeros(n, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    spent_by_day: list[np.ndarray] = []
+    for _ in range(6 * 24 * 3):
+        t2 = t + timedelta(minutes=10)
+        if t2.date() != t.date():
+            spent_by_day.append(today.copy())
+            today[:] = 0
+        frac = (t2.hour * 60 + t2.minute) / 1440 or 1.0
+        ds = np.minimum(true_cap * 10 / 1440, np.maximum(b * frac - today, 0))
+        spend += ds
+        today += ds
+        imps += ds / 20_000
+        conv += rng.poisson(ds / 20_000 * 0.002)
+        t = t2
+        o = Observations(now=t, cell_ids=tuple(c.cell_id for c in cells),
+                         impressions=imps.astype(np.int64), spend_micros=spend.astype(np.int64),
+                         clicks=np.zeros(n, np.int64), completes=np.zeros(n, np.int64),
+                         viewable=np.zeros(n, np.int64), measurable=np.zeros(n, np.int64),
+                         conversions=conv.astype(np.int64),
+                         conversion_value_micros=np.zeros(n, np.int64),
+                         spent_today_micros=today.astype(np.int64), budgets_micros=b)
+        b = pol.decide(o, t)
+    # from the second day the empty line item holds almost nothing, and the other spends
+    # nearly what it can (2,000 a day); before: 755-1,587 held, about 1,580 spent
+    assert b[1] < 0.01 * spec.daily_budget_micros
+    assert all(day[0] > 0.95 * true_cap[0] for day in spent_by_day[1:])
+
+
 def test_a_daypart_limited_to_some_weekdays_gets_no_budget_on_the_others() -> None:
     import copy
     import tomllib
