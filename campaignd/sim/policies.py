@@ -408,8 +408,13 @@ class ThompsonPolicy:
                          ) -> tuple[np.ndarray, np.ndarray | None]:
         ts = now.timestamp()
         start, end, _ = self._ctx.budget_day.span(ts)
+        # the flight's last day ends with the flight: supply after it buys nothing
+        ends_early = self._ctx.spec.flight_end.timestamp() < end
+        if ends_early:
+            end = max(int(self._ctx.spec.flight_end.timestamp()), start)
         period = shape.shape[1]
-        if period == 24 and start % 86_400 == 0 and end - start == 86_400:
+        if (period == 24 and not ends_early and start % 86_400 == 0
+                and end - start == 86_400):
             # a day from UTC midnight: the arithmetic of before, so UTC runs stay bit-identical
             t = now.astimezone(UTC)
             h = t.hour
@@ -428,7 +433,7 @@ class ThompsonPolicy:
             c0, c1 = cum(start), cum(end)
             day = c1 - c0
             f = (cum(ts) - c0) / np.where(day > 0, day, 1.0)
-            if period != 24:  # some days have no supply (or part of a day's worth)
+            if period != 24 or ends_early:  # not a whole day's worth of supply
                 out_f: np.ndarray = np.clip(f, 0.0, 1.0)[self._group]
                 return out_f, day[self._group]
         out: np.ndarray = np.clip(f, 0.0, 1.0)[self._group]

@@ -395,3 +395,31 @@ def test_a_daypart_limited_to_some_weekdays_gets_no_budget_on_the_others() -> No
     assert np.allclose(pol._day_supply(shape, tuesday)[~weekday], 0.0)
     on_monday = pol._day_supply(shape, monday)
     assert np.all((on_monday[weekday] > 0.5) & (on_monday[weekday] <= 1.0 + 1e-9))
+
+
+def test_on_the_flights_last_day_no_budget_waits_for_supply_after_its_end() -> None:
+    from campaignd.domain.campaign import load_spec
+
+    spec = load_spec(ROOT / "config" / "campaigns" / "madhive_12345.toml")
+    cells = atomize(spec)
+    n = len(cells)
+    pol = ThompsonPolicy(PolicyContext(spec, cells, spec.lifetime_budget_micros,
+                                       spec.daily_budget_micros, seed=1,
+                                       budget_day=BudgetDay("America/New_York")))
+    now = spec.flight_end - timedelta(hours=7)  # 12:00 in New York on the last day
+    z = np.zeros(n, dtype=np.int64)
+    o = Observations(now=now, cell_ids=tuple(c.cell_id for c in cells), impressions=z,
+                     spend_micros=z, clicks=z, completes=z, viewable=z, measurable=z,
+                     conversions=z, conversion_value_micros=z, spent_today_micros=z,
+                     budgets_micros=z)
+    b = pol.decide(o, now)
+    # each cell's supply between now and the flight's end, from the 24-hour shape
+    shape = pol._shape(now)
+    h0 = now.astimezone(UTC).hour
+    hours_left = [(h0 + k) % 24 for k in range(7)]
+    before_end = shape[:, hours_left].sum(axis=1)[pol._group]
+    dead = before_end == 0
+    assert dead.any() and (~dead).any()
+    assert b[dead].sum() == 0
+    assert b[~dead].sum() > 0.9 * spec.daily_budget_micros
+    assert pol._elapsed(shape, spec.flight_end - timedelta(seconds=1)).min() > 0.99
