@@ -152,6 +152,9 @@ class RunTrace:
     days_touched: int = 0
     """Budget days (the account's) the run overlaps: the budget available is the daily budget
     times this."""
+    after_end: dict[str, int] = field(default_factory=dict)
+    """Conversions (and their value, micros) the run caused that the DSP reports after its end
+    (their delay runs past it): part of what the run achieved."""
 
 
 _TOTAL_METRIC = np.array([METRIC_INDEX[k] for k in TOTAL_KEYS], dtype=np.int64)
@@ -279,6 +282,8 @@ def run_policy(market: Market, policy: Policy, ctx: PolicyContext, *, start: dat
         feed.close()
     trace.totals = _registry_totals(table)
     trace.market_totals = market.totals_array()
+    trace.after_end = {"conversions": market.pending_conversions(),
+                       "conversion_value_micros": market.pending_value_micros()}
     if feed.events:
         trace.pipeline = feed.pipeline.stats.as_dict()
     last = end - timedelta(microseconds=1)
@@ -408,7 +413,11 @@ def _report(scenario: Scenario, spec: CampaignSpec, cells: list[Cell], policy: s
     pt = p.totals.sum(axis=1)
     ot = o.totals.sum(axis=1)
     key = _T[_OBJECTIVE_TOTAL[spec.objective]]
-    achieved, best = int(pt[key]), int(ot[key])
+    # conversions still on their way when the run ends were caused by it: they count (for
+    # both; dropping the same few from each pulls a ratio below 1 further down)
+    late = _OBJECTIVE_TOTAL[spec.objective]
+    achieved = int(pt[key]) + p.after_end.get(late, 0)
+    best = int(ot[key]) + o.after_end.get(late, 0)
     budget = min(spec.lifetime_budget_micros, spec.daily_budget_micros * p.days_touched)
     return {
         "scenario": scenario.name,
@@ -432,8 +441,10 @@ def _report(scenario: Scenario, spec: CampaignSpec, cells: list[Cell], policy: s
         "oracle_completed_views": int(ot[_T["completes"]]),
         "oracle_clicks": int(ot[_T["clicks"]]),
         "oracle_spend": _money(ot[_T["spend_micros"]]),
+        "conversions_after_end": p.after_end.get("conversions", 0),
+        "oracle_conversions_after_end": o.after_end.get("conversions", 0),
         "capture_ratio": round(achieved / best, 4) if best > 0 else None,
-        "capture_by_day": _capture_by_day(p, o),
+        "capture_by_day": _capture_by_day(p, o, late),
         "actions": dict(sorted(p.actions_by_kind.items())) or {"budget_change": 0},
         "decisions": p.decisions,
         "events": p.pipeline is not None,
@@ -442,9 +453,10 @@ def _report(scenario: Scenario, spec: CampaignSpec, cells: list[Cell], policy: s
     }
 
 
-def _capture_by_day(p: RunTrace, o: RunTrace) -> list[float | None]:
+def _capture_by_day(p: RunTrace, o: RunTrace, objective: str = "") -> list[float | None]:
     """Per 24 hours of the run (the last one may be shorter): achieved ÷ oracle on the
-    objective over those hours, from the hourly samples (``None`` where the oracle got none).
+    objective over those hours, from the hourly samples (``None`` where the oracle got none;
+    the last day with the ``objective``'s units reported after the run's end).
     The first day is the cost of learning from nothing; the later ones show how close the
     policy gets once it has data."""
     if not p.times or not o.times:
@@ -462,6 +474,9 @@ def _capture_by_day(p: RunTrace, o: RunTrace) -> list[float | None]:
         t1 = min(t0 + day, p.times[-1])
         got = at(p, t1) - at(p, t0)
         best = at(o, t1) - at(o, t0)
+        if t1 >= p.times[-1]:  # the last day: with what arrives after the run's end
+            got += p.after_end.get(objective, 0)
+            best += o.after_end.get(objective, 0)
         out.append(round(got / best, 4) if best > 0 else None)
         t0 = t1
     return out

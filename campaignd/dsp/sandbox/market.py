@@ -225,6 +225,10 @@ class Market(GroundTruth):
     def pending_conversions(self) -> int:
         return len(self._pending)
 
+    def pending_value_micros(self) -> int:
+        """The summed value of the conversions caused and not yet reported (still delayed)."""
+        return int(sum(entry[3] for entry in self._pending))
+
     # --- internals ---------------------------------------------------------------------------
 
     def _grow(self, n: int) -> None:
