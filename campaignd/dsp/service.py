@@ -193,6 +193,24 @@ class DSPService:
             for c in spec.creatives])
         creative_ids = {c.id: cr.id for c, cr in zip(spec.creatives, creatives, strict=True)}
         lifetime, daily = initial_budgets(spec, len(st.cells))
+        # Cells added to a campaign that already has line items: Beeswax refuses line items
+        # whose lifetime budgets add up to more than the campaign's, so the new ones start
+        # with what the others leave (possibly nothing: the reallocation funds them later).
+        present = await self.adapter.get_line_items(campaign_id=camp.id)
+        known = {li.alternative_id for li in present}
+        added = [c for c in st.cells if c.alternative_id not in known]
+        if present and added:
+            free_life = spec.lifetime_budget_micros - sum(
+                li.lifetime_budget_micros for li in present)
+            free_daily = spec.daily_budget_micros - sum(
+                li.daily_budget_micros or 0 for li in present if li.active)
+            lifetime = max(0, min(lifetime, free_life // len(added)))
+            daily = max(0, min(daily, free_daily // len(added), lifetime))
+        # Only a cell whose line item was never fully synced ("planned") is switched on: one
+        # synced before keeps its DSP state (paused by a person or by campaignd, a restart
+        # must not undo that). (``active=False`` never switches a line item off.)
+        synced_before = {c.cell_id for c in await self.sql.list_cells(spec.id)
+                         if c.status != "planned"}
         items = []
         for cell in st.cells:
             bid = spec.level("bid_strategy", cell.bid_strategy)
@@ -204,7 +222,8 @@ class DSPService:
                 cpm_bid_micros=int(bid.cpm_bid * 1_000_000), start=spec.flight_start,
                 end=spec.flight_end, type=cre.type,  # type: ignore[union-attr,arg-type]
                 bid_strategy=bid.strategy, targeting=cell_targeting(spec, cell),
-                creative_weights={creative_ids[cell.creative]: 100}, active=True))
+                creative_weights={creative_ids[cell.creative]: 100},
+                active=cell.cell_id not in synced_before))
         created = await self.adapter.create_line_items(items)
         st.line_items = {cell.cell_id: li for cell, li in zip(st.cells, created, strict=True)}
         await self._record([_sync_action(
@@ -217,8 +236,10 @@ class DSPService:
         await self.sql.put_dsp_ids("campaign", {spec.id: camp.id})
         await self.sql.put_dsp_ids("creative", {f"{spec.id}:{k}": v
                                                 for k, v in creative_ids.items()})
-        await self.sql.set_cell_line_items({cid: li.id for cid, li in st.line_items.items()},
-                                           status="active")
+        for active in (True, False):  # the DSP's state: a paused line item stays paused
+            await self.sql.set_cell_line_items(
+                {cid: li.id for cid, li in st.line_items.items() if bool(li.active) == active},
+                status="active" if active else "paused")
         await self.sql.update_cell_budgets({cid: (li.lifetime_budget_micros,
                                                   li.daily_budget_micros)
                                             for cid, li in st.line_items.items()})

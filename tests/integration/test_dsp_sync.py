@@ -1,0 +1,98 @@
+"""The DSP service's campaign sync over real parts (the sandbox's Beeswax API over loopback, the
+Beeswax adapter, SQL): what a restart or a changed spec does to line items already there."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import anyio
+
+from campaignd.clock import VirtualClock
+from campaignd.domain.campaign import CampaignSpec, atomize
+from campaignd.dsp.sandbox import SandboxService
+from campaignd.dsp.service import DSPService
+from campaignd.settings import load_settings
+from campaignd.stores.sql import SqlStore
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+EMAIL, PASSWORD = "ops@campaignd.test", "pw"
+M = 1_000_000
+
+
+def small(spec: CampaignSpec) -> CampaignSpec:
+    return dataclasses.replace(spec, daily_budget=Decimal("60"), lifetime_budget=Decimal("600"))
+
+
+@asynccontextmanager
+async def sandbox_url() -> AsyncIterator[str]:
+    sandbox = SandboxService(None, email=EMAIL, password=PASSWORD, log_level="critical")
+    async with anyio.create_task_group() as tg:
+        yield await tg.start(sandbox.run)
+        tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def service(sql: SqlStore, url: str) -> AsyncIterator[DSPService]:
+    """A DSP service (one daemon's life: a second one is a restart)."""
+    settings = load_settings(None, environ={
+        "CAMPAIGND_DSP__ADAPTER": "beeswax", "CAMPAIGND_DSP__BEESWAX__BASE_URL": url,
+        "CAMPAIGND_DSP__BEESWAX__EMAIL": EMAIL, "CAMPAIGND_DSP__BEESWAX__PASSWORD": PASSWORD,
+        "CAMPAIGND_DSP__BEESWAX__RATE_LIMIT_RPS": "1000",
+        "CAMPAIGND_DSP__BEESWAX__MAX_RETRIES": "0", "CAMPAIGND_RECEIVER__ENABLED": "false"})
+    svc = DSPService(settings, sql, clock=VirtualClock(NOW))
+    async with anyio.create_task_group() as tg:
+        await tg.start(svc.run)
+        try:
+            yield svc
+        finally:
+            await svc.aclose()
+            tg.cancel_scope.cancel()
+
+
+async def test_a_restart_keeps_a_paused_line_item_paused(sql_store: SqlStore,
+                                                        seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    cells = atomize(spec)[:6]
+    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    async with sandbox_url() as url:
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(spec, cells)
+            li = svc.campaigns[spec.id].line_items[cells[0].cell_id]
+            assert li.active
+            assert svc.adapter is not None
+            await svc.adapter.set_active(li.id, False)  # a person pauses it on the DSP
+        async with service(sql_store, url) as svc:  # campaignd restarts
+            await svc.sync_campaign(spec, cells)
+            assert svc.campaigns[spec.id].synced
+            assert svc.adapter is not None
+            (now,) = await svc.adapter.get_line_items([li.id])
+            assert now.active is False
+            others = await svc.adapter.get_line_items(
+                [x.id for c, x in svc.campaigns[spec.id].line_items.items()
+                 if c != cells[0].cell_id])
+            assert all(x.active for x in others)
+    status = {c.cell_id: c.status for c in await sql_store.list_cells(spec.id)}
+    assert status[cells[0].cell_id] == "paused" and status[cells[1].cell_id] == "active"
+
+
+async def test_a_cell_added_to_a_running_campaign_starts_from_the_headroom(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    every = atomize(spec)
+    async with sandbox_url() as url:
+        await sql_store.upsert_campaign(spec, every[:6], now=NOW)
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(spec, every[:6])  # $600 split six ways: no headroom
+        await sql_store.upsert_campaign(spec, every[:7], now=NOW)
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(spec, every[:7])
+            st = svc.campaigns[spec.id]
+            assert st.synced, st.error
+            assert len(st.line_items) == 7
+            assert sum(li.lifetime_budget_micros for li in st.line_items.values()) <= 600 * M
+            assert sum(li.daily_budget_micros or 0 for li in st.line_items.values()) <= 60 * M
+            assert st.line_items[every[6].cell_id].lifetime_budget_micros == 0
