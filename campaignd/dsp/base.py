@@ -134,6 +134,10 @@ class LineItemSpec:
     targeting: Targeting = field(default_factory=Targeting)
     creative_weights: Mapping[int, int] = field(default_factory=dict)
     active: bool = True
+    activate_existing: bool = True
+    """When the line item exists already (found by its alternative id): switch it on if it is
+    off. ``False`` leaves an existing line item's state alone (one synced before may have been
+    paused on purpose); a line item created now is switched on per ``active`` either way."""
 
 
 @dataclass(frozen=True, slots=True)

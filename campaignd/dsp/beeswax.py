@@ -536,7 +536,7 @@ class BeeswaxAdapter(DSPAdapter):
         if spec.creative_weights:
             await self._sync_associations(int(record["id"]), spec.creative_weights,
                                           deactivate_others=False, fresh=created)
-        if spec.active and not record.get("active"):
+        if spec.active and not record.get("active") and (created or spec.activate_existing):
             record = await self._json("PATCH", f"/line-items/{record['id']}", {"active": True})
         assert record is not None
         return self._line_item(record)

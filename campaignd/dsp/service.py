@@ -206,9 +206,9 @@ class DSPService:
                 li.daily_budget_micros or 0 for li in present if li.active)
             lifetime = max(0, min(lifetime, free_life // len(added)))
             daily = max(0, min(daily, free_daily // len(added), lifetime))
-        # Only a cell whose line item was never fully synced ("planned") is switched on: one
-        # synced before keeps its DSP state (paused by a person or by campaignd, a restart
-        # must not undo that). (``active=False`` never switches a line item off.)
+        # A line item created now is switched on; an existing one only if its cell was never
+        # fully synced ("planned"): one synced before keeps its DSP state (paused by a person
+        # or by campaignd: a restart must not undo that).
         synced_before = {c.cell_id for c in await self.sql.list_cells(spec.id)
                          if c.status != "planned"}
         items = []
@@ -222,8 +222,8 @@ class DSPService:
                 cpm_bid_micros=int(bid.cpm_bid * 1_000_000), start=spec.flight_start,
                 end=spec.flight_end, type=cre.type,  # type: ignore[union-attr,arg-type]
                 bid_strategy=bid.strategy, targeting=cell_targeting(spec, cell),
-                creative_weights={creative_ids[cell.creative]: 100},
-                active=cell.cell_id not in synced_before))
+                creative_weights={creative_ids[cell.creative]: 100}, active=True,
+                activate_existing=cell.cell_id not in synced_before))
         created = await self.adapter.create_line_items(items)
         st.line_items = {cell.cell_id: li for cell, li in zip(st.cells, created, strict=True)}
         await self._record([_sync_action(

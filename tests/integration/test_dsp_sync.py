@@ -96,3 +96,20 @@ async def test_a_cell_added_to_a_running_campaign_starts_from_the_headroom(
             assert sum(li.lifetime_budget_micros for li in st.line_items.values()) <= 600 * M
             assert sum(li.daily_budget_micros or 0 for li in st.line_items.values()) <= 60 * M
             assert st.line_items[every[6].cell_id].lifetime_budget_micros == 0
+
+
+async def test_line_items_created_again_on_a_fresh_dsp_are_switched_on(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """SQL remembers a sync, the DSP does not (a sandbox started afresh, another account): the
+    line items are created again, and created line items are switched on."""
+    spec = small(seed_spec)
+    cells = atomize(spec)[:4]
+    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    async with sandbox_url() as url, service(sql_store, url) as svc:
+        await svc.sync_campaign(spec, cells)
+    async with sandbox_url() as url, service(sql_store, url) as svc:
+        await svc.sync_campaign(spec, cells)
+        assert svc.adapter is not None
+        items = await svc.adapter.get_line_items(
+            [li.id for li in svc.campaigns[spec.id].line_items.values()])
+        assert len(items) == 4 and all(li.active for li in items)
