@@ -84,6 +84,9 @@ class DSPService:
         self.campaigns: dict[str, _CampaignState] = {}
         self.last_reconcile: dict[str, Any] | None = None
         self._advertiser_id: int | None = settings.dsp.beeswax.advertiser_id
+        """The configured advertiser (``dsp.beeswax.advertiser_id``): every campaign's."""
+        self._advertisers: dict[str, int] = {}
+        """Otherwise one per spec ``advertiser`` (alternative id → DSP id)."""
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -174,20 +177,23 @@ class DSPService:
     async def _sync(self, st: _CampaignState) -> None:
         assert self.adapter is not None
         spec = st.spec
-        if self._advertiser_id is None:
-            adv = await self.adapter.ensure_advertiser(
-                alternative_id=f"campaignd:advertiser:{spec.advertiser or spec.id}",
-                name=spec.advertiser or spec.name)
-            self._advertiser_id = adv.id
+        advertiser_id = self._advertiser_id
+        if advertiser_id is None:
+            alt = f"campaignd:advertiser:{spec.advertiser or spec.id}"
+            if alt not in self._advertisers:
+                adv = await self.adapter.ensure_advertiser(alternative_id=alt,
+                                                           name=spec.advertiser or spec.name)
+                self._advertisers[alt] = adv.id
+            advertiser_id = self._advertisers[alt]
         camp = await self.adapter.ensure_campaign(
-            advertiser_id=self._advertiser_id, alternative_id=campaign_alt_id(spec.id),
+            advertiser_id=advertiser_id, alternative_id=campaign_alt_id(spec.id),
             name=spec.name, lifetime_budget_micros=spec.lifetime_budget_micros,
             daily_budget_micros=spec.daily_budget_micros, start=spec.flight_start,
             end=spec.flight_end)
         st.dsp_campaign_id = camp.id
         creatives = await self.adapter.ensure_creatives([
             CreativeSpec(alternative_id=creative_alt_id(spec.id, c.id),
-                         advertiser_id=self._advertiser_id, name=c.name or c.id,
+                         advertiser_id=advertiser_id, name=c.name or c.id,
                          type=c.type,  # type: ignore[arg-type]
                          click_url=c.click_url, duration_s=c.duration_s)
             for c in spec.creatives])

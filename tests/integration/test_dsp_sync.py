@@ -14,7 +14,7 @@ import anyio
 from campaignd.clock import VirtualClock
 from campaignd.domain.campaign import CampaignSpec, atomize
 from campaignd.dsp.sandbox import SandboxService
-from campaignd.dsp.service import DSPService
+from campaignd.dsp.service import DSPService, campaign_alt_id
 from campaignd.settings import load_settings
 from campaignd.stores.sql import SqlStore
 
@@ -113,3 +113,33 @@ async def test_line_items_created_again_on_a_fresh_dsp_are_switched_on(
         items = await svc.adapter.get_line_items(
             [li.id for li in svc.campaigns[spec.id].line_items.values()])
         assert len(items) == 4 and all(li.active for li in items)
+
+
+async def test_each_campaign_goes_under_its_own_advertiser(sql_store: SqlStore,
+                                                           seed_spec: CampaignSpec) -> None:
+    a = dataclasses.replace(small(seed_spec), advertiser="Acme")
+    b = dataclasses.replace(small(seed_spec), id="other_campaign", advertiser="Globex",
+                            name="Globex CTV")
+    async with sandbox_url() as url, service(sql_store, url) as svc:
+        for spec in (a, b):
+            cells = atomize(spec)[:2]
+            await sql_store.upsert_campaign(spec, cells, now=NOW)
+            await svc.sync_campaign(spec, cells)
+            assert svc.campaigns[spec.id].synced
+        assert svc.adapter is not None
+        acme = await svc.adapter.ensure_advertiser(alternative_id="campaignd:advertiser:Acme",
+                                                   name="Acme")
+        globex = await svc.adapter.ensure_advertiser(
+            alternative_id="campaignd:advertiser:Globex", name="Globex")
+        assert acme.id != globex.id
+        by_campaign = {}
+        for spec in (a, b):
+            dsp_id = svc.campaigns[spec.id].dsp_campaign_id
+            assert dsp_id is not None
+            camp = await svc.adapter.ensure_campaign(
+                advertiser_id=0, alternative_id=campaign_alt_id(spec.id), name=spec.name,
+                lifetime_budget_micros=spec.lifetime_budget_micros,
+                daily_budget_micros=spec.daily_budget_micros, start=spec.flight_start,
+                end=spec.flight_end)
+            by_campaign[spec.id] = camp.advertiser_id
+        assert by_campaign == {a.id: acme.id, b.id: globex.id}
