@@ -330,6 +330,7 @@ class DSPService:
                 if not st.synced:
                     continue
             known_now = dict(st.line_items)
+            changed: dict[str, LineItem] = {}
             ids = [li.id for li in known_now.values()]
             current = {li.id: li for li in await self.adapter.get_line_items(ids)}
             for cid, known in known_now.items():
@@ -345,7 +346,24 @@ class DSPService:
                         or now.daily_budget_micros != known.daily_budget_micros):
                     drift += 1
                     details.append(f"{cid}: line item {known.id} changed outside campaignd")
+                    changed[cid] = now
                 st.line_items[cid] = now
+            if changed:
+                # budgets changed outside campaignd are the DSP's truth now, but never above
+                # the campaign's caps: scaled back down (and recorded) as at sync
+                spec = st.spec
+                items = st.line_items.values()
+                if st.dsp_campaign_id is not None and (
+                        sum(li.daily_budget_micros or 0 for li in items)
+                        > spec.daily_budget_micros
+                        or sum(li.lifetime_budget_micros for li in items)
+                        > spec.lifetime_budget_micros - st.retired_lifetime_micros):
+                    await self._enforce_caps(st, st.dsp_campaign_id)
+                    changed = dict(st.line_items)  # every line item may have been scaled
+                changed = {cid: st.line_items[cid] for cid in changed}
+                await self.sql.update_cell_budgets({
+                    cid: (li.lifetime_budget_micros, li.daily_budget_micros)
+                    for cid, li in changed.items()})
         self.last_reconcile = {"at": datetime.now(UTC).isoformat(), "drift": drift,
                                "details": details[:20]}
         if drift:

@@ -143,3 +143,27 @@ async def test_each_campaign_goes_under_its_own_advertiser(sql_store: SqlStore,
                 end=spec.flight_end)
             by_campaign[spec.id] = camp.advertiser_id
         assert by_campaign == {a.id: acme.id, b.id: globex.id}
+
+
+async def test_reconciliation_scales_budgets_changed_outside_campaignd_back_within_the_caps(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    cells = atomize(spec)[:6]
+    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    async with sandbox_url() as url, service(sql_store, url) as svc:
+        await svc.sync_campaign(spec, cells)
+        st = svc.campaigns[spec.id]
+        li = st.line_items[cells[0].cell_id]
+        assert svc.adapter is not None
+        # someone raises one line item's daily budget on the DSP to the campaign's whole cap
+        await svc.adapter.update_budget(li.id, lifetime_micros=li.lifetime_budget_micros,
+                                        daily_micros=60 * M)
+        assert await svc.reconcile() == 1
+        held = await svc.adapter.get_line_items([x.id for x in st.line_items.values()])
+        assert sum(x.daily_budget_micros or 0 for x in held) <= 60 * M
+        assert sum(x.daily_budget_micros or 0 for x in st.line_items.values()) <= 60 * M
+        # the drifted line item's budgets are what SQL holds for the cell now
+        stored = {c.cell_id: c.daily_budget_micros for c in await sql_store.list_cells(spec.id)}
+        assert stored[cells[0].cell_id] == st.line_items[cells[0].cell_id].daily_budget_micros
+        assert stored[cells[0].cell_id] > 10 * M  # the person's raise stands, scaled
+        assert await svc.reconcile() == 0
