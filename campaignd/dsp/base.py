@@ -211,6 +211,12 @@ class DSPAdapter(abc.ABC):
         campaign is returned as it is (budgets are not overwritten)."""
 
     @abc.abstractmethod
+    async def update_campaign_budget(self, campaign_id: int, *, lifetime_micros: int,
+                                     daily_micros: int | None) -> Campaign:
+        """Set a campaign's budgets (the DSP refuses a lifetime budget below the sum of its
+        line items')."""
+
+    @abc.abstractmethod
     async def ensure_creatives(self, specs: Sequence[CreativeSpec]) -> list[Creative]:
         """Return one creative per spec (same order), creating the absent ones."""
 

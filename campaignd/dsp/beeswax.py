@@ -442,6 +442,13 @@ class BeeswaxAdapter(DSPAdapter):
         }
         return self._campaign(await self._ensure("/campaigns", alternative_id, body))
 
+    async def update_campaign_budget(self, campaign_id: int, *, lifetime_micros: int,
+                                     daily_micros: int | None) -> Campaign:
+        return self._campaign(await self._json("PATCH", f"/campaigns/{campaign_id}", {
+            "spend_budget": {"lifetime": micros_to_decimal(lifetime_micros),
+                             "daily": (None if daily_micros is None
+                                       else micros_to_decimal(daily_micros))}}))
+
     async def ensure_creatives(self, specs: Sequence[CreativeSpec]) -> list[Creative]:
         existing: dict[str, dict[str, Any]] = {}
         for advertiser_id in sorted({s.advertiser_id for s in specs}):

@@ -23,7 +23,14 @@ from anyio.abc import TaskStatus
 from campaignd.clock import Clock
 from campaignd.domain.actions import Action, action_key
 from campaignd.domain.campaign import Audience, BidStrategy, CampaignSpec, Cell, Daypart, Platform
-from campaignd.dsp.base import CreativeSpec, DSPAdapter, LineItem, LineItemSpec, Targeting
+from campaignd.dsp.base import (
+    Campaign,
+    CreativeSpec,
+    DSPAdapter,
+    LineItem,
+    LineItemSpec,
+    Targeting,
+)
 from campaignd.errors import DSPError
 from campaignd.logs import get_logger
 from campaignd.settings import Settings
@@ -191,6 +198,14 @@ class DSPService:
             daily_budget_micros=spec.daily_budget_micros, start=spec.flight_start,
             end=spec.flight_end)
         st.dsp_campaign_id = camp.id
+        # the spec's caps reach the DSP campaign: raised now (before any line item needs the
+        # room), lowered once the line items are within them (the DSP refuses a campaign
+        # budget below its line items')
+        raised = (max(camp.lifetime_budget_micros, spec.lifetime_budget_micros),
+                  None if camp.daily_budget_micros is None
+                  else max(camp.daily_budget_micros, spec.daily_budget_micros))
+        if raised != (camp.lifetime_budget_micros, camp.daily_budget_micros):
+            camp = await self._set_campaign_budget(camp, *raised)
         creatives = await self.adapter.ensure_creatives([
             CreativeSpec(alternative_id=creative_alt_id(spec.id, c.id),
                          advertiser_id=advertiser_id, name=c.name or c.id,
@@ -239,6 +254,9 @@ class DSPService:
             "campaign's budgets, or found by its alternative id)", self.clock.now(),
             decision="sync:create") for cid, li in st.line_items.items()])
         await self._enforce_caps(st, camp.id)
+        wanted = (spec.lifetime_budget_micros, spec.daily_budget_micros)
+        if wanted != (camp.lifetime_budget_micros, camp.daily_budget_micros):
+            camp = await self._set_campaign_budget(camp, *wanted)
         await self.sql.put_dsp_ids("campaign", {spec.id: camp.id})
         await self.sql.put_dsp_ids("creative", {f"{spec.id}:{k}": v
                                                 for k, v in creative_ids.items()})
@@ -251,6 +269,17 @@ class DSPService:
                                             for cid, li in st.line_items.items()})
         log.info("campaign synced to the DSP", campaign=spec.id, dsp_campaign=camp.id,
                  line_items=len(created), active=sum(li.active for li in created))
+
+    async def _set_campaign_budget(self, camp: Campaign, lifetime: int,
+                                   daily: int | None) -> Campaign:
+        assert self.adapter is not None
+        new = await self.adapter.update_campaign_budget(camp.id, lifetime_micros=lifetime,
+                                                        daily_micros=daily)
+        log.info("campaign budgets set on the DSP to the spec's", dsp_campaign=camp.id,
+                 lifetime_before=camp.lifetime_budget_micros,
+                 daily_before=camp.daily_budget_micros,
+                 lifetime_after=new.lifetime_budget_micros, daily_after=new.daily_budget_micros)
+        return new
 
     async def _enforce_caps(self, st: _CampaignState, dsp_campaign_id: int) -> None:
         """Keep the DSP within the spec's (possibly lowered) caps: pause line items of cells

@@ -167,3 +167,41 @@ async def test_reconciliation_scales_budgets_changed_outside_campaignd_back_with
         assert stored[cells[0].cell_id] == st.line_items[cells[0].cell_id].daily_budget_micros
         assert stored[cells[0].cell_id] > 10 * M  # the person's raise stands, scaled
         assert await svc.reconcile() == 0
+
+
+async def test_the_specs_caps_reach_the_dsp_campaign_up_and_down(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    cells = atomize(spec)[:6]
+    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    async with sandbox_url() as url:
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(spec, cells)
+        more = dataclasses.replace(spec, daily_budget=Decimal("80"),
+                                   lifetime_budget=Decimal("800"))
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(more, cells)
+            assert svc.adapter is not None
+            camp = await svc.adapter.update_campaign_budget(
+                svc.campaigns[spec.id].dsp_campaign_id or 0, lifetime_micros=800 * M,
+                daily_micros=80 * M)  # (what it holds now: setting it again is a no-op)
+            assert (camp.lifetime_budget_micros, camp.daily_budget_micros) == (800 * M, 80 * M)
+            li = svc.campaigns[spec.id].line_items[cells[0].cell_id]
+            # a raise within the new caps is accepted by the DSP
+            raised = await svc.adapter.update_budget(li.id, lifetime_micros=300 * M,
+                                                     daily_micros=30 * M)
+            assert raised.lifetime_budget_micros == 300 * M
+        less = dataclasses.replace(spec, daily_budget=Decimal("50"),
+                                   lifetime_budget=Decimal("500"))
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(less, cells)
+            st = svc.campaigns[spec.id]
+            assert st.synced, st.error
+            assert sum(x.lifetime_budget_micros for x in st.line_items.values()) <= 500 * M
+            assert sum(x.daily_budget_micros or 0 for x in st.line_items.values()) <= 50 * M
+            assert svc.adapter is not None
+            camp = await svc.adapter.ensure_campaign(
+                advertiser_id=0, alternative_id=campaign_alt_id(spec.id), name=spec.name,
+                lifetime_budget_micros=1, daily_budget_micros=1, start=spec.flight_start,
+                end=spec.flight_end)
+            assert (camp.lifetime_budget_micros, camp.daily_budget_micros) == (500 * M, 50 * M)
