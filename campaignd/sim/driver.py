@@ -272,10 +272,12 @@ def run_policy(market: Market, policy: Policy, ctx: PolicyContext, *, start: dat
                         list(np.bincount(level_idx[d], budgets, minlength=n_levels[d]) / total_b))
                 trace.actions.append(actions_this_hour)
                 actions_this_hour = 0
-                next_sample = now + timedelta(seconds=SAMPLE_SECONDS)
+                while next_sample <= now:  # on an hourly grid from the start
+                    next_sample += timedelta(seconds=SAMPLE_SECONDS)
             if now >= end:
                 break
-            step_end = min(end, now + timedelta(seconds=decision_seconds))
+            # (a step ends on each sample time, whatever the decision interval)
+            step_end = min(end, now + timedelta(seconds=decision_seconds), next_sample)
             feed.advance(market, step_end)
             clock.set(step_end)
     finally:
@@ -296,9 +298,12 @@ class HandOver:
     ``oracle_after``: what perfect learning from ``at`` on would reach). The oracle re-plans
     hourly from the hand-over, as it does on its own."""
 
-    def __init__(self, policy: Policy, oracle: OraclePolicy, at: datetime) -> None:
+    def __init__(self, policy: Policy, oracle: OraclePolicy, at: datetime,
+                 budget_day: BudgetDay | None = None) -> None:
         self.name = policy.name
         self.policy, self.oracle, self.at = policy, oracle, at
+        self.budget_day = budget_day
+        """The account's day: a plan made yesterday is not today's (re-plan at midnight)."""
         self._planned: datetime | None = None
         self._budgets: np.ndarray | None = None
 
@@ -315,7 +320,9 @@ class HandOver:
         if now < self.at:
             return self.policy.decide(observations, now)
         if (self._planned is None or self._budgets is None
-                or (now - self._planned).total_seconds() >= OraclePolicy.decision_seconds):
+                or (now - self._planned).total_seconds() >= OraclePolicy.decision_seconds
+                or (self.budget_day is not None
+                    and self.budget_day.of(now) != self.budget_day.of(self._planned))):
             self._planned = now
             self._budgets = self.oracle.decide(observations, now)
         return self._budgets
@@ -389,7 +396,7 @@ def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = No
             pol = make_policy(policy, ctx, **options)
         if oracle_after is not None:
             pol = HandOver(pol, OraclePolicy(ctx, market, targeting_groups(configs)),
-                           start + timedelta(hours=oracle_after))
+                           start + timedelta(hours=oracle_after), ctx.budget_day)
         ptrace = run_policy(market, pol, ctx, start=start, end=end,
                             decision_seconds=decision_seconds, events=events)
     if oracle:

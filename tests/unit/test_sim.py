@@ -256,3 +256,49 @@ def test_the_oracle_taking_over_bounds_what_learning_can_reach() -> None:
             simulate(SEED, days=days, seed=2, policy="uniform", oracle_after=bad)
     with pytest.raises(BadInput, match="hand over to itself"):
         simulate(SEED, days=days, seed=2, policy="oracle", oracle_after=1)
+
+
+def test_samples_stay_on_the_hour_and_the_oracle_replans_at_midnight() -> None:
+    from campaignd.domain.budget_day import BudgetDay
+    from campaignd.sim.driver import HandOver, targeting_groups
+    from campaignd.sim.oracle import OraclePolicy
+
+    sc = load_scenario(SEED)
+    spec = sc.campaign
+    cells = atomize(spec)
+    ctx = PolicyContext(spec, cells, spec.lifetime_budget_micros, spec.daily_budget_micros,
+                        seed=1)
+    start = sc.default_start
+    market = Market(sc, seed=1, start=start)
+    configs = line_item_configs(spec, cells, 0)
+    for cfg in configs:
+        market.configure(cfg)
+    # a decision interval that does not divide an hour: samples still fall on the hour
+    trace = run_policy(market, UniformPolicy(ctx), ctx, start=start,
+                       end=start + timedelta(hours=3), decision_seconds=420)
+    assert trace.times == [start + timedelta(hours=h) for h in range(4)]
+
+    oracle = OraclePolicy(ctx, market, targeting_groups(configs))
+    plans: list[datetime] = []
+    decide = oracle.decide
+
+    def counting(obs: Observations, now: datetime) -> np.ndarray:
+        plans.append(now)
+        return decide(obs, now)
+
+    oracle.decide = counting  # type: ignore[method-assign]
+    hand = HandOver(UniformPolicy(ctx), oracle, start, BudgetDay("UTC"))
+    n = len(cells)
+    z = np.zeros(n, dtype=np.int64)
+
+    def obs(now: datetime) -> Observations:
+        return Observations(now=now, cell_ids=tuple(c.cell_id for c in cells), impressions=z,
+                            spend_micros=z, clicks=z, completes=z, viewable=z, measurable=z,
+                            conversions=z, conversion_value_micros=z, spent_today_micros=z,
+                            budgets_micros=z)
+
+    late = start + timedelta(hours=23, minutes=30)
+    for t in (late, late + timedelta(minutes=20), late + timedelta(minutes=30)):
+        hand.decide(obs(t), t)
+    # re-planned at midnight (a new budget day), not an hour after 23:30
+    assert plans == [late, late + timedelta(minutes=30)]
