@@ -256,7 +256,6 @@ class DecisionEngine:
         D, L = int(st.daily_cap_micros), int(st.lifetime_cap_micros)
         # pauses and activations (those that would change nothing were dropped in decide)
         switch = kind != _BUDGET
-        keep_sw = switch
         # budgets
         b = ~switch
         new = np.clip(value, 0, D)
@@ -315,7 +314,7 @@ class DecisionEngine:
         # activations
         k = np.nonzero(cut)[0]
         k = k[np.lexsort((pos[k], delta[k]))]
-        sw = np.nonzero(keep_sw)[0]
+        sw = np.nonzero(switch)[0]
         pauses, acts = sw[kind[sw] == _PAUSE], sw[kind[sw] == _ACTIVATE]
         order = np.concatenate([k, pauses])
         tail = np.concatenate([g, acts])

@@ -224,7 +224,7 @@ class DSPService:
             free_life = spec.lifetime_budget_micros - sum(
                 li.lifetime_budget_micros for li in present)
             free_daily = spec.daily_budget_micros - sum(
-                li.daily_budget_micros or 0 for li in present if li.active)
+                li.daily_budget_micros or 0 for li in present)
             lifetime = max(0, min(lifetime, free_life // len(added)))
             daily = max(0, min(daily, free_daily // len(added), lifetime))
         # A line item created now is switched on; an existing one only if its cell was never
