@@ -364,6 +364,8 @@ class Daemon:
             metrics=self.metrics, poll_s=s.dsp.events_poll_s, batch=p.batch,
             checkpoint=checkpoint, flush_s=p.flush_s, max_backlog=p.max_backlog,
             on_commit=self._release_spool if self.spool is not None else None)
+        if not sandbox:  # (the sandbox is a new DSP every start: its ids are new too)
+            await self._route_known_line_items()
         for rt in self.campaigns.values():
             await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
         await tg.start(self.ingest.run, name="ingest")
@@ -455,6 +457,21 @@ class Daemon:
         for cid, impressions in (await restore(pipeline, self.sql,
                                                now=self.clock.now())).items():
             log.info("counts restored", campaign=cid, impressions=impressions)
+
+    async def _route_known_line_items(self) -> None:
+        """Route the events of line items an earlier run synced (their ids are in SQL) before
+        this start's sync: if the DSP cannot be reached now, the events it pushes or serves
+        meanwhile are counted rather than dead-lettered as unknown line items."""
+        assert self.sql is not None
+        for cid, rt in self.campaigns.items():
+            wanted = {c.cell_id for c in rt.cells}
+            known: dict[int | str, str] = {
+                int(c.dsp_line_item_id): c.cell_id for c in await self.sql.list_cells(cid)
+                if c.dsp_line_item_id is not None and c.cell_id in wanted}
+            if known:
+                self.registry.register(cid, known)
+                log.info("routing events of line items synced before", campaign=cid,
+                         line_items=len(known))
 
     def _on_synced(self, campaign_id: str, line_items: dict[str, int]) -> None:
         """A campaign's line items are known (at start, or when reconciliation retried a

@@ -23,6 +23,10 @@ What a drain applies:
   no longer the DSP's state) is refused as stale rather than overwriting a newer change; the
   check is made again just before the request goes out.
 
+The DSP sync's own changes (a removed cell's line item paused, budgets scaled within lowered
+caps) are recorded ``applying`` before they are sent too, so after a crash this finishes them.
+Only one of the two writes to the DSP at a time (``DSPService.writing``).
+
 While a campaign is not synced with the DSP (e.g. the DSP was unreachable at start) its actions
 wait; they are refused only if the campaign is no longer loaded. Transient DSP errors are
 retried (``max_attempts``; rate limits and an open circuit do not count), a refusal (400) marks
@@ -118,14 +122,17 @@ class ActionExecutor:
         """Apply what is in the outbox (see the module docstring). Each phase costs a few
         transactions however many actions it has: superseded, claimed (``applying``), outcomes,
         the cells' stored budgets."""
-        rows = await self.sql.outbox()
         out = DrainResult()
-        if not rows:
-            return out
-        rows = await self._only_current(rows, out)
-        for phase in ([r for r in rows if not r.action.is_increase],
-                      [r for r in rows if r.action.is_increase]):
-            await self._phase(phase, out)
+        # one writer of line items at a time: the DSP sync's own changes in flight sit in the
+        # outbox as "applying" and must not be sent a second time from here
+        async with self.dsp.writing:
+            rows = await self.sql.outbox()
+            if not rows:
+                return out
+            rows = await self._only_current(rows, out)
+            for phase in ([r for r in rows if not r.action.is_increase],
+                          [r for r in rows if r.action.is_increase]):
+                await self._phase(phase, out)
         self.last_drain = {"at": self.clock.now().isoformat(), "applied": out.applied,
                            "failed": out.failed, "refused": out.refused,
                            "waiting": out.waiting, "superseded": out.superseded,

@@ -7,11 +7,14 @@ Sync is idempotent end to end: every DSP object carries a deterministic ``altern
 and the adapter looks objects up by it before creating anything, so a restart — or a crash in
 the middle of a sync — never duplicates a line item. A sync that fails on a DSP error is kept
 pending and retried by the reconciliation job; the daemon stays up and reports the problem.
+Every change the sync makes to an existing line item is in the audit log before it is sent
+(``applying``, finished by the DSP's answer, or by the executor after a crash).
 """
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +34,7 @@ from campaignd.dsp.base import (
     LineItemSpec,
     Targeting,
 )
+from campaignd.dsp.executor import line_item_state
 from campaignd.errors import DSPError
 from campaignd.logs import get_logger
 from campaignd.settings import Settings
@@ -94,6 +98,10 @@ class DSPService:
         """The configured advertiser (``dsp.beeswax.advertiser_id``): every campaign's."""
         self._advertisers: dict[str, int] = {}
         """Otherwise one per spec ``advertiser`` (alternative id → DSP id)."""
+        self.writing = anyio.Lock()
+        """Held by whoever changes line items (the sync and its cap enforcement, the executor's
+        drain), so the sync's own changes are never picked up by the executor while in flight
+        and the two never send conflicting budgets at once."""
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -171,7 +179,8 @@ class DSPService:
         st = self.campaigns.setdefault(spec.id, _CampaignState(spec, list(cells)))
         st.spec, st.cells = spec, list(cells)
         try:
-            await self._sync(st)
+            async with self.writing:
+                await self._sync(st)
             st.synced, st.error = True, None
         except DSPError as exc:
             st.error = f"{type(exc).__name__}: {exc}"
@@ -298,21 +307,18 @@ class DSPService:
                 continue
             cell = alt[len(prefix):]
             if li.active:
-                li = await self.adapter.set_active(li.id, False)
-                await self._record([_sync_action(
+                li = await self._change(
                     spec.id, cell, li, "pause", {"active": True}, {"active": False},
-                    "sync: the campaign spec no longer has this cell", self.clock.now())])
+                    "sync: the campaign spec no longer has this cell")
                 log.info("paused the line item of a removed cell", line_item=li.id, cell=alt)
             floor = max(int(li.spend_micros), 0)
             if li.lifetime_budget_micros > floor or (li.daily_budget_micros or 0) > 0:
                 # its unspent budget would still count against the campaign's on Beeswax
-                new = await self.adapter.update_budget(li.id, lifetime_micros=floor,
-                                                       daily_micros=0)
-                await self._record([_sync_action(
-                    spec.id, cell, new, "budget", _budgets(li), _budgets(new),
+                li = await self._change(
+                    spec.id, cell, li, "budget", _budgets(li),
+                    {"daily_budget_micros": 0, "lifetime_budget_micros": floor},
                     "sync: a removed cell's line item keeps only what it spent, so the rest "
-                    "of the campaign's budget is free for the others", self.clock.now())])
-                li = new
+                    "of the campaign's budget is free for the others")
             retired += int(li.lifetime_budget_micros)
         st.retired_lifetime_micros = retired
         # the removed cells' line items still count against the campaign's lifetime budget
@@ -330,20 +336,49 @@ class DSPService:
             if daily is not None and daily_total > spec.daily_budget_micros:
                 daily = daily * spec.daily_budget_micros // daily_total
             if (life, daily) != (li.lifetime_budget_micros, li.daily_budget_micros):
-                st.line_items[cid] = new = await self.adapter.update_budget(
-                    li.id, lifetime_micros=life, daily_micros=daily)
-                await self._record([_sync_action(
-                    spec.id, cid, new, "budget", _budgets(li), _budgets(new),
+                st.line_items[cid] = await self._change(
+                    spec.id, cid, li, "budget", _budgets(li),
+                    {"daily_budget_micros": int(daily or 0), "lifetime_budget_micros": life},
                     "sync: the line items' budgets added up to more than the campaign's caps; "
-                    "scaled down proportionally", self.clock.now())])
+                    "scaled down proportionally")
         log.warning("line-item budgets exceeded the campaign's caps; scaled down",
                     campaign=spec.id, lifetime_total=life_total, daily_total=daily_total)
 
     async def _record(self, actions: list[Action]) -> None:
-        """Changes the sync made, in the audit log as applied (idempotent by key)."""
+        """Facts the sync found or made (line items created or found by their alternative id),
+        in the audit log as applied (idempotent by key)."""
         if actions:
             await self.sql.record_actions(actions, mode="live", now=self.clock.now(),
                                           applied=True)
+
+    async def _change(self, campaign_id: str, cell_id: str, li: LineItem, kind: str,
+                      before: dict[str, Any], after: dict[str, Any], reason: str) -> LineItem:
+        """One change the sync makes itself (a removed cell's line item paused or emptied, a
+        budget scaled within the caps): recorded as ``applying`` before the request goes out,
+        ``applied`` with the DSP's answer, ``failed`` on a DSP error (re-raised: the sync stays
+        pending and is retried). A crash in between leaves the row in the outbox, where the
+        executor finishes it on restart, so no change reaches the DSP unrecorded."""
+        assert self.adapter is not None
+        now = self.clock.now()
+        action = _sync_action(campaign_id, cell_id, li, kind, before, after, reason, now,
+                              decision=f"sync:{now.isoformat()}:{uuid.uuid4().hex[:8]}")
+        action_id = (await self.sql.begin_actions([action], now=now))[action.key]
+        try:
+            if kind == "pause":
+                new = await self.adapter.set_active(li.id, False)
+            else:
+                new = await self.adapter.update_budget(
+                    li.id, lifetime_micros=int(after["lifetime_budget_micros"]),
+                    daily_micros=int(after["daily_budget_micros"]))
+        except DSPError as exc:
+            await self.sql.finish_actions(
+                [(action_id, "failed", f"{type(exc).__name__}: {exc}"[:500], None)],
+                now=self.clock.now(), expect=("applying",))
+            raise
+        await self.sql.finish_actions(
+            [(action_id, "applied", None, line_item_state(new))],
+            now=self.clock.now(), expect=("applying",))
+        return new
 
     # --- reconciliation ------------------------------------------------------------------
 
@@ -387,7 +422,8 @@ class DSPService:
                         > spec.daily_budget_micros
                         or sum(li.lifetime_budget_micros for li in items)
                         > spec.lifetime_budget_micros - st.retired_lifetime_micros):
-                    await self._enforce_caps(st, st.dsp_campaign_id)
+                    async with self.writing:
+                        await self._enforce_caps(st, st.dsp_campaign_id)
                     changed = dict(st.line_items)  # every line item may have been scaled
                 changed = {cid: st.line_items[cid] for cid in changed}
                 await self.sql.update_cell_budgets({

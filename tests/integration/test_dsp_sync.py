@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import anyio
 
@@ -19,6 +20,7 @@ from campaignd.settings import load_settings
 from campaignd.stores.sql import SqlStore
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+SEED_SPEC_PATH = Path(__file__).parents[2] / "config" / "campaigns" / "madhive_12345.toml"
 EMAIL, PASSWORD = "ops@campaignd.test", "pw"
 M = 1_000_000
 
@@ -205,3 +207,98 @@ async def test_the_specs_caps_reach_the_dsp_campaign_up_and_down(
                 lifetime_budget_micros=1, daily_budget_micros=1, start=spec.flight_start,
                 end=spec.flight_end)
             assert (camp.lifetime_budget_micros, camp.daily_budget_micros) == (500 * M, 50 * M)
+
+
+async def test_a_crash_while_the_sync_scales_budgets_loses_no_change(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """The sync's own changes are recorded before they are sent: a crash between the two leaves
+    an ``applying`` row that the restarted daemon's executor finishes, and a DSP error marks the
+    change failed and keeps the sync pending."""
+    from campaignd.dsp.executor import ActionExecutor
+    from campaignd.errors import DSPTransientError
+
+    spec = small(seed_spec)
+    cells = atomize(spec)[:6]
+    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    less = dataclasses.replace(spec, daily_budget=Decimal("30"), lifetime_budget=Decimal("300"))
+
+    def crashing(svc: DSPService, exc: BaseException) -> list[int]:
+        """Make the adapter's next budget update fail with ``exc`` before it is sent."""
+        calls: list[int] = []
+
+        async def update_budget(line_item_id: int, **kw: int) -> None:
+            calls.append(line_item_id)
+            raise exc
+
+        svc.adapter.update_budget = update_budget  # type: ignore[union-attr,method-assign,assignment]
+        return calls
+
+    async with sandbox_url() as url:
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(spec, cells)
+            ids = [li.id for li in svc.campaigns[spec.id].line_items.values()]
+        async with service(sql_store, url) as svc:  # the spec's caps are halved: a DSP error
+            calls = crashing(svc, DSPTransientError("503 from the DSP"))
+            await svc.sync_campaign(less, cells)
+            assert calls and not svc.campaigns[spec.id].synced
+            assert "503" in (svc.campaigns[spec.id].error or "")
+        failed = [r for r in await sql_store.list_actions(status="failed")
+                  if r.action.agent == "sync"]
+        assert len(failed) == 1 and "503" in (failed[0].error or "")
+        async with service(sql_store, url) as svc:  # again, and the daemon dies mid-request
+            calls = crashing(svc, RuntimeError("killed"))
+            try:
+                await svc.sync_campaign(less, cells)
+            except RuntimeError:
+                pass
+            else:
+                raise AssertionError("the sync should have died with the adapter")
+            assert svc.adapter is not None
+            held = await svc.adapter.get_line_items(ids)
+            assert sum(x.daily_budget_micros or 0 for x in held) == 60 * M  # nothing was sent
+        (started,) = await sql_store.list_actions(status="applying")
+        assert started.action.agent == "sync" and started.action.line_item_id == calls[0]
+        assert started.action.after["daily_budget_micros"] == 5 * M
+        async with service(sql_store, url) as svc:  # the restart: sync, then the executor
+            await svc.sync_campaign(less, cells)
+            assert svc.campaigns[spec.id].synced
+            res = await ActionExecutor(sql=sql_store, dsp=svc, clock=VirtualClock(NOW)).drain()
+            assert res.applied == 1 and not res.failed
+            assert svc.adapter is not None
+            held = await svc.adapter.get_line_items(ids)
+            assert sum(x.daily_budget_micros or 0 for x in held) <= 30 * M
+            assert sum(x.lifetime_budget_micros for x in held) <= 300 * M
+        assert await sql_store.list_actions(status="applying") == []
+        assert await sql_store.list_actions(status="pending") == []
+        row = await sql_store.get_action(started.id)
+        assert row is not None and row.status == "applied"
+        assert row.result is not None and row.result["daily_budget_micros"] == 5 * M
+
+
+async def test_a_restart_routes_events_of_known_line_items_before_the_dsp_answers(
+        sql_url: str, tmp_path: Path) -> None:
+    """Line items an earlier run synced (ids in SQL) are routed at start, before this start's
+    sync: a DSP that cannot be reached does not send their events to the dead letters."""
+    from campaignd.daemon import Daemon
+
+    cfg = tmp_path / "campaignd.toml"
+    cfg.write_text(f'campaigns = ["{SEED_SPEC_PATH}"]\n'
+                   f'[database]\nurl = "{sql_url}"\n'
+                   '[dsp]\nadapter = "beeswax"\n'
+                   '[dsp.beeswax]\nbase_url = "http://127.0.0.1:9/rest"\n'
+                   f'email = "{EMAIL}"\n')
+    d = Daemon(load_settings(cfg, environ={"CAMPAIGND_DSP__BEESWAX__PASSWORD": PASSWORD,
+                                           "CAMPAIGND_RECEIVER__TOKEN": "t" * 32}))
+    await d._open_stores()
+    try:
+        await d._load_campaigns()
+        assert d.sql is not None
+        ((cid, rt),) = d.campaigns.items()
+        earlier = {c.cell_id: 5000 + i for i, c in enumerate(rt.cells[:3])}
+        await d.sql.set_cell_line_items(earlier, status="active")
+        await d._route_known_line_items()
+        assert {li: d.registry.routes[str(li)].slot for li in earlier.values()} == {
+            li: d.registry.slot_of(cid, cell) for cell, li in earlier.items()}
+    finally:
+        if d.sql is not None:
+            await d.sql.close()

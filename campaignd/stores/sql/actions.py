@@ -161,6 +161,43 @@ class ActionMethods:
             } for a in new])
             return len(new)
 
+    async def begin_actions(self, items: Sequence[Action], *, now: datetime) -> dict[str, int]:
+        """Record changes about to be sent by a component other than the executor (the DSP
+        sync's own cap enforcement) as ``applying``, before the request goes out; return key →
+        action id, to finish them with ``finish_actions(..., expect=("applying",))``. A key
+        recorded before keeps its row (its id is returned). Should the daemon stop between
+        this and the DSP's answer, the executor finds the row in the outbox on restart and
+        applies it (or records it as applied if the DSP already holds it): a change the sync
+        started is never lost from the audit log."""
+        if not items:
+            return {}
+        items = list({a.key: a for a in items}.values())
+        keys = [a.key for a in items]
+        async with self._tx("recording changes before sending them") as conn:
+            known: set[str] = set()
+            for i in range(0, len(keys), 1000):
+                known.update((await conn.execute(
+                    select(actions.c.key).where(actions.c.key.in_(keys[i:i + 1000])))).scalars())
+            new = [a for a in items if a.key not in known]
+            if new:
+                await conn.execute(insert(actions), [{
+                    "key": a.key, "decision_id": a.decision_id, "campaign_id": a.campaign_id,
+                    "cell_id": a.cell_id, "line_item_id": a.line_item_id, "kind": a.kind,
+                    "status": "applying", "mode": "live", "agent": a.agent, "actor": None,
+                    "reason": a.reason, "before_json": _dumps(a.before),
+                    "after_json": _dumps(a.after), "evidence_json": _dumps(a.evidence),
+                    "result_json": None, "score": float(a.score), "impact": float(a.impact),
+                    "risk": float(a.risk), "priority": float(a.priority), "attempts": 1,
+                    "error": None, "undo_of": None, "created_at": a.created_at,
+                    "updated_at": now, "decided_at": None, "applied_at": None,
+                } for a in new])
+            ids: dict[str, int] = {}
+            for i in range(0, len(keys), 1000):
+                ids.update({k: int(v) for k, v in (await conn.execute(
+                    select(actions.c.key, actions.c.id)
+                    .where(actions.c.key.in_(keys[i:i + 1000])))).all()})
+        return ids
+
     async def _not_repeated(self, conn: AsyncConnection, items: list[Action]) -> list[Action]:
         """``items`` without those whose line item's latest action is still open (proposed,
         pending, applying) or a shadow decision, with the same kind, before and after."""
