@@ -25,21 +25,25 @@ split across line items that would only outbid each other. Before the fill, in t
 precedence:
 
 1. **budget** -- never exceeded (hard);
-2. **capacity** -- an optional per-cell upper bound on spend (hard; e.g. what a line item could
-   actually buy, learned by the caller from delivery);
-3. **lower** -- optional per-cell lower bounds, e.g. money already committed today (hard, scaled
+2. **lower** -- optional per-cell lower bounds, e.g. money already committed today (hard, scaled
    down only if they alone exceed the budget);
-4. **maximum cut** -- a cell keeps at least ``(1 - max_cut_per_cycle)`` of its previous
+3. **maximum cut** -- a cell keeps at least ``(1 - max_cut_per_cycle)`` of its previous
    allocation, and at least ``(1 - max_cut_per_day)`` of its allocation at the last
-   ``begin_day()`` (DV360 cuts a line item by at most 20 % a day: ``DV360_MAX_DAILY_CUT``);
+   ``begin_day()`` (DV360 cuts a line item by at most 20 % a day: ``DV360_MAX_DAILY_CUT``).
+   A DSP's rule: it holds even above a cell's capacity (that money stays unspent);
+4. **capacity** -- an optional per-cell upper bound on spend (e.g. what a line item could
+   actually buy, learned by the caller from delivery): nothing above it is added, but it does
+   not override 2 or 3;
 5. **exploration floor** -- unproven cells (fewer than ``learning_successes`` expected successes
-   at the pooled rate) share ``explore_fraction`` of the budget equally; this is also the
-   learning threshold: an unproven cell is not cut below its floor.
+   at the pooled rate) share ``explore_fraction`` of the budget equally, within their capacity;
+   this is also the learning threshold: an unproven cell is not cut below its floor.
 
-Limits 4 and 5 yield to 1-3 (if they cannot all be met, the amounts above the hard lower bounds
-are scaled down together). Money: any consistent unit, as floats for the optimisation; callers
-convert to integer micros at their edges (``campaignd.sim.policies.ThompsonPolicy`` rounds down
-per cell, so the integer budgets still sum to at most the budget).
+If the cut limits and the floor cannot all be met within the budget, the amounts above the
+hard lower bounds are scaled down together (the budget wins). Money: any consistent unit, as
+floats for the optimisation; callers convert to integer micros at their edges
+(``campaignd.sim.policies.ThompsonPolicy`` rounds down per cell, so the integer budgets still sum
+to at most the budget, and up where a cut limit would otherwise be missed by a micro:
+``cut_floor``).
 
 ``assess(proposed, current, capacity)`` returns the posterior probability that ``proposed`` is
 worth less than ``current`` (``risk_of``) and the expected gain in objective units over the
@@ -440,12 +444,26 @@ class Allocator:
         ref = self._previous if reference is None else self._vec(reference, "reference")
         self._day_start = None if ref is None else ref.copy()
 
+    def cut_floor(self, previous: np.ndarray | None = None) -> np.ndarray | None:
+        """Per cell, the least the cut limits let it keep (from ``previous``, default the last
+        allocation, and the day's reference); ``None`` without limits. For callers that round:
+        ``allocate`` keeps these amounts exactly, so rounding them down would cut too much."""
+        prev = self._previous if previous is None else self._vec(previous, "previous")
+        out: np.ndarray | None = None
+        if prev is not None and self.max_cut_per_cycle is not None:
+            out = prev * (1.0 - self.max_cut_per_cycle)
+        if self._day_start is not None and self.max_cut_per_day is not None:
+            day = self._day_start * (1.0 - self.max_cut_per_day)
+            out = day if out is None else np.maximum(out, day)
+        return out
+
     def allocate(self, budget: float, capacity: np.ndarray | None = None, *,
                  lower: np.ndarray | None = None,
                  previous: np.ndarray | None = None) -> np.ndarray:
         """Per-cell spend (float array, >= 0, summing to at most ``budget``).
 
-        ``capacity``: optional per-cell upper bounds (``inf`` = unbounded); ``lower``: optional
+        ``capacity``: optional per-cell upper bounds (``inf`` = unbounded; the cut limits and
+        ``lower`` hold above them); ``lower``: optional
         per-cell lower bounds (committed money); ``previous``: the allocation in force, for the
         cut limits (default: the last one this allocator returned)."""
         if not np.isfinite(budget) or budget < 0:
@@ -467,11 +485,12 @@ class Allocator:
             chosen = self._choose_cells(B - total_lo, np.minimum(cap - lo, B - total_lo))
         base = lo.copy()
         prev = self._previous if previous is None else self._vec(previous, "previous")
+        # the cut limits are the DSP's rules (DV360 refuses a larger cut): they hold even where
+        # the capacity estimate says less can be bought (that money then stays unspent)
         if prev is not None and self.max_cut_per_cycle is not None:
-            base = np.maximum(base, np.minimum(prev * (1.0 - self.max_cut_per_cycle), cap))
+            base = np.maximum(base, prev * (1.0 - self.max_cut_per_cycle))
         if self._day_start is not None and self.max_cut_per_day is not None:
-            base = np.maximum(base, np.minimum(self._day_start * (1.0 - self.max_cut_per_day),
-                                               cap))
+            base = np.maximum(base, self._day_start * (1.0 - self.max_cut_per_day))
         unproven = ~self.proven()
         if chosen is not None:
             assert self._groups is not None
@@ -486,7 +505,7 @@ class Allocator:
         if extra.sum() > room_for_extra:
             base = lo + extra * (room_for_extra / extra.sum())
         rest = B - float(base.sum())
-        room = np.minimum(cap - base, max(rest, 0.0))
+        room = np.clip(cap - base, 0.0, max(rest, 0.0))
         if chosen is not None:
             room[~chosen] = 0.0
         fill = np.zeros(n)

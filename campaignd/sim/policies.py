@@ -142,6 +142,38 @@ class SeedPolicy:
 
 
 
+def _keep_cut_limits(budgets: np.ndarray, x: np.ndarray, floor: np.ndarray | None,
+                     today: int, spent: np.ndarray) -> np.ndarray:
+    """Integer budgets that keep the cut limits the allocation kept (``x`` at least
+    ``floor``): rounding down alone could cut a line item 1 micro more than the DSP allows.
+    The micros this adds come off the budgets with the most room above their own floor and
+    their spend, so the sum stays within ``today`` (when the budget itself forced the limits
+    down, the allocation did not keep them and neither does this)."""
+    if floor is None:
+        return budgets
+    need = np.ceil(floor - 1e-6).astype(np.int64)
+    short = (budgets < need) & (x >= floor - 1.0)
+    if not short.any():
+        return budgets
+    out = np.where(short, need, budgets)
+    over = int(out.sum()) - today
+    if over > 0:
+        slack = np.where(short, 0, out - np.maximum(need, spent))
+        for i in np.argsort(-slack, kind="stable"):
+            if over <= 0 or slack[i] <= 0:
+                break
+            take = min(int(slack[i]), over)
+            out[i] -= take
+            over -= take
+        for i in np.flatnonzero(short):  # no room anywhere: the budget wins, as in allocate
+            if over <= 0:
+                break
+            take = min(int(out[i] - budgets[i]), over)
+            out[i] -= take
+            over -= take
+    return out
+
+
 def _offset_hours(zone: Any, now: datetime) -> int:
     """A time zone's UTC offset at ``now``, in whole hours (floored)."""
     if now.tzinfo is None:
@@ -470,6 +502,8 @@ class ThompsonPolicy:
         x = self._alloc.allocate(float(today), cap, lower=np.minimum(s, float(today)),
                                  previous=obs.budgets_micros.astype(float))
         budgets = spent_today + np.floor(np.maximum(x - s, 0.0)).astype(np.int64)
+        budgets = _keep_cut_limits(budgets, x, self._alloc.cut_floor(
+            obs.budgets_micros.astype(float)), today, spent_today)
         # cells funded up to their capacity: if they then keep pace, the capacity was too low
         self._at_cap = (x - s > 0.5 * (cap - s)) & (cap > s)
         if int(budgets.sum()) > today:  # only if today's spend already exceeds today's budget

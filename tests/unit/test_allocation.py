@@ -75,14 +75,15 @@ def test_allocation_respects_budget_capacity_bounds_cuts_and_floor(p: dict) -> N
     assert np.all(x >= 0)
     assert x.sum() <= budget * (1 + 1e-9) + TOL
     if lower.sum() <= budget:
-        # hard bounds: committed money kept, capacity (never below the commitment) respected
+        # hard bounds: committed money kept; nothing added above capacity -- a cell holds more
+        # only for its commitment or its cut limit (a DSP's rule)
         assert np.all(x >= lower - TOL)
-        assert np.all(x <= np.maximum(cap, lower) + TOL * (1 + np.abs(x)))
-        # soft limits hold whenever the budget allows all of them together
-        keep = lower.copy()
+        held = lower.copy()
         if p["previous"] is not None and p["cut"] is not None:
-            keep = np.maximum(keep, np.minimum(p["previous"] * (1 - p["cut"]),
-                                               np.maximum(cap, lower)))
+            held = np.maximum(held, p["previous"] * (1 - p["cut"]))
+        assert np.all(x <= np.maximum(cap, held) + TOL * (1 + np.abs(x)))
+        # the cut limit and the floor hold whenever the budget allows all of them together
+        keep = held.copy()
         unproven = ~alloc.proven()
         if unproven.any() and p["explore"] > 0 and not one_cell:
             floor = p["explore"] * budget / unproven.sum()
@@ -123,6 +124,14 @@ def test_max_cut_per_cycle_and_per_day() -> None:
     third = alloc.allocate(100.0)
     assert np.all(third[1:] >= second[1:] * 0.8 - TOL)
     assert third[0] >= second[0] - TOL
+    # a DSP's limit holds even where the capacity estimate says the cell buys nothing (its
+    # daypart is over): the money it must keep stays unspent rather than cut too far
+    alloc.begin_day(np.full(4, 25.0))
+    fourth = alloc.allocate(100.0, capacity=np.array([np.inf, 0.0, np.inf, np.inf]))
+    assert fourth[1] == pytest.approx(25.0 * (1 - DV360_MAX_DAILY_CUT))
+    assert np.all(fourth >= 25.0 * (1 - DV360_MAX_DAILY_CUT) - TOL)
+    assert fourth.sum() <= 100.0 + TOL
+    np.testing.assert_allclose(alloc.cut_floor(np.full(4, 25.0)), np.full(4, 20.0))
 
 
 def test_model_recovers_level_effects() -> None:

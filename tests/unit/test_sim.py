@@ -302,3 +302,31 @@ def test_samples_stay_on_the_hour_and_the_oracle_replans_at_midnight() -> None:
         hand.decide(obs(t), t)
     # re-planned at midnight (a new budget day), not an hour after 23:30
     assert plans == [late, late + timedelta(minutes=30)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**8), st.integers(0, 10**8), st.integers(0, 10**7),
+                          st.booleans()), min_size=1, max_size=20),
+       st.floats(0.0, 1.0), st.integers(0, 10**9))
+def test_integer_budgets_keep_the_cut_limits_the_allocation_kept(
+        rows: list[tuple[int, int, int, bool]], cut: float, extra: int) -> None:
+    """Rounding an allocation to micros never cuts a line item below its limit (when the
+    allocation kept it), never takes the sum over the day's budget, never goes negative."""
+    from campaignd.sim.policies import _keep_cut_limits
+
+    prev = np.array([r[0] for r in rows], dtype=float)
+    floor = prev * (1.0 - cut)
+    # an allocation that keeps the limit (or, where the flag is off, one the budget forced lower)
+    x = np.array([f + r[1] if r[3] else f * 0.5 for f, r in zip(floor, rows, strict=True)])
+    spent = np.minimum(np.array([r[2] for r in rows], dtype=np.int64), np.floor(x).astype(np.int64))
+    budgets = spent + np.floor(np.maximum(x - spent, 0.0)).astype(np.int64)
+    today = int(budgets.sum()) + extra % 3  # as tight as the allocation's own rounding leaves
+    out = _keep_cut_limits(budgets, x, floor, today, spent)
+    assert out.dtype == np.int64 and np.all(out >= 0)
+    assert int(out.sum()) <= max(today, int(budgets.sum()))
+    kept = x >= floor - 1.0
+    need = np.ceil(floor - 1e-6).astype(np.int64)
+    room = int((np.maximum(budgets - np.maximum(need, spent), 0) * ~kept).sum()) + (
+        today - int(budgets.sum()))
+    if room >= int(np.maximum(need - budgets, 0)[kept].sum()):
+        assert np.all(out[kept] >= need[kept])
