@@ -101,18 +101,27 @@ def actions_list(
             counts[r.status] += 1
         rows = rows[:limit]
     else:
-        async def read(store: Any) -> Any:
-            return (await store.list_actions(status=status, campaign_id=campaign,
-                                             cell_id=cell, decision_id=decision, limit=limit),
-                    await store.count_actions())
+        from campaignd.cli import _settings
+        instance = _settings(config).instance
 
-        rows, counts = with_store(config, read)
+        async def read(store: Any) -> Any:
+            rows = await store.list_actions(status=status, campaign_id=campaign, cell_id=cell,
+                                            decision_id=decision, limit=limit)
+            counts = await store.count_actions()
+            record = await store.read_status(instance)
+            return rows, counts, record.payload if record is not None else None
+
+        rows, counts, daemon = with_store(config, read)
+        queue_note = _empty_queue_note(daemon, counts, status)
     if json_out:
         print_json({"counts": counts, "actions": [r.as_dict() for r in rows],
-                    **({"archived": True} if archived else {})})
+                    **({"archived": True} if archived else {}),
+                    **({"queue_note": queue_note} if not archived and queue_note else {})})
         return
     out.print("by status: " + (", ".join(f"{s} {n}" for s, n in counts.items() if n)
                                or "none"))
+    if not archived and queue_note:
+        out.print(_escape(queue_note))
     t = Table("id", "status", "mode", "agent", "campaign", "cell", "line item", "change",
               "risk", "created")
     for r in rows:
@@ -121,6 +130,29 @@ def actions_list(
                   str(a.line_item_id or "—"), _change(r), f"{a.risk:.3f}",
                   a.created_at.isoformat(timespec="seconds"))
     out.print(t)
+
+
+def _empty_queue_note(daemon: dict[str, Any] | None, counts: dict[str, int],
+                      status: str | None) -> str | None:
+    """Why nothing waits for approval, when the daemon (per its last published status) runs in
+    approve mode and no action is ``proposed``: what its decision engine skipped since it
+    started. Early in a campaign the engine refuses most re-plans (the posterior cannot back
+    them yet), so an empty queue is the engine saying no, not a daemon doing nothing."""
+    dec = (daemon or {}).get("decision") or {}
+    if dec.get("mode") != "approve" or counts.get("proposed", 0) or status not in (
+            None, "proposed"):
+        return None
+    skipped = dec.get("skipped_since_start") or {}
+    why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items(), key=lambda kv: -kv[1]))
+    last = dec.get("last_cycle") or {}
+    return ("nothing is waiting for approval: the daemon runs in approve mode; in its "
+            f"{dec.get('cycles', 0)} decision cycle(s) since start its engine "
+            + (f"last proposed at {dec['last_recorded_at']}" if dec.get("last_recorded_at")
+               else "has proposed nothing yet")
+            + (f"; skipped since start: {why}" if why else "")
+            + (f"; last cycle at {last['at']}" if last.get("at") else "")
+            + ". Re-plans the posterior cannot back yet (risk above decision.risk_budget, or "
+              "no expected gain) are refused, not queued; `campaignd status` shows more.")
 
 
 @actions_app.command("show")

@@ -43,6 +43,11 @@ class DecisionService:
         self.executor: Any = None
         self.last: dict[str, Any] | None = None
         self.cycles = 0
+        self.skipped_total: dict[str, int] = {}
+        """What the engine skipped since start, by reason (e.g. why an approval queue stays
+        empty: ``risk budget``, ``no expected gain``)."""
+        self.last_recorded_at: str | None = None
+        """When a cycle last recorded a new action (ISO time), if one has since start."""
 
     @property
     def mode(self) -> str:
@@ -131,6 +136,10 @@ class DecisionService:
             self.executor.wake()
         self.cycles += 1
         summary = plan.summary()
+        for reason, n in summary["skipped"].items():
+            self.skipped_total[reason] = self.skipped_total.get(reason, 0) + n
+        if new:
+            self.last_recorded_at = now.isoformat()
         self.last = {"at": now.isoformat(), "mode": mode, "recommendations": len(recs),
                      "recorded": new, "seconds": round(time.perf_counter() - t0, 4),
                      **summary}
@@ -141,7 +150,9 @@ class DecisionService:
     def status(self) -> dict[str, Any]:
         d = self.settings.decision
         out: dict[str, Any] = {"mode": d.mode, "risk_budget": d.risk_budget,
-                               "cycles": self.cycles, "last_cycle": self.last}
+                               "cycles": self.cycles, "last_cycle": self.last,
+                               "skipped_since_start": dict(self.skipped_total),
+                               "last_recorded_at": self.last_recorded_at}
         if self.executor is not None:
             t = self.executor.totals
             out["executor"] = {"applied": t.applied, "failed": t.failed, "refused": t.refused,

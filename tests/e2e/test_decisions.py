@@ -121,6 +121,10 @@ def test_shadow_mode_decides_and_records_but_changes_nothing(tmp_path: Path) -> 
         _, st = d.status()
         assert st["decision"]["mode"] == "shadow"
         assert st["decision"]["executor"]["applied"] == 0
+        # what the engine refused before (thompson's early plans) is counted by reason
+        assert st["decision"]["last_recorded_at"] is not None
+        assert all(isinstance(v, int) and v > 0
+                   for v in st["decision"]["skipped_since_start"].values())
         assert dsp_daily_budgets(st["dsp"]["base_url"]) == before
     assert d.returncode == 0
 

@@ -249,3 +249,58 @@ def test_actions_archived_list_and_show(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--status" in r.stderr
     r = cli("actions", "show", "999", env=env)
     assert r.returncode == 2 and "--archived" in r.stderr
+
+
+def test_an_empty_approval_queue_says_why(tmp_path: Path) -> None:
+    """In approve mode, `actions list` with nothing proposed says what the daemon's engine
+    skipped (from its last published status), and says nothing once something is proposed."""
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from campaignd.domain.actions import Action, action_key
+    from campaignd.domain.campaign import atomize, load_spec
+    from campaignd.settings import load_settings
+    from campaignd.stores.sql.migrate import upgrade
+    from campaignd.stores.sql.repository import SqlStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    now = datetime.now(UTC)
+    spec = load_spec(SEED)
+    cells = atomize(spec)
+    decision = {"mode": "approve", "risk_budget": 0.2, "cycles": 42,
+                "last_cycle": {"at": now.isoformat(), "actions": 0, "skipped": {}},
+                "skipped_since_start": {"risk budget": 30, "no expected gain": 12},
+                "last_recorded_at": None}
+
+    async def seed(propose: bool) -> None:
+        if not propose:
+            await upgrade(url)
+        store = await SqlStore.connect(url)
+        if not propose:
+            await store.upsert_campaign(spec, cells, now=now)
+            await store.write_status(load_settings(None, environ={}).instance, 1, "test", now,
+                                     {"state": "running", "decision": decision}, now=now)
+        else:
+            after = {"daily_budget_micros": 7_000_000, "lifetime_budget_micros": 70_000_000}
+            await store.record_actions([Action(
+                key=action_key("d1", cells[0].cell_id, "budget", after), decision_id="d1",
+                campaign_id=spec.id, cell_id=cells[0].cell_id, line_item_id=100, kind="budget",
+                before={"daily_budget_micros": 5_000_000, "lifetime_budget_micros": 70_000_000},
+                after=after, agent="reallocation", reason="test", evidence={}, created_at=now,
+                score=1.0, impact=2.0, risk=0.1, priority=1.8)], mode="approve", now=now)
+        await store.close()
+
+    anyio.run(seed, False)
+    env = {"CAMPAIGND_DATABASE__URL": url}
+    r = cli("actions", "list", env=env)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "nothing is waiting for approval" in text and "risk budget 30" in text, text
+    assert "has proposed nothing yet" in text and "42 decision cycle(s)" in text
+    r = cli("actions", "list", "--json", env=env)
+    assert "no expected gain 12" in json.loads(r.stdout)["queue_note"]
+    anyio.run(seed, True)
+    r = cli("actions", "list", "--json", env=env)
+    assert r.returncode == 0 and "queue_note" not in json.loads(r.stdout)
+    assert json.loads(r.stdout)["counts"]["proposed"] == 1
