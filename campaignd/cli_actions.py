@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -109,10 +110,12 @@ def actions_list(
                                             decision_id=decision, limit=limit)
             counts = await store.count_actions()
             record = await store.read_status(instance)
-            return rows, counts, record.payload if record is not None else None
+            return rows, counts, record
 
-        rows, counts, daemon = with_store(config, read)
-        queue_note = _empty_queue_note(daemon, counts, status)
+        rows, counts, record = with_store(config, read)
+        queue_note = (None if record is None else
+                      _empty_queue_note(record.payload, counts, status,
+                                        heartbeat_at=record.heartbeat_at))
     if json_out:
         print_json({"counts": counts, "actions": [r.as_dict() for r in rows],
                     **({"archived": True} if archived else {}),
@@ -133,15 +136,27 @@ def actions_list(
 
 
 def _empty_queue_note(daemon: dict[str, Any] | None, counts: dict[str, int],
-                      status: str | None) -> str | None:
+                      status: str | None, *, heartbeat_at: datetime | None = None,
+                      now: datetime | None = None) -> str | None:
     """Why nothing waits for approval, when the daemon (per its last published status) runs in
     approve mode and no action is ``proposed``: what its decision engine skipped since it
     started. Early in a campaign the engine refuses most re-plans (the posterior cannot back
-    them yet), so an empty queue is the engine saying no, not a daemon doing nothing."""
+    them yet), so an empty queue is the engine saying no, not a daemon doing nothing. A
+    stopped daemon (its status says so, or its heartbeat is older than ``STATUS_STALE_S``)
+    proposes nothing at all, and the note says that instead."""
+    from campaignd.status import STATUS_STALE_S
+
     dec = (daemon or {}).get("decision") or {}
     if dec.get("mode") != "approve" or counts.get("proposed", 0) or status not in (
             None, "proposed"):
         return None
+    now = now or datetime.now(UTC)
+    if (daemon or {}).get("state") == "stopped" or (
+            heartbeat_at is not None
+            and (now - heartbeat_at).total_seconds() > STATUS_STALE_S):
+        seen = heartbeat_at.isoformat(timespec="seconds") if heartbeat_at else "unknown"
+        return ("nothing is waiting for approval, and the daemon is not running (last "
+                f"heartbeat {seen}): nothing will be proposed until it runs again")
     skipped = dec.get("skipped_since_start") or {}
     why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items(), key=lambda kv: -kv[1]))
     last = dec.get("last_cycle") or {}

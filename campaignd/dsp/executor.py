@@ -24,8 +24,9 @@ What a drain applies:
   check is made again just before the request goes out.
 
 The DSP sync's own changes (a removed cell's line item paused, budgets scaled within lowered
-caps) are recorded ``applying`` before they are sent too, so after a crash this finishes them.
-Only one of the two writes to the DSP at a time (``DSPService.writing``).
+caps) are recorded ``applying`` before they are sent too, but never sent from here: the sync
+closes the ones a crash interrupted, from what the DSP holds and the caps of then. Only one of
+the two writes to the DSP at a time (``DSPService.writing``).
 
 While a campaign is not synced with the DSP (e.g. the DSP was unreachable at start) its actions
 wait; they are refused only if the campaign is no longer loaded. Transient DSP errors are

@@ -8,7 +8,8 @@ and the adapter looks objects up by it before creating anything, so a restart â€
 the middle of a sync â€” never duplicates a line item. A sync that fails on a DSP error is kept
 pending and retried by the reconciliation job; the daemon stays up and reports the problem.
 Every change the sync makes to an existing line item is in the audit log before it is sent
-(``applying``, finished by the DSP's answer, or by the executor after a crash).
+(``applying``, finished by the DSP's answer, or after a crash by the next sync from what the DSP
+holds then).
 """
 
 from __future__ import annotations
@@ -301,7 +302,9 @@ class DSPService:
         wanted = {cell.alternative_id for cell in st.cells}
         prefix = f"campaignd:{spec.id}:"
         retired = 0
-        for li in await self.adapter.get_line_items(campaign_id=dsp_campaign_id):
+        held = await self.adapter.get_line_items(campaign_id=dsp_campaign_id)
+        await self._close_interrupted(spec.id, held)
+        for li in held:
             alt = li.alternative_id or ""
             if not alt.startswith(prefix) or alt in wanted:
                 continue
@@ -351,13 +354,39 @@ class DSPService:
             await self.sql.record_actions(actions, mode="live", now=self.clock.now(),
                                           applied=True)
 
+    async def _close_interrupted(self, campaign_id: str, held: Sequence[LineItem]) -> None:
+        """Close this campaign's sync changes still ``applying`` (the daemon stopped, or the
+        DSP's answer was lost, between recording and acknowledgement), from what the DSP holds
+        now (``held``, every line item of the campaign): ``applied`` when it holds the change,
+        else ``superseded`` -- never sent again: the caps are checked afresh right after (they
+        may have changed since)."""
+        rows = await self.sql.interrupted_sync_actions(campaign_id)
+        if not rows:
+            return
+        by_id = {li.id: li for li in held}
+        outcomes: list[tuple[int, str, str | None, dict[str, Any] | None]] = []
+        for r in rows:
+            li = by_id.get(r.action.line_item_id or -1)
+            state = line_item_state(li) if li is not None else None
+            if state is not None and all(state.get(k) == v for k, v in r.action.after.items()):
+                outcomes.append((r.id, "applied", "interrupted; the DSP holds the change",
+                                 state))
+            else:
+                outcomes.append((r.id, "superseded", "interrupted before the DSP applied it; "
+                                 "the sync checked the caps again", None))
+        await self.sql.finish_actions(outcomes, now=self.clock.now(), expect=("applying",))
+        log.info("closed interrupted sync changes", campaign=campaign_id,
+                 applied=sum(1 for o in outcomes if o[1] == "applied"),
+                 superseded=sum(1 for o in outcomes if o[1] == "superseded"))
+
     async def _change(self, campaign_id: str, cell_id: str, li: LineItem, kind: str,
                       before: dict[str, Any], after: dict[str, Any], reason: str) -> LineItem:
         """One change the sync makes itself (a removed cell's line item paused or emptied, a
         budget scaled within the caps): recorded as ``applying`` before the request goes out,
         ``applied`` with the DSP's answer, ``failed`` on a DSP error (re-raised: the sync stays
-        pending and is retried). A crash in between leaves the row in the outbox, where the
-        executor finishes it on restart, so no change reaches the DSP unrecorded."""
+        pending and is retried). A crash in between, or a transient error, leaves the row
+        ``applying`` until the sync next enforces the caps (``_close_interrupted``), so no
+        change reaches the DSP unrecorded."""
         assert self.adapter is not None
         now = self.clock.now()
         action = _sync_action(campaign_id, cell_id, li, kind, before, after, reason, now,
@@ -371,9 +400,12 @@ class DSPService:
                     li.id, lifetime_micros=int(after["lifetime_budget_micros"]),
                     daily_micros=int(after["daily_budget_micros"]))
         except DSPError as exc:
-            await self.sql.finish_actions(
-                [(action_id, "failed", f"{type(exc).__name__}: {exc}"[:500], None)],
-                now=self.clock.now(), expect=("applying",))
+            if not exc.retryable:  # refused: the DSP did not apply it
+                await self.sql.finish_actions(
+                    [(action_id, "failed", f"{type(exc).__name__}: {exc}"[:500], None)],
+                    now=self.clock.now(), expect=("applying",))
+            # else (a timeout, a lost answer) the DSP may hold it: the row stays "applying"
+            # until the sync's retry closes it from what the DSP holds then
             raise
         await self.sql.finish_actions(
             [(action_id, "applied", None, line_item_state(new))],

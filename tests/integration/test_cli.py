@@ -304,3 +304,22 @@ def test_an_empty_approval_queue_says_why(tmp_path: Path) -> None:
     r = cli("actions", "list", "--json", env=env)
     assert r.returncode == 0 and "queue_note" not in json.loads(r.stdout)
     assert json.loads(r.stdout)["counts"]["proposed"] == 1
+
+
+def test_the_empty_queue_note_knows_a_stopped_daemon() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from campaignd.cli_actions import _empty_queue_note
+
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    running = {"state": "running", "decision": {"mode": "approve", "cycles": 3,
+                                                "skipped_since_start": {"risk budget": 3}}}
+    note = _empty_queue_note(running, {}, None, heartbeat_at=now, now=now)
+    assert note is not None and "risk budget 3" in note
+    for payload, beat in (({**running, "state": "stopped"}, now),
+                          (running, now - timedelta(minutes=5))):
+        note = _empty_queue_note(payload, {}, None, heartbeat_at=beat, now=now)
+        assert note is not None and "not running" in note and "risk budget" not in note
+    assert _empty_queue_note(running, {"proposed": 2}, None, heartbeat_at=now, now=now) is None
+    assert _empty_queue_note({**running, "decision": {"mode": "live"}}, {}, None) is None
+    assert _empty_queue_note(running, {}, "applied", heartbeat_at=now, now=now) is None

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -211,68 +212,91 @@ async def test_the_specs_caps_reach_the_dsp_campaign_up_and_down(
 
 async def test_a_crash_while_the_sync_scales_budgets_loses_no_change(
         sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
-    """The sync's own changes are recorded before they are sent: a crash between the two leaves
-    an ``applying`` row that the restarted daemon's executor finishes, and a DSP error marks the
-    change failed and keeps the sync pending."""
+    """The sync's own changes are recorded before they are sent. A DSP refusal marks one
+    failed; a crash before the request, or an answer lost after it, leaves it ``applying``, and
+    the next sync closes it from what the DSP holds (``superseded`` / ``applied``) before
+    checking the caps again -- it is never replayed blindly (the caps may have changed back)."""
     from campaignd.dsp.executor import ActionExecutor
-    from campaignd.errors import DSPTransientError
+    from campaignd.errors import DSPRejected, DSPTransientError
 
     spec = small(seed_spec)
     cells = atomize(spec)[:6]
     await sql_store.upsert_campaign(spec, cells, now=NOW)
     less = dataclasses.replace(spec, daily_budget=Decimal("30"), lifetime_budget=Decimal("300"))
 
-    def crashing(svc: DSPService, exc: BaseException) -> list[int]:
-        """Make the adapter's next budget update fail with ``exc`` before it is sent."""
+    def failing(svc: DSPService, exc: BaseException, *, after_sending: bool = False
+                ) -> list[int]:
+        """Make the adapter's next budget update fail with ``exc`` (before the request, or
+        once the DSP has applied it)."""
+        assert svc.adapter is not None
+        real = svc.adapter.update_budget
         calls: list[int] = []
 
         async def update_budget(line_item_id: int, **kw: int) -> None:
             calls.append(line_item_id)
+            if after_sending:
+                await real(line_item_id, **kw)
             raise exc
 
-        svc.adapter.update_budget = update_budget  # type: ignore[union-attr,method-assign,assignment]
+        svc.adapter.update_budget = update_budget  # type: ignore[method-assign,assignment]
         return calls
+
+    async def sync_rows(status: str) -> list[Any]:
+        return [r for r in await sql_store.list_actions(status=status) if r.action.agent == "sync"]
+
+    async def daily_held(svc: DSPService) -> list[int]:
+        assert svc.adapter is not None
+        return [x.daily_budget_micros or 0 for x in await svc.adapter.get_line_items(ids)]
 
     async with sandbox_url() as url:
         async with service(sql_store, url) as svc:
             await svc.sync_campaign(spec, cells)
             ids = [li.id for li in svc.campaigns[spec.id].line_items.values()]
-        async with service(sql_store, url) as svc:  # the spec's caps are halved: a DSP error
-            calls = crashing(svc, DSPTransientError("503 from the DSP"))
+        async with service(sql_store, url) as svc:  # the caps are halved; the DSP refuses
+            calls = failing(svc, DSPRejected("400: budget below spend"))
             await svc.sync_campaign(less, cells)
             assert calls and not svc.campaigns[spec.id].synced
-            assert "503" in (svc.campaigns[spec.id].error or "")
-        failed = [r for r in await sql_store.list_actions(status="failed")
-                  if r.action.agent == "sync"]
-        assert len(failed) == 1 and "503" in (failed[0].error or "")
+            assert "400" in (svc.campaigns[spec.id].error or "")
+        (failed,) = await sync_rows("failed")
+        assert "400" in (failed.error or "")
         async with service(sql_store, url) as svc:  # again, and the daemon dies mid-request
-            calls = crashing(svc, RuntimeError("killed"))
+            calls = failing(svc, RuntimeError("killed"))
             try:
                 await svc.sync_campaign(less, cells)
             except RuntimeError:
                 pass
             else:
                 raise AssertionError("the sync should have died with the adapter")
-            assert svc.adapter is not None
-            held = await svc.adapter.get_line_items(ids)
-            assert sum(x.daily_budget_micros or 0 for x in held) == 60 * M  # nothing was sent
-        (started,) = await sql_store.list_actions(status="applying")
-        assert started.action.agent == "sync" and started.action.line_item_id == calls[0]
+            assert sum(await daily_held(svc)) == 60 * M  # nothing was sent
+        (started,) = await sync_rows("applying")
+        assert started.action.line_item_id == calls[0]
         assert started.action.after["daily_budget_micros"] == 5 * M
-        async with service(sql_store, url) as svc:  # the restart: sync, then the executor
+        async with service(sql_store, url) as svc:  # the person restores the caps; restart
+            await svc.sync_campaign(spec, cells)
+            assert svc.campaigns[spec.id].synced
+            # the executor never sends the sync's rows: nothing is cut that the caps of now
+            # do not ask for
+            res = await ActionExecutor(sql=sql_store, dsp=svc, clock=VirtualClock(NOW)).drain()
+            assert (res.applied, res.refused, res.superseded) == (0, 0, 0)
+            assert await daily_held(svc) == [10 * M] * 6
+        row = await sql_store.get_action(started.id)
+        assert row is not None and row.status == "superseded"
+        assert "interrupted" in (row.error or "")
+        async with service(sql_store, url) as svc:  # halved again; the answer is lost
+            calls = failing(svc, DSPTransientError("read timeout"), after_sending=True)
+            await svc.sync_campaign(less, cells)
+            assert not svc.campaigns[spec.id].synced
+        (lost,) = await sync_rows("applying")
+        async with service(sql_store, url) as svc:  # the retry finds the DSP holding it
             await svc.sync_campaign(less, cells)
             assert svc.campaigns[spec.id].synced
-            res = await ActionExecutor(sql=sql_store, dsp=svc, clock=VirtualClock(NOW)).drain()
-            assert res.applied == 1 and not res.failed
-            assert svc.adapter is not None
-            held = await svc.adapter.get_line_items(ids)
-            assert sum(x.daily_budget_micros or 0 for x in held) <= 30 * M
-            assert sum(x.lifetime_budget_micros for x in held) <= 300 * M
-        assert await sql_store.list_actions(status="applying") == []
-        assert await sql_store.list_actions(status="pending") == []
-        row = await sql_store.get_action(started.id)
+            # (then scaled with the others: the caps hold on what the DSP holds now)
+            assert sum(await daily_held(svc)) <= 30 * M
+        row = await sql_store.get_action(lost.id)
         assert row is not None and row.status == "applied"
         assert row.result is not None and row.result["daily_budget_micros"] == 5 * M
+        assert await sync_rows("applying") == []
+        assert await sql_store.list_actions(status="pending") == []
 
 
 async def test_a_restart_routes_events_of_known_line_items_before_the_dsp_answers(

@@ -166,9 +166,10 @@ class ActionMethods:
         sync's own cap enforcement) as ``applying``, before the request goes out; return key →
         action id, to finish them with ``finish_actions(..., expect=("applying",))``. A key
         recorded before keeps its row (its id is returned). Should the daemon stop between
-        this and the DSP's answer, the executor finds the row in the outbox on restart and
-        applies it (or records it as applied if the DSP already holds it): a change the sync
-        started is never lost from the audit log."""
+        this and the DSP's answer, the row stays ``applying`` until the sync next enforces the
+        caps and closes it (``interrupted_sync_actions``): ``applied`` if the DSP holds it, else
+        ``superseded`` (the sync decides again from the caps of then). The executor never
+        sends these rows. A change the sync started is never lost from the audit log."""
         if not items:
             return {}
         items = list({a.key: a for a in items}.values())
@@ -224,11 +225,25 @@ class ActionMethods:
 
     async def outbox(self, *, limit: int = 500) -> list[ActionRow]:
         """Actions to apply, oldest first: ``pending`` and ``applying`` (an ``applying`` action
-        was interrupted by a crash: applying it again is safe, actions are absolute)."""
+        was interrupted by a crash: applying it again is safe, actions are absolute). Not the
+        DSP sync's own changes (``agent`` = ``sync``): the sync closes those itself
+        (``interrupted_sync_actions``), after checking the caps again."""
         async with self._tx("reading the outbox") as conn:
             rows = (await conn.execute(
-                select(actions).where(actions.c.status.in_(("pending", "applying")))
+                select(actions).where(and_(actions.c.status.in_(("pending", "applying")),
+                                           actions.c.agent != "sync"))
                 .order_by(actions.c.id).limit(limit))).all()
+        return [_row(r) for r in rows]
+
+    async def interrupted_sync_actions(self, campaign_id: str) -> list[ActionRow]:
+        """The DSP sync's own changes for a campaign still ``applying``: sent (or about to be)
+        when the daemon stopped, or when the DSP's answer was lost."""
+        async with self._tx("reading interrupted sync changes") as conn:
+            rows = (await conn.execute(
+                select(actions).where(and_(actions.c.status == "applying",
+                                           actions.c.agent == "sync",
+                                           actions.c.campaign_id == campaign_id))
+                .order_by(actions.c.id))).all()
         return [_row(r) for r in rows]
 
     async def set_action_status(self, action_id: int, status: str, *, now: datetime,
