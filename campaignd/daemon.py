@@ -368,6 +368,8 @@ class Daemon:
             await self._route_known_line_items()
         for rt in self.campaigns.values():
             await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
+        # a removed campaign's sync will not close what a crash left open of its own changes
+        await self.sql.close_sync_actions_except(list(self.campaigns), now=self.clock.now())
         await tg.start(self.ingest.run, name="ingest")
         from campaignd.dsp.executor import ActionExecutor
         d = s.decision

@@ -321,7 +321,7 @@ class DSPService:
                     spec.id, cell, li, "budget", _budgets(li),
                     {"daily_budget_micros": 0, "lifetime_budget_micros": floor},
                     "sync: a removed cell's line item keeps only what it spent, so the rest "
-                    "of the campaign's budget is free for the others")
+                    "of the campaign's budget is free for the others", daily=0)
             retired += int(li.lifetime_budget_micros)
         st.retired_lifetime_micros = retired
         # the removed cells' line items still count against the campaign's lifetime budget
@@ -343,7 +343,7 @@ class DSPService:
                     spec.id, cid, li, "budget", _budgets(li),
                     {"daily_budget_micros": int(daily or 0), "lifetime_budget_micros": life},
                     "sync: the line items' budgets added up to more than the campaign's caps; "
-                    "scaled down proportionally")
+                    "scaled down proportionally", daily=daily)
         log.warning("line-item budgets exceeded the campaign's caps; scaled down",
                     campaign=spec.id, lifetime_total=life_total, daily_total=daily_total)
 
@@ -380,13 +380,15 @@ class DSPService:
                  superseded=sum(1 for o in outcomes if o[1] == "superseded"))
 
     async def _change(self, campaign_id: str, cell_id: str, li: LineItem, kind: str,
-                      before: dict[str, Any], after: dict[str, Any], reason: str) -> LineItem:
+                      before: dict[str, Any], after: dict[str, Any], reason: str, *,
+                      daily: int | None = None) -> LineItem:
         """One change the sync makes itself (a removed cell's line item paused or emptied, a
         budget scaled within the caps): recorded as ``applying`` before the request goes out,
         ``applied`` with the DSP's answer, ``failed`` on a DSP error (re-raised: the sync stays
         pending and is retried). A crash in between, or a transient error, leaves the row
         ``applying`` until the sync next enforces the caps (``_close_interrupted``), so no
-        change reaches the DSP unrecorded."""
+        change reaches the DSP unrecorded. ``daily``: a budget change's daily budget as sent
+        (``None``: the line item has none and keeps none; ``after`` records it as 0)."""
         assert self.adapter is not None
         now = self.clock.now()
         action = _sync_action(campaign_id, cell_id, li, kind, before, after, reason, now,
@@ -398,7 +400,7 @@ class DSPService:
             else:
                 new = await self.adapter.update_budget(
                     li.id, lifetime_micros=int(after["lifetime_budget_micros"]),
-                    daily_micros=int(after["daily_budget_micros"]))
+                    daily_micros=daily)
         except DSPError as exc:
             if not exc.retryable:  # refused: the DSP did not apply it
                 await self.sql.finish_actions(
@@ -454,8 +456,15 @@ class DSPService:
                         > spec.daily_budget_micros
                         or sum(li.lifetime_budget_micros for li in items)
                         > spec.lifetime_budget_micros - st.retired_lifetime_micros):
-                    async with self.writing:
-                        await self._enforce_caps(st, st.dsp_campaign_id)
+                    try:
+                        async with self.writing:
+                            await self._enforce_caps(st, st.dsp_campaign_id)
+                    except DSPError as exc:
+                        # the next reconciliation runs the whole sync again, which closes
+                        # what this left open and checks the caps afresh
+                        st.synced, st.error = False, f"{type(exc).__name__}: {exc}"
+                        log.error("scaling budgets back within the caps failed; will retry",
+                                  campaign=spec.id, error=st.error)
                     changed = dict(st.line_items)  # every line item may have been scaled
                 changed = {cid: st.line_items[cid] for cid in changed}
                 await self.sql.update_cell_budgets({

@@ -326,3 +326,80 @@ async def test_a_restart_routes_events_of_known_line_items_before_the_dsp_answer
     finally:
         if d.sql is not None:
             await d.sql.close()
+
+
+async def test_a_failed_scale_down_in_reconciliation_is_retried_by_a_full_sync(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """Reconciliation that cannot scale budgets back within the caps (a transient DSP error)
+    neither raises nor leaves the change open for good: the campaign goes back to pending, and
+    the next reconciliation's sync closes the change and holds the caps. A line item without a
+    daily budget keeps none when its lifetime budget is scaled."""
+    from campaignd.errors import DSPTransientError
+
+    spec = small(seed_spec)
+    cells = atomize(spec)[:6]
+    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    async with sandbox_url() as url:
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(spec, cells)
+            st = svc.campaigns[spec.id]
+            assert svc.adapter is not None
+            li = st.line_items[cells[0].cell_id]
+            # someone raises one line item's daily budget to the campaign's whole cap
+            await svc.adapter.update_budget(li.id, lifetime_micros=li.lifetime_budget_micros,
+                                            daily_micros=60 * M)
+            real = svc.adapter.update_budget
+
+            async def timeout(line_item_id: int, **kw: Any) -> None:
+                raise DSPTransientError("read timeout")
+
+            svc.adapter.update_budget = timeout  # type: ignore[method-assign,assignment]
+            assert await svc.reconcile() == 1  # no exception
+            assert not st.synced and "timeout" in (st.error or "")
+            assert [r.action.agent for r in await sql_store.list_actions(status="applying")] \
+                == ["sync"]
+            svc.adapter.update_budget = real  # type: ignore[method-assign]
+            await svc.reconcile()
+            assert st.synced, st.error
+            assert await sql_store.list_actions(status="applying") == []
+            ids = [x.id for x in st.line_items.values()]
+            held = await svc.adapter.get_line_items(ids)
+            assert sum(x.daily_budget_micros or 0 for x in held) <= 60 * M
+            # and now it has no daily budget at all
+            await svc.adapter.update_budget(li.id, lifetime_micros=li.lifetime_budget_micros,
+                                            daily_micros=None)
+        less = dataclasses.replace(spec, daily_budget=Decimal("30"),
+                                   lifetime_budget=Decimal("300"))
+        async with service(sql_store, url) as svc:  # the caps are lowered: lifetimes scaled
+            await svc.sync_campaign(less, cells)
+            assert svc.campaigns[spec.id].synced
+            assert svc.adapter is not None
+            held = await svc.adapter.get_line_items(ids)
+            assert sum(x.lifetime_budget_micros for x in held) <= 300 * M
+            (first,) = [x for x in held if x.id == li.id]
+            assert first.daily_budget_micros is None
+            assert first.lifetime_budget_micros < li.lifetime_budget_micros
+
+
+async def test_sync_changes_of_a_removed_campaign_are_closed(sql_store: SqlStore,
+                                                            seed_spec: CampaignSpec) -> None:
+    from campaignd.domain.actions import Action, action_key
+
+    for cid in ("kept", "gone"):
+        spec = dataclasses.replace(seed_spec, id=cid)
+        await sql_store.upsert_campaign(spec, atomize(spec)[:1], now=NOW)
+
+    def started(campaign: str) -> Action:
+        after = {"active": False}
+        return Action(key=action_key(f"sync:{campaign}", "c1", "pause", after),
+                      decision_id="sync:x", campaign_id=campaign, cell_id="c1",
+                      line_item_id=7, kind="pause", before={"active": True}, after=after,
+                      agent="sync", reason="test", evidence={}, created_at=NOW)
+
+    ids = await sql_store.begin_actions([started("kept"), started("gone")], now=NOW)
+    assert await sql_store.close_sync_actions_except(["kept"], now=NOW) == 1
+    gone = await sql_store.get_action(ids[started("gone").key])
+    kept = await sql_store.get_action(ids[started("kept").key])
+    assert gone is not None and gone.status == "superseded"
+    assert kept is not None and kept.status == "applying"
+    assert await sql_store.outbox() == []  # the executor never sends the sync's rows

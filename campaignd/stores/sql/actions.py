@@ -235,6 +235,20 @@ class ActionMethods:
                 .order_by(actions.c.id).limit(limit))).all()
         return [_row(r) for r in rows]
 
+    async def close_sync_actions_except(self, campaign_ids: Collection[str], *,
+                                        now: datetime) -> int:
+        """Supersede the sync changes still ``applying`` of campaigns not in ``campaign_ids``
+        (removed from the configuration: no sync of theirs will close them). Returns how
+        many."""
+        async with self._tx("closing sync changes of removed campaigns") as conn:
+            res = await conn.execute(
+                update(actions)
+                .where(and_(actions.c.status == "applying", actions.c.agent == "sync",
+                            actions.c.campaign_id.not_in(list(campaign_ids))))
+                .values(status="superseded", updated_at=now,
+                        error="interrupted; the campaign is no longer configured"))
+            return int(res.rowcount or 0)
+
     async def interrupted_sync_actions(self, campaign_id: str) -> list[ActionRow]:
         """The DSP sync's own changes for a campaign still ``applying``: sent (or about to be)
         when the daemon stopped, or when the DSP's answer was lost."""
