@@ -366,10 +366,13 @@ class Daemon:
             on_commit=self._release_spool if self.spool is not None else None)
         if not sandbox:  # (the sandbox is a new DSP every start: its ids are new too)
             await self._route_known_line_items()
+        # Sync changes a crash left open are closed by their campaign's next sync, from what
+        # the DSP holds -- except a removed campaign's (no sync of its will run) and, in
+        # sandbox mode, every one (the sandbox is a new DSP: its line items are not those)
+        await self.sql.close_sync_actions_except([] if sandbox else list(self.campaigns),
+                                                 now=self.clock.now())
         for rt in self.campaigns.values():
             await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
-        # a removed campaign's sync will not close what a crash left open of its own changes
-        await self.sql.close_sync_actions_except(list(self.campaigns), now=self.clock.now())
         await tg.start(self.ingest.run, name="ingest")
         from campaignd.dsp.executor import ActionExecutor
         d = s.decision

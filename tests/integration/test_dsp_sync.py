@@ -403,3 +403,7 @@ async def test_sync_changes_of_a_removed_campaign_are_closed(sql_store: SqlStore
     assert gone is not None and gone.status == "superseded"
     assert kept is not None and kept.status == "applying"
     assert await sql_store.outbox() == []  # the executor never sends the sync's rows
+    # a sandbox start closes every one (a new DSP)
+    assert await sql_store.close_sync_actions_except([], now=NOW) == 1
+    kept = await sql_store.get_action(ids[started("kept").key])
+    assert kept is not None and kept.status == "superseded"
