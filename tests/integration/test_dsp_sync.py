@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from campaignd.clock import VirtualClock
-from campaignd.domain.campaign import CampaignSpec, atomize
+from campaignd.domain.campaign import CampaignSpec, Cell, atomize
 from campaignd.dsp.sandbox import SandboxService
 from campaignd.dsp.service import DSPService, campaign_alt_id
 from campaignd.settings import load_settings
@@ -28,6 +28,14 @@ M = 1_000_000
 
 def small(spec: CampaignSpec) -> CampaignSpec:
     return dataclasses.replace(spec, daily_budget=Decimal("60"), lifetime_budget=Decimal("600"))
+
+
+async def small_campaign(sql: SqlStore, seed_spec: CampaignSpec) -> tuple[CampaignSpec, list[Cell]]:
+    """The small campaign of these tests (6 cells, $60/day, $600) as SQL holds it."""
+    spec = small(seed_spec)
+    cells = atomize(spec)[:6]
+    await sql.upsert_campaign(spec, cells, now=NOW)
+    return spec, cells
 
 
 @asynccontextmanager
@@ -58,9 +66,7 @@ async def service(sql: SqlStore, url: str) -> AsyncIterator[DSPService]:
 
 async def test_a_restart_keeps_a_paused_line_item_paused(sql_store: SqlStore,
                                                         seed_spec: CampaignSpec) -> None:
-    spec = small(seed_spec)
-    cells = atomize(spec)[:6]
-    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    spec, cells = await small_campaign(sql_store, seed_spec)
     async with sandbox_url() as url:
         async with service(sql_store, url) as svc:
             await svc.sync_campaign(spec, cells)
@@ -150,9 +156,7 @@ async def test_each_campaign_goes_under_its_own_advertiser(sql_store: SqlStore,
 
 async def test_reconciliation_scales_budgets_changed_outside_campaignd_back_within_the_caps(
         sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
-    spec = small(seed_spec)
-    cells = atomize(spec)[:6]
-    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    spec, cells = await small_campaign(sql_store, seed_spec)
     async with sandbox_url() as url, service(sql_store, url) as svc:
         await svc.sync_campaign(spec, cells)
         st = svc.campaigns[spec.id]
@@ -174,9 +178,7 @@ async def test_reconciliation_scales_budgets_changed_outside_campaignd_back_with
 
 async def test_the_specs_caps_reach_the_dsp_campaign_up_and_down(
         sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
-    spec = small(seed_spec)
-    cells = atomize(spec)[:6]
-    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    spec, cells = await small_campaign(sql_store, seed_spec)
     async with sandbox_url() as url:
         async with service(sql_store, url) as svc:
             await svc.sync_campaign(spec, cells)
@@ -219,9 +221,7 @@ async def test_a_crash_while_the_sync_scales_budgets_loses_no_change(
     from campaignd.dsp.executor import ActionExecutor
     from campaignd.errors import DSPRejected, DSPTransientError
 
-    spec = small(seed_spec)
-    cells = atomize(spec)[:6]
-    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    spec, cells = await small_campaign(sql_store, seed_spec)
     less = dataclasses.replace(spec, daily_budget=Decimal("30"), lifetime_budget=Decimal("300"))
 
     def failing(svc: DSPService, exc: BaseException, *, after_sending: bool = False
@@ -336,9 +336,7 @@ async def test_a_failed_scale_down_in_reconciliation_is_retried_by_a_full_sync(
     daily budget keeps none when its lifetime budget is scaled."""
     from campaignd.errors import DSPTransientError
 
-    spec = small(seed_spec)
-    cells = atomize(spec)[:6]
-    await sql_store.upsert_campaign(spec, cells, now=NOW)
+    spec, cells = await small_campaign(sql_store, seed_spec)
     async with sandbox_url() as url:
         async with service(sql_store, url) as svc:
             await svc.sync_campaign(spec, cells)
