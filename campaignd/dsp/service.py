@@ -180,8 +180,7 @@ class DSPService:
         st = self.campaigns.setdefault(spec.id, _CampaignState(spec, list(cells)))
         st.spec, st.cells = spec, list(cells)
         try:
-            async with self.writing:
-                await self._sync(st)
+            await self._sync(st)
             st.synced, st.error = True, None
         except DSPError as exc:
             st.error = f"{type(exc).__name__}: {exc}"
@@ -255,7 +254,17 @@ class DSPService:
                 bid_strategy=bid.strategy, targeting=cell_targeting(spec, cell),
                 creative_weights={creative_ids[cell.creative]: 100}, active=True,
                 activate_existing=cell.cell_id not in synced_before))
+        # Creating (or finding) the line items can take long on a large campaign (requests at
+        # the DSP's rate limit) and changes no budget the executor could be changing: the
+        # executor's drains for the other campaigns go on meanwhile (this one's actions wait
+        # until it is synced). From here on the sync changes budgets: one writer at a time.
         created = await self.adapter.create_line_items(items)
+        async with self.writing:
+            await self._finish_sync(st, camp, created, creative_ids)
+
+    async def _finish_sync(self, st: _CampaignState, camp: Campaign, created: list[LineItem],
+                           creative_ids: dict[str, int]) -> None:
+        spec = st.spec
         st.line_items = {cell.cell_id: li for cell, li in zip(st.cells, created, strict=True)}
         await self._record([_sync_action(
             spec.id, cid, li, "create", {}, {**_budgets(li), "active": li.active,
@@ -303,6 +312,12 @@ class DSPService:
         prefix = f"campaignd:{spec.id}:"
         retired = 0
         held = await self.adapter.get_line_items(campaign_id=dsp_campaign_id)
+        # what the DSP holds now is what the caps are checked against (and what the agents see)
+        by_id = {li.id: li for li in held}
+        for cid, li in list(st.line_items.items()):
+            fresh = by_id.get(li.id)
+            if fresh is not None:
+                st.line_items[cid] = fresh
         await self._close_interrupted(spec.id, held)
         for li in held:
             alt = li.alternative_id or ""

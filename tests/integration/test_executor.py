@@ -420,3 +420,40 @@ async def test_reconciliation_never_undoes_an_acknowledgement_it_raced_with(
         assert view[cells[1]].daily_budget_micros == 18 * M
         assert sum(li.daily_budget_micros or 0 for li in view.values()) == \
             sum(d for d, _ in (await dsp_budgets(svc, spec)).values())
+
+
+async def test_a_long_sync_of_one_campaign_does_not_hold_back_another_campaigns_changes(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """Creating a large campaign's line items can take an hour at the DSP's rate limit (e.g. a
+    campaign whose sync failed at start, synced again by reconciliation): the executor applies
+    the other campaigns' changes meanwhile, and the sync's budget changes still wait for it."""
+    spec = small(seed_spec)
+    other = dataclasses.replace(spec, id="other_campaign", name="Other CTV")
+    async with dsp_service(sql_store, spec) as svc:
+        assert svc.adapter is not None
+        cells = list(svc.campaigns[spec.id].line_items)
+        await sql_store.record_actions(plan(svc, spec, {cells[0]: 4 * M, cells[1]: 16 * M}),
+                                       mode="live", now=NOW)
+        ex = executor(sql_store, svc)
+        adapter = svc.adapter
+        create = adapter.create_line_items
+        drained: list[Any] = []
+
+        async def create_while_draining(*args: Any, **kwargs: Any) -> Any:
+            created = await create(*args, **kwargs)
+            with anyio.fail_after(10):  # the drain must not wait for this sync
+                drained.append(await ex.drain())
+            return created
+
+        adapter.create_line_items = create_while_draining  # type: ignore[method-assign]
+        other_cells = atomize(other)[:3]
+        await sql_store.upsert_campaign(other, other_cells, now=NOW)
+        try:
+            await svc.sync_campaign(other, other_cells)
+        finally:
+            adapter.create_line_items = create  # type: ignore[method-assign]
+        assert svc.campaigns[other.id].synced, svc.campaigns[other.id].error
+        (res,) = drained
+        assert res.applied == 2
+        assert (await dsp_budgets(svc, spec))[cells[1]][0] == 16 * M
+        assert all(r.status == "applied" for r in await ours(sql_store))
