@@ -387,8 +387,9 @@ class DSPService:
                 outcomes.append((r.id, "applied", "interrupted; the DSP holds the change",
                                  state))
             else:
-                outcomes.append((r.id, "superseded", "interrupted before the DSP applied it; "
-                                 "the sync checked the caps again", None))
+                outcomes.append((r.id, "superseded", "interrupted; the DSP does not hold it (never "
+                                 "applied, or changed again since): the sync checked the caps "
+                                 "again", None))
         await self.sql.finish_actions(outcomes, now=self.clock.now(), expect=("applying",))
         log.info("closed interrupted sync changes", campaign=campaign_id,
                  applied=sum(1 for o in outcomes if o[1] == "applied"),
