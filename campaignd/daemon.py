@@ -37,7 +37,7 @@ from campaignd.control import DaemonPlane
 from campaignd.decisions import DecisionService
 from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
-from campaignd.domain.cells import CellSnapshot, CellTable
+from campaignd.domain.cells import METRIC_INDEX, CellSnapshot, CellTable
 from campaignd.errors import BadInput, CampaigndError, StartupError, StorageError, leaves
 from campaignd.metrics import Metrics
 from campaignd.pipeline.registry import Registry
@@ -210,6 +210,16 @@ class Daemon:
     def check_token(self, token: str) -> bool:
         return bool(self._token) and tokens_equal(token, self._token)
 
+    def _spent_today(self, campaign_id: str) -> dict[str, int]:
+        """Cell → what its line item spent today (the account's budget day), as counted."""
+        rt = self.campaigns.get(campaign_id)
+        if rt is None:
+            return {}
+        table = rt.table
+        table.roll_day(table.budget_day.index(self.clock.now().timestamp()))
+        spend = table.today[METRIC_INDEX["spend_micros"]]
+        return {cid: int(spend[i]) for i, cid in enumerate(table.cell_ids)}
+
     def snapshots(self) -> dict[str, CellSnapshot]:
         """Every campaign's counters now (in market time), with the daily budgets in force."""
         at_s = int(self.clock.now().timestamp())
@@ -336,6 +346,7 @@ class Daemon:
         s = self.settings
         sandbox = s.dsp.adapter == "sandbox"
         self.dsp = DSPService(s, self.sql, clock=self.clock, on_synced=self._on_synced)
+        self.dsp.spent_today = self._spent_today
         await tg.start(self.dsp.run, name="dsp")
         # The in-process sandbox is a new DSP on every start: its feed cursor must not be
         # resumed from an earlier run's (that would skip the new market's backlog), its ids may

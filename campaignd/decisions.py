@@ -96,8 +96,7 @@ class DecisionService:
             today = snap.today.get("spend_micros") if snap.today else None
             days_left = max(0.0, (spec.flight_end - now).total_seconds() / 86400)
             out[cid] = CampaignState(
-                cid, spec.daily_budget_micros,
-                spec.lifetime_budget_micros - int(getattr(st, "retired_lifetime_micros", 0)),
+                cid, st.daily_cap(), st.lifetime_cap(),
                 days_left,
                 snap.cell_ids,
                 np.array([-1 if li is None else li.id for li in lis], dtype=np.int64),

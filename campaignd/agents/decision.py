@@ -272,8 +272,9 @@ class DecisionEngine:
         life_after = st.lifetime.copy()
         daily_after[pos[cut]] = new[cut]
         life_after[pos[cut]] = life_cut[cut]
-        head_d = D - int(daily_after.sum())
-        head_l = L - int(life_after.sum())
+        # (a budget cut below what its line item spent frees only what it had not spent)
+        head_d = D - int(np.maximum(daily_after, st.spent_today).sum())
+        head_l = L - int(np.maximum(life_after, st.spent).sum())
         # lifetime top-ups: line items nobody changes this cycle whose lifetime budget has less
         # than a day of their daily budget left (they would stop delivering) get their runway
         # back, before any raise takes the lifetime headroom

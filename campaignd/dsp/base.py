@@ -35,6 +35,8 @@ __all__ = [
     "LineItem",
     "LineItemSpec",
     "Targeting",
+    "committed_lifetime",
+    "committed_today",
 ]
 
 
@@ -159,6 +161,22 @@ class LineItem:
     targeting_expression_id: int | None
     creative_weighting_method: str
     updated_at: datetime | None = None
+
+
+def committed_today(li: LineItem, spent_today: int = 0) -> int:
+    """The most a line item can cost its campaign's budget day (micros): its daily budget, or
+    what it spent today if that is more (a daily budget cut below what was spent frees
+    nothing); with no daily budget, today's spend plus all of its lifetime budget left."""
+    spent = max(int(spent_today), 0)
+    if li.daily_budget_micros is None:
+        return spent + max(int(li.lifetime_budget_micros) - int(li.spend_micros), 0)
+    return max(int(li.daily_budget_micros), spent)
+
+
+def committed_lifetime(li: LineItem) -> int:
+    """The most a line item can cost its campaign over the flight: its lifetime budget, or what
+    it spent if that is more (a lifetime budget cut below the spend frees nothing)."""
+    return max(int(li.lifetime_budget_micros), int(li.spend_micros))
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from campaignd.clock import Clock
-from campaignd.dsp.base import LineItem
+from campaignd.dsp.base import LineItem, committed_lifetime, committed_today
 from campaignd.errors import DSPCircuitOpen, DSPError, DSPRateLimited
 from campaignd.logs import get_logger
 from campaignd.metrics import Metrics
@@ -69,6 +69,9 @@ class _Sums:
 
     daily: int
     lifetime: int
+    daily_cap: int
+    """The campaign's daily budget left for campaignd's line items (others' taken out)."""
+    lifetime_cap: int
     daily_reserved: int = 0
     lifetime_reserved: int = 0
 
@@ -300,14 +303,20 @@ class ActionExecutor:
                     None)
         if not a.is_increase:
             return ("send", li, 0, 0)
+        # what the line items may cost: a budget counts at least what its line item spent
+        # (today's, for the daily cap), a line item without a daily budget its lifetime left
+        spent = self.dsp.spent_today(a.campaign_id) if self.dsp.spent_today else {}
         s = sums.get(a.campaign_id)
         if s is None:
             s = sums[a.campaign_id] = _Sums(
-                sum(int(x.daily_budget_micros or 0) for x in st.line_items.values()),
-                sum(int(x.lifetime_budget_micros) for x in st.line_items.values())
-                + int(getattr(st, "retired_lifetime_micros", 0)))
-        dd = int(a.after["daily_budget_micros"]) - current["daily_budget_micros"]
-        dl = int(a.after["lifetime_budget_micros"]) - current["lifetime_budget_micros"]
+                sum(committed_today(x, spent.get(c, 0)) for c, x in st.line_items.items()),
+                sum(committed_lifetime(x) for x in st.line_items.values()),
+                daily_cap=st.daily_cap(), lifetime_cap=st.lifetime_cap())
+        today = max(int(spent.get(a.cell_id, 0)), 0)
+        dd = (max(int(a.after["daily_budget_micros"]), today)
+              - committed_today(li, today))
+        dl = (max(int(a.after["lifetime_budget_micros"]), int(li.spend_micros))
+              - committed_lifetime(li))
         problem = _headroom_problem(st.spec, s, a.after, dd, dl)
         if problem is not None:
             since = self._waiting_since.setdefault(row.id, time.monotonic())
@@ -358,12 +367,13 @@ def _headroom_problem(spec: Any, s: _Sums, after: Mapping[str, Any], dd: int,
         return (f"a line item may not exceed the campaign's caps (daily {daily} > {D} or "
                 f"lifetime {life} > {L} micros)")
     total_d = s.daily + s.daily_reserved + max(dd, 0)
-    if total_d > D:
-        return f"the campaign's daily budgets would sum to {total_d} > its daily cap {D} micros"
+    if total_d > s.daily_cap:
+        return (f"the campaign's line items could spend {total_d} today > its daily cap "
+                f"{s.daily_cap} micros")
     total_l = s.lifetime + s.lifetime_reserved + max(dl, 0)
-    if total_l > L:
-        return (f"the campaign's lifetime budgets would sum to {total_l} > its lifetime cap "
-                f"{L} micros")
+    if total_l > s.lifetime_cap:
+        return (f"the campaign's line items could spend {total_l} > its lifetime cap "
+                f"{s.lifetime_cap} micros")
     return None
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +34,8 @@ from campaignd.dsp.base import (
     LineItem,
     LineItemSpec,
     Targeting,
+    committed_lifetime,
+    committed_today,
 )
 from campaignd.dsp.executor import line_item_state
 from campaignd.errors import DSPError
@@ -79,7 +81,18 @@ class _CampaignState:
     error: str | None = None
     retired_lifetime_micros: int = 0
     """Lifetime budgets of the campaign's line items whose cells the spec no longer has (paused,
-    lowered to what they spent): Beeswax still counts them against the campaign's budget."""
+    lowered to what they spent) and of line items campaignd did not create: Beeswax counts them
+    against the campaign's budget."""
+    other_daily_micros: int = 0
+    """What the line items campaignd did not create may cost the campaign's budget day."""
+
+    def daily_cap(self) -> int:
+        """The campaign's daily budget left for campaignd's line items."""
+        return max(self.spec.daily_budget_micros - self.other_daily_micros, 0)
+
+    def lifetime_cap(self) -> int:
+        """The campaign's lifetime budget left for campaignd's line items."""
+        return max(self.spec.lifetime_budget_micros - self.retired_lifetime_micros, 0)
 
 
 class DSPService:
@@ -99,6 +112,10 @@ class DSPService:
         """The configured advertiser (``dsp.beeswax.advertiser_id``): every campaign's."""
         self._advertisers: dict[str, int] = {}
         """Otherwise one per spec ``advertiser`` (alternative id → DSP id)."""
+        self.spent_today: Callable[[str], Mapping[str, int]] | None = None
+        """Per campaign: cell → what its line item spent today (the account's budget day), as
+        the pipeline counted it (set by the daemon). A line item costs its campaign's day the
+        most of its daily budget and this (``committed_today``): the caps count that."""
         self.writing = anyio.Lock()
         """Held by whoever changes line items (the sync and its cap enforcement, the executor's
         drain), so the sync's own changes are never picked up by the executor while in flight
@@ -311,6 +328,7 @@ class DSPService:
         wanted = {cell.alternative_id for cell in st.cells}
         prefix = f"campaignd:{spec.id}:"
         retired = 0
+        other_daily = 0
         held = await self.adapter.get_line_items(campaign_id=dsp_campaign_id)
         # what the DSP holds now is what the caps are checked against (and what the agents see)
         by_id = {li.id: li for li in held}
@@ -321,7 +339,13 @@ class DSPService:
         await self._close_interrupted(spec.id, held)
         for li in held:
             alt = li.alternative_id or ""
-            if not alt.startswith(prefix) or alt in wanted:
+            if not alt.startswith(prefix):
+                # not campaignd's (created in the DSP's UI, say): left alone, but Beeswax
+                # counts it against the campaign's budgets, so campaignd's line items get less
+                retired += committed_lifetime(li)
+                other_daily += committed_today(li) if li.active else 0
+                continue
+            if alt in wanted:
                 continue
             cell = alt[len(prefix):]
             if li.active:
@@ -337,30 +361,65 @@ class DSPService:
                     {"daily_budget_micros": 0, "lifetime_budget_micros": floor},
                     "sync: a removed cell's line item keeps only what it spent, so the rest "
                     "of the campaign's budget is free for the others", daily=0)
-            retired += int(li.lifetime_budget_micros)
-        st.retired_lifetime_micros = retired
-        # the removed cells' line items still count against the campaign's lifetime budget
-        life_cap = max(spec.lifetime_budget_micros - retired, 0)
+            retired += committed_lifetime(li)
+        st.retired_lifetime_micros, st.other_daily_micros = retired, other_daily
+        await self._scale_within_caps(st)
+
+    def _spent_today(self, campaign_id: str) -> dict[str, int]:
+        spent = self.spent_today(campaign_id) if self.spent_today is not None else {}
+        return {cid: max(int(v), 0) for cid, v in spent.items()}
+
+    def _over_caps(self, st: _CampaignState) -> bool:
+        """Whether what the campaign's line items may cost exceeds its caps."""
+        today = self._spent_today(st.spec.id)
+        items = st.line_items.items()
+        return (sum(committed_lifetime(li) for _, li in items) > st.lifetime_cap()
+                or sum(committed_today(li, today.get(cid, 0)) for cid, li in items)
+                > st.daily_cap())
+
+    async def _scale_within_caps(self, st: _CampaignState) -> None:
+        """When what the line items may cost adds up to more than the campaign's lifetime or
+        daily budget (``committed_lifetime`` / ``committed_today``: a budget counts at least
+        what its line item already spent), scale the part of each budget above that spend down
+        proportionally (floored, so the sum never exceeds the cap; what was spent stays spent).
+        A line item without a daily budget gets one when the daily cap needs it. Budgets within
+        the caps are left as they are: moving money between cells is the reallocation agent's
+        job."""
+        spec = st.spec
+        spent = self._spent_today(spec.id)
         items = list(st.line_items.items())
-        life_total = sum(li.lifetime_budget_micros for _, li in items)
-        daily_total = sum(li.daily_budget_micros or 0 for _, li in items)
-        if life_total <= life_cap and daily_total <= spec.daily_budget_micros:
+        life_cap, daily_cap = st.lifetime_cap(), st.daily_cap()
+        today = {cid: spent.get(cid, 0) for cid, _ in items}
+        life_total = sum(committed_lifetime(li) for _, li in items)
+        daily_total = sum(committed_today(li, today[cid]) for cid, li in items)
+        if life_total <= life_cap and daily_total <= daily_cap:
             return
+        life_floor = sum(max(int(li.spend_micros), 0) for _, li in items)
+        life_room = max(life_cap - life_floor, 0)
+        life_extra = life_total - life_floor
+        day_room = max(daily_cap - sum(today.values()), 0)
+        day_extra = daily_total - sum(today.values())
         for cid, li in items:
-            life = li.lifetime_budget_micros
-            daily = li.daily_budget_micros
+            life, daily = li.lifetime_budget_micros, li.daily_budget_micros
             if life_total > life_cap:
-                life = life * life_cap // life_total
-            if daily is not None and daily_total > spec.daily_budget_micros:
-                daily = daily * spec.daily_budget_micros // daily_total
+                floor = max(int(li.spend_micros), 0)
+                extra = committed_lifetime(li) - floor
+                life = min(life, floor + (extra * life_room // life_extra if life_extra else 0))
+            if daily_total > daily_cap:
+                s = today[cid]
+                extra = committed_today(li, s) - s
+                new_daily = s + (extra * day_room // day_extra if day_extra else 0)
+                daily = new_daily if daily is None else min(daily, new_daily)
             if (life, daily) != (li.lifetime_budget_micros, li.daily_budget_micros):
                 st.line_items[cid] = await self._change(
                     spec.id, cid, li, "budget", _budgets(li),
                     {"daily_budget_micros": int(daily or 0), "lifetime_budget_micros": life},
-                    "sync: the line items' budgets added up to more than the campaign's caps; "
-                    "scaled down proportionally", daily=daily)
+                    "sync: what the line items may spend added up to more than the campaign's "
+                    "caps; the budgets above what each has spent scaled down proportionally",
+                    daily=daily)
         log.warning("line-item budgets exceeded the campaign's caps; scaled down",
-                    campaign=spec.id, lifetime_total=life_total, daily_total=daily_total)
+                    campaign=spec.id, lifetime_total=life_total, lifetime_cap=life_cap,
+                    daily_total=daily_total, daily_cap=daily_cap)
 
     async def _record(self, actions: list[Action]) -> None:
         """Facts the sync found or made (line items created or found by their alternative id),
@@ -466,12 +525,7 @@ class DSPService:
                 # budgets changed outside campaignd are the DSP's truth now, but never above
                 # the campaign's caps: scaled back down (and recorded) as at sync
                 spec = st.spec
-                items = st.line_items.values()
-                if st.dsp_campaign_id is not None and (
-                        sum(li.daily_budget_micros or 0 for li in items)
-                        > spec.daily_budget_micros
-                        or sum(li.lifetime_budget_micros for li in items)
-                        > spec.lifetime_budget_micros - st.retired_lifetime_micros):
+                if st.dsp_campaign_id is not None and self._over_caps(st):
                     try:
                         async with self.writing:
                             await self._enforce_caps(st, st.dsp_campaign_id)

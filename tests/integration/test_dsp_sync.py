@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -333,7 +333,8 @@ async def test_a_failed_scale_down_in_reconciliation_is_retried_by_a_full_sync(
     """Reconciliation that cannot scale budgets back within the caps (a transient DSP error)
     neither raises nor leaves the change open for good: the campaign goes back to pending, and
     the next reconciliation's sync closes the change and holds the caps. A line item without a
-    daily budget keeps none when its lifetime budget is scaled."""
+    daily budget could spend all of its lifetime budget in one day: it gets one within the
+    daily cap."""
     from campaignd.errors import DSPTransientError
 
     spec, cells = await small_campaign(sql_store, seed_spec)
@@ -375,7 +376,8 @@ async def test_a_failed_scale_down_in_reconciliation_is_retried_by_a_full_sync(
             held = await svc.adapter.get_line_items(ids)
             assert sum(x.lifetime_budget_micros for x in held) <= 300 * M
             (first,) = [x for x in held if x.id == li.id]
-            assert first.daily_budget_micros is None
+            assert first.daily_budget_micros is not None
+            assert sum(x.daily_budget_micros or 0 for x in held) <= 30 * M
             assert first.lifetime_budget_micros < li.lifetime_budget_micros
 
 
@@ -405,3 +407,54 @@ async def test_sync_changes_of_a_removed_campaign_are_closed(sql_store: SqlStore
     assert await sql_store.close_sync_actions_except([], now=NOW) == 1
     kept = await sql_store.get_action(ids[started("kept").key])
     assert kept is not None and kept.status == "superseded"
+
+
+async def test_lowered_caps_never_scale_a_budget_below_what_was_spent(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """The spec's caps are lowered between restarts after the line items spent unevenly. Each
+    budget keeps what its line item spent (lifetime; today's for the daily budget) and only the
+    rest is scaled, so what the line items may still spend stays within the new caps. (Scaling
+    whole budgets stopped the line item that had spent most, while the others could still spend
+    past the cap.)"""
+    from campaignd.dsp.sandbox.market import Market
+    from campaignd.dsp.sandbox.scenarios import load_scenario
+
+    spec, cells = await small_campaign(sql_store, seed_spec)
+    market = Market(load_scenario(SEED_SPEC_PATH.parents[1] / "scenarios" / "seed.toml"),
+                    seed=1, start=NOW)
+    sandbox = SandboxService(market, email=EMAIL, password=PASSWORD, log_level="critical",
+                             clock=VirtualClock(NOW))
+    big = cells[0].cell_id
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(sandbox.run)
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(spec, cells)
+            assert svc.adapter is not None
+            ids = {cid: li.id for cid, li in svc.campaigns[spec.id].line_items.items()}
+            for cid, li_id in sorted(ids.items(), key=lambda kv: kv[0] == big):
+                # one line item gets most of the money (the others' cut first) ...
+                await svc.adapter.update_budget(
+                    li_id, lifetime_micros=(350 if cid == big else 50) * M,
+                    daily_micros=(40 if cid == big else 4) * M)
+            sandbox.state.advance_market(NOW + timedelta(hours=10))  # ... and spends it
+            cell_of = {li_id: cid for cid, li_id in ids.items()}
+            spent = {cell_of[li.id]: li.spend_micros
+                     for li in await svc.adapter.get_line_items(list(ids.values()))}
+        total = sum(spent.values())
+        cap = (total // 10_000 + 1) * 10_000 + 3 * M  # a little more than was spent
+        assert spent[big] > cap // 2, spent  # (what makes whole budgets scale below spend)
+        less = dataclasses.replace(spec, daily_budget=Decimal(cap) / M,
+                                   lifetime_budget=Decimal(cap) / M)
+        async with service(sql_store, url) as svc:
+            svc.spent_today = lambda campaign_id: dict(spent)  # all of it today (New York)
+            await svc.sync_campaign(less, cells)
+            assert svc.campaigns[spec.id].synced, svc.campaigns[spec.id].error
+            assert svc.adapter is not None
+            held = {cell_of[li.id]: li
+                    for li in await svc.adapter.get_line_items(list(ids.values()))}
+        tg.cancel_scope.cancel()
+    for cid, li in held.items():
+        assert li.lifetime_budget_micros >= spent[cid]
+    assert sum(max(li.lifetime_budget_micros, li.spend_micros) for li in held.values()) <= cap
+    assert sum(max(li.daily_budget_micros or 0, spent[c]) for c, li in held.items()) <= cap
+    assert held[big].lifetime_budget_micros < 350 * M  # scaled, not left alone

@@ -57,6 +57,17 @@ def test_raises_are_clipped_to_the_headroom_the_cuts_leave() -> None:
                for a in plan.actions) == 0
 
 
+def test_a_cut_below_todays_spend_frees_only_what_was_not_spent() -> None:
+    s = CampaignState.of("c1", 100 * M, 1000 * M, 5.0, {
+        "a": LineItemState("a", 1, 40 * M, 400 * M, spent_micros=35 * M,
+                           spent_today_micros=35 * M),
+        "b": LineItemState("b", 2, 30 * M, 300 * M),
+        "c": LineItemState("c", 3, 30 * M, 300 * M)})
+    plan = DecisionEngine().decide([rebalance({"a": 10 * M, "c": 60 * M})], {"c1": s}, NOW)
+    after = {a.cell_id: a.after["daily_budget_micros"] for a in plan.actions}
+    assert after == {"a": 10 * M, "c": 35 * M}  # a stops at its 35: 5 freed, not 30
+
+
 def test_the_risk_budget_takes_the_best_recommendations_that_fit() -> None:
     s = state({"a": 10 * M, "b": 10 * M, "c": 10 * M, "d": 10 * M})
     recs = [rebalance({"a": 5 * M}, risk=0.15, impact=100.0, agent="x"),
