@@ -44,6 +44,7 @@ from campaignd.pipeline.registry import Registry
 from campaignd.scheduling import JobSpec, RunRecord, Supervisor
 from campaignd.settings import Settings, secret_values
 from campaignd.stores.base import HotStore
+from campaignd.stores.daemon_lock import DaemonLock
 from campaignd.stores.opening import (
     database_url,
     masked_database_url,
@@ -125,6 +126,9 @@ class Daemon:
         self.decisions: DecisionService | None = None
         self.executor: Any = None  # ActionExecutor, built in _start_dsp
         self._token = ""
+        self._lock = DaemonLock(state_dir=settings.state_dir,
+                                database_url=database_url(settings),
+                                shown_url=masked_database_url(settings))
         self._problems: list[str] = []
         self._ready = False
         self._stopping = False
@@ -244,6 +248,8 @@ class Daemon:
                 # Signals are handled from the first moment: a Ctrl-C during start-up (the
                 # database upgrade, the DSP sync) stops the daemon cleanly too.
                 await tg.start(self._watch_signals, tg.cancel_scope, name="signals")
+                # one daemon per state directory and database, before anything is touched
+                await self._lock.acquire()
                 await self._open_stores()
                 self._token = load_or_create_token(s)
                 logmod.register_secrets([self._token])
@@ -635,6 +641,8 @@ class Daemon:
                     log.warning("shutdown step failed", step=what, error=short_error(exc))
             if scope.cancelled_caught:
                 log.warning("shutdown step timed out", step=what, budget_s=budget)
+        with anyio.move_on_after(1.0):
+            await self._lock.release()
         self.notifier.close()
         self._stopped = True
         log.info("campaignd stopped")

@@ -131,6 +131,20 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  #
             old = read_archive(tmp_path / "state" / "parquet", "dead_letters").to_pylist()
             assert [(x["reason"], x["raw"]) for x in old] == [("bad_money", OLD_LETTER)]
 
+        # A second daemon on the same database (its own state directory and port: another
+        # host, say) is refused before it touches anything: two would both send changes.
+        other = tmp_path / "second"
+        other.mkdir()
+        r = run_once(write_sandbox_config(other, free_port()), CAMPAIGND_DATABASE__URL=url,
+                     **{k: v for k, v in backend_env.items() if k != "CAMPAIGND_DATABASE__URL"})
+        assert r.returncode == 1, r.stderr
+        assert "another campaignd" in r.stderr and "Traceback" not in r.stderr
+        assert not (other / "state" / "api-token").exists()
+        # ... and so is one on the same state directory
+        r = run_once(d.config, CAMPAIGND_HTTP__PORT=str(free_port()), **backend_env)
+        assert r.returncode == 1 and f"pid {d.proc.pid}" in r.stderr, r.stderr
+        assert d.proc.poll() is None  # the first one runs on
+
         t0 = time.monotonic()
         assert d.stop() == 0
         assert time.monotonic() - t0 < 10
