@@ -7,6 +7,13 @@ doubles a change: on restart ``pending`` and ``applying`` actions are applied ag
 an absolute change a second time changes nothing (an action whose line item already holds its
 ``after`` is simply marked applied).
 
+**In doubt.** An action whose answer never came (a crash, a timeout, a dropped connection, a
+5xx) stays ``applying``: the DSP may hold it. Before anything else, the next drain reads those
+line items back from the DSP (``_read_back``): an action the DSP holds is ``applied`` (even if a
+newer decision replaces it: the audit log says what happened), one it does not is sent again
+(``failed`` after ``max_attempts``), and the caps are counted on what the DSP holds. While
+they cannot be read, the campaign's actions wait.
+
 What a drain applies:
 
 - **The mode's.** In ``live`` mode every outbox action; in ``shadow`` and ``approve`` mode only
@@ -133,6 +140,7 @@ class ActionExecutor:
             rows = await self.sql.outbox()
             if not rows:
                 return out
+            rows = await self._read_back(rows, out)
             rows = await self._only_current(rows, out)
             for phase in ([r for r in rows if not r.action.is_increase],
                           [r for r in rows if r.action.is_increase]):
@@ -147,6 +155,47 @@ class ActionExecutor:
             log.info("executor: outbox drained", **{k: v for k, v in self.last_drain.items()
                                                     if k not in ("at", "errors")})
         return out
+
+    async def _read_back(self, rows: list[ActionRow], out: DrainResult) -> list[ActionRow]:
+        """Actions in doubt (``applying``: sent, and the answer never came -- a crash, a
+        timeout, a dropped connection) have their line items read back from the DSP first, so
+        that what follows sees what the DSP holds: the change applied (recorded so, even if a
+        newer decision replaces it) or not (sent again), and the caps counted on it. A campaign
+        whose line items cannot be read now (not synced yet, or the read failed) keeps all its
+        actions waiting: nothing of it is decided on a view that may be wrong."""
+        blocked: set[str] = set()
+        where: dict[int, tuple[str, str]] = {}
+        for r in rows:
+            if r.status != "applying":
+                continue
+            a = r.action
+            st = self.dsp.campaigns.get(a.campaign_id)
+            if st is None:
+                continue  # refused by the check: the campaign is not loaded
+            if not st.synced:
+                blocked.add(a.campaign_id)
+                continue
+            li = st.line_items.get(a.cell_id)
+            if li is not None:
+                where[li.id] = (a.campaign_id, a.cell_id)
+        if where:
+            try:
+                fresh = await self.dsp.adapter.get_line_items(list(where))
+            except DSPError as exc:
+                blocked.update(c for c, _ in where.values())
+                log.warning("executor: cannot read back line items in doubt; their campaigns' "
+                            "actions wait", line_items=len(where), error=str(exc)[:200])
+            else:
+                for li in fresh:
+                    cid, cell = where[li.id]
+                    view = self.dsp.campaigns[cid].line_items
+                    if cell in view and view[cell].id == li.id:
+                        view[cell] = li
+        if not blocked:
+            return rows
+        kept = [r for r in rows if r.action.campaign_id not in blocked]
+        out.waiting += len(rows) - len(kept)
+        return kept
 
     async def _only_current(self, rows: list[ActionRow], out: DrainResult) -> list[ActionRow]:
         """Supersede what this mode must not apply and all but the newest action of each line
@@ -228,20 +277,27 @@ class ActionExecutor:
                 try:
                     ack = await self._send(li.id, a.kind, a.after)
                 except DSPError as exc:
-                    release(a.campaign_id, dd, dl, acknowledged=False)
                     text = f"{type(exc).__name__}: {exc}"[:500]
                     waited = isinstance(exc, DSPCircuitOpen | DSPRateLimited)
                     if waited:  # not a try: the DSP was not asked (or asked us to wait)
                         uncounted.add(row.id)
-                    retry = exc.retryable and (waited or row.attempts + 1 < self.max_attempts)
-                    outcomes[row.id] = ("pending" if retry else "failed", text, None)
+                        release(a.campaign_id, dd, dl, acknowledged=False)
+                        outcomes[row.id] = ("pending", text, None)
+                    elif exc.retryable:
+                        # a timeout, a dropped answer, a 5xx: the DSP may hold the change. In
+                        # doubt ("applying", its raise still counted in this drain) until the
+                        # next drain reads the line item back (``_read_back``)
+                        outcomes[row.id] = ("applying", text, None)
+                    else:  # refused: the DSP did not apply it
+                        release(a.campaign_id, dd, dl, acknowledged=False)
+                        outcomes[row.id] = ("failed", text, None)
                     return
                 except Exception as exc:  # one action's surprise never stops the others
                     log.warning("executor: action failed unexpectedly", action=row.id,
                                 error=str(exc)[:300], exc_info=True)
                     out.errors.append(f"{row.id}: {exc}")
-                    release(a.campaign_id, dd, dl, acknowledged=False)
-                    outcomes[row.id] = ("pending", f"{type(exc).__name__}: {exc}"[:500], None)
+                    # (it may have reached the DSP: in doubt, as above)
+                    outcomes[row.id] = ("applying", f"{type(exc).__name__}: {exc}"[:500], None)
                     return
             self.dsp.campaigns[a.campaign_id].line_items[a.cell_id] = ack
             release(a.campaign_id, dd, dl, acknowledged=True)
@@ -263,13 +319,17 @@ class ActionExecutor:
             final.append((i, st, err, result))
         await self.sql.finish_actions(final, now=self.clock.now(), uncounted=uncounted)
         for i, st, err, _ in final:
-            name = "waiting" if st == "pending" else st
+            name = "waiting" if st in ("pending", "applying") else st
             setattr(out, name, getattr(out, name) + 1)
             a = by_id[i].action
             if st in ("failed", "refused"):
                 log.warning(f"executor: action {st}", action=i, kind=a.kind, cell=a.cell_id,
                             error=err)
-            if self.metrics is not None and st != "pending":
+            elif st == "applying":
+                log.warning("executor: no answer from the DSP; the change is in doubt until "
+                            "its line item is read back", action=i, kind=a.kind,
+                            cell=a.cell_id, error=err)
+            if self.metrics is not None and st not in ("pending", "applying"):
                 self.metrics.actions.labels(a.kind, st).inc()
         if acked:
             await self._store_cells(acked)
@@ -297,6 +357,10 @@ class ActionExecutor:
         keys = list(a.after)
         if all(current.get(k) == a.after[k] for k in keys):
             return ("applied", None, current)
+        if row.status == "applying" and row.attempts >= self.max_attempts:
+            # (read back this drain: the DSP does not hold it)
+            return ("failed", f"gave up after {row.attempts} attempts without an answer; the "
+                              "DSP does not hold the change", None)
         if any(current.get(k) != a.before.get(k) for k in keys):
             return ("refused", "stale: the line item changed since this was decided (decided "
                                f"from {_pick(a.before, keys)}, now {_pick(current, keys)})",

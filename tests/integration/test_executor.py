@@ -143,7 +143,8 @@ async def test_replaying_an_outbox_entry_is_a_no_op(sql_store: SqlStore,
             await sql_store.set_action_status(r.id, "applying", now=NOW, expect=("applied",))
         res = await ex.drain()
         assert res.applied == 2
-        assert svc.adapter.health().requests == sent  # nothing sent again
+        # one read of the line items in doubt, nothing sent again
+        assert svc.adapter.health().requests == sent + 1
         assert await dsp_budgets(svc, spec) == before
 
 
@@ -368,11 +369,12 @@ async def test_rate_limits_do_not_use_up_an_actions_attempts(
             assert res.applied == 0 and res.failed == 0
             (row,) = await ours(sql_store)
             assert row.status == "pending" and row.attempts == 0, row
-        # then one ordinary transient error: a try, not yet the last one
+        # then one ordinary transient error: a try (in doubt: a 5xx may have applied it), not
+        # yet the last one; read back, the DSP does not hold it: sent again
         sandbox.state.injector.script(ScriptedFault("5xx", method="PATCH", status=503))
         res = await ex.drain()
         (row,) = await ours(sql_store)
-        assert res.failed == 0 and row.status == "pending" and row.attempts == 1
+        assert res.failed == 0 and row.status == "applying" and row.attempts == 1
         assert (await ex.drain()).applied == 1
         assert (await dsp_budgets(svc, spec))[cells[0]][0] == 4 * M
 
@@ -477,3 +479,65 @@ async def test_a_raise_counts_what_a_cut_line_item_already_spent_today(
         assert budgets[cells[1]][0] == 10 * M  # ... but frees $1 of the day, not $8
         (refused,) = [r for r in await ours(sql_store) if r.status == "refused"]
         assert "could spend" in (refused.error or "")
+
+
+async def test_a_change_whose_answer_was_lost_is_read_back_before_anything_else(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """The DSP applies a raise but its answer is lost. The action stays in doubt and the next
+    drain reads the line item back first: the raise is recorded as applied, and a raise decided
+    meanwhile on the old view waits instead of taking the campaign over its daily cap."""
+    from campaignd.dsp.sandbox.faults import ScriptedFault
+
+    spec = small(seed_spec)  # six line items of $10 a day, $60 a day in all
+    async with dsp_and_sandbox(sql_store, spec) as (svc, sandbox):
+        cells = list(svc.campaigns[spec.id].line_items)
+        cut, raise_ = plan(svc, spec, {cells[0]: 2 * M, cells[1]: 18 * M})
+        await sql_store.record_actions([cut], mode="live", now=NOW)
+        ex = executor(sql_store, svc, max_wait_s=0)
+        first = await ex.drain()  # the cut goes through ...
+        assert first.applied == 1
+        await sql_store.record_actions([raise_], mode="live", now=NOW)
+        sandbox.state.injector.script(ScriptedFault("drop_after", method="PATCH"))
+        second = await ex.drain()  # ... the raise is applied by the DSP, its answer lost
+        assert second.applied == 0
+        raised = next(r for r in await ours(sql_store) if r.action.cell_id == cells[1])
+        assert raised.status == "applying" and raised.attempts == 1
+        assert (await dsp_budgets(svc, spec))[cells[1]][0] == 18 * M
+        # the agents still see $10 there and spend the "free" $8 on another line item
+        await sql_store.record_actions(plan(svc, spec, {cells[2]: 18 * M}), mode="live",
+                                       now=NOW)
+        res = await ex.drain()
+        rows = {r.action.cell_id: r for r in await ours(sql_store)}
+        assert rows[cells[1]].status == "applied"  # read back: the DSP holds it
+        assert rows[cells[2]].status == "refused"  # no headroom once counted right
+        held = await dsp_budgets(svc, spec)
+        assert sum(d for d, _ in held.values()) <= 60 * M
+        assert (res.applied, res.refused) == (1, 1)
+
+
+async def test_a_change_in_doubt_waits_for_its_campaigns_sync_whatever_the_mode(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """A change sent just before a crash, the daemon restarted in approve mode while the DSP is
+    unreachable (the campaign not synced): the change waits for the sync, then is read back and
+    recorded as applied -- not superseded as "not applied" while the DSP holds it."""
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        assert svc.adapter is not None
+        st = svc.campaigns[spec.id]
+        cells = list(st.line_items)
+        await sql_store.record_actions(plan(svc, spec, {cells[0]: 4 * M}), mode="live",
+                                       now=NOW)
+        (row,) = await ours(sql_store)
+        await sql_store.claim_actions([row.id], now=NOW)  # sent ...
+        li = st.line_items[cells[0]]
+        await svc.adapter.update_budget(li.id, lifetime_micros=row.action.after[
+            "lifetime_budget_micros"], daily_micros=4 * M)  # ... and applied; then a crash
+        st.synced = False
+        ex = executor(sql_store, svc, mode="approve")
+        res = await ex.drain()
+        assert res.waiting == 1 and res.superseded == 0
+        assert (await ours(sql_store))[0].status == "applying"
+        st.synced = True
+        res = await ex.drain()
+        (row,) = await ours(sql_store)
+        assert row.status == "applied" and res.applied == 1
