@@ -126,6 +126,18 @@ class DecisionService:
         held = {cid: await self.sql.held_cells(cid, since=now - hold) for cid in snapshots}
         plan = engine.decide(recs, self.states(snapshots, dsp, now, held), now)
         mode = self.mode
+        waiting: dict[str, int] = {}
+        if mode == "approve" and plan.actions:
+            # a proposal stands for decision.proposal_ttl_s, so that a person can review it
+            # before a newer re-plan of the same campaign replaces it
+            ttl = timedelta(seconds=self.settings.decision.proposal_ttl_s)
+            standing = await self.sql.standing_proposals(
+                {a.campaign_id for a in plan.actions}, since=now - ttl)
+            if standing:
+                for a in plan.actions:
+                    if a.campaign_id in standing and standing[a.campaign_id] != a.decision_id:
+                        waiting[a.campaign_id] = waiting.get(a.campaign_id, 0) + 1
+                plan.actions = [a for a in plan.actions if a.campaign_id not in waiting]
         new = await self.sql.record_actions(plan.actions, mode=mode, now=now)
         if new:
             self.metrics.actions_decided.labels(mode).inc(new)
@@ -135,6 +147,9 @@ class DecisionService:
             self.executor.wake()
         self.cycles += 1
         summary = plan.summary()
+        if waiting:
+            why = "an earlier proposal awaits review (decision.proposal_ttl_s)"
+            summary["skipped"][why] = summary["skipped"].get(why, 0) + sum(waiting.values())
         for reason, n in summary["skipped"].items():
             self.skipped_total[reason] = self.skipped_total.get(reason, 0) + n
         if new:

@@ -203,6 +203,10 @@ class DecisionSettings(_Section):
     manual_hold_s: float = Field(86_400.0, ge=0,
                                  description="after a person's undo, agents leave that line "
                                              "item alone this long")
+    proposal_ttl_s: float = Field(
+        3600.0, gt=0, le=7 * 86_400,
+        description="approve mode: a campaign's proposed re-plan stands this long (for a "
+                    "person to approve or reject it whole) before a newer one may replace it")
     max_cut_per_cycle: float | None = Field(
         None, ge=0, le=1, description="largest cut of a line item's budget per re-plan "
                                       "(a fraction; unset: no limit)")

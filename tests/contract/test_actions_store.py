@@ -86,6 +86,26 @@ async def test_approve_and_reject_are_guarded(store: SqlStore) -> None:
     assert [r.id for r in await store.outbox()] == [r1.id]
 
 
+async def test_a_whole_decision_is_approved_or_rejected_at_once(store: SqlStore) -> None:
+    await store.record_actions([act("c1", 2), act("c2", 18)], mode="approve", now=NOW)
+    await store.record_actions([act("c3", 5, decision="d2")], mode="approve", now=NOW)
+    assert await store.standing_proposals(["madhive_12345"], since=NOW) == \
+        {"madhive_12345": "d2"}
+    assert await store.standing_proposals(["madhive_12345"],
+                                          since=NOW + timedelta(seconds=1)) == {}
+    rows = await store.decide_decision("d1", approve=True, actor="ana", now=NOW)
+    assert sorted(r.action.cell_id for r in rows) == ["c1", "c2"]
+    assert {(r.status, r.actor) for r in rows} == {("pending", "ana")}
+    assert [r.action.cell_id for r in await store.outbox()] == ["c1", "c2"]  # not d2's
+    with pytest.raises(StateConflict, match="2 pending"):
+        await store.decide_decision("d1", approve=False, actor="ana", now=NOW)
+    with pytest.raises(NotFound):
+        await store.decide_decision("nope", approve=True, actor="ana", now=NOW)
+    (rejected,) = await store.decide_decision("d2", approve=False, actor="bo", now=NOW,
+                                              note="too aggressive")
+    assert (rejected.status, rejected.error) == ("rejected", "too aggressive")
+
+
 async def test_undo_queues_the_reverse_of_an_applied_action_once(store: SqlStore) -> None:
     await store.record_actions([act("c1", 5)], mode="live", now=NOW)
     (row,) = await store.list_actions()

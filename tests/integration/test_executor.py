@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -541,3 +541,56 @@ async def test_a_change_in_doubt_waits_for_its_campaigns_sync_whatever_the_mode(
         res = await ex.drain()
         (row,) = await ours(sql_store)
         assert row.status == "applied" and res.applied == 1
+
+
+async def test_in_approve_mode_a_proposal_stands_for_a_person_to_review_it(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """A campaign's proposed re-plan is not replaced by the next cycle's (thompson's draws
+    differ every cycle): it stands for decision.proposal_ttl_s, then a newer one replaces it.
+    Approved whole, its cut and the raise it pays for are applied together."""
+    from campaignd.decisions import DecisionService
+    from campaignd.domain.cells import CellTable
+
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        settings = load_settings(None, environ={"CAMPAIGND_DECISION__MODE": "approve",
+                                                "CAMPAIGND_DECISION__PROPOSAL_TTL_S": "600"})
+        ds = DecisionService(settings=settings, sql=sql_store, metrics=Metrics())
+        cells = list(svc.campaigns[spec.id].line_items)
+        snaps = {spec.id: CellTable(spec.id, atomize(spec)[:6]).snapshot()}
+
+        def rec(budgets: dict[str, int], at: datetime) -> Recommendation:
+            return Recommendation(agent="reallocation", kind="budget_rebalance",
+                                  campaign_id=spec.id, target=spec.id, created_at=at,
+                                  change={"daily_budgets_micros": budgets}, score=0.9,
+                                  impact=5.0, risk=0.05)
+
+        first = rec({cells[0]: 4 * M, cells[1]: 16 * M}, NOW)
+        ds.collect("reallocation", [first])
+        await ds.cycle(snaps, svc, NOW)
+        later = NOW + timedelta(minutes=5)
+        ds.collect("reallocation", [rec({cells[0]: 6 * M, cells[1]: 14 * M}, later)])
+        await ds.cycle(snaps, svc, later)
+        rows = await ours(sql_store)
+        assert {(r.action.decision_id, r.status) for r in rows} == {
+            (first.decision_id, "proposed")}
+        assert ds.status()["skipped_since_start"] == {
+            "an earlier proposal awaits review (decision.proposal_ttl_s)": 2}
+        # approved whole: the cut and the raise it pays for
+        approved = await sql_store.decide_decision(first.decision_id, approve=True,
+                                                   actor="ana", now=later)
+        assert len(approved) == 2
+        res = await executor(sql_store, svc, mode="approve").drain()
+        assert res.applied == 2
+        assert (await dsp_budgets(svc, spec))[cells[1]][0] == 16 * M
+        # once a proposal is older than the TTL, a newer re-plan replaces it
+        second = rec({cells[2]: 5 * M}, later + timedelta(seconds=1))
+        ds.collect("reallocation", [second])
+        await ds.cycle(snaps, svc, second.created_at)
+        much_later = later + timedelta(minutes=11)
+        third = rec({cells[2]: 7 * M}, much_later)
+        ds.collect("reallocation", [third])
+        await ds.cycle(snaps, svc, much_later)
+        by_decision = {r.action.decision_id: r.status for r in await ours(sql_store)}
+        assert by_decision[second.decision_id] == "superseded"
+        assert by_decision[third.decision_id] == "proposed"

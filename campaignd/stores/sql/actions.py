@@ -429,6 +429,53 @@ class ActionMethods:
         assert out is not None
         return out
 
+    async def decide_decision(self, decision_id: str, *, approve: bool, actor: str,
+                              now: datetime, note: str | None = None) -> list[ActionRow]:
+        """A person's verdict on every ``proposed`` action of one decision at once (a campaign's
+        re-plan: its cuts and the raises they pay for), in one transaction. Raises ``NotFound``
+        (no such decision) or ``StateConflict`` (nothing of it is proposed any more)."""
+        verb = "approve" if approve else "reject"
+        async with self._tx(f"{verb[:-1]}ing a decision") as conn:
+            known = (await conn.execute(
+                select(actions.c.status, func.count()).where(actions.c.decision_id == decision_id)
+                .group_by(actions.c.status))).all()
+            if not known:
+                raise NotFound(f"no decision {decision_id!r}; list them with `campaignd actions "
+                               "list --status proposed`")
+            res = await conn.execute(
+                update(actions)
+                .where(and_(actions.c.decision_id == decision_id,
+                            actions.c.status == "proposed"))
+                .values(status="pending" if approve else "rejected", updated_at=now,
+                        actor=actor, decided_at=now,
+                        error=None if approve else (note or f"rejected by {actor}"))
+                .returning(actions.c.id))
+            ids = sorted(int(i) for i in res.scalars())
+        if not ids:
+            states = ", ".join(f"{n} {st}" for st, n in sorted(known))
+            raise StateConflict(f"cannot {verb} decision {decision_id}: none of its actions is "
+                                f"proposed ({states})", field="decision", value=decision_id,
+                                fix="only proposed actions (decision.mode = \"approve\") can be "
+                                    "approved or rejected; see `campaignd actions list --status "
+                                    "proposed`")
+        out = [await self.get_action(i) for i in ids]
+        return [r for r in out if r is not None]
+
+    async def standing_proposals(self, campaign_ids: Collection[str], *,
+                                 since: datetime) -> dict[str, str]:
+        """Campaign → the decision whose actions are still ``proposed`` and were decided at or
+        after ``since`` (approve mode: a proposal stands for a while before a newer decision
+        may replace it)."""
+        if not campaign_ids:
+            return {}
+        async with self._tx("reading standing proposals") as conn:
+            rows = (await conn.execute(
+                select(actions.c.campaign_id, func.max(actions.c.decision_id))
+                .where(and_(actions.c.campaign_id.in_(list(campaign_ids)),
+                            actions.c.status == "proposed", actions.c.created_at >= since))
+                .group_by(actions.c.campaign_id))).all()
+        return {str(c): str(d) for c, d in rows}
+
     async def undo_action(self, action_id: int, *, actor: str, now: datetime) -> ActionRow:
         """Queue the reverse of an applied action: a new ``pending`` action whose ``after`` is the
         original's ``before`` (the executor applies it with the same cap checks, and the line
