@@ -231,7 +231,7 @@ class DSPService:
                   None if camp.daily_budget_micros is None
                   else max(camp.daily_budget_micros, spec.daily_budget_micros))
         if raised != (camp.lifetime_budget_micros, camp.daily_budget_micros):
-            camp = await self._set_campaign_budget(camp, *raised)
+            camp = await self._set_campaign_budget(spec.id, camp, *raised)
         creatives = await self.adapter.ensure_creatives([
             CreativeSpec(alternative_id=creative_alt_id(spec.id, c.id),
                          advertiser_id=advertiser_id, name=c.name or c.id,
@@ -289,10 +289,10 @@ class DSPService:
             "sync: the cell's line item on the DSP (created with an equal split of the "
             "campaign's budgets, or found by its alternative id)", self.clock.now(),
             decision="sync:create") for cid, li in st.line_items.items()])
-        await self._enforce_caps(st, camp.id)
+        await self._enforce_caps(st, camp.id, camp=camp)
         wanted = (spec.lifetime_budget_micros, spec.daily_budget_micros)
         if wanted != (camp.lifetime_budget_micros, camp.daily_budget_micros):
-            camp = await self._set_campaign_budget(camp, *wanted)
+            camp = await self._set_campaign_budget(spec.id, camp, *wanted)
         await self.sql.put_dsp_ids("campaign", {spec.id: camp.id})
         await self.sql.put_dsp_ids("creative", {f"{spec.id}:{k}": v
                                                 for k, v in creative_ids.items()})
@@ -306,18 +306,45 @@ class DSPService:
         log.info("campaign synced to the DSP", campaign=spec.id, dsp_campaign=camp.id,
                  line_items=len(created), active=sum(li.active for li in created))
 
-    async def _set_campaign_budget(self, camp: Campaign, lifetime: int,
+    async def _set_campaign_budget(self, campaign_id: str, camp: Campaign, lifetime: int,
                                    daily: int | None) -> Campaign:
+        """The DSP campaign's budgets set to the spec's: recorded in the audit log as a sync
+        change (``campaign_budget``, no cell), ``applying`` before the request, like
+        ``_change``; one interrupted is closed by the next sync from what the DSP holds."""
         assert self.adapter is not None
-        new = await self.adapter.update_campaign_budget(camp.id, lifetime_micros=lifetime,
-                                                        daily_micros=daily)
+        now = self.clock.now()
+        before = {"lifetime_budget_micros": camp.lifetime_budget_micros,
+                  "daily_budget_micros": camp.daily_budget_micros}
+        after = {"lifetime_budget_micros": lifetime, "daily_budget_micros": daily}
+        decision = f"sync:{now.isoformat()}:{uuid.uuid4().hex[:8]}"
+        action = Action(
+            key=action_key(decision, f"{campaign_id}:campaign:{camp.id}", CAMPAIGN_BUDGET,
+                           after),
+            decision_id=decision[:32], campaign_id=campaign_id, cell_id="", line_item_id=None,
+            kind=CAMPAIGN_BUDGET, before=before, after=after, agent="sync",
+            reason="sync: the DSP campaign's budgets follow the spec's (raised before line items "
+                   "need the room, lowered once they are within it)", evidence={},
+            created_at=now)
+        action_id = (await self.sql.begin_actions([action], now=now))[action.key]
+        try:
+            new = await self.adapter.update_campaign_budget(camp.id, lifetime_micros=lifetime,
+                                                            daily_micros=daily)
+        except DSPError as exc:
+            if not exc.retryable:
+                await self.sql.finish_actions(
+                    [(action_id, "failed", f"{type(exc).__name__}: {exc}"[:500], None)],
+                    now=self.clock.now(), expect=("applying",))
+            raise
+        await self.sql.finish_actions([(action_id, "applied", None, _campaign_budgets(new))],
+                                      now=self.clock.now(), expect=("applying",))
         log.info("campaign budgets set on the DSP to the spec's", dsp_campaign=camp.id,
                  lifetime_before=camp.lifetime_budget_micros,
                  daily_before=camp.daily_budget_micros,
                  lifetime_after=new.lifetime_budget_micros, daily_after=new.daily_budget_micros)
         return new
 
-    async def _enforce_caps(self, st: _CampaignState, dsp_campaign_id: int) -> None:
+    async def _enforce_caps(self, st: _CampaignState, dsp_campaign_id: int, *,
+                            camp: Campaign | None = None) -> None:
         """Keep the DSP within the spec's (possibly lowered) caps: pause line items of cells
         the spec no longer has, and when the line items' budgets add up to more than the
         campaign's lifetime or daily budget, scale them down proportionally (floored, so the
@@ -336,7 +363,7 @@ class DSPService:
             fresh = by_id.get(li.id)
             if fresh is not None:
                 st.line_items[cid] = fresh
-        await self._close_interrupted(spec.id, held)
+        await self._close_interrupted(spec.id, held, camp)
         for li in held:
             alt = li.alternative_id or ""
             if not alt.startswith(prefix):
@@ -428,7 +455,8 @@ class DSPService:
             await self.sql.record_actions(actions, mode="live", now=self.clock.now(),
                                           applied=True)
 
-    async def _close_interrupted(self, campaign_id: str, held: Sequence[LineItem]) -> None:
+    async def _close_interrupted(self, campaign_id: str, held: Sequence[LineItem],
+                                 camp: Campaign | None = None) -> None:
         """Close this campaign's sync changes still ``applying`` (the daemon stopped, or the
         DSP's answer was lost, between recording and acknowledgement), from what the DSP holds
         now (``held``, every line item of the campaign): ``applied`` when it holds the change,
@@ -440,8 +468,13 @@ class DSPService:
         by_id = {li.id: li for li in held}
         outcomes: list[tuple[int, str, str | None, dict[str, Any] | None]] = []
         for r in rows:
-            li = by_id.get(r.action.line_item_id or -1)
-            state = line_item_state(li) if li is not None else None
+            if r.action.kind == CAMPAIGN_BUDGET:
+                if camp is None:
+                    continue  # (closed by the next full sync, which reads the campaign)
+                state: dict[str, Any] | None = _campaign_budgets(camp)
+            else:
+                li = by_id.get(r.action.line_item_id or -1)
+                state = line_item_state(li) if li is not None else None
             if state is not None and all(state.get(k) == v for k, v in r.action.after.items()):
                 outcomes.append((r.id, "applied", "interrupted; the DSP holds the change",
                                  state))
@@ -594,6 +627,15 @@ class DSPService:
                 "market_now": market.now.isoformat() if market is not None else None,
                 "feed": {"first_seq": state.feed.first_seq, "next_seq": state.feed.next_seq},
                 "push": state.push}
+
+
+CAMPAIGN_BUDGET = "campaign_budget"
+"""The kind of the sync's change to the DSP campaign's own budgets (an action of no cell)."""
+
+
+def _campaign_budgets(camp: Campaign) -> dict[str, int | None]:
+    return {"lifetime_budget_micros": camp.lifetime_budget_micros,
+            "daily_budget_micros": camp.daily_budget_micros}
 
 
 def _budgets(li: LineItem) -> dict[str, int]:

@@ -210,6 +210,13 @@ async def test_the_specs_caps_reach_the_dsp_campaign_up_and_down(
                 lifetime_budget_micros=1, daily_budget_micros=1, start=spec.flight_start,
                 end=spec.flight_end)
             assert (camp.lifetime_budget_micros, camp.daily_budget_micros) == (500 * M, 50 * M)
+    # each change to the campaign's own budgets is in the audit log, like a line item's
+    changes = [r for r in reversed(await sql_store.list_actions())
+               if r.action.kind == "campaign_budget"]
+    assert [(r.status, r.action.cell_id, r.action.before["lifetime_budget_micros"],
+             r.action.after["lifetime_budget_micros"]) for r in changes] == [
+        ("applied", "", 600 * M, 800 * M), ("applied", "", 800 * M, 500 * M)]
+    assert changes[1].result is not None and changes[1].result["daily_budget_micros"] == 50 * M
 
 
 async def test_a_crash_while_the_sync_scales_budgets_loses_no_change(
