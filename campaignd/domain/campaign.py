@@ -6,7 +6,11 @@ DSP line item. ``atomize`` is a pure function: the same spec always yields the s
 the same order, with the same ids, so reloading a campaign never duplicates a line item.
 
 Money is ``Decimal`` here (parsed from strings or integers, never from binary floats) and micros
-(``int``, 1 unit = 1,000,000 micros) at the storage and DSP edges.
+(``int``, 1 unit = 1,000,000 micros) at the storage and DSP edges. Amounts are bounded so that
+their micros, and sums of them, fit a signed 64-bit SQL ``BIGINT`` (at most about 9.2e18 micros,
+9.2 trillion units): a budget at most ``MAX_BUDGET`` (1,000,000,000 units = 1e15 micros), a
+price — a CPM bid, another bid parameter, a conversion's value, amounts that are multiplied by
+counts — at most ``MAX_PRICE`` (1,000,000 units).
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ BID_STRATEGIES: tuple[str, ...] = ("CPM", "CPM_PACED", "CPC", "CPC_PACED", "VCR"
                                    "CPA", "CPA_PACED")
 DEFAULT_MAX_CELLS = 20_000
 MICROS = 1_000_000
+MAX_BUDGET = Decimal(1_000_000_000)
+"""The largest budget (lifetime or daily) a spec may give, in currency units: 1e15 micros, so
+that thousands of such budgets still sum inside a signed 64-bit integer."""
+MAX_PRICE = Decimal(1_000_000)
+"""The largest price (CPM bid, bid parameter, conversion value), in currency units: prices are
+multiplied by counts (value × conversions), so they get a lower bound than budgets."""
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}$")
 
 
@@ -248,7 +258,8 @@ class _Collector:
         self.errors.append(SpecError(message, field=field, value=value, fix=fix))
 
 
-def _decimal(raw: Any, field: str, errs: _Collector, *, positive: bool = True) -> Decimal | None:
+def _decimal(raw: Any, field: str, errs: _Collector, *, maximum: Decimal,
+             positive: bool = True) -> Decimal | None:
     if isinstance(raw, bool) or raw is None:
         errs.add(field, "must be a decimal amount", raw, 'write it as a string, e.g. "2500.00"')
         return None
@@ -266,6 +277,10 @@ def _decimal(raw: Any, field: str, errs: _Collector, *, positive: bool = True) -
         return None
     if positive and value <= 0:
         errs.add(field, "must be greater than 0", raw, "give a positive amount")
+        return None
+    if value > maximum:
+        errs.add(field, f"is too large (at most {maximum:,} currency units)", raw,
+                 f"give an amount of at most {maximum:,}")
         return None
     if value.as_tuple().exponent < -6:  # type: ignore[operator]
         errs.add(field, "has more than 6 decimal places (below one micro)", raw)
@@ -358,12 +373,12 @@ def _parse_level(dim: str, i: int, raw: Any, errs: _Collector) -> Level | None:
             errs.add(f"{where}.strategy", "is not a bidding strategy", strategy,
                      f"use one of {', '.join(BID_STRATEGIES)} (case-sensitive)")
             return None
-        cpm = _decimal(raw.get("cpm_bid"), f"{where}.cpm_bid", errs)
+        cpm = _decimal(raw.get("cpm_bid"), f"{where}.cpm_bid", errs, maximum=MAX_PRICE)
         params = []
         for key, val in sorted(raw.items()):
             if key in {"id", "name", "strategy", "cpm_bid"}:
                 continue
-            d = _decimal(val, f"{where}.{key}", errs)
+            d = _decimal(val, f"{where}.{key}", errs, maximum=MAX_PRICE)
             if d is not None:
                 params.append((key, str(d)))
         if lid is None or cpm is None:
@@ -428,8 +443,8 @@ def parse_spec(data: Mapping[str, Any], source: str = "campaign spec") -> Campai
         errs.add("budget", "is missing", None, 'add [budget] with lifetime = "…" and daily = "…"')
     else:
         _known_keys(budget, {"lifetime", "daily"}, "budget", errs)
-        lifetime = _decimal(budget.get("lifetime"), "budget.lifetime", errs)
-        daily = _decimal(budget.get("daily"), "budget.daily", errs)
+        lifetime = _decimal(budget.get("lifetime"), "budget.lifetime", errs, maximum=MAX_BUDGET)
+        daily = _decimal(budget.get("daily"), "budget.daily", errs, maximum=MAX_BUDGET)
         if lifetime is not None and daily is not None and daily > lifetime:
             errs.add("budget.daily", f"is larger than budget.lifetime ({lifetime})", str(daily),
                      "lower the daily budget or raise the lifetime budget")
@@ -506,7 +521,8 @@ def parse_spec(data: Mapping[str, Any], source: str = "campaign spec") -> Campai
 
     conv_value = None
     if "conversion_value" in data:
-        conv_value = _decimal(data["conversion_value"], "conversion_value", errs)
+        conv_value = _decimal(data["conversion_value"], "conversion_value", errs,
+                              maximum=MAX_PRICE)
 
     if errs.errors:
         raise SpecErrors(source, errs.errors)
@@ -551,7 +567,8 @@ def cell_dict(cell: Cell) -> dict[str, Any]:
 
 
 __all__ = [
-    "DIMENSIONS", "OBJECTIVES", "SPEC_TABLES", "Audience", "BidStrategy", "CampaignSpec", "Cell",
+    "DIMENSIONS", "MAX_BUDGET", "MAX_PRICE", "OBJECTIVES", "SPEC_TABLES", "Audience",
+    "BidStrategy", "CampaignSpec", "Cell",
     "Creative", "Daypart", "Exclusion", "Platform", "atomize", "cell_dict", "cell_id_for",
     "count_cells", "from_micros", "load_spec", "parse_spec", "spec_summary", "to_micros",
 ]

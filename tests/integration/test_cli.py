@@ -51,6 +51,20 @@ def test_bad_spec_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert r.returncode == 2 and "file not found" in r.stderr
 
 
+def test_a_huge_budget_is_refused_by_plan_and_add(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.toml"
+    huge.write_text(SEED.read_text()
+                    .replace('lifetime = "150000.00"', 'lifetime = "99999999999999999999999.99"')
+                    .replace('daily = "2500.00"', 'daily = "99999999999999.99"'))
+    env = {"CAMPAIGND_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'h.db'}"}
+    for args in (("campaign", "plan", str(huge)), ("campaign", "add", str(huge))):
+        r = cli(*args, env=env)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "budget.lifetime: is too large (at most 1,000,000,000" in r.stderr
+        assert "budget.daily: is too large" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
 def test_config_check(tmp_path: Path) -> None:
     r = cli("config", "check", "--config", "campaignd.toml.example", "--json",
             env={"CAMPAIGND_HTTP__API_TOKEN": "tok-abcdef-123456"})

@@ -103,6 +103,34 @@ def test_validation_names_the_field(seed_data: dict, mutate, field: str, needle:
     assert needle in text
 
 
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda d: d["budget"].update(lifetime="99999999999999999999999.99",
+                                  daily="99999999999999999999999.99"), "budget.lifetime"),
+    (lambda d: d["budget"].update(lifetime="99999999999999.99", daily="99999999999999.99"),
+     "budget.daily"),
+    (lambda d: d["budget"].update(lifetime="1000000000.01"), "budget.lifetime"),
+    (lambda d: d["bid_strategies"][0].update(cpm_bid="1000000.01"), "bid_strategies[0].cpm_bid"),
+    (lambda d: d["bid_strategies"][0].update(cpc_goal=1e30), "bid_strategies[0].cpc_goal"),
+    (lambda d: d.update(conversion_value="5000000"), "conversion_value"),
+])
+def test_money_has_an_upper_bound(seed_data: dict, mutate, field: str) -> None:
+    """Micros must fit a signed 64-bit SQL BIGINT with room for sums: a huge amount is a spec
+    problem naming the field, never an overflow when the campaign is stored."""
+    mutate(seed_data)
+    problems = _problems(seed_data)
+    text = str(next(p for p in problems if p.field == field))
+    assert "is too large (at most" in text, text
+
+
+def test_the_largest_amounts_are_accepted_and_fit_a_bigint(seed_data: dict) -> None:
+    seed_data["budget"].update(lifetime="1000000000", daily="1000000000.00")
+    seed_data["bid_strategies"][0]["cpm_bid"] = "1000000"
+    seed_data["conversion_value"] = "1000000.000000"
+    spec = parse_spec(seed_data)
+    assert spec.lifetime_budget_micros == spec.daily_budget_micros == 10**15
+    assert 9_000 * spec.lifetime_budget_micros < 2**63 - 1  # room for sums
+
+
 def test_all_problems_are_reported_at_once(seed_data: dict) -> None:
     seed_data["budget"]["daily"] = "abc"
     seed_data["objective"] = "nope"
