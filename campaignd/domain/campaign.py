@@ -46,6 +46,10 @@ OBJECTIVE_COUNTER: dict[str, str] = {"conversions": "conversions",
                                      "completed_views": "completes", "clicks": "clicks"}
 """The per-cell counter (a ``CellTable`` metric) that measures each objective."""
 CREATIVE_TYPES: tuple[str, ...] = ("video", "banner", "native", "audio")
+CURRENCIES: tuple[str, ...] = ("USD",)
+"""The currencies a spec may use. Only USD until multi-currency is built: the Beeswax adapter
+sends no currency (Beeswax campaigns default to USD, immutably) and the pipeline counts spend in
+USD."""
 BID_STRATEGIES: tuple[str, ...] = ("CPM", "CPM_PACED", "CPC", "CPC_PACED", "VCR", "VCR_PACED",
                                    "CPA", "CPA_PACED")
 DEFAULT_MAX_CELLS = 20_000
@@ -431,7 +435,14 @@ def parse_spec(data: Mapping[str, Any], source: str = "campaign spec") -> Campai
         errs.add("name", "must be a string", name)
     currency = data.get("currency", "USD")
     if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency):
-        errs.add("currency", "must be an ISO 4217 code", currency, 'e.g. "USD"')
+        errs.add("currency", "must be an ISO 4217 code", currency, 'write currency = "USD"')
+    elif currency not in CURRENCIES:
+        # Beeswax campaigns are in USD (the account's currency cannot be set or changed by
+        # campaignd) and the pipeline counts spend in USD (win_price_micros_usd): a ¥600,000
+        # budget would go to the DSP as $600,000.
+        errs.add("currency", "is not supported: campaignd buys and counts spend in USD only",
+                 currency, 'write currency = "USD" (or leave it out) and give every amount in '
+                 "US dollars")
     objective = data.get("objective", "conversions")
     if objective not in OBJECTIVES:
         errs.add("objective", "is not a known objective", objective,
@@ -567,7 +578,7 @@ def cell_dict(cell: Cell) -> dict[str, Any]:
 
 
 __all__ = [
-    "DIMENSIONS", "MAX_BUDGET", "MAX_PRICE", "OBJECTIVES", "SPEC_TABLES", "Audience",
+    "CURRENCIES", "DIMENSIONS", "MAX_BUDGET", "MAX_PRICE", "OBJECTIVES", "SPEC_TABLES", "Audience",
     "BidStrategy", "CampaignSpec", "Cell",
     "Creative", "Daypart", "Exclusion", "Platform", "atomize", "cell_dict", "cell_id_for",
     "count_cells", "from_micros", "load_spec", "parse_spec", "spec_summary", "to_micros",

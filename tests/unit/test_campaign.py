@@ -93,6 +93,9 @@ def _problems(data: dict) -> list[SpecError]:
     (lambda d: d["flight"].update(end="2026-01-01T00:00:00Z"), "flight.end", "after"),
     (lambda d: d.update(colour="blue"), "colour", "not a known setting"),
     (lambda d: d["audiences"][0].update(id="has space"), "audiences[0].id", "valid id"),
+    (lambda d: d.update(currency="JPY"), "currency", "USD only"),
+    (lambda d: d.update(currency="EUR"), "currency", 'write currency = "USD"'),
+    (lambda d: d.update(currency="usd"), "currency", "ISO 4217"),
 ])
 def test_validation_names_the_field(seed_data: dict, mutate, field: str, needle: str) -> None:
     mutate(seed_data)
@@ -146,6 +149,11 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("id = \n")
     with pytest.raises(SpecError, match="not valid TOML"):
         load_spec(bad)
+
+
+def test_currency_defaults_to_usd(seed_data: dict) -> None:
+    del seed_data["currency"]
+    assert parse_spec(seed_data).currency == "USD"
 
 
 def test_money_is_exact() -> None:
