@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -42,9 +43,36 @@ CONFIG_ENV = "CAMPAIGND_CONFIG"
 _file_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "_file_data", default=None)
 
+# Upper bounds of durations. Every number is finite (inf and nan are refused) and bounded, so a
+# value that passes `config check` cannot overflow a timedelta or the scheduler at run time.
+MINUTE = 60.0
+HOUR = 3600.0
+DAY = 86_400.0
+WEEK = 7 * DAY
+"""The longest cadence (agents.*_s, dsp.reconcile_s, pipeline.rollup_s)."""
+TEN_YEARS = 3650 * DAY
+"""The longest hold (decision.manual_hold_s)."""
+MAX_RETENTION_DAYS = 36_500
+"""The longest retention, in days (a century: "forever" for an operator)."""
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads `port = true` as 1 and `port = 8470.0` as 8470: a number given as
+        # true/false, or a whole-number setting given a float, is a mistake. (Strings stay
+        # accepted: environment variables are strings.)
+        if info.field_name is None or not isinstance(v, bool | float):
+            return v
+        ann = cls.model_fields[info.field_name].annotation
+        if isinstance(v, bool) and ann in (int, float, Decimal, int | None, float | None):
+            raise ValueError("must be a number, not true/false")
+        if isinstance(v, float) and ann in (int, int | None):
+            raise ValueError("must be a whole number (no decimal point)")
+        return v
 
 
 def _read_secret_file(path: Path | None, key: str) -> SecretStr | None:
@@ -95,10 +123,10 @@ class FaultSettings(_Section):
     """Sandbox fault injection (all off by default)."""
 
     rate_limit_rate: float = Field(0.0, ge=0, le=1)
-    retry_after_s: float = Field(1.0, ge=0)
+    retry_after_s: float = Field(1.0, ge=0, le=HOUR)
     server_error_rate: float = Field(0.0, ge=0, le=1)
     slow_rate: float = Field(0.0, ge=0, le=1)
-    slow_s: float = Field(0.5, ge=0)
+    slow_s: float = Field(0.5, ge=0, le=HOUR)
     drop_rate: float = Field(0.0, ge=0, le=1)
     max_rps: float | None = Field(None, gt=0, description="answer 429 above this request rate")
     session_expiry_rate: float = Field(0.0, ge=0, le=1)
@@ -128,10 +156,10 @@ class BeeswaxSettings(_Section):
     password_file: Path | None = None
     advertiser_id: int | None = None
     rate_limit_rps: float = Field(20.0, gt=0, le=1000)
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, le=HOUR)
     max_retries: int = Field(5, ge=0, le=20)
     breaker_failures: int = Field(5, ge=1)
-    breaker_cooldown_s: float = Field(30.0, gt=0)
+    breaker_cooldown_s: float = Field(30.0, gt=0, le=DAY)
 
     @model_validator(mode="after")
     def _secret(self) -> BeeswaxSettings:
@@ -144,9 +172,10 @@ class DSPSettings(_Section):
     adapter: Literal["sandbox", "beeswax"] = "sandbox"
     sandbox: SandboxSettings = SandboxSettings()
     beeswax: BeeswaxSettings = BeeswaxSettings()
-    events_poll_s: float = Field(0.25, gt=0,
+    events_poll_s: float = Field(0.25, gt=0, le=MINUTE,
                                  description="seconds between event-feed reads when idle")
-    reconcile_s: float = Field(300.0, gt=0, description="seconds between line-item read-backs")
+    reconcile_s: float = Field(300.0, gt=0, le=WEEK,
+                               description="seconds between line-item read-backs")
     account_timezone: str = Field(
         "America/New_York",
         description="the DSP account's time zone (IANA name): the DSP's dates are in it and its "
@@ -172,14 +201,15 @@ class DSPSettings(_Section):
 
 
 class AgentSettings(_Section):
-    """Cadences in seconds."""
+    """Cadences in seconds (at most a week)."""
 
-    monitor_s: float = Field(30.0, gt=0)
-    reallocation_s: float = Field(120.0, gt=0)
-    discovery_s: float = Field(300.0, gt=0)
-    creative_s: float = Field(600.0, gt=0)
-    synthesizer_s: float = Field(900.0, gt=0)
-    timeout_s: float = Field(25.0, gt=0, description="an agent run is cancelled after this")
+    monitor_s: float = Field(30.0, gt=0, le=WEEK)
+    reallocation_s: float = Field(120.0, gt=0, le=WEEK)
+    discovery_s: float = Field(300.0, gt=0, le=WEEK)
+    creative_s: float = Field(600.0, gt=0, le=WEEK)
+    synthesizer_s: float = Field(900.0, gt=0, le=WEEK)
+    timeout_s: float = Field(25.0, gt=0, le=DAY,
+                             description="an agent run is cancelled after this")
 
 
 class DecisionSettings(_Section):
@@ -192,7 +222,8 @@ class DecisionSettings(_Section):
         "thompson", description="the reallocation agent's budget policy")
     min_change_fraction: float = Field(0.05, ge=0, le=1,
                                        description="smaller budget changes are immaterial...")
-    min_change: Decimal = Field(Decimal("1.00"), ge=0,
+    min_change: Decimal = Field(Decimal("1.00"), ge=0, le=Decimal(1_000_000_000),
+                                decimal_places=6,
                                 description="...when also below this much money a day")
     request_share: float = Field(0.5, gt=0, le=1,
                                  description="share of the DSP's request rate a cycle may use")
@@ -200,7 +231,7 @@ class DecisionSettings(_Section):
                                    description="seconds between outbox drains")
     max_attempts: int = Field(8, ge=1, le=100,
                               description="tries before an action is marked failed/refused")
-    manual_hold_s: float = Field(86_400.0, ge=0,
+    manual_hold_s: float = Field(86_400.0, ge=0, le=TEN_YEARS,
                                  description="after a person's undo, agents leave that line "
                                              "item alone this long")
     proposal_ttl_s: float = Field(
@@ -214,9 +245,10 @@ class DecisionSettings(_Section):
         None, ge=0, le=1, description="largest cut of a line item's budget per day (DV360 "
                                       "allows 0.2; unset: no limit)")
     fatigue_half_life: int = Field(
-        200_000, ge=0, description="impressions of one creative to one audience after which its "
-                             "rates have lost half of what fatigue can take (0: assume no "
-                             "creative fatigue)")
+        200_000, ge=0, le=10**12,
+        description="impressions of one creative to one audience after which its "
+                    "rates have lost half of what fatigue can take (0: assume no "
+                    "creative fatigue)")
     fatigue_floor: float = Field(0.5, ge=0, lt=1, description="the share of a creative's "
                                                               "rates that fatigue never takes")
     attribution_spill: float = Field(
@@ -224,21 +256,24 @@ class DecisionSettings(_Section):
                                      "last-touch attribution took from another line item the "
                                      "user saw (0: every conversion credited to its cause)")
     conversion_delay_h: float = Field(
-        3.0, ge=0, description="mean hours from an impression to its conversion (impressions "
-                               "count as trials as they mature; clicks and views: none)")
+        3.0, ge=0, le=365 * 24,
+        description="mean hours from an impression to its conversion (impressions "
+                    "count as trials as they mature; clicks and views: none)")
     estimate_conversion_delay: bool = Field(
         True, description="measure the conversion lag from when conversions arrive after "
                            "delivery (conversion_delay_h is then the starting value)")
     history_half_life_h: float = Field(
-        0.0, ge=0, description="hours after which old counts weigh half, for markets that "
-                                "drift and creatives that wear out (0: keep them all)")
+        0.0, ge=0, le=TEN_YEARS / HOUR,
+        description="hours after which old counts weigh half, for markets that "
+                    "drift and creatives that wear out (0: keep them all)")
     change_threshold: float = Field(
         8.0, ge=0, description="evidence (log-likelihood ratio) that a level's rate changed "
                                "before its history is mostly forgotten (0: no change "
                                "detection)")
     audit_retention_days: int = Field(
-        180, ge=1, description="finished actions older than this move from SQL to the audit "
-                               "archive (Parquet under parquet_dir/audit)")
+        180, ge=1, le=MAX_RETENTION_DAYS,
+        description="finished actions older than this move from SQL to the audit "
+                    "archive (Parquet under parquet_dir/audit)")
 
     def thompson_options(self) -> dict[str, Any]:
         """The ``thompson`` budget policy's options from these settings."""
@@ -300,9 +335,10 @@ class PipelineSettings(_Section):
     batch: int = Field(5000, ge=1, le=10_000, description="messages read per feed request")
     flush_s: float = Field(1.0, gt=0, le=60,
                            description="seconds between commits of counts + cursor to SQL")
-    dedupe_window_s: int = Field(72 * 3600, ge=60,
+    dedupe_window_s: int = Field(72 * 3600, ge=60, le=30 * 86_400,
                                  description="at-least-once window: dedupe and staleness")
-    max_future_s: int = Field(3600, ge=0, description="refuse events this far ahead")
+    max_future_s: int = Field(3600, ge=0, le=7 * 86_400,
+                              description="refuse events this far ahead")
     max_seen: int = Field(1_000_000, ge=1000,
                           description="dedupe marks kept by the in-memory hot store")
     context_capacity: int = Field(500_000, ge=1000,
@@ -310,11 +346,14 @@ class PipelineSettings(_Section):
                                               "and auction-only conversions")
     max_backlog: int = Field(2_000_000, ge=10_000,
                              description="uncommitted rows before reading pauses")
-    warm_retention_days: int = Field(7, ge=1, description="days of minute rows kept in SQL")
+    warm_retention_days: int = Field(7, ge=1, le=MAX_RETENTION_DAYS,
+                                     description="days of minute rows kept in SQL")
     dead_letter_retention_days: int = Field(
-        30, ge=1, description="dead letters not seen again for this long move from SQL to the "
-                              "audit archive (Parquet under parquet_dir/audit)")
-    rollup_s: float = Field(600.0, gt=0, description="seconds between Parquet exports")
+        30, ge=1, le=MAX_RETENTION_DAYS,
+        description="dead letters not seen again for this long move from SQL to the "
+                    "audit archive (Parquet under parquet_dir/audit)")
+    rollup_s: float = Field(600.0, gt=0, le=WEEK,
+                            description="seconds between Parquet exports")
     parquet_dir: Path | None = Field(None, description="default: state_dir/parquet")
 
 
@@ -434,6 +473,17 @@ def mask_url_password(url: str) -> str:
     return urlunsplit(parsed._replace(netloc=f"{user}:**********@{host}"))
 
 
+def _number(x: Any) -> str:
+    return f"{int(x)}" if isinstance(x, int | float) and float(x).is_integer() else str(x)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", DAY), ("hours", HOUR), ("minutes", MINUTE)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
 def _describe_error(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
     msg = err.get("msg", "invalid")
@@ -445,6 +495,12 @@ def _describe_error(err: dict[str, Any]) -> str:
         return f"{loc}: is not a known setting (see campaignd.toml.example for every key)"
     if typ == "literal_error" and "expected" in ctx:
         return f"{loc}: {err.get('input')!r} is not allowed; use {ctx['expected']}"
+    if typ == "less_than_equal" and "le" in ctx:
+        msg = f"must be at most {_number(ctx['le'])}"
+        if loc.endswith("_s"):
+            msg += f" s ({_duration(float(ctx['le']))})"
+        elif loc.endswith("_h"):
+            msg += f" h ({_duration(float(ctx['le']) * HOUR)})"
     shown = err.get("input")
     got = ""
     if shown is not None and not isinstance(shown, dict) and "password" not in loc \

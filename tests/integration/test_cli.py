@@ -86,6 +86,23 @@ def test_config_check(tmp_path: Path) -> None:
     assert r.returncode == 0  # the environment overrides the file
 
 
+@pytest.mark.parametrize(("var", "value", "key"), [
+    ("CAMPAIGND_AGENTS__MONITOR_S", "1e300", "agents.monitor_s: must be at most 604800 s"),
+    ("CAMPAIGND_AGENTS__MONITOR_S", "inf", "agents.monitor_s"),
+    ("CAMPAIGND_DSP__RECONCILE_S", "nan", "dsp.reconcile_s"),
+    ("CAMPAIGND_DECISION__MANUAL_HOLD_S", "1e11", "decision.manual_hold_s"),
+])
+def test_unbounded_numbers_exit_2_from_check_and_run(tmp_path: Path, var: str, value: str,
+                                                     key: str) -> None:
+    env = {var: value, "CAMPAIGND_STATE_DIR": str(tmp_path / "state"),
+           "CAMPAIGND_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"}
+    for args in (("config", "check"), ("run",)):
+        r = cli(*args, env=env, timeout=60)
+        assert r.returncode == 2, (args, r.stderr)
+        assert key in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r.db").exists()
+
+
 def test_unknown_command_and_bad_option_exit_2() -> None:
     assert cli("frobnicate").returncode == 2
     assert cli("campaign", "plan").returncode == 2

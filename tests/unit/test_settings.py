@@ -81,6 +81,18 @@ def test_secret_from_file_is_masked(tmp_path: Path) -> None:
      "dsp.account_timezone: 'Eastern' is not a known IANA time zone: use a name such as "
      "America/New_York"),
     ("[http\n", "not valid TOML"),
+    ("[agents]\nmonitor_s = 1e300\n", "agents.monitor_s: must be at most 604800 s (7 days)"),
+    ("[agents]\nreallocation_s = inf\n", "agents.reallocation_s: Input should be a finite"),
+    ("[agents]\ntimeout_s = nan\n", "agents.timeout_s: Input should be a finite"),
+    ("[dsp]\nreconcile_s = 1e9\n", "dsp.reconcile_s: must be at most 604800"),
+    ("[pipeline]\nrollup_s = 1e9\n", "pipeline.rollup_s: must be at most 604800"),
+    ("[decision]\nmanual_hold_s = 1e11\n", "decision.manual_hold_s: must be at most 315360000"),
+    ("[decision]\naudit_retention_days = 10000000000\n", "decision.audit_retention_days"),
+    ('[decision]\nmin_change = "1e30"\n', "decision.min_change: must be at most"),
+    ("[http]\nport = true\n", "http.port: must be a number, not true/false"),
+    ("[http]\nport = 8470.0\n", "http.port: must be a whole number"),
+    ("[receiver]\nport = false\n", "receiver.port: must be a number"),
+    ("[decision]\nrisk_budget = true\n", "decision.risk_budget: must be a number"),
 ])
 def test_invalid_settings_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
     cfg = tmp_path / "c.toml"
@@ -88,6 +100,40 @@ def test_invalid_settings_name_the_key(tmp_path: Path, text: str, needle: str) -
     with pytest.raises(ConfigError) as info:
         load_settings(cfg, environ={})
     assert needle in str(info.value)
+
+
+def test_durations_from_the_environment_are_bounded_too() -> None:
+    for value in ("1e300", "inf", "-inf", "nan"):
+        with pytest.raises(ConfigError, match=r"agents\.monitor_s"):
+            load_settings(None, environ={"CAMPAIGND_AGENTS__MONITOR_S": value})
+    assert load_settings(None, environ={"CAMPAIGND_AGENTS__MONITOR_S": "604800",
+                                        "CAMPAIGND_HTTP__PORT": "9000"}).http.port == 9000
+
+
+def _number_fields(model: type, prefix: str = "") -> list[tuple[str, object]]:
+    from pydantic import BaseModel
+    out: list[tuple[str, object]] = []
+    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(_number_fields(ann, f"{prefix}{name}."))
+        elif ann in (int, float, int | None, float | None):
+            out.append((prefix + name, field))
+    return out
+
+
+def test_every_duration_has_a_finite_upper_bound() -> None:
+    """A duration that passes `config check` must not overflow a timedelta or the scheduler at
+    run time: every *_s, *_h and *_days setting has an upper bound."""
+    from annotated_types import Le, Lt
+
+    from campaignd.settings import Settings
+    durations = [(k, f) for k, f in _number_fields(Settings)
+                 if k.endswith(("_s", "_h", "_days"))]
+    assert len(durations) >= 20
+    unbounded = [k for k, f in durations
+                 if not any(isinstance(m, Le | Lt) for m in f.metadata)]  # type: ignore[attr-defined]
+    assert unbounded == []
 
 
 def test_missing_file_and_secret_file(tmp_path: Path) -> None:
