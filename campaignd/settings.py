@@ -296,8 +296,15 @@ class HTTPSettings(_Section):
 
     @model_validator(mode="after")
     def _secret(self) -> HTTPSettings:
+        where = "http.api_token (or CAMPAIGND_HTTP__API_TOKEN) is empty"
         if self.api_token is None:
             self.api_token = _read_secret_file(self.api_token_file, "http.api_token_file")
+            where = f"http.api_token_file ({self.api_token_file}) is empty"
+        # An empty token would be accepted here and then refuse every mutating API call with
+        # a misleading "send the token" answer.
+        if self.api_token is not None and not self.api_token.get_secret_value().strip():
+            raise ValueError(f"{where}: set a non-empty token, or remove the key to have one "
+                             "generated into state_dir/api-token")
         return self
 
 
@@ -501,12 +508,15 @@ def _describe_error(err: dict[str, Any]) -> str:
             msg += f" s ({_duration(float(ctx['le']))})"
         elif loc.endswith("_h"):
             msg += f" h ({_duration(float(ctx['le']) * HOUR)})"
+    first = msg.split(" ", 1)[0]
+    if "." in first and (not loc or first.startswith(loc + ".")):
+        loc = ""  # the message names its key already (a section's own check)
     shown = err.get("input")
     got = ""
     if shown is not None and not isinstance(shown, dict) and "password" not in loc \
             and "token" not in loc:
         got = f" (got {shown!r})"
-    return f"{loc or 'settings'}: {msg}{got}"
+    return f"{loc}: {msg}{got}" if loc else f"{msg}{got}"
 
 
 def load_settings(config: str | Path | None = None, *,

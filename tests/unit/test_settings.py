@@ -145,6 +145,24 @@ def test_missing_file_and_secret_file(tmp_path: Path) -> None:
         load_settings(cfg, environ={})
 
 
+def test_an_empty_api_token_is_refused(tmp_path: Path) -> None:
+    """An empty token would be accepted and then refuse every mutating API call."""
+    for value in ("", "   "):
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, environ={"CAMPAIGND_HTTP__API_TOKEN": value})
+        assert "http.api_token (or CAMPAIGND_HTTP__API_TOKEN) is empty" in str(info.value)
+        assert "set a non-empty token, or remove the key" in str(info.value)
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[http]\napi_token_file = "{empty}"\n')
+    with pytest.raises(ConfigError, match=r"http\.api_token_file \(.*token\) is empty: set a "
+                                          r"non-empty token, or remove the key to have one "
+                                          r"generated"):
+        load_settings(cfg, environ={})
+    assert load_settings(None, environ={}).http.api_token is None  # generated at start
+
+
 def test_the_receiver_is_on_for_beeswax_and_its_token_is_a_secret(tmp_path: Path) -> None:
     from campaignd.settings import secret_values
     token = tmp_path / "push-token"
