@@ -1,5 +1,7 @@
 """Settings: a TOML file (``--config`` or ``CAMPAIGND_CONFIG``) overridden by ``CAMPAIGND_*``
-environment variables (nested with ``__``, e.g. ``CAMPAIGND_HTTP__PORT=9000``).
+environment variables (nested with ``__``, e.g. ``CAMPAIGND_HTTP__PORT=9000``; lists and whole
+sections as JSON). A ``CAMPAIGND_*`` variable that is not a setting is an error, and a bad value
+from the environment is reported against its variable.
 
 Secrets (DSP password, API token, database and Redis passwords) are ``SecretStr``: given in the
 environment or read from a ``*_file`` path, never printed (``masked()`` shows ``**********``).
@@ -11,10 +13,13 @@ reported as a ``ConfigError`` naming the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import contextvars
+import difflib
+import json
 import os
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -32,6 +37,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from campaignd.errors import ConfigError
@@ -519,6 +525,104 @@ def _describe_error(err: dict[str, Any]) -> str:
     return f"{loc}: {msg}{got}" if loc else f"{msg}{got}"
 
 
+NOT_SETTINGS = frozenset({CONFIG_ENV, "CAMPAIGND_SANDBOX_PUSH_TOKEN", "CAMPAIGND_VENV"})
+"""CAMPAIGND_* variables that are not settings: the config file's path, ``sandbox serve``'s
+push token, the scripts' virtualenv."""
+NOT_SETTINGS_PREFIXES = ("CAMPAIGND_TEST_", "CAMPAIGND_BENCH_")
+"""Prefixes of the test suite's and the benchmarks' variables (service URLs)."""
+
+
+def _env_kind(path: tuple[str, ...]) -> str | None:
+    """What the setting at ``path`` (lower-case key names) is: "section", "list" or "value";
+    None when there is no such setting."""
+    model: type[BaseModel] = Settings
+    for i, part in enumerate(path):
+        field = model.model_fields.get(part)
+        if field is None or (model is Settings and part == "config_file"):
+            return None
+        ann = field.annotation
+        last = i == len(path) - 1
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if last:
+                return "section"
+            model = ann
+            continue
+        if not last:
+            return None
+        return "list" if get_origin(ann) is list else "value"
+    return None
+
+
+def _env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every variable that sets a setting (a section's, as JSON, and each key's)."""
+    names = []
+    for name, field in model.model_fields.items():
+        if model is Settings and name == "config_file":
+            continue
+        var = prefix + name.upper()
+        names.append(var)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names.extend(_env_names(ann, var + "__"))
+    return names
+
+
+def _check_environment(env: Mapping[str, str]) -> tuple[list[str], dict[tuple[str, ...], str]]:
+    """The problems of the CAMPAIGND_* variables pydantic-settings would ignore or fail on
+    without naming them, and the variable that sets each key path.
+
+    An unknown CAMPAIGND_* variable is an error, not a warning: the file refuses unknown keys
+    too, and a misspelt override (CAMPAIGND_DECISION_MODE=shadow, one "_") that is ignored leaves
+    the daemon running with a setting its operator believes changed; a warning would be lost in
+    the journal."""
+    problems: list[str] = []
+    by_path: dict[tuple[str, ...], str] = {}
+    known: list[str] | None = None
+    for name, value in sorted(env.items()):
+        upper = name.upper()
+        if (not upper.startswith(ENV_PREFIX) or upper in NOT_SETTINGS
+                or upper.startswith(NOT_SETTINGS_PREFIXES)):
+            continue
+        path = tuple(upper[len(ENV_PREFIX):].lower().split("__"))
+        kind = _env_kind(path)
+        if kind is None:
+            known = known if known is not None else [*_env_names(), CONFIG_ENV]
+            close = difflib.get_close_matches(upper[len(ENV_PREFIX):],
+                                              [k[len(ENV_PREFIX):] for k in known], n=1,
+                                              cutoff=0.7)
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else "."
+            problems.append(
+                f"{name}: is not a campaignd setting{hint} Rename or unset it (a setting's "
+                "variable is CAMPAIGND_ + its key path in upper case, sections joined by "
+                '"__", e.g. CAMPAIGND_HTTP__PORT for http.port)')
+            continue
+        by_path[path] = name
+        if kind in ("section", "list"):
+            want = dict if kind == "section" else list
+            try:
+                ok = isinstance(json.loads(value), want)
+            except ValueError:
+                ok = False
+            if not ok:
+                key = ".".join(path)
+                if kind == "list":
+                    problems.append(f"{name}: {key} must be a JSON list (got {value!r}); e.g. "
+                                    f"{name}='[\"/etc/campaignd/campaign.toml\"]'")
+                else:  # not shown: a section may hold a secret
+                    problems.append(f"{name}: the [{key}] section must be a JSON object; or "
+                                    f"set one key at a time, e.g. {name}__<KEY>=value")
+    return problems, by_path
+
+
+def _env_source(loc: tuple[Any, ...], by_path: Mapping[tuple[str, ...], str]) -> str | None:
+    """The variable that set the value at ``loc`` (or the section or list holding it)."""
+    keys = tuple(str(p) for p in loc if isinstance(p, str))
+    for n in range(len(keys), 0, -1):
+        if keys[:n] in by_path:
+            return by_path[keys[:n]]
+    return None
+
+
 def load_settings(config: str | Path | None = None, *,
                   environ: dict[str, str] | None = None) -> Settings:
     """Load settings from ``config`` (or ``$CAMPAIGND_CONFIG``) and the environment.
@@ -533,6 +637,10 @@ def load_settings(config: str | Path | None = None, *,
         path = Path(path_str)
         data = read_toml(path, field="--config", error=ConfigError,
                          kind="a TOML settings file, e.g. campaignd.toml.example")
+    env_problems, by_path = _check_environment(env)
+    if env_problems:
+        raise ConfigError(f"{len(env_problems)} invalid variable(s):\n  - "
+                          + "\n  - ".join(env_problems), field="environment")
     token = _file_data.set(data)
     saved_env = None
     try:
@@ -542,11 +650,37 @@ def load_settings(config: str | Path | None = None, *,
             os.environ.update(environ)
         settings = Settings()
     except ValidationError as exc:
-        problems = [_describe_error(dict(e)) for e in exc.errors()]
-        where = str(path) if path else "settings"
+        problems = []
+        from_env = from_file = 0
+        for e in exc.errors():
+            text = _describe_error(dict(e))
+            var = _env_source(e.get("loc", ()), by_path)
+            if var is None:
+                # A section's own check (e.g. the receiver's token) may involve the file, the
+                # environment, or both.
+                keys = tuple(str(p) for p in e.get("loc", ()))
+                from_file += 1
+                from_env += any(p[:len(keys)] == keys for p in by_path)
+                problems.append(text)
+                continue
+            # Name the variable, not the file: the file does not hold this value.
+            from_env += 1
+            loc = ".".join(str(p) for p in e.get("loc", ()))
+            if loc and text.startswith(loc + ": "):
+                text = f"{var} ({loc}): {text[len(loc) + 2:]}"
+            else:
+                text = f"{var}: {text}"
+            problems.append(text + "; fix the variable or unset it")
+        if path is not None and from_file:
+            where = f"{path} and the environment" if from_env else str(path)
+        else:
+            where = "environment" if from_env else "settings"
         raise ConfigError(f"{len(problems)} invalid setting(s):\n  - " + "\n  - ".join(problems),
                           field=where) from None
-    except ValueError as exc:  # secret files
+    except SettingsError as exc:  # a value pydantic-settings could not decode (JSON)
+        raise ConfigError(f"{exc}; a list or a section set from the environment must be JSON",
+                          field="environment") from None
+    except ValueError as exc:
         raise ConfigError(str(exc), field=str(path) if path else "settings") from None
     finally:
         _file_data.reset(token)

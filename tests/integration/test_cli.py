@@ -103,6 +103,17 @@ def test_unbounded_numbers_exit_2_from_check_and_run(tmp_path: Path, var: str, v
     assert not (tmp_path / "r.db").exists()
 
 
+def test_environment_errors_name_the_variable() -> None:
+    for env, needles in (
+            ({"CAMPAIGND_HTTP__PORT": "abc"}, ("CAMPAIGND_HTTP__PORT (http.port)", "'abc'")),
+            ({"CAMPAIGND_CAMPAIGNS": "foo.toml"}, ("CAMPAIGND_CAMPAIGNS", "JSON list")),
+            ({"CAMPAIGND_HTTP_PORT": "9000"}, ("did you mean CAMPAIGND_HTTP__PORT?",))):
+        r = cli("config", "check", "--config", "campaignd.toml.example", env=env)
+        assert r.returncode == 2, (env, r.stderr)
+        assert all(n in r.stderr for n in needles), r.stderr
+        assert "campaignd.toml.example" not in r.stderr and "Traceback" not in r.stderr
+
+
 def test_unknown_command_and_bad_option_exit_2() -> None:
     assert cli("frobnicate").returncode == 2
     assert cli("campaign", "plan").returncode == 2

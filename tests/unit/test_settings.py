@@ -187,6 +187,57 @@ def test_bad_environment_value_names_the_key() -> None:
         load_settings(None, environ={"CAMPAIGND_HTTP__PORT": "many"})
 
 
+def test_a_bad_environment_value_names_the_variable_not_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[http]\nport = 9000\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, environ={"CAMPAIGND_HTTP__PORT": "abc"})
+    text = str(info.value)
+    assert text.startswith("environment: 1 invalid setting(s)"), text
+    assert str(cfg) not in text
+    assert "CAMPAIGND_HTTP__PORT (http.port): " in text and "'abc'" in text
+    assert "fix the variable or unset it" in text
+    with pytest.raises(ConfigError, match=r"CAMPAIGND_HTTP \(http\.port\)"):
+        load_settings(cfg, environ={"CAMPAIGND_HTTP": '{"port": "x"}'})
+    # a bad value in the file still names the file
+    cfg.write_text("[http]\nport = 0\n")
+    with pytest.raises(ConfigError, match=f"^{cfg}: 1 invalid setting"):
+        load_settings(cfg, environ={})
+
+
+@pytest.mark.parametrize(("name", "value", "needle"), [
+    ("CAMPAIGND_CAMPAIGNS", "foo.toml",
+     "CAMPAIGND_CAMPAIGNS: campaigns must be a JSON list (got 'foo.toml'); e.g. "
+     "CAMPAIGND_CAMPAIGNS='[\"/etc/campaignd/campaign.toml\"]'"),
+    ("CAMPAIGND_CAMPAIGNS", '{"a": 1}', "must be a JSON list"),
+    ("CAMPAIGND_HTTP", "port=9000", "CAMPAIGND_HTTP: the [http] section must be a JSON object; "
+                                    "or set one key at a time, e.g. CAMPAIGND_HTTP__<KEY>"),
+    ("CAMPAIGND_HTTP_PORT", "9000", "CAMPAIGND_HTTP_PORT: is not a campaignd setting; did you "
+                                    "mean CAMPAIGND_HTTP__PORT? Rename or unset it"),
+    ("CAMPAIGND_DECISION_MODE", "live", "did you mean CAMPAIGND_DECISION__MODE?"),
+    ("CAMPAIGND_HTTP__PROT", "1", "did you mean CAMPAIGND_HTTP__PORT?"),
+    ("CAMPAIGND_CONFIG_FILE", "x.toml", "did you mean CAMPAIGND_CONFIG?"),
+    ("CAMPAIGND_NOPE", "1", "CAMPAIGND_NOPE: is not a campaignd setting. Rename or unset it"),
+])
+def test_environment_variables_that_are_not_settings_are_named(name: str, value: str,
+                                                                needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ={name: value})
+    assert needle in str(info.value)
+    assert "EnvSettingsSource" not in str(info.value)
+
+
+def test_environment_lists_sections_and_other_campaignd_variables(tmp_path: Path) -> None:
+    s = load_settings(None, environ={
+        "CAMPAIGND_CAMPAIGNS": '["a.toml"]', "CAMPAIGND_HTTP": '{"port": 9001}',
+        "campaignd_decision__mode": "live",  # names are case-insensitive
+        "CAMPAIGND_SANDBOX_PUSH_TOKEN": "x", "CAMPAIGND_VENV": "/v",
+        "CAMPAIGND_TEST_DATABASE_URL": "x", "CAMPAIGND_BENCH_REDIS_URL": "x",
+        "CAMPAIGND_CONFIG": ""})
+    assert s.campaigns == [Path.cwd() / "a.toml"]
+    assert s.http.port == 9001 and s.decision.mode == "live"
+
+
 def test_passwords_inside_urls_are_masked_and_scrubbed() -> None:
     from campaignd.settings import secret_values
     s = load_settings(None, environ={
