@@ -116,7 +116,9 @@ def run(config: ConfigOpt = None,
         ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from campaignd.daemon import run_daemon
+    from campaignd.settings import check_referenced_files
     settings = _settings(config)
+    check_referenced_files(settings)  # before the database is touched
     if no_upgrade:
         settings.database.upgrade_on_start = False
     raise typer.Exit(run_daemon(settings))
@@ -207,7 +209,9 @@ def _print_status(st: dict[str, Any]) -> None:
 @handle_errors
 def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """Validate the settings and print them resolved (secrets masked)."""
+    from campaignd.settings import check_referenced_files
     settings = _settings(config)
+    check_referenced_files(settings)
     data = settings.masked()
     if json_out:
         print_json({"ok": True, "config_file": str(settings.config_file or ""), "settings": data})

@@ -692,6 +692,28 @@ def load_settings(config: str | Path | None = None, *,
     return settings.resolve_paths(base)
 
 
+def check_referenced_files(settings: Settings) -> None:
+    """Check that the files the settings name can be read as TOML — each of ``campaigns`` and,
+    with the sandbox DSP, ``dsp.sandbox.scenario`` — so that ``config check`` fails on a
+    missing one and ``run`` fails before it touches the database. Raises ``ConfigError`` naming
+    each key. Not their content: ``campaignd campaign plan`` validates a spec, and the daemon
+    reports a bad one without stopping."""
+    refs = [(f"campaigns[{i}]", p, "a campaign spec TOML file, e.g. "
+             "config/campaigns/madhive_12345.toml") for i, p in enumerate(settings.campaigns)]
+    if settings.dsp.adapter == "sandbox":
+        refs.append(("dsp.sandbox.scenario", settings.dsp.sandbox.scenario,
+                     "a scenario TOML file, e.g. config/scenarios/seed.toml"))
+    problems = []
+    for key, path, kind in refs:
+        try:
+            read_toml(path, field=key, kind=kind, error=ConfigError)
+        except ConfigError as exc:
+            problems.append(str(exc) if exc.field == key else f"{key}: {exc}")
+    if problems:
+        raise ConfigError(f"{len(problems)} invalid setting(s):\n  - " + "\n  - ".join(problems),
+                          field=str(settings.config_file or "settings"))
+
+
 def secret_values(settings: Settings) -> list[str]:
     """Every secret's plain value, for the log redactor."""
     out = []

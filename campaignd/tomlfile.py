@@ -21,7 +21,8 @@ def read_toml(path: str | Path, *, field: str, kind: str,
         raise error("file not found", field=field, value=str(p),
                     fix=f"give the path of {kind}") from None
     except OSError as exc:
-        raise error(f"cannot read: {exc.strerror}", field=field, value=str(p)) from None
+        raise error(f"cannot read: {exc.strerror}", field=field, value=str(p),
+                    fix=f"give the path of {kind}, readable by this user") from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -82,8 +82,10 @@ def test_config_check(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "decision.mode" in r.stderr and "yolo" in r.stderr and "'live'" in r.stderr
     assert "Traceback" not in r.stderr
-    r = cli("config", "check", "--config", str(bad), env={"CAMPAIGND_DECISION__MODE": "live"})
-    assert r.returncode == 0  # the environment overrides the file
+    r = cli("config", "check", "--config", str(bad), env={
+        "CAMPAIGND_DECISION__MODE": "live",
+        "CAMPAIGND_DSP__SANDBOX__SCENARIO": str(ROOT / "config" / "scenarios" / "seed.toml")})
+    assert r.returncode == 0, r.stderr  # the environment overrides the file
 
 
 @pytest.mark.parametrize(("var", "value", "key"), [
@@ -112,6 +114,20 @@ def test_environment_errors_name_the_variable() -> None:
         assert r.returncode == 2, (env, r.stderr)
         assert all(n in r.stderr for n in needles), r.stderr
         assert "campaignd.toml.example" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_referenced_files_exit_2_from_check_and_run(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\ncampaigns = ["missing.toml"]\n'
+                   f'[database]\nurl = "sqlite+aiosqlite:///{tmp_path / "r.db"}"\n'
+                   '[dsp.sandbox]\nscenario = "gone.toml"\n')
+    for args in (("config", "check"), ("run",)):
+        r = cli(*args, "--config", str(cfg), timeout=60)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "campaigns[0]: file not found" in r.stderr
+        assert "dsp.sandbox.scenario: file not found" in r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "r.db").exists()  # run failed before migrating the database
 
 
 def test_unknown_command_and_bad_option_exit_2() -> None:

@@ -238,6 +238,35 @@ def test_environment_lists_sections_and_other_campaignd_variables(tmp_path: Path
     assert s.http.port == 9001 and s.decision.mode == "live"
 
 
+def test_referenced_files_are_checked_naming_the_key(tmp_path: Path) -> None:
+    from campaignd.settings import check_referenced_files
+    (tmp_path / "bad.toml").write_text("id = \n")
+    (tmp_path / "dir.toml").mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'campaigns = ["missing.toml", "{ROOT / "config/campaigns/madhive_12345.toml"}",'
+                   ' "bad.toml", "dir.toml"]\n[dsp.sandbox]\nscenario = "nope.toml"\n')
+    s = load_settings(cfg, environ={})
+    with pytest.raises(ConfigError) as info:
+        check_referenced_files(s)
+    text = str(info.value)
+    assert text.startswith(f"{cfg}: 4 invalid setting(s)"), text
+    assert (f"campaigns[0]: file not found (got '{tmp_path / 'missing.toml'}'); give the path "
+            "of a campaign spec TOML file") in text
+    assert "campaigns[1]" not in text
+    assert "campaigns[2]: " in text and "is not valid TOML" in text
+    assert "campaigns[3]: cannot read" in text
+    assert (f"dsp.sandbox.scenario: file not found (got '{tmp_path / 'nope.toml'}'); give the "
+            "path of a scenario TOML file") in text
+    assert "SPEC" not in text and "SCENARIO" not in text
+    check_referenced_files(load_settings(EXAMPLE, environ={}))
+    # the scenario is only read with the sandbox DSP
+    cfg.write_text('[dsp.sandbox]\nscenario = "nope.toml"\n')
+    check_referenced_files(load_settings(cfg, environ={
+        "CAMPAIGND_DSP__ADAPTER": "beeswax", "CAMPAIGND_DSP__BEESWAX__BASE_URL": "https://x",
+        "CAMPAIGND_DSP__BEESWAX__EMAIL": "a@b.c", "CAMPAIGND_DSP__BEESWAX__PASSWORD": "pw",
+        "CAMPAIGND_RECEIVER__ENABLED": "false"}))
+
+
 def test_passwords_inside_urls_are_masked_and_scrubbed() -> None:
     from campaignd.settings import secret_values
     s = load_settings(None, environ={
