@@ -130,7 +130,13 @@ def status(config: ConfigOpt = None, json_out: JsonOpt = False,
            timeout: Annotated[float, typer.Option(help="Seconds to wait for the API.")] = 3.0,
            ) -> None:
     """Report the daemon's state; exit 0 only when it is running and healthy."""
+    import math
+
     from campaignd.status import read_status
+    # A timeout of 0, below 0 or nan gives up at once and reports a healthy daemon unreachable.
+    if not (math.isfinite(timeout) and 0 < timeout <= 3600):
+        raise BadInput("must be a number of seconds greater than 0 and at most 3600",
+                       field="--timeout", value=timeout, fix="e.g. --timeout 3")
     settings = _settings(config)
     st = anyio.run(functools.partial(read_status, settings, timeout=timeout))
     if json_out:

@@ -181,6 +181,14 @@ def test_status_when_stopped_exits_1(tmp_path: Path) -> None:
     assert not (tmp_path / "s.db").exists()  # looking never creates a database
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "1e9"])
+def test_status_refuses_a_timeout_that_cannot_wait(value: str) -> None:
+    r = cli("status", "--timeout", value, "--json")
+    assert r.returncode == 2, r.stderr
+    assert "--timeout: must be a number of seconds greater than 0" in r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+
+
 def test_simulate_json_report_and_bad_input(tmp_path: Path) -> None:
     scenario = str(ROOT / "config" / "scenarios" / "seed.toml")
     report = tmp_path / "report.html"
