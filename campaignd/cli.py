@@ -117,8 +117,10 @@ def run(config: ConfigOpt = None,
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from campaignd.daemon import run_daemon
     from campaignd.settings import check_referenced_files
+    from campaignd.stores.opening import prepare_directories
     settings = _settings(config)
     check_referenced_files(settings)  # before the database is touched
+    prepare_directories(settings)
     if no_upgrade:
         settings.database.upgrade_on_start = False
     raise typer.Exit(run_daemon(settings))

@@ -8,12 +8,15 @@ imports (scipy alone is about a second).
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
+from pathlib import Path
 
 import anyio
 from sqlalchemy.engine import make_url
 
 from campaignd.clock import Clock
-from campaignd.errors import StartupError
+from campaignd.errors import ConfigError, StartupError
 from campaignd.settings import Settings
 from campaignd.stores.base import HotStore
 from campaignd.stores.sql.repository import SqlStore
@@ -41,11 +44,39 @@ async def open_sql(settings: Settings) -> SqlStore:
     return await SqlStore.connect(url)
 
 
+def ensure_writable_dir(path: Path, key: str) -> None:
+    """Create the directory ``path`` (setting ``key``) if needed and check that this process can
+    write in it; raise ``ConfigError`` (exit code 2) naming the key when it cannot."""
+    env = "CAMPAIGND_" + key.upper().replace(".", "__")
+    fix = (f"set {key} (or {env}) to a directory this user can create or write in, "
+           f"e.g. /var/lib/campaignd")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".campaignd-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        what = "is not a directory" if isinstance(exc, FileExistsError | NotADirectoryError) \
+            else f"cannot be created or written in ({exc.strerror})"
+        raise ConfigError(what, field=key, value=str(path), fix=fix) from None
+
+
+def prepare_directories(settings: Settings) -> None:
+    """The directories the daemon writes in — ``state_dir``, and ``pipeline.parquet_dir`` and
+    ``receiver.spool_dir`` when set — created and checked before the daemon starts, so that a
+    bad one is a message naming its key, not a traceback after the database migration."""
+    ensure_writable_dir(settings.state_dir, "state_dir")
+    if settings.pipeline.parquet_dir is not None:
+        ensure_writable_dir(settings.pipeline.parquet_dir, "pipeline.parquet_dir")
+    if settings.receiver_enabled and settings.receiver.spool_dir is not None:
+        ensure_writable_dir(settings.receiver.spool_dir, "receiver.spool_dir")
+
+
 async def open_hot_store(settings: Settings, clock: Clock) -> HotStore:
     """The hot store named by ``redis.url``: Redis when set, in-memory otherwise."""
     if not settings.redis.url:
         from campaignd.stores.memory import InMemoryHotStore
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(settings.state_dir, "state_dir")
         return InMemoryHotStore(clock=clock, max_seen=settings.pipeline.max_seen,
                                 seen_dir=settings.state_dir / "dedupe-marks")
     from campaignd.stores.redis import RedisHotStore
@@ -77,5 +108,5 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-__all__ = ["database_url", "make_url_safe", "masked_database_url", "open_hot_store", "open_sql",
-           "short_error"]
+__all__ = ["database_url", "ensure_writable_dir", "make_url_safe", "masked_database_url",
+           "open_hot_store", "open_sql", "prepare_directories", "short_error"]

@@ -130,6 +130,27 @@ def test_missing_referenced_files_exit_2_from_check_and_run(tmp_path: Path) -> N
     assert not (tmp_path / "r.db").exists()  # run failed before migrating the database
 
 
+def test_run_names_a_state_dir_it_cannot_use_and_a_host_that_does_not_resolve(
+        tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    base = {"CAMPAIGND_DATABASE__URL": f"sqlite+aiosqlite:///{db}",
+            "CAMPAIGND_DSP__SANDBOX__SCENARIO": str(ROOT / "config" / "scenarios" / "seed.toml")}
+    for state_dir, needle in (("/proc/nope", "state_dir: cannot be created or written in"),
+                              (str(a_file), "state_dir: is not a directory")):
+        r = cli("run", env={**base, "CAMPAIGND_STATE_DIR": state_dir}, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert needle in r.stderr and "CAMPAIGND_STATE_DIR" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert not db.exists()  # before the database migration
+    r = cli("run", env={**base, "CAMPAIGND_STATE_DIR": str(tmp_path / "state"),
+                        "CAMPAIGND_HTTP__HOST": "999.1.1.1"}, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "http.host '999.1.1.1' does not resolve" in r.stderr
+    assert "another process may hold the port" not in r.stderr and "Traceback" not in r.stderr
+
+
 def test_unknown_command_and_bad_option_exit_2() -> None:
     assert cli("frobnicate").returncode == 2
     assert cli("campaign", "plan").returncode == 2
