@@ -89,7 +89,7 @@ def test_config_check(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("var", "value", "key"), [
-    ("CAMPAIGND_AGENTS__MONITOR_S", "1e300", "agents.monitor_s: must be at most 604800 s"),
+    ("CAMPAIGND_AGENTS__MONITOR_S", "1e300", "(agents.monitor_s): must be at most 604800 s"),
     ("CAMPAIGND_AGENTS__MONITOR_S", "inf", "agents.monitor_s"),
     ("CAMPAIGND_DSP__RECONCILE_S", "nan", "dsp.reconcile_s"),
     ("CAMPAIGND_DECISION__MANUAL_HOLD_S", "1e11", "decision.manual_hold_s"),
