@@ -287,6 +287,13 @@ async def test_business_rules(api: Any) -> None:
     r = await c.patch(f"{V2}/campaigns/{cid}", json={"spend_budget": {"lifetime": "50",
                                                                       "daily": "20"}})
     assert r.status_code == 400 and "spend_budget" in r.json()
+    # a campaign's daily budget cannot go below a line item's (its one has $10)
+    r = await c.patch(f"{V2}/campaigns/{cid}", json={"spend_budget": {"lifetime": "150",
+                                                                      "daily": "9"}})
+    assert r.status_code == 400 and "daily" in r.json()["spend_budget"]
+    r = await c.patch(f"{V2}/campaigns/{cid}", json={"spend_budget": {"lifetime": "150",
+                                                                      "daily": "10"}})
+    assert r.status_code == 200
 
     lid = li["id"]
     assert "active" in (await c.patch(f"{V2}/line-items/{lid}", json={"active": True})).json()

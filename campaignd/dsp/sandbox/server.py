@@ -396,6 +396,17 @@ def create_app(state: SandboxState) -> Starlette:
             if decimal_to_micros(c["spend_budget"]["lifetime"]) < total:
                 errors["spend_budget"] = {"lifetime": [
                     "Campaign budget cannot be lower than the sum of its line item budgets."]}
+            elif c["spend_budget"].get("daily") is not None:
+                # (the reference: a campaign's daily budget cannot be lower than any of its
+                # line items' daily budgets)
+                daily = decimal_to_micros(c["spend_budget"]["daily"])
+                if any(li["campaign_id"] == c["id"] and (li.get("spend_budget") or {}).get(
+                        "daily") is not None
+                       and _stored_micros(li["spend_budget"]["daily"]) > daily
+                       for li in store.table("line-items").values()):
+                    errors["spend_budget"] = {"daily": [
+                        "Campaign daily budget cannot be lower than a line item's daily "
+                        "budget."]}
         if errors:
             raise ValidationFailed(errors)
 
