@@ -73,7 +73,10 @@ def load_or_create_token(settings: Settings) -> str:
         return settings.http.api_token.get_secret_value()
     path = token_path(settings)
     if path.exists():
-        return path.read_text(encoding="utf-8").strip()
+        kept = path.read_text(encoding="utf-8").strip()
+        if kept:
+            return kept
+        path.unlink()  # (an empty file -- a full disk when it was written -- is no token)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -276,3 +276,13 @@ def test_passwords_inside_urls_are_masked_and_scrubbed() -> None:
     assert "hunter2secret" not in text and "redispass123" not in text
     assert "postgresql+asyncpg://bob:**********@db:5432/x" in text
     assert {"hunter2secret", "redispass123"} <= set(secret_values(s))
+
+
+def test_an_empty_generated_token_file_is_replaced(tmp_path: Path) -> None:
+    from campaignd.daemon import load_or_create_token, token_path
+
+    s = load_settings(None, environ={"CAMPAIGND_STATE_DIR": str(tmp_path)})
+    token_path(s).write_text("\n")  # (a full disk when it was written)
+    token = load_or_create_token(s)
+    assert len(token) > 20 and token_path(s).read_text().strip() == token
+    assert load_or_create_token(s) == token  # kept
