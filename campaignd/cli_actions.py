@@ -26,7 +26,7 @@ from campaignd.cli import (
     print_json,
     with_store,
 )
-from campaignd.domain.actions import ACTION_STATUSES
+from campaignd.domain.actions import ACTION_STATUSES, MAX_NOTE_CHARS
 from campaignd.domain.campaign import from_micros
 from campaignd.errors import BadInput, NotFound
 
@@ -202,6 +202,11 @@ def actions_show(action_id: Annotated[int, typer.Argument(help="Action id.")],
 def _verdict(action_id: int, approve: bool, actor: str | None, note: str | None,
              config: Any, json_out: bool) -> None:
     who = _actor(actor)
+    if note is not None and len(note) > MAX_NOTE_CHARS:
+        raise BadInput(f"is {len(note)} characters long, more than the {MAX_NOTE_CHARS} "
+                       "allowed", field="--note",
+                       fix=f"shorten the note to at most {MAX_NOTE_CHARS} characters (link to "
+                           "a longer write-up if needed)")
 
     async def go(store: Any) -> Any:
         from datetime import UTC, datetime

@@ -37,6 +37,10 @@ ACTION_STATUSES: tuple[str, ...] = (
 )
 OPEN_STATUSES: tuple[str, ...] = ("proposed", "pending", "applying")
 
+MAX_NOTE_CHARS = 1_000
+"""The longest note a person may give with a verdict (it is stored in the action's ``error``
+and returned with every listing): a longer one is refused, never cut."""
+
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:

@@ -12,14 +12,29 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from campaignd.domain.actions import MAX_NOTE_CHARS
 from campaignd.errors import BadInput, NotFound, StateConflict, StorageError
 
 STATIC = Path(__file__).parent / "static"
+
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body the control API takes (a verdict is ``{"actor", "note"}``: a
+1,000-character note is at most 12 kB of JSON even when every character is escaped)."""
+
+DRAIN_BYTES = 64 << 20
+"""A body above ``MAX_BODY_BYTES`` is read (and thrown away, never held) up to this size
+before the 413 goes out, so that a client that sends its whole body before reading the answer
+(httpx, requests) sees the 413 rather than a reset connection; beyond it, or when the client
+waits for ``100-continue``, the 413 goes out at once and the connection is closed."""
+
+BODY_TIMEOUT_S = 10.0
+"""How long a request body may take to arrive."""
 
 
 class ControlPlane(Protocol):
@@ -127,12 +142,33 @@ def _int_param(request: Request, name: str, default: int | None = None, *,
     return value
 
 
+class BodyTooLarge(BadInput):
+    """The request body is above ``MAX_BODY_BYTES`` (HTTP 413). ``close``: the body was not
+    read to its end, so the connection cannot be reused."""
+
+    def __init__(self, *, close: bool) -> None:
+        super().__init__(f"is larger than the control API's limit of {MAX_BODY_BYTES} bytes",
+                         field="body",
+                         fix='send a JSON object such as {"actor": "alice", "note": "…"} '
+                             f"(a note of at most {MAX_NOTE_CHARS} characters)")
+        self.close = close
+
+
 def _api_errors(handler: Callable[[Request], Awaitable[Response]]
                 ) -> Callable[[Request], Awaitable[Response]]:
-    """BadInput → 400 (409 for a state conflict), NotFound → 404, StorageError → 503."""
+    """BadInput → 400 (409 for a state conflict, 413 for a body too large), NotFound → 404,
+    StorageError → 503."""
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
+        except ClientDisconnect:
+            return _error(400, "the client closed the connection before its body arrived",
+                          field="body")
+        except BodyTooLarge as exc:
+            resp = _error(413, str(exc), field=exc.field, fix=exc.fix)
+            if exc.close:
+                resp.headers["connection"] = "close"
+            return resp
         except NotFound as exc:
             return _error(404, str(exc), field="id", fix="list actions with GET /api/v1/actions")
         except BadInput as exc:
@@ -165,8 +201,40 @@ async def get_action(request: Request) -> Response:
     return JSONResponse(found)
 
 
+async def _read_body(request: Request) -> bytes:
+    """The request body, never holding more than ``MAX_BODY_BYTES`` of it: ``BodyTooLarge``
+    when it is larger (declared or sent), ``BadInput`` when it takes longer than
+    ``BODY_TIMEOUT_S`` to arrive."""
+    declared = request.headers.get("content-length", "")
+    too_large = declared.isdigit() and int(declared) > MAX_BODY_BYTES
+    if too_large and (int(declared) > DRAIN_BYTES
+                      or request.headers.get("expect", "").lower() == "100-continue"):
+        raise BodyTooLarge(close=True)
+    chunks: list[bytes] = []
+    size = 0
+    ended = False
+    with anyio.move_on_after(BODY_TIMEOUT_S):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                too_large = True
+                chunks.clear()
+                if size > DRAIN_BYTES:
+                    break
+            elif not too_large:
+                chunks.append(chunk)
+        else:
+            ended = True
+    if too_large:
+        raise BodyTooLarge(close=not ended)
+    if not ended:
+        raise BadInput(f"did not arrive within {BODY_TIMEOUT_S:g} s", field="body",
+                       fix="send the whole body at once (it is a small JSON object)")
+    return b"".join(chunks)
+
+
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await _read_body(request)
     if not raw.strip():
         return {}
     try:
@@ -181,6 +249,12 @@ async def _body(request: Request) -> dict[str, Any]:
         if key in data and not isinstance(data[key], str | None):
             raise BadInput("must be a string", field=key, value=data[key],
                            fix=f"send {key} as a string")
+    note = data.get("note")
+    if note is not None and len(note) > MAX_NOTE_CHARS:
+        raise BadInput(f"is {len(note)} characters long, more than the {MAX_NOTE_CHARS} "
+                       "allowed", field="note",
+                       fix=f"shorten the note to at most {MAX_NOTE_CHARS} characters (link to "
+                           "a longer write-up if needed)")
     return data
 
 

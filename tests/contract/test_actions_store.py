@@ -253,3 +253,14 @@ def test_archived_rows_are_keyed_by_id_and_creation(tmp_path) -> None:  # type: 
     got = [(r["first_seen"], r["count"]) for r in
            read_archive(tmp_path, "dead_letters").to_pylist()]
     assert got == [(early, 2), (late, 5)]
+
+
+async def test_a_note_above_the_limit_is_refused_not_stored(store: SqlStore) -> None:
+    from campaignd.domain.actions import MAX_NOTE_CHARS
+
+    await store.record_actions([act("c1", 5)], mode="approve", now=NOW)
+    (row,) = await store.list_actions()
+    with pytest.raises(BadInput, match="note: is longer than 1000 characters"):
+        await store.decide_action(row.id, approve=False, actor="bob", now=NOW,
+                                  note="x" * (MAX_NOTE_CHARS + 1))
+    assert (await store.get_action(row.id)).status == "proposed"  # type: ignore[union-attr]

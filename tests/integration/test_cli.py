@@ -410,3 +410,59 @@ def test_the_empty_queue_note_knows_a_stopped_daemon() -> None:
     assert _empty_queue_note(running, {"proposed": 2}, None, heartbeat_at=now, now=now) is None
     assert _empty_queue_note({**running, "decision": {"mode": "live"}}, {}, None) is None
     assert _empty_queue_note(running, {}, "applied", heartbeat_at=now, now=now) is None
+
+
+def _seed_proposed(url: str, n: int) -> None:
+    """``n`` proposed actions (ids 1..n), one per cell of the seed campaign, in a fresh
+    database at ``url``."""
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from campaignd.domain.actions import Action, action_key
+    from campaignd.domain.campaign import atomize, load_spec
+    from campaignd.stores.sql.migrate import upgrade
+    from campaignd.stores.sql.repository import SqlStore
+
+    now = datetime.now(UTC)
+    spec = load_spec(SEED)
+    cells = atomize(spec)
+
+    async def seed() -> None:
+        await upgrade(url)
+        store = await SqlStore.connect(url)
+        await store.upsert_campaign(spec, cells, now=now)
+        after = {"daily_budget_micros": 7_000_000, "lifetime_budget_micros": 70_000_000}
+        await store.record_actions([Action(
+            key=action_key("d1", c.cell_id, "budget", after), decision_id="d1",
+            campaign_id=spec.id, cell_id=c.cell_id, line_item_id=100 + c.index, kind="budget",
+            before={"daily_budget_micros": 5_000_000, "lifetime_budget_micros": 70_000_000},
+            after=after, agent="reallocation", reason="test", evidence={}, created_at=now,
+            score=1.0, impact=2.0, risk=0.1, priority=1.8) for c in cells[:n]], mode="approve",
+            now=now)
+        await store.close()
+
+    anyio.run(seed)
+
+
+def _statuses(env: dict[str, str]) -> dict[int, str]:
+    r = cli("actions", "list", "--json", "--limit", "100", env=env)
+    assert r.returncode == 0, r.stderr
+    return {a["id"]: a["status"] for a in json.loads(r.stdout)["actions"]}
+
+
+def test_a_reject_note_above_the_limit_is_refused(tmp_path: Path) -> None:
+    """A note above 1,000 characters is refused (exit 2 naming --note), not stored; one at
+    the limit is stored whole."""
+    from campaignd.domain.actions import MAX_NOTE_CHARS
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'note.db'}"
+    _seed_proposed(url, 3)
+    env = {"CAMPAIGND_DATABASE__URL": url}
+    before = _statuses(env)
+    r = cli("actions", "reject", "3", "--note", "n" * (MAX_NOTE_CHARS + 1), env=env)
+    assert r.returncode == 2 and "--note" in r.stderr and str(MAX_NOTE_CHARS) in r.stderr
+    assert _statuses(env) == before
+    r = cli("actions", "reject", "3", "--note", "n" * MAX_NOTE_CHARS, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["error"] == "n" * MAX_NOTE_CHARS

@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy import and_, case, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from campaignd.domain.actions import OPEN_STATUSES, Action, action_key
+from campaignd.domain.actions import MAX_NOTE_CHARS, OPEN_STATUSES, Action, action_key
 from campaignd.errors import BadInput, NotFound, StateConflict
 from campaignd.stores.sql.models import ACTION_STATUSES, DECISION_MODES, actions
 
@@ -409,7 +409,11 @@ class ActionMethods:
                             now: datetime, note: str | None = None) -> ActionRow:
         """A person's verdict on a ``proposed`` action: approved → ``pending`` (the executor
         applies it), rejected → ``rejected``. Raises ``NotFound`` or ``BadInput`` (not
-        proposed: already decided, superseded, or not from approve mode)."""
+        proposed: already decided, superseded, or not from approve mode; a note longer than
+        ``MAX_NOTE_CHARS``)."""
+        if note is not None and len(note) > MAX_NOTE_CHARS:
+            raise BadInput(f"is longer than {MAX_NOTE_CHARS} characters", field="note",
+                           fix=f"shorten it to at most {MAX_NOTE_CHARS} characters")
         row = await self.get_action(action_id)
         if row is None:
             raise NotFound(f"no action {action_id}; list them with `campaignd actions list`")

@@ -1,0 +1,157 @@
+"""The control API's actions endpoints over real HTTP on loopback (uvicorn), through the
+daemon's own ``DaemonPlane`` over a real SQL store (SQLite): bad input is refused with a JSON
+error naming the field, and nothing is stored or changed by it."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from campaignd.clock import VirtualClock
+from campaignd.control import DaemonPlane
+from campaignd.domain.actions import MAX_NOTE_CHARS, Action, action_key
+from campaignd.domain.campaign import atomize
+from campaignd.stores.sql import SqlStore
+from campaignd.stores.sql.migrate import upgrade
+from campaignd.testing import SEED_SPEC
+from campaignd.web.app import MAX_BODY_BYTES, create_app
+from campaignd.web.server import bind_socket, serve_http
+
+TOKEN = "control-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+class _Daemon:
+    """What ``DaemonPlane`` reads of the daemon: its SQL store, its clock, its token."""
+
+    def __init__(self, sql: SqlStore) -> None:
+        self.sql = sql
+        self.clock = VirtualClock(NOW)
+        self.executor = None
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "running", "healthy": True, "agents": []}
+
+    def check_token(self, token: str) -> bool:
+        return token == TOKEN
+
+
+def _action(cell: str, decision: str, *, kind: str = "budget") -> Action:
+    after: dict[str, Any] = ({"daily_budget_micros": 7_000_000,
+                              "lifetime_budget_micros": 70_000_000} if kind == "budget"
+                             else {"active": True, "line_item_id": 100})
+    return Action(key=action_key(decision, cell, kind, after), decision_id=decision,
+                  campaign_id="madhive_12345", cell_id=cell, line_item_id=100, kind=kind,
+                  before={} if kind == "create" else {"daily_budget_micros": 5_000_000,
+                                                      "lifetime_budget_micros": 70_000_000},
+                  after=after, agent="sync" if kind == "create" else "reallocation",
+                  reason="test", evidence={}, created_at=NOW, score=1.0, impact=2.0,
+                  risk=0.1, priority=1.8)
+
+
+@asynccontextmanager
+async def control_api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, SqlStore]]:
+    """The control API on a free loopback port over a SQLite store holding 12 proposed
+    actions (ids 1-12) and the sync's creation of a 13th cell's line item (id 13)."""
+    from campaignd.domain.campaign import load_spec
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'api.db'}"
+    await upgrade(url)
+    sql = await SqlStore.connect(url)
+    spec = load_spec(SEED_SPEC)
+    cells = atomize(spec)
+    await sql.upsert_campaign(spec, cells, now=NOW)
+    await sql.record_actions([_action(cells[i].cell_id, "d1") for i in range(12)],
+                             mode="approve", now=NOW)
+    await sql.record_actions([_action(cells[12].cell_id, "sync:create", kind="create")],
+                             mode="live", now=NOW, applied=True)
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(serve_http, create_app(DaemonPlane(_Daemon(sql))), sock)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                         trust_env=False, timeout=30) as client:
+                with anyio.fail_after(10):
+                    while True:
+                        try:
+                            await client.get("/healthz")
+                            break
+                        except httpx.TransportError:
+                            await anyio.sleep(0.02)
+                yield client, sql
+            tg.cancel_scope.cancel()
+    finally:
+        sock.close()
+        await sql.close()
+
+
+async def _statuses(sql: SqlStore) -> dict[int, tuple[str, str | None]]:
+    return {r.id: (r.status, r.error) for r in await sql.list_actions(limit=100)}
+
+
+async def test_a_huge_body_or_note_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    async with control_api(tmp_path) as (client, sql):
+        before = await _statuses(sql)
+        # 20 MB of JSON: refused with 413 naming the limit, the action untouched
+        huge = json.dumps({"actor": "mallory", "note": "x" * 20_000_000})
+        r = await client.post("/api/v1/actions/1/reject", content=huge,
+                              headers={**AUTH, "content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        body = r.json()
+        assert body["field"] == "body" and str(MAX_BODY_BYTES) in body["error"], body
+        # chunked (no Content-Length): the same
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(40):
+                yield b"x" * 50_000
+        r = await client.post("/api/v1/actions/1/reject", content=chunks(), headers=AUTH)
+        assert r.status_code == 413 and r.json()["field"] == "body"
+        # a note within the body limit but above the note's: 400 naming note
+        r = await client.post("/api/v1/actions/1/reject", headers=AUTH,
+                              json={"actor": "bob", "note": "y" * (MAX_NOTE_CHARS + 1)})
+        assert r.status_code == 400 and r.json()["field"] == "note", r.text
+        assert str(MAX_NOTE_CHARS) in r.json()["fix"]
+        assert await _statuses(sql) == before
+        # the connection is still usable, and a note at the limit is taken whole
+        r = await client.post("/api/v1/actions/1/reject", headers=AUTH,
+                              json={"actor": "bob", "note": "z" * MAX_NOTE_CHARS})
+        assert r.status_code == 200 and r.json()["error"] == "z" * MAX_NOTE_CHARS
+        listed = (await client.get("/api/v1/actions")).json()
+        assert len(json.dumps(listed)) < 100_000
+
+
+async def test_a_client_waiting_for_100_continue_gets_the_413_before_sending(
+        tmp_path: Path) -> None:
+    async with control_api(tmp_path) as (client, sql):
+        port = client.base_url.port
+        assert port is not None
+
+        def ask() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"POST /api/v1/actions/1/reject HTTP/1.1\r\nHost: x\r\n"
+                          b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                          b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                          b"Content-Length: 20000000\r\n\r\n")
+                got = b""
+                while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+                    more = s.recv(65536)
+                    if not more:
+                        break
+                    got += more
+                return got
+
+        answer = await anyio.to_thread.run_sync(ask)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"connection: close" in head.lower()
+        assert json.loads(rest)["field"] == "body"
+        assert (await sql.get_action(1)).status == "proposed"  # type: ignore[union-attr]
