@@ -77,6 +77,23 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def parse_id(value: str | int) -> int:
+    """A database id given on the command line: ASCII digits only. (click's ``int`` takes what
+    Python's ``int()`` takes: "1_0" is 10 and the full-width "１" is 1, so a typo could act on
+    another action.)"""
+    if isinstance(value, int):
+        return value
+    if not (value.isascii() and value.isdigit()) or len(value) > 18 or int(value) < 1:
+        raise typer.BadParameter(f"{value!r} is not an id: give a whole number from 1 in "
+                                 "ASCII digits 0-9 only, e.g. 42")
+    return int(value)
+
+
+def id_argument(help: str) -> Any:
+    """A positional database id (``parse_id``): a malformed one exits 2 naming the argument."""
+    return typer.Argument(help=help, parser=parse_id)
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
     return escape(text)

@@ -22,6 +22,7 @@ from campaignd.cli import (
     _escape,
     app,
     handle_errors,
+    id_argument,
     out,
     print_json,
     with_store,
@@ -172,7 +173,7 @@ def _empty_queue_note(daemon: dict[str, Any] | None, counts: dict[str, int],
 
 @actions_app.command("show")
 @handle_errors
-def actions_show(action_id: Annotated[int, typer.Argument(help="Action id.")],
+def actions_show(action_id: Annotated[int, id_argument("Action id.")],
                  config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """One action with its reason, evidence, before and after (from the audit archive when it
     has left SQL)."""
@@ -223,7 +224,7 @@ def _verdict(action_id: int, approve: bool, actor: str | None, note: str | None,
 
 @actions_app.command("approve")
 @handle_errors
-def actions_approve(action_id: Annotated[int, typer.Argument(help="A proposed action's id.")],
+def actions_approve(action_id: Annotated[int, id_argument("A proposed action's id.")],
                     config: ConfigOpt = None, json_out: JsonOpt = False,
                     actor: ActorOpt = None) -> None:
     """Approve a proposed action (decision.mode = "approve"): the executor applies it."""
@@ -232,7 +233,7 @@ def actions_approve(action_id: Annotated[int, typer.Argument(help="A proposed ac
 
 @actions_app.command("reject")
 @handle_errors
-def actions_reject(action_id: Annotated[int, typer.Argument(help="A proposed action's id.")],
+def actions_reject(action_id: Annotated[int, id_argument("A proposed action's id.")],
                    config: ConfigOpt = None, json_out: JsonOpt = False, actor: ActorOpt = None,
                    note: Annotated[str | None, typer.Option(help="Why (recorded).")] = None,
                    ) -> None:
@@ -242,7 +243,7 @@ def actions_reject(action_id: Annotated[int, typer.Argument(help="A proposed act
 
 @actions_app.command("undo")
 @handle_errors
-def actions_undo(action_id: Annotated[int, typer.Argument(help="An applied action's id.")],
+def actions_undo(action_id: Annotated[int, id_argument("An applied action's id.")],
                  config: ConfigOpt = None, json_out: JsonOpt = False,
                  actor: ActorOpt = None) -> None:
     """Queue the reverse of an applied action (the line item's state before it).

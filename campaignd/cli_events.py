@@ -23,7 +23,9 @@ from campaignd.cli import (
     deadletter_app,
     err,
     handle_errors,
+    id_argument,
     out,
+    parse_id,
     print_json,
     with_store,
 )
@@ -70,7 +72,7 @@ def deadletter_list(config: ConfigOpt = None, json_out: JsonOpt = False,
 
 @deadletter_app.command("show")
 @handle_errors
-def deadletter_show(letter_id: Annotated[int, typer.Argument(help="Dead letter id.")],
+def deadletter_show(letter_id: Annotated[int, id_argument("Dead letter id.")],
                     config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """One refused event with its whole raw payload."""
     le = with_store(config, lambda store: store.get_dead_letter(letter_id))
@@ -89,7 +91,7 @@ def deadletter_show(letter_id: Annotated[int, typer.Argument(help="Dead letter i
 @handle_errors
 def deadletter_retry(
     letter_ids: Annotated[list[int] | None, typer.Argument(
-        help="Dead letter ids (default: those chosen by --reason or --all).",
+        help="Dead letter ids (default: those chosen by --reason or --all).", parser=parse_id,
         show_default=False)] = None,
     config: ConfigOpt = None, json_out: JsonOpt = False,
     reason: Annotated[str | None, typer.Option(help="Every letter with this reason.")] = None,

@@ -131,11 +131,12 @@ def _int_param(request: Request, name: str, default: int | None = None, *,
         if default is None:
             raise BadInput("is required", field=name, fix=f"give {name} as an integer")
         return default
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise BadInput("must be an integer", field=name, value=raw,
-                       fix=f"give {name} as an integer from {low} to {high}") from None
+    # only ASCII digits: int() also takes "1_0" (10), " 7", "+7" and other scripts' digits
+    # ("１"), and a typo must not act on another action
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
+        raise BadInput("must be a whole number in ASCII digits", field=name, value=raw[:40],
+                       fix=f"give {name} as digits 0-9 only, from {low} to {high}")
+    value = int(raw)
     if not low <= value <= high:
         raise BadInput(f"must be from {low} to {high}", field=name, value=value,
                        fix=f"give {name} between {low} and {high}")

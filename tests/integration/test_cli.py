@@ -451,6 +451,25 @@ def _statuses(env: dict[str, str]) -> dict[int, str]:
     return {a["id"]: a["status"] for a in json.loads(r.stdout)["actions"]}
 
 
+def test_actions_refuse_malformed_ids(tmp_path: Path) -> None:
+    """Ids are ASCII digits only (int() reads "1_0" as 10 and "１" as 1: a typo would act on
+    another action). Exit 2 naming the id, nothing changed."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ids.db'}"
+    _seed_proposed(url, 12)
+    env = {"CAMPAIGND_DATABASE__URL": url}
+    before = _statuses(env)
+    assert set(before.values()) == {"proposed"} and len(before) == 12
+    for args in (("actions", "approve", "1_0"), ("actions", "reject", "１"),
+                 ("actions", "undo", "+1"), ("actions", "show", "1_0"),
+                 ("actions", "approve", "0"), ("actions", "approve", "9" * 30),
+                 ("deadletter", "show", "1_0"), ("deadletter", "retry", "2", "٣")):
+        r = cli(*args, env=env)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "_id" in r.stderr and "ASCII digits" in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert _statuses(env) == before
+
+
 def test_a_reject_note_above_the_limit_is_refused(tmp_path: Path) -> None:
     """A note above 1,000 characters is refused (exit 2 naming --note), not stored; one at
     the limit is stored whole."""

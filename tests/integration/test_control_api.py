@@ -155,3 +155,21 @@ async def test_a_client_waiting_for_100_continue_gets_the_413_before_sending(
         assert b"connection: close" in head.lower()
         assert json.loads(rest)["field"] == "body"
         assert (await sql.get_action(1)).status == "proposed"  # type: ignore[union-attr]
+
+
+async def test_action_ids_are_ascii_digits_only(tmp_path: Path) -> None:
+    async with control_api(tmp_path) as (client, sql):
+        assert (await client.get("/api/v1/actions/10")).json()["id"] == 10
+        before = await _statuses(sql)
+        # int() would read "1_0" as 10 and "１" (full width) as 1: a typo acting on another
+        # action
+        for raw in ("1_0", "１", "+1", " 1", "1.0", "0x1", "٣", "99999999999999999999999"):
+            r = await client.get(f"/api/v1/actions/{raw}")
+            assert r.status_code == 400 and r.json()["field"] == "action_id", (raw, r.text)
+            for verb in ("approve", "reject", "undo"):
+                r = await client.post(f"/api/v1/actions/{raw}/{verb}", headers=AUTH)
+                assert r.status_code == 400 and r.json()["field"] == "action_id", (raw, verb)
+                assert "digits" in r.json()["fix"]
+        r = await client.get("/api/v1/actions", params={"limit": "1_0"})
+        assert r.status_code == 400 and r.json()["field"] == "limit"
+        assert await _statuses(sql) == before
