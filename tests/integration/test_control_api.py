@@ -173,3 +173,23 @@ async def test_action_ids_are_ascii_digits_only(tmp_path: Path) -> None:
         r = await client.get("/api/v1/actions", params={"limit": "1_0"})
         assert r.status_code == 400 and r.json()["field"] == "limit"
         assert await _statuses(sql) == before
+
+
+async def test_undoing_a_line_items_creation_says_what_can_be_done(tmp_path: Path) -> None:
+    """No command or endpoint pauses one line item: the refusal names what does exist (an
+    exclusion rule for exactly this cell, then a restart; or the DSP's own UI)."""
+    async with control_api(tmp_path) as (client, sql):
+        r = await client.post("/api/v1/actions/13/undo", headers=AUTH)
+        assert r.status_code == 409, r.text
+        fix = r.json()["fix"]
+        assert "pause the cell's line item instead" not in fix
+        row = await sql.get_action(13)
+        assert row is not None
+        (cell,) = [c for c in await sql.list_cells("madhive_12345")
+                   if c.cell_id == row.action.cell_id]
+        rule = (f'audience = "{cell.audience}", creative = "{cell.creative}", bid_strategy = '
+                f'"{cell.bid_strategy}", daypart = "{cell.daypart}", platform = '
+                f'"{cell.platform}"')
+        assert f"[[exclusions]] rule matching this cell ({rule})" in fix, fix
+        assert "restart the daemon" in fix and "line item 100" in fix
+        assert "in the DSP's own UI" in fix

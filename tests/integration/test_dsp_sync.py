@@ -88,6 +88,38 @@ async def test_a_restart_keeps_a_paused_line_item_paused(sql_store: SqlStore,
     assert status[cells[0].cell_id] == "paused" and status[cells[1].cell_id] == "active"
 
 
+async def test_an_exclusion_rule_and_a_restart_pause_one_cells_line_item(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """What an undo of a line item's creation tells a person to do instead (there is no
+    command that pauses one line item): an [[exclusions]] rule naming the cell's five levels,
+    then a restart. The sync pauses that line item alone and lowers its budgets to what it
+    spent."""
+    from campaignd.domain.campaign import Exclusion
+
+    spec, cells = await small_campaign(sql_store, seed_spec)
+    gone = cells[0]
+    rule = Exclusion(tuple(sorted((d, getattr(gone, d)) for d in (
+        "audience", "creative", "bid_strategy", "daypart", "platform"))))
+    excluded = dataclasses.replace(spec, exclusions=(rule,))
+    kept = [c for c in cells if c.cell_id in {x.cell_id for x in atomize(excluded)}]
+    assert [c.cell_id for c in kept] == [c.cell_id for c in cells[1:]]
+    async with sandbox_url() as url:
+        async with service(sql_store, url) as svc:
+            await svc.sync_campaign(spec, cells)
+            li = svc.campaigns[spec.id].line_items[gone.cell_id]
+            assert li.active
+        async with service(sql_store, url) as svc:  # restarted with the rule
+            await svc.sync_campaign(excluded, kept)
+            assert svc.campaigns[spec.id].synced, svc.campaigns[spec.id].error
+            assert svc.adapter is not None
+            (now,) = await svc.adapter.get_line_items([li.id])
+            assert now.active is False and now.daily_budget_micros == 0
+            assert now.lifetime_budget_micros == now.spend_micros
+            others = await svc.adapter.get_line_items(
+                [x.id for x in svc.campaigns[spec.id].line_items.values()])
+            assert len(others) == 5 and all(x.active for x in others)
+
+
 async def test_a_cell_added_to_a_running_campaign_starts_from_the_headroom(
         sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
     spec = small(seed_spec)

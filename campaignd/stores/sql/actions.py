@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from campaignd.domain.actions import MAX_NOTE_CHARS, OPEN_STATUSES, Action, action_key
 from campaignd.errors import BadInput, NotFound, StateConflict
 from campaignd.stores.sql.models import ACTION_STATUSES, DECISION_MODES, actions
+from campaignd.stores.sql.models import cells as cells_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +481,26 @@ class ActionMethods:
                 .group_by(actions.c.campaign_id))).all()
         return {str(c): str(d) for c, d in rows}
 
+    async def _stop_cell_fix(self, row: ActionRow) -> str:
+        """What a person can do instead of undoing a line item's creation: campaignd has no
+        command to pause one line item; the DSP sync pauses the line items of cells the spec
+        no longer has, and keeps a line item paused in the DSP as the DSP holds it."""
+        a = row.action
+        c = cells_table.c
+        async with self._tx(f"reading cell {a.cell_id}") as conn:
+            levels = (await conn.execute(
+                select(c.audience, c.creative, c.bid_strategy, c.daypart, c.platform)
+                .where(c.campaign_id == a.campaign_id, c.cell_id == a.cell_id))).mappings().first()
+        rule = ("an [[exclusions]] rule matching this cell ("
+                + ", ".join(f'{k} = "{v}"' for k, v in levels.items()) + ")"
+                if levels else "an [[exclusions]] rule matching this cell's levels")
+        li = f"line item {a.line_item_id}" if a.line_item_id else "the cell's line item"
+        return (f"campaignd has no command that pauses one line item. To stop {li}, add {rule} "
+                f"to campaign {a.campaign_id}'s spec and restart the daemon (its DSP sync "
+                "pauses the line item of a cell the spec no longer has and lowers its budgets "
+                f"to what it spent), or pause {li} in the DSP's own UI (campaignd keeps the "
+                "state the DSP holds)")
+
     async def undo_action(self, action_id: int, *, actor: str, now: datetime) -> ActionRow:
         """Queue the reverse of an applied action: a new ``pending`` action whose ``after`` is the
         original's ``before`` (the executor applies it with the same cap checks, and the line
@@ -491,7 +512,7 @@ class ActionMethods:
         if row.action.kind == "create":
             raise StateConflict(f"cannot undo action {action_id}: a line item's creation is not "
                                 "undone", field="id", value=action_id,
-                                fix="pause the cell's line item instead")
+                                fix=await self._stop_cell_fix(row))
         if row.status != "applied":
             raise StateConflict(f"cannot undo action {action_id}: it is {row.status}, not applied",
                            field="id", value=action_id,
