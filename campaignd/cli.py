@@ -590,8 +590,15 @@ def simulate(
 ) -> None:
     """Run the agents on a virtual clock against the market and compare with the oracle."""
     from campaignd.sim.driver import run_simulation
+    from campaignd.sim.report import check_report_path
     if days <= 0:
         raise BadInput("must be greater than 0", field="--days", value=days)
+    if report is not None:
+        why = check_report_path(report)
+        if why is not None:
+            raise BadInput(why, field="--report", value=str(report),
+                           fix="give a file in a directory you can write to, e.g. --report "
+                               "sim-report.html")
     result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
                             policy=policy, report_html=report, events=events,
                             engine=not no_engine,
@@ -599,15 +606,21 @@ def simulate(
                             oracle_after=oracle_after)
     if json_out:
         print_json(result)
-        return
-    t = Table("measure", "value", title=f"simulate {result.get('scenario')} · policy "
-              f"{result.get('policy')} · seed {result.get('seed')}", title_justify="left")
-    for k, v in result.items():
-        if isinstance(v, list):
-            t.add_row(k, ", ".join(str(x) for x in v))
-        elif not isinstance(v, dict):
-            t.add_row(k, str(v))
-    out.print(t)
+    else:
+        t = Table("measure", "value", title=f"simulate {result.get('scenario')} · policy "
+                  f"{result.get('policy')} · seed {result.get('seed')}",
+                  title_justify="left")
+        for k, v in result.items():
+            if isinstance(v, list):
+                t.add_row(k, ", ".join(str(x) for x in v))
+            elif not isinstance(v, dict):
+                t.add_row(k, str(v))
+        out.print(t)
+    if result.get("report_error"):
+        # the results are printed above; the report asked for is missing: a failure (exit 1)
+        fail(_escape(f"--report: the HTML report was not written ({result['report_error']}); "
+                     "the results above are complete — run again with a writable --report "
+                     "path for the report"), 1)
 
 
 def parse_options(pairs: list[str], flag: str) -> dict[str, object]:

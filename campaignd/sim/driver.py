@@ -496,7 +496,10 @@ def run_simulation(scenario_path: str | Path, *, campaign_path: str | Path | Non
                    policy_options: Mapping[str, Any] | None = None,
                    oracle_after: float | None = None) -> dict[str, Any]:
     """Simulate ``days`` of the campaign under ``policy`` against the scenario's market; return
-    the JSON report (and write the HTML report to ``report_html`` if given)."""
+    the JSON report (and write the HTML report to ``report_html`` if given). When the HTML
+    report cannot be written the JSON report is still returned, with ``report_error`` saying
+    why: a run's result is never lost to a bad path (check it first with
+    ``campaignd.sim.report.check_report_path``)."""
     result = simulate(scenario_path, campaign_path=campaign_path, days=days, seed=seed,
                       policy=policy, events=events, engine=engine,
                       policy_options=policy_options, oracle_after=oracle_after)
@@ -507,7 +510,10 @@ def run_simulation(scenario_path: str | Path, *, campaign_path: str | Path | Non
     if report_html is not None:
         from campaignd.sim.report import write_html_report
 
-        write_html_report(Path(report_html), result)
+        try:
+            write_html_report(Path(report_html), result)
+        except OSError as exc:
+            result.report["report_error"] = f"{report_html}: {exc.strerror or exc}"
     return result.report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,10 +166,40 @@ def _ffill(ys: list[float]) -> list[float]:
     return out
 
 
+def check_report_path(path: Path) -> str | None:
+    """Why the report could not be written at ``path`` (``None`` when it can), found before a
+    run spends minutes: the path is not a directory; an existing file can be opened for
+    writing (appending nothing, so it is left as it is); otherwise a file can be created in
+    its nearest existing directory (``write_html_report`` makes the missing ones). Asks the
+    file system itself: ``os.access`` says yes to root even on read-only or virtual file
+    systems such as ``/proc``."""
+    if path.is_dir():
+        return "is a directory"
+    if path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            return f"cannot be written ({exc.strerror or exc})"
+        return None
+    where = path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        return f"cannot be created: {where} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        return f"cannot be created in {where} ({exc.strerror or exc})"
+    return None
+
+
 def write_html_report(path: Path, result: SimulationResult) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(result), encoding="utf-8")
     return path
 
 
-__all__ = ["bar_chart", "line_chart", "render_html", "write_html_report"]
+__all__ = ["bar_chart", "check_report_path", "line_chart", "render_html",
+           "write_html_report"]

@@ -246,6 +246,29 @@ def test_simulate_json_report_and_bad_input(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--oracle-after" in r.stderr and "at most 24" in r.stderr
 
 
+def test_simulate_checks_the_report_path_first_and_keeps_the_result(tmp_path: Path) -> None:
+    """A report path that cannot be written exits 2 naming --report before the run; one that
+    fails at the end (a full disk) still prints the whole result, then says the report is
+    missing (exit 1)."""
+    scenario = str(ROOT / "config" / "scenarios" / "seed.toml")
+    for bad, why in (("/proc/r.html", "cannot be created in /proc"),
+                     (str(tmp_path), "is a directory"),
+                     (str(ROOT / "README.md" / "r.html"), "is not a directory")):
+        r = cli("simulate", "--scenario", scenario, "--days", "1", "--report", bad, "--json",
+                timeout=60)
+        assert r.returncode == 2, (bad, r.stderr)
+        assert "--report" in r.stderr and why in r.stderr and "Traceback" not in r.stderr
+        assert r.stdout == ""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full to fill up")
+    r = cli("simulate", "--scenario", scenario, "--days", "0.05", "--policy", "uniform",
+            "--report", "/dev/full", "--json", timeout=300)
+    assert r.returncode == 1, r.stderr
+    data = json.loads(r.stdout)
+    assert "conversions" in data and data["report_error"].startswith("/dev/full: ")
+    assert "--report" in r.stderr and "not written" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_deadletter_list_and_show(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
