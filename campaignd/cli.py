@@ -590,6 +590,7 @@ def simulate(
 ) -> None:
     """Run the agents on a virtual clock against the market and compare with the oracle."""
     from campaignd.sim.driver import run_simulation
+    from campaignd.sim.policies import parse_policy_options
     from campaignd.sim.report import check_report_path
     if days <= 0:
         raise BadInput("must be greater than 0", field="--days", value=days)
@@ -602,7 +603,8 @@ def simulate(
     result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
                             policy=policy, report_html=report, events=events,
                             engine=not no_engine,
-                            policy_options=parse_options(option or [], "--option"),
+                            policy_options=parse_policy_options(
+                                policy, parse_options(option or [], "--option")),
                             oracle_after=oracle_after)
     if json_out:
         print_json(result)
@@ -623,30 +625,20 @@ def simulate(
                      "path for the report"), 1)
 
 
-def parse_options(pairs: list[str], flag: str) -> dict[str, object]:
-    """``KEY=VALUE`` pairs to a dict; values are numbers, true/false, none, or text."""
-    out: dict[str, object] = {}
+def parse_options(pairs: list[str], flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` pairs to a dict of text values (each option reads its own type from
+    them: ``campaignd.sim.policies.parse_policy_options``); a key given twice is refused."""
+    out: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key, raw = key.strip(), raw.strip()
         if not sep or not key or not raw:
             raise BadInput("must be KEY=VALUE", field=flag, value=pair,
                            fix="e.g. -o fatigue_half_life=400000")
-        value: object
-        low = raw.lower()
-        if low in ("none", "null"):
-            value = None
-        elif low in ("true", "false"):
-            value = low == "true"
-        else:
-            try:
-                value = int(raw)
-            except ValueError:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    value = raw
-        out[key] = value
+        if key in out:
+            raise BadInput("is given twice", field=f"{flag} {key}", value=pair,
+                           fix=f"give {key} once")
+        out[key] = raw
     return out
 
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
+import types
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -635,6 +637,117 @@ def policy_options(name: str) -> tuple[str, ...]:
                  if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
+@dataclass(frozen=True, slots=True)
+class OptionType:
+    """What one policy option takes: ``base`` (bool, int, float or str), whether it may be
+    ``None`` (``optional``: off, no limit or automatic, as the option says), and its
+    default."""
+
+    base: type
+    optional: bool
+    default: Any
+
+    def describe(self) -> str:
+        kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(
+            self.base, "text")
+        return kind + (" or none" if self.optional else "")
+
+    def example(self) -> str:
+        d = self.default
+        if self.base is bool:
+            return "false" if d else "true"
+        if d is None:
+            return {int: "10", float: "0.2"}.get(self.base, "text")
+        return f"{d:g}" if isinstance(d, float) else str(d)
+
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def option_types(name: str) -> dict[str, OptionType]:
+    """The keyword options a named policy takes, with their types (from its signature)."""
+    factory = POLICIES.get(name)
+    if factory is None:
+        return {}
+    out = {}
+    for key, p in inspect.signature(factory, eval_str=True).parameters.items():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        ann = p.annotation
+        args = ann.__args__ if isinstance(ann, types.UnionType) else (ann,)
+        base = next((a for a in args if a is not type(None)), str)
+        out[key] = OptionType(base if base in (bool, int, float) else str,
+                              type(None) in args, p.default)
+    return out
+
+
+def _bad_option(key: str, t: OptionType, value: Any) -> Any:
+    from campaignd.errors import BadInput
+
+    return BadInput(f"must be {t.describe()}", field=key, value=value,
+                    fix=f"e.g. {key}={t.example()}")
+
+
+def parse_policy_options(name: str, raw: Mapping[str, str]) -> dict[str, Any]:
+    """Options given as text (``campaignd simulate -o KEY=VALUE``), each read as its option's
+    type: ``true``/``false`` for a switch (nothing else: "maybe" is not true), ASCII digits
+    for a whole number, a decimal or exponent number (finite) for a number, ``none``/``null``
+    where the option can be turned off. ``BadInput`` names the option, the type it takes and
+    an example. A policy that takes no options (or an unknown one) gets ``raw`` as it is, for
+    ``make_policy`` to refuse."""
+    from campaignd.errors import BadInput
+
+    known = option_types(name)
+    out: dict[str, Any] = {}
+    for key, text in raw.items():
+        t = known.get(key)
+        if t is None:
+            if known:
+                raise BadInput(f"is not an option of the {name} policy", field=key,
+                               fix=f"use one of {', '.join(known)}")
+            out[key] = text
+            continue
+        low = text.strip().lower()
+        if low in ("none", "null"):
+            if not t.optional:
+                raise _bad_option(key, t, text)
+            out[key] = None
+        elif t.base is bool:
+            if low not in ("true", "false"):
+                raise _bad_option(key, t, text)
+            out[key] = low == "true"
+        elif t.base is int:
+            if not _INT.fullmatch(text.strip()):
+                raise _bad_option(key, t, text)
+            out[key] = int(text)
+        elif t.base is float:
+            if not _FLOAT.fullmatch(text.strip()) or not math.isfinite(float(text)):
+                raise _bad_option(key, t, text)
+            out[key] = float(text)
+        else:
+            out[key] = text
+    return out
+
+
+def _check_option(key: str, t: OptionType, value: Any) -> None:
+    """``value`` (already typed: settings, code) is of the option's type: an int is a number,
+    a bool is not."""
+    if value is None:
+        ok = t.optional
+    elif t.base is bool:
+        ok = isinstance(value, bool)
+    elif t.base is int:
+        ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    elif t.base is float:
+        ok = (isinstance(value, int | float | np.integer | np.floating)
+              and not isinstance(value, bool) and math.isfinite(value))
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise _bad_option(key, t, value)
+
+
 def make_policy(name: str, ctx: PolicyContext, **options: Any) -> Policy:
     """Build a named policy (``options``: its keyword options); ``oracle`` is built by the
     driver (it needs the market's truth). An unknown policy or option, or a bad option value,
@@ -646,12 +759,13 @@ def make_policy(name: str, ctx: PolicyContext, **options: Any) -> Policy:
     except KeyError:
         raise BadInput("is not a known policy", field="policy", value=name,
                        fix=f"use one of {', '.join([*POLICIES, 'oracle'])}") from None
-    known = policy_options(name)
-    for key in options:
+    known = option_types(name)
+    for key, value in options.items():
         if key not in known:
             raise BadInput(f"is not an option of the {name} policy", field=key,
                            fix=f"use one of {', '.join(known)}" if known
                            else f"the {name} policy takes no options")
+        _check_option(key, known[key], value)
     try:
         return factory(ctx, **options)
     except (TypeError, ValueError) as e:
@@ -660,5 +774,6 @@ def make_policy(name: str, ctx: PolicyContext, **options: Any) -> Policy:
                        ) from None
 
 
-__all__ = ["POLICIES", "Observations", "Policy", "PolicyContext", "SeedPolicy", "ThompsonPolicy",
-           "UniformPolicy", "equal_split", "make_policy", "policy_options"]
+__all__ = ["POLICIES", "Observations", "OptionType", "Policy", "PolicyContext", "SeedPolicy",
+           "ThompsonPolicy", "UniformPolicy", "equal_split", "make_policy", "option_types",
+           "parse_policy_options", "policy_options"]

@@ -237,7 +237,13 @@ def test_simulate_json_report_and_bad_input(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["policy_options"] == {"fatigue_half_life": None, "spill": 0}
     for bad, named in (("spil=0.2", "spil: is not an option of the thompson policy"),
                        ("spill", "--option: must be KEY=VALUE"),
-                       ("spill=1.5", "spill must be in [0, 1)")):
+                       ("spill=1.5", "spill must be in [0, 1)"),
+                       # each value is read as its option's type, named with an example
+                       ("max_cut_per_day=abc", "max_cut_per_day: must be a number or none "
+                                               "(got 'abc'); e.g. max_cut_per_day=0.2"),
+                       ("estimate_delay=maybe", "estimate_delay: must be true or false (got "
+                                                "'maybe'); e.g. estimate_delay=false"),
+                       ("draws=1_0", "draws: must be a whole number")):
         r = cli("simulate", "--scenario", scenario, "--days", "1", "-o", bad, timeout=60)
         assert r.returncode == 2 and named in r.stderr, (bad, r.stderr)
     # the learning bound: the oracle takes over after some hours of the run, no more

@@ -22,6 +22,7 @@ from campaignd.sim.policies import (
     PolicyContext,
     ThompsonPolicy,
     make_policy,
+    parse_policy_options,
     policy_options,
 )
 
@@ -253,6 +254,52 @@ def test_make_policy_names_an_unknown_option_or_a_bad_value() -> None:
         make_policy("uniform", ctx, spill=0.2)
     assert isinstance(make_policy("thompson", ctx, spill=0.1, fatigue_half_life=None),
                       ThompsonPolicy)
+
+
+def test_option_values_are_read_as_their_options_type() -> None:
+    """``simulate -o KEY=VALUE``: a switch is true or false (not "maybe", not 1), a whole
+    number is ASCII digits, a number is finite, none only where the option takes it; the
+    error names the option, the type and an example."""
+    got = parse_policy_options("thompson", {
+        "estimate_delay": "False", "one_cell_per_group": "true", "draws": "16",
+        "spill": "0.1", "fatigue_half_life": "none", "max_cut_per_day": "2e-1",
+        "change_threshold": "NULL", "group_choice": "sample", "half_life_hours": "24"})
+    assert got == {"estimate_delay": False, "one_cell_per_group": True, "draws": 16,
+                   "spill": 0.1, "fatigue_half_life": None, "max_cut_per_day": 0.2,
+                   "change_threshold": None, "group_choice": "sample", "half_life_hours": 24.0}
+    assert type(got["half_life_hours"]) is float and type(got["draws"]) is int
+    for key, text, message in (
+            ("max_cut_per_day", "abc", "max_cut_per_day: must be a number or none (got 'abc'); "
+                                       "e.g. max_cut_per_day=0.2"),
+            ("estimate_delay", "maybe", "estimate_delay: must be true or false (got 'maybe'); "
+                                        "e.g. estimate_delay=false"),
+            ("estimate_delay", "1", "estimate_delay: must be true or false"),
+            ("draws", "1.5", "draws: must be a whole number or none"),
+            ("draws", "１", "draws: must be a whole number"),
+            ("spill", "nan", "spill: must be a number (got 'nan'); e.g. spill=0"),
+            ("spill", "1e999", "spill: must be a number"),
+            ("spill", "1_0", "spill: must be a number"),
+            ("spill", "none", "spill: must be a number (got 'none')"),
+            ("spil", "0.1", "spil: is not an option of the thompson policy")):
+        with pytest.raises(BadInput) as info:
+            parse_policy_options("thompson", {key: text})
+        assert str(info.value).startswith(message), (key, text, str(info.value))
+    assert parse_policy_options("seed", {"cut": "0.25"}) == {"cut": 0.25}
+    assert parse_policy_options("uniform", {"x": "1"}) == {"x": "1"}  # make_policy refuses
+
+
+def test_make_policy_checks_the_type_of_typed_options() -> None:
+    sc = load_scenario(SEED)
+    ctx = PolicyContext(sc.campaign, atomize(sc.campaign), 10**12, 2_500_000_000, seed=1)
+    with pytest.raises(BadInput, match=r"max_cut_per_day: must be a number or none \(got "
+                                       r"'abc'\); e.g. max_cut_per_day=0.2"):
+        make_policy("thompson", ctx, max_cut_per_day="abc")
+    with pytest.raises(BadInput, match="estimate_delay: must be true or false"):
+        make_policy("thompson", ctx, estimate_delay="maybe")
+    with pytest.raises(BadInput, match="draws: must be a whole number"):
+        make_policy("thompson", ctx, draws=True)
+    assert isinstance(make_policy("thompson", ctx, max_cut_per_day=0, draws=16,
+                                  estimate_delay=False), ThompsonPolicy)
 
 
 def test_the_daemons_settings_give_the_policys_own_defaults() -> None:
