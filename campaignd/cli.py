@@ -173,6 +173,14 @@ def _print_status(st: dict[str, Any]) -> None:
               + (f"  (source: {st.get('source')})" if st.get("source") else ""))
     for p in st.get("problems", []):
         out.print(f"  [yellow]problem:[/] {_escape(p)}")
+    # In sandbox mode the daemon lives in the market's sped-up time (its decisions, actions and
+    # event counts) while its agents run on the wall clock (cadences in real seconds): say
+    # which clock each time is on rather than print the two side by side unlabelled.
+    market = (st.get("dsp") or {}).get("adapter") == "sandbox" and st.get("market_time")
+    wall, mkt = (" (wall)", " (market)") if market else ("", "")
+    if market:
+        out.print(f"clocks: market time {market} (the sandbox's sped-up time: decisions, "
+                  f"actions, events); wall time {st.get('heartbeat_at') or '—'} (agents' runs)")
     if st.get("campaigns"):
         t = Table("campaign", "cells", "active", "daily budget", "lifetime budget", "spend",
                   title="Campaigns", title_justify="left")
@@ -182,8 +190,8 @@ def _print_status(st: dict[str, Any]) -> None:
                       f"{c['lifetime_budget']} {c['currency']}", f"{c['spend']} {c['currency']}")
         out.print(t)
     if st.get("agents"):
-        t = Table("agent", "cadence", "runs", "last run", "last duration", "last error",
-                  "next run", title="Agents", title_justify="left")
+        t = Table("agent", "cadence", "runs", f"last run{wall}", "last duration", "last error",
+                  f"next run{wall}", title="Agents", title_justify="left")
         for a in st["agents"]:
             dur = a.get("last_duration_s")
             t.add_row(a["name"], f"{a['cadence_s']:g} s", str(a["runs"]),
@@ -219,7 +227,7 @@ def _print_status(st: dict[str, Any]) -> None:
         last = dec.get("last_cycle")
         if last:
             skipped = ", ".join(f"{k} {v}" for k, v in sorted(last.get("skipped", {}).items()))
-            line += (f"; last cycle {last['at']}: {last['actions']} actions"
+            line += (f"; last cycle{mkt} {last['at']}: {last['actions']} actions"
                      + (f" (skipped: {skipped})" if skipped else ""))
         ex = dec.get("executor")
         if ex:

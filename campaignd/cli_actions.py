@@ -1,9 +1,14 @@
 """``campaignd actions list|show|approve|reject|undo``: the audit log and the approval queue.
 
-They read and write the SQL store directly, so they work whether or not the daemon runs: an
-approved action (→ ``pending``) and an undo (a new ``pending`` action) are applied by the
-running daemon's executor within ``decision.executor_poll_s`` (or at its next start). Status
-changes are guarded in SQL, so a person and the daemon can never apply one change twice.
+``list`` and ``show`` read the SQL store directly. ``approve``, ``reject`` and ``undo`` go
+through the running daemon's control API when one answers at ``http.port`` (with the token of
+``http.api_token`` or the state directory's ``api-token``): the daemon stamps them with its
+own clock -- in sandbox mode the market's sped-up time, which its decisions, its manual holds
+(``decision.manual_hold_s``) and the rest of the audit log use -- and wakes its executor at
+once. With no daemon answering they write the SQL store directly, stamped with this machine's
+clock (a daemon starting later, even a sandbox one, starts its clock from it), and the next
+daemon applies them. Status changes are guarded in SQL, so a person and the daemon can never
+apply one change twice, and a verdict or undo asked twice changes nothing more.
 """
 
 from __future__ import annotations
@@ -65,13 +70,16 @@ def _archived(config: Any) -> list[Any]:
 
 def _change(row: Any) -> str:
     a = row.action
-    if a.kind == "budget":
-        b, f = a.before, a.after
+    return _describe_change(a.kind, a.before, a.after)
+
+
+def _describe_change(kind: str, b: dict[str, Any], f: dict[str, Any]) -> str:
+    if kind == "budget":
         return (f"daily {from_micros(b['daily_budget_micros'])} → "
                 f"{from_micros(f['daily_budget_micros'])}, lifetime "
                 f"{from_micros(b['lifetime_budget_micros'])} → "
                 f"{from_micros(f['lifetime_budget_micros'])}")
-    return f"active {a.before.get('active')} → {a.after.get('active')}"
+    return f"active {b.get('active')} → {f.get('active')}"
 
 
 @actions_app.command("list")
@@ -200,6 +208,78 @@ def actions_show(action_id: Annotated[int, id_argument("Action id.")],
         out.print(f"[bold]{k}[/]: {_escape(str(data.get(k)))}")
 
 
+API_TIMEOUT_S = 30.0
+"""How long a verdict or an undo waits for the running daemon's answer."""
+
+
+def _api_token(settings: Any) -> str | None:
+    """The running daemon's bearer token as the CLI on its host can read it: the configured
+    one, else the one the daemon keeps in its state directory (``campaignd.daemon``)."""
+    if settings.http.api_token is not None:
+        return str(settings.http.api_token.get_secret_value())
+    try:
+        return (settings.state_dir / "api-token").read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _through_daemon(config: Any, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """POST a change to the running daemon's control API and return the action as it answers
+    it; ``None`` when no daemon answers (the caller writes the SQL store itself). The API's
+    refusals become ours (exit 2: unknown action, not proposed or not applied, bad input)."""
+    import httpx
+
+    from campaignd.cli import _settings, err
+    from campaignd.errors import CampaigndError, StateConflict
+
+    settings = _settings(config)
+    token = _api_token(settings)
+    try:
+        with httpx.Client(timeout=API_TIMEOUT_S, trust_env=False) as client:
+            resp = client.post(settings.control_url + path, json=body,
+                               headers={"Authorization": f"Bearer {token}"} if token else {})
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        return None  # no daemon: the change is the store's alone
+    except httpx.TransportError as exc:
+        # it may have been made: asking the store now could stamp it twice, or misreport it
+        raise CampaigndError(
+            f"the daemon at {settings.control_url} did not answer ({type(exc).__name__}): the "
+            "change may or may not have been made; see `campaignd actions show ID` and "
+            "`campaignd status`, then ask again if needed (an approval or undo asked twice "
+            "changes nothing more)") from None
+    try:
+        data = resp.json()
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    if resp.status_code in (200, 202):
+        return data
+    message = str(data.get("error") or f"{settings.control_url} answered HTTP "
+                  f"{resp.status_code} without a campaignd error (is it campaignd's control "
+                  "API? see http.port)")
+    if resp.status_code in (401, 403):
+        if settings.dsp.adapter == "sandbox":
+            # the daemon lives in the market's time: stamping the change with this machine's
+            # clock would misplace it (a manual hold ending early, an audit log out of order)
+            raise BadInput(f"the daemon at {settings.control_url} refused the CLI ({message})",
+                           field="http.api_token",
+                           fix="run the CLI with the daemon's settings file, as a user who can "
+                               "read its state directory's api-token, or set http.api_token")
+        err.print(f"note: the daemon at {settings.control_url} refused the CLI's token "
+                  f"({_escape(message)}); writing to the database directly (the daemon picks "
+                  "it up within decision.executor_poll_s)", highlight=False)
+        return None
+    if resp.status_code == 404:
+        raise NotFound(message)
+    if resp.status_code == 409:
+        raise StateConflict(message)
+    if 400 <= resp.status_code < 500:
+        raise BadInput(message)
+    raise CampaigndError(f"the daemon's control API answered HTTP {resp.status_code}: "
+                         f"{message}; retry shortly, see `campaignd status`")
+
+
 def _verdict(action_id: int, approve: bool, actor: str | None, note: str | None,
              config: Any, json_out: bool) -> None:
     who = _actor(actor)
@@ -208,17 +288,19 @@ def _verdict(action_id: int, approve: bool, actor: str | None, note: str | None,
                        "allowed", field="--note",
                        fix=f"shorten the note to at most {MAX_NOTE_CHARS} characters (link to "
                            "a longer write-up if needed)")
+    verb = "approve" if approve else "reject"
+    data = _through_daemon(config, f"/api/v1/actions/{action_id}/{verb}",
+                           {"actor": who, **({"note": note} if note is not None else {})})
+    if data is None:
+        async def go(store: Any) -> Any:
+            return await store.decide_action(action_id, approve=approve, actor=who,
+                                             now=datetime.now(UTC), note=note)
 
-    async def go(store: Any) -> Any:
-        from datetime import UTC, datetime
-        return await store.decide_action(action_id, approve=approve, actor=who,
-                                         now=datetime.now(UTC), note=note)
-
-    row = with_store(config, go)
+        data = with_store(config, go).as_dict()
     if json_out:
-        print_json(row.as_dict())
+        print_json(data)
         return
-    out.print(f"action {row.id}: {row.status} by {_escape(who)}"
+    out.print(f"action {data['id']}: {data['status']} by {_escape(who)}"
               + (" — the running daemon applies it within seconds" if approve else ""))
 
 
@@ -251,14 +333,15 @@ def actions_undo(action_id: Annotated[int, id_argument("An applied action's id."
     The executor applies it with the same cap checks; it is refused if the line item has
     changed since (undo the newer action first)."""
     who = _actor(actor)
+    data = _through_daemon(config, f"/api/v1/actions/{action_id}/undo", {"actor": who})
+    if data is None:
+        async def go(store: Any) -> Any:
+            return await store.undo_action(action_id, actor=who, now=datetime.now(UTC))
 
-    async def go(store: Any) -> Any:
-        from datetime import UTC, datetime
-        return await store.undo_action(action_id, actor=who, now=datetime.now(UTC))
-
-    row = with_store(config, go)
+        data = with_store(config, go).as_dict()
     if json_out:
-        print_json(row.as_dict())
+        print_json(data)
         return
-    out.print(f"action {row.id} queued: undo of action {action_id} ({_escape(_change(row))}) "
-              f"— {row.status}")
+    change = _describe_change(data["kind"], data["before"], data["after"])
+    out.print(f"action {data['id']} queued: undo of action {action_id} ({_escape(change)}) "
+              f"— {data['status']}")

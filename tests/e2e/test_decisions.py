@@ -194,3 +194,47 @@ def test_approve_mode_waits_for_a_person_then_undo(tmp_path: Path) -> None:
 
 def _alt(action: dict[str, Any]) -> str:
     return f"campaignd:{action['campaign_id']}:{action['cell_id']}"
+
+
+def test_the_cli_changes_actions_on_the_daemons_clock(tmp_path: Path) -> None:
+    """In sandbox mode the daemon lives in the market's sped-up time. An undo from the CLI goes
+    through the running daemon, so it is stamped with that clock (as the API's are), not this
+    machine's wall clock: a manual hold (decision.manual_hold_s, compared in market time) then
+    lasts as long as it should, and the audit log stays in order. `campaignd status` says
+    which clock each of its times is on."""
+    from datetime import UTC, datetime
+
+    with DaemonProcess(tmp_path, time_scale=900, reallocation_s=3.0, monitor_s=5.0,
+                       policy="seed") as d:
+        d.wait_running()
+
+        def applied_change() -> dict[str, Any] | None:
+            # the daemon is busy (a re-plan every 3 s): a generous timeout, a short page
+            r = httpx.get(f"{d.base_url}/api/v1/actions",
+                          params={"status": "applied", "limit": 50}, timeout=30)
+            return next((a for a in r.json()["actions"]
+                         if a["agent"] == "reallocation" and a["kind"] == "budget"), None)
+
+        done = wait_for(applied_change, 120, "an applied budget change", interval=1)
+        _, st = d.status()
+        market_before = datetime.fromisoformat(st["market_time"])
+        assert market_before - datetime.now(UTC) > timedelta(hours=1)  # the clocks differ
+        r = cli("actions", "undo", str(done["id"]), "--config", str(d.config), "--actor",
+                "dave", "--json")
+        assert r.returncode == 0, r.stderr
+        undo = json.loads(r.stdout)
+        wall = datetime.now(UTC)
+        created = datetime.fromisoformat(undo["created_at"])
+        assert undo["undo_of"] == done["id"] and undo["actor"] == "dave"
+        assert created >= market_before, (created, market_before)
+        assert created - wall > timedelta(hours=1), (created, wall)  # not the wall clock
+        assert datetime.fromisoformat(undo["updated_at"]) >= market_before
+        # a token the daemon refuses: in sandbox mode the CLI will not stamp the change with
+        # its own clock instead
+        r = cli("actions", "undo", str(done["id"]), "--config", str(d.config),
+                env={"CAMPAIGND_HTTP__API_TOKEN": "not-the-token"})
+        assert r.returncode == 2 and "http.api_token" in r.stderr, r.stderr
+        r = cli("status", "--config", str(d.config))
+        text = " ".join(r.stdout.split())
+        assert "clocks: market time" in text and "last run (wall)" in text, text
+    assert d.returncode == 0

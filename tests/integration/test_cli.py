@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from campaignd.testing import cli
+from campaignd.testing import cli, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "config" / "campaigns" / "madhive_12345.toml"
@@ -485,7 +485,8 @@ def test_actions_refuse_malformed_ids(tmp_path: Path) -> None:
     another action). Exit 2 naming the id, nothing changed."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'ids.db'}"
     _seed_proposed(url, 12)
-    env = {"CAMPAIGND_DATABASE__URL": url}
+    env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port()),
+           "CAMPAIGND_STATE_DIR": str(tmp_path / "state")}
     before = _statuses(env)
     assert set(before.values()) == {"proposed"} and len(before) == 12
     for args in (("actions", "approve", "1_0"), ("actions", "reject", "１"),
@@ -506,7 +507,9 @@ def test_a_reject_note_above_the_limit_is_refused(tmp_path: Path) -> None:
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'note.db'}"
     _seed_proposed(url, 3)
-    env = {"CAMPAIGND_DATABASE__URL": url}
+    # no daemon answers on this port: the verdict is written to the database directly
+    env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port()),
+           "CAMPAIGND_STATE_DIR": str(tmp_path / "state")}
     before = _statuses(env)
     r = cli("actions", "reject", "3", "--note", "n" * (MAX_NOTE_CHARS + 1), env=env)
     assert r.returncode == 2 and "--note" in r.stderr and str(MAX_NOTE_CHARS) in r.stderr
