@@ -263,4 +263,7 @@ async def test_a_note_above_the_limit_is_refused_not_stored(store: SqlStore) -> 
     with pytest.raises(BadInput, match="note: is longer than 1000 characters"):
         await store.decide_action(row.id, approve=False, actor="bob", now=NOW,
                                   note="x" * (MAX_NOTE_CHARS + 1))
+    with pytest.raises(BadInput, match="note: is longer than 1000 characters"):
+        await store.decide_decision(row.action.decision_id, approve=False, actor="bob",
+                                    now=NOW, note="x" * (MAX_NOTE_CHARS + 1))
     assert (await store.get_action(row.id)).status == "proposed"  # type: ignore[union-attr]

@@ -99,6 +99,14 @@ MODE_STATUS = {"live": "pending", "approve": "proposed", "shadow": "shadow", "us
 """The status a newly decided action gets in each decision mode."""
 
 
+def _check_note(note: str | None) -> None:
+    """A verdict's note is stored whole (in ``error``, returned with every listing) or not at
+    all: one longer than ``MAX_NOTE_CHARS`` is refused."""
+    if note is not None and len(note) > MAX_NOTE_CHARS:
+        raise BadInput(f"is longer than {MAX_NOTE_CHARS} characters", field="note",
+                       fix=f"shorten it to at most {MAX_NOTE_CHARS} characters")
+
+
 class ActionMethods:
     """Mixed into ``SqlStore`` (which provides ``engine`` and ``_tx``)."""
 
@@ -412,9 +420,7 @@ class ActionMethods:
         applies it), rejected → ``rejected``. Raises ``NotFound`` or ``BadInput`` (not
         proposed: already decided, superseded, or not from approve mode; a note longer than
         ``MAX_NOTE_CHARS``)."""
-        if note is not None and len(note) > MAX_NOTE_CHARS:
-            raise BadInput(f"is longer than {MAX_NOTE_CHARS} characters", field="note",
-                           fix=f"shorten it to at most {MAX_NOTE_CHARS} characters")
+        _check_note(note)
         row = await self.get_action(action_id)
         if row is None:
             raise NotFound(f"no action {action_id}; list them with `campaignd actions list`")
@@ -438,7 +444,9 @@ class ActionMethods:
                               now: datetime, note: str | None = None) -> list[ActionRow]:
         """A person's verdict on every ``proposed`` action of one decision at once (a campaign's
         re-plan: its cuts and the raises they pay for), in one transaction. Raises ``NotFound``
-        (no such decision) or ``StateConflict`` (nothing of it is proposed any more)."""
+        (no such decision), ``StateConflict`` (nothing of it is proposed any more) or
+        ``BadInput`` (a note longer than ``MAX_NOTE_CHARS``)."""
+        _check_note(note)
         verb = "approve" if approve else "reject"
         async with self._tx(f"{verb[:-1]}ing a decision") as conn:
             known = (await conn.execute(
