@@ -73,7 +73,20 @@ def _change(row: Any) -> str:
     return _describe_change(a.kind, a.before, a.after)
 
 
+def _money(micros: Any) -> str:
+    return "none" if micros is None else str(from_micros(int(micros)))
+
+
 def _describe_change(kind: str, b: dict[str, Any], f: dict[str, Any]) -> str:
+    if kind == "campaign_budget":
+        return (f"campaign daily {_money(b.get('daily_budget_micros'))} → "
+                f"{_money(f.get('daily_budget_micros'))}, lifetime "
+                f"{_money(b.get('lifetime_budget_micros'))} → "
+                f"{_money(f.get('lifetime_budget_micros'))}")
+    if kind == "create":
+        return (f"line item {f.get('line_item_id')} created or found (daily "
+                f"{_money(f.get('daily_budget_micros'))}, lifetime "
+                f"{_money(f.get('lifetime_budget_micros'))})")
     if kind == "budget":
         return (f"daily {from_micros(b['daily_budget_micros'])} → "
                 f"{from_micros(f['daily_budget_micros'])}, lifetime "
@@ -304,23 +317,80 @@ def _verdict(action_id: int, approve: bool, actor: str | None, note: str | None,
               + (" — the running daemon applies it within seconds" if approve else ""))
 
 
+DecisionOpt = Annotated[str | None, typer.Option(
+    "--decision", help="Instead of one action: every proposed action of this decision (a "
+                       "campaign's re-plan, its cuts with the raises they pay for), as `actions "
+                       "list` shows it.")]
+
+
+def _decision_verdict(decision_id: str, approve: bool, actor: str | None, note: str | None,
+                      config: Any, json_out: bool) -> None:
+    from campaignd.web.app import DECISION_ID
+
+    who = _actor(actor)
+    if not DECISION_ID.fullmatch(decision_id):
+        raise BadInput("is not a decision id", field="--decision", value=decision_id[:80],
+                       fix="use a decision id from `campaignd actions list --status proposed`")
+    if note is not None and len(note) > MAX_NOTE_CHARS:
+        raise BadInput(f"is {len(note)} characters long, more than the {MAX_NOTE_CHARS} "
+                       "allowed", field="--note",
+                       fix=f"shorten the note to at most {MAX_NOTE_CHARS} characters")
+    verb = "approve" if approve else "reject"
+    data = _through_daemon(config, f"/api/v1/decisions/{decision_id}/{verb}",
+                           {"actor": who, **({"note": note} if note is not None else {})})
+    if data is None:
+        async def go(store: Any) -> Any:
+            return await store.decide_decision(decision_id, approve=approve, actor=who,
+                                               now=datetime.now(UTC), note=note)
+
+        rows = with_store(config, go)
+        data = {"decision": decision_id, "status": "pending" if approve else "rejected",
+                "actions": [r.as_dict() for r in rows]}
+    if json_out:
+        print_json(data)
+        return
+    ids = ", ".join(str(a["id"]) for a in data.get("actions", []))
+    out.print(f"decision {_escape(decision_id)}: {len(data.get('actions', []))} action(s) "
+              f"{'approved' if approve else 'rejected'} by {_escape(who)} ({ids})"
+              + (" — the running daemon applies them within seconds" if approve else ""))
+
+
+def _one_of(action_id: int | None, decision: str | None) -> None:
+    if (action_id is None) == (decision is None):
+        raise BadInput("give an action id or --decision (one of them)", field="ID",
+                       fix="e.g. `campaignd actions approve 42` or `campaignd actions approve "
+                           "--decision 0922ac98d1…` (see `campaignd actions list --status "
+                           "proposed`)")
+
+
 @actions_app.command("approve")
 @handle_errors
-def actions_approve(action_id: Annotated[int, id_argument("A proposed action's id.")],
+def actions_approve(action_id: Annotated[int | None, id_argument("A proposed action's id.")] = None,
                     config: ConfigOpt = None, json_out: JsonOpt = False,
-                    actor: ActorOpt = None) -> None:
-    """Approve a proposed action (decision.mode = "approve"): the executor applies it."""
-    _verdict(action_id, True, actor, None, config, json_out)
+                    actor: ActorOpt = None, decision: DecisionOpt = None) -> None:
+    """Approve a proposed action, or a whole decision with --decision (decision.mode =
+    "approve"): the executor applies it."""
+    _one_of(action_id, decision)
+    if decision is not None:
+        _decision_verdict(decision, True, actor, None, config, json_out)
+    else:
+        assert action_id is not None
+        _verdict(action_id, True, actor, None, config, json_out)
 
 
 @actions_app.command("reject")
 @handle_errors
-def actions_reject(action_id: Annotated[int, id_argument("A proposed action's id.")],
+def actions_reject(action_id: Annotated[int | None, id_argument("A proposed action's id.")] = None,
                    config: ConfigOpt = None, json_out: JsonOpt = False, actor: ActorOpt = None,
                    note: Annotated[str | None, typer.Option(help="Why (recorded).")] = None,
-                   ) -> None:
-    """Reject a proposed action: it is never applied."""
-    _verdict(action_id, False, actor, note, config, json_out)
+                   decision: DecisionOpt = None) -> None:
+    """Reject a proposed action, or a whole decision with --decision: never applied."""
+    _one_of(action_id, decision)
+    if decision is not None:
+        _decision_verdict(decision, False, actor, note, config, json_out)
+    else:
+        assert action_id is not None
+        _verdict(action_id, False, actor, note, config, json_out)
 
 
 @actions_app.command("undo")

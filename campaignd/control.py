@@ -61,6 +61,15 @@ class DaemonPlane:
             self.d.executor.wake()
         return row.as_dict()
 
+    async def decide_decision(self, decision_id: str, *, approve: bool, actor: str,
+                              note: str | None) -> dict[str, Any]:
+        rows = await self._sql().decide_decision(decision_id, approve=approve, actor=actor,
+                                                 now=self.d.clock.now(), note=note)
+        if approve and self.d.executor is not None:
+            self.d.executor.wake()
+        return {"decision": decision_id, "status": "pending" if approve else "rejected",
+                "actions": [r.as_dict() for r in rows]}
+
     async def undo_action(self, action_id: int, *, actor: str) -> dict[str, Any]:
         row = await self._sql().undo_action(action_id, actor=actor, now=self.d.clock.now())
         if self.d.executor is not None:

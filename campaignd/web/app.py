@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,6 +61,9 @@ class ControlPlane(Protocol):
 
     async def decide_action(self, action_id: int, *, approve: bool, actor: str,
                             note: str | None) -> dict[str, Any]: ...
+
+    async def decide_decision(self, decision_id: str, *, approve: bool, actor: str,
+                              note: str | None) -> dict[str, Any]: ...
 
     async def undo_action(self, action_id: int, *, actor: str) -> dict[str, Any]: ...
 
@@ -276,6 +280,28 @@ def _verdict(verb: str) -> Callable[[Request], Awaitable[Response]]:
     return handler
 
 
+DECISION_ID = re.compile(r"[0-9A-Za-z:._+-]{1,64}")
+"""A decision id as ``campaignd actions list`` shows it."""
+
+
+def _decision_verdict(verb: str) -> Callable[[Request], Awaitable[Response]]:
+    """A person's verdict on every proposed action of one decision (a campaign's re-plan)."""
+    @require_token
+    @_api_errors
+    async def handler(request: Request) -> Response:
+        decision_id = request.path_params["decision_id"]
+        if not DECISION_ID.fullmatch(decision_id):
+            raise BadInput("is not a decision id", field="decision_id", value=decision_id[:80],
+                           fix="use a decision id from `campaignd actions list --status "
+                               "proposed` (the decision column)")
+        body = await _body(request)
+        actor = str(body.get("actor") or "").strip()[:128] or "api"
+        out = await request.app.state.plane.decide_decision(
+            decision_id, approve=verb == "approve", actor=actor, note=body.get("note"))
+        return JSONResponse(out)
+    return handler
+
+
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.plane.metrics(),
                     media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -309,6 +335,10 @@ def create_app(plane: ControlPlane) -> Starlette:
         Route("/api/v1/actions/{action_id}/approve", _verdict("approve"), methods=["POST"]),
         Route("/api/v1/actions/{action_id}/reject", _verdict("reject"), methods=["POST"]),
         Route("/api/v1/actions/{action_id}/undo", _verdict("undo"), methods=["POST"]),
+        Route("/api/v1/decisions/{decision_id}/approve", _decision_verdict("approve"),
+              methods=["POST"]),
+        Route("/api/v1/decisions/{decision_id}/reject", _decision_verdict("reject"),
+              methods=["POST"]),
     ], exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.plane = plane
     return app

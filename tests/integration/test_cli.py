@@ -517,3 +517,24 @@ def test_a_reject_note_above_the_limit_is_refused(tmp_path: Path) -> None:
     r = cli("actions", "reject", "3", "--note", "n" * MAX_NOTE_CHARS, "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["error"] == "n" * MAX_NOTE_CHARS
+
+
+def test_a_whole_decision_is_approved_from_the_cli(tmp_path: Path) -> None:
+    """`actions approve --decision D`: every proposed action of the re-plan at once (its cuts
+    with the raises they pay for); exactly one of an id and --decision."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'decision.db'}"
+    _seed_proposed(url, 4)
+    # no daemon answers on this port: the verdict is written to the database directly
+    env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port()),
+           "CAMPAIGND_STATE_DIR": str(tmp_path / "state")}
+    for args in (("actions", "approve"), ("actions", "approve", "1", "--decision", "d1"),
+                 ("actions", "reject", "--decision", "d1; drop")):
+        r = cli(*args, env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+    assert set(_statuses(env).values()) == {"proposed"}
+    r = cli("actions", "approve", "--decision", "d1", "--actor", "ana", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "4 action(s) approved by ana" in r.stdout
+    assert set(_statuses(env).values()) == {"pending"}
+    r = cli("actions", "reject", "--decision", "d1", env=env)
+    assert r.returncode == 2 and "4 pending" in r.stderr

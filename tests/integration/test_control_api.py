@@ -193,3 +193,22 @@ async def test_undoing_a_line_items_creation_says_what_can_be_done(tmp_path: Pat
         assert f"[[exclusions]] rule matching this cell ({rule})" in fix, fix
         assert "restart the daemon" in fix and "line item 100" in fix
         assert "in the DSP's own UI" in fix
+
+
+async def test_a_whole_decision_is_approved_or_rejected_through_the_api(tmp_path: Path) -> None:
+    async with control_api(tmp_path) as (client, sql):
+        url = "/api/v1/decisions/d1/approve"
+        assert (await client.post(url)).status_code == 401
+        r = await client.post("/api/v1/decisions/d%201;drop/approve", headers=AUTH)
+        assert r.status_code == 400 and r.json()["field"] == "decision_id"
+        r = await client.post("/api/v1/decisions/nope/approve", headers=AUTH)
+        assert r.status_code == 404 and "nope" in r.json()["error"]
+        r = await client.post(url, headers=AUTH, json={"actor": "ana"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["decision"] == "d1" and len(body["actions"]) == 12
+        assert {(a["status"], a["actor"]) for a in body["actions"]} == {("pending", "ana")}
+        r = await client.post("/api/v1/decisions/d1/reject", headers=AUTH)
+        assert r.status_code == 409 and r.json()["field"] == "decision"
+        assert "12 pending" in r.json()["error"]
+        assert len(await sql.outbox()) == 12

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from campaignd.clock import VirtualClock
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize
@@ -249,6 +250,9 @@ async def test_the_specs_caps_reach_the_dsp_campaign_up_and_down(
              r.action.after["lifetime_budget_micros"]) for r in changes] == [
         ("applied", "", 600 * M, 800 * M), ("applied", "", 800 * M, 500 * M)]
     assert changes[1].result is not None and changes[1].result["daily_budget_micros"] == 50 * M
+    from campaignd.errors import StateConflict
+    with pytest.raises(StateConflict, match="follow the campaign spec"):
+        await sql_store.undo_action(changes[1].id, actor="ana", now=NOW)
 
 
 async def test_a_crash_while_the_sync_scales_budgets_loses_no_change(

@@ -521,6 +521,11 @@ class ActionMethods:
             raise StateConflict(f"cannot undo action {action_id}: a line item's creation is not "
                                 "undone", field="id", value=action_id,
                                 fix=await self._stop_cell_fix(row))
+        if row.action.kind == "campaign_budget":
+            raise StateConflict(f"cannot undo action {action_id}: the DSP campaign's budgets "
+                                "follow the campaign spec's", field="id", value=action_id,
+                                fix="change budget.lifetime / budget.daily in the campaign "
+                                    "spec and restart (the sync sets them on the DSP)")
         if row.status != "applied":
             raise StateConflict(f"cannot undo action {action_id}: it is {row.status}, not applied",
                            field="id", value=action_id,
