@@ -79,6 +79,8 @@ class _Sums:
     daily_cap: int
     """The campaign's daily budget left for campaignd's line items (others' taken out)."""
     lifetime_cap: int
+    spent_today: Mapping[str, int] = field(default_factory=dict)
+    """Cell → what its line item spent today, as counted when the sums were taken."""
     daily_reserved: int = 0
     lifetime_reserved: int = 0
 
@@ -369,14 +371,14 @@ class ActionExecutor:
             return ("send", li, 0, 0)
         # what the line items may cost: a budget counts at least what its line item spent
         # (today's, for the daily cap), a line item without a daily budget its lifetime left
-        spent = self.dsp.spent_today(a.campaign_id) if self.dsp.spent_today else {}
         s = sums.get(a.campaign_id)
-        if s is None:
+        if s is None:  # (once per campaign and phase)
+            spent = self.dsp.spent_today(a.campaign_id) if self.dsp.spent_today else {}
             s = sums[a.campaign_id] = _Sums(
                 sum(committed_today(x, spent.get(c, 0)) for c, x in st.line_items.items()),
                 sum(committed_lifetime(x) for x in st.line_items.values()),
-                daily_cap=st.daily_cap(), lifetime_cap=st.lifetime_cap())
-        today = max(int(spent.get(a.cell_id, 0)), 0)
+                daily_cap=st.daily_cap(), lifetime_cap=st.lifetime_cap(), spent_today=spent)
+        today = max(int(s.spent_today.get(a.cell_id, 0)), 0)
         dd = (max(int(a.after["daily_budget_micros"]), today)
               - committed_today(li, today))
         dl = (max(int(a.after["lifetime_budget_micros"]), int(li.spend_micros))
