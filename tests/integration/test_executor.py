@@ -461,26 +461,6 @@ async def test_a_long_sync_of_one_campaign_does_not_hold_back_another_campaigns_
         assert all(r.status == "applied" for r in await ours(sql_store))
 
 
-async def test_a_raise_counts_what_a_cut_line_item_already_spent_today(
-        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
-    """A cut below what a line item already spent today frees only what it had not spent: the
-    raise it would pay for does not fit (e.g. a plan approved hours after it was decided, when
-    the line item to be cut had spent most of its day)."""
-    spec = small(seed_spec)  # six line items of $10 a day, $60 a day in all
-    async with dsp_service(sql_store, spec) as svc:
-        cells = list(svc.campaigns[spec.id].line_items)
-        svc.spent_today = lambda campaign_id: {cells[0]: 9 * M}  # as the pipeline counted
-        await sql_store.record_actions(plan(svc, spec, {cells[0]: 2 * M, cells[1]: 18 * M}),
-                                       mode="live", now=NOW)
-        res = await executor(sql_store, svc, max_wait_s=0).drain()
-        assert (res.applied, res.refused) == (1, 1)
-        budgets = await dsp_budgets(svc, spec)
-        assert budgets[cells[0]][0] == 2 * M  # the cut is made: it stops for today ...
-        assert budgets[cells[1]][0] == 10 * M  # ... but frees $1 of the day, not $8
-        (refused,) = [r for r in await ours(sql_store) if r.status == "refused"]
-        assert "could spend" in (refused.error or "")
-
-
 async def test_a_change_whose_answer_was_lost_is_read_back_before_anything_else(
         sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
     """The DSP applies a raise but its answer is lost. The action stays in doubt and the next
