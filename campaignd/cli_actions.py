@@ -293,14 +293,18 @@ def _through_daemon(config: Any, path: str, body: dict[str, Any]) -> dict[str, A
                          f"{message}; retry shortly, see `campaignd status`")
 
 
-def _verdict(action_id: int, approve: bool, actor: str | None, note: str | None,
-             config: Any, json_out: bool) -> None:
-    who = _actor(actor)
+def _check_note(note: str | None) -> None:
     if note is not None and len(note) > MAX_NOTE_CHARS:
         raise BadInput(f"is {len(note)} characters long, more than the {MAX_NOTE_CHARS} "
                        "allowed", field="--note",
                        fix=f"shorten the note to at most {MAX_NOTE_CHARS} characters (link to "
                            "a longer write-up if needed)")
+
+
+def _verdict(action_id: int, approve: bool, actor: str | None, note: str | None,
+             config: Any, json_out: bool) -> None:
+    who = _actor(actor)
+    _check_note(note)
     verb = "approve" if approve else "reject"
     data = _through_daemon(config, f"/api/v1/actions/{action_id}/{verb}",
                            {"actor": who, **({"note": note} if note is not None else {})})
@@ -331,10 +335,7 @@ def _decision_verdict(decision_id: str, approve: bool, actor: str | None, note: 
     if not DECISION_ID.fullmatch(decision_id):
         raise BadInput("is not a decision id", field="--decision", value=decision_id[:80],
                        fix="use a decision id from `campaignd actions list --status proposed`")
-    if note is not None and len(note) > MAX_NOTE_CHARS:
-        raise BadInput(f"is {len(note)} characters long, more than the {MAX_NOTE_CHARS} "
-                       "allowed", field="--note",
-                       fix=f"shorten the note to at most {MAX_NOTE_CHARS} characters")
+    _check_note(note)
     verb = "approve" if approve else "reject"
     data = _through_daemon(config, f"/api/v1/decisions/{decision_id}/{verb}",
                            {"actor": who, **({"note": note} if note is not None else {})})

@@ -79,8 +79,6 @@ class _Sums:
     daily_cap: int
     """The campaign's daily budget left for campaignd's line items (others' taken out)."""
     lifetime_cap: int
-    spent_today: Mapping[str, int] = field(default_factory=dict)
-    """Cell → what its line item spent today, as counted when the sums were taken."""
     daily_reserved: int = 0
     lifetime_reserved: int = 0
 
@@ -369,23 +367,19 @@ class ActionExecutor:
                     None)
         if not a.is_increase:
             return ("send", li, 0, 0)
-        # what the line items may cost: a budget counts at least what its line item spent
-        # (today's, for the daily cap), a line item without a daily budget its lifetime left
+        # what the line items may cost: a budget counts at least what its line item spent, a
+        # line item without a daily budget all of its lifetime left. Today's spend is not
+        # counted here (yet): a plan fills the daily cap exactly, and its cut line items have
+        # spent a little more by the time it is applied, which held back its last raises whole
+        # (the live e2e test moved visibly less money). The engine plans with today's spend;
+        # clipping a raise to the headroom left would let the executor count it too.
         s = sums.get(a.campaign_id)
         if s is None:  # (once per campaign and phase)
-            # Today's spend is not counted here (yet): a plan fills the daily cap exactly, and
-            # its cut line items have spent a little more by the time it is applied, which
-            # held back its last raises whole (the live e2e test moved visibly less money).
-            # The engine plans with today's spend; clipping a raise to the headroom left would
-            # let the executor count it too.
-            spent: dict[str, int] = {}
             s = sums[a.campaign_id] = _Sums(
-                sum(committed_today(x, spent.get(c, 0)) for c, x in st.line_items.items()),
+                sum(committed_today(x) for x in st.line_items.values()),
                 sum(committed_lifetime(x) for x in st.line_items.values()),
-                daily_cap=st.daily_cap(), lifetime_cap=st.lifetime_cap(), spent_today=spent)
-        today = max(int(s.spent_today.get(a.cell_id, 0)), 0)
-        dd = (max(int(a.after["daily_budget_micros"]), today)
-              - committed_today(li, today))
+                daily_cap=st.daily_cap(), lifetime_cap=st.lifetime_cap())
+        dd = max(int(a.after["daily_budget_micros"]), 0) - committed_today(li)
         dl = (max(int(a.after["lifetime_budget_micros"]), int(li.spend_micros))
               - committed_lifetime(li))
         problem = _headroom_problem(st.spec, s, a.after, dd, dl)
