@@ -21,11 +21,16 @@ What a drain applies:
   another mode is ``superseded``, never applied behind the operator's back.
 - **The newest per line item.** Older open actions of a line item are ``superseded`` by the
   newest one before anything is sent.
-- **Within the caps.** Money checks happen here too, against the DSP's *acknowledged* state,
-  whatever the decision engine planned: cuts go first; before a raise is sent, the campaign's
-  line items — with the raises in flight reserved — must stay within its daily and lifetime
-  caps. A raise that does not fit waits (``pending``, a cut it depends on may still be
-  retrying) and is ``refused`` once it has waited ``max_wait_s`` (real seconds).
+- **Within the caps.** Money checks happen here too, against the DSP's *acknowledged* state
+  and today's spend, whatever the decision engine planned: cuts go first; before a raise is
+  sent, what the campaign's line items may cost — a budget counts at least what its line item
+  spent (today's spend for the daily cap), the raises in flight reserved — must stay within its
+  daily and lifetime caps. A raise that does not fit whole is cut to the headroom left when at
+  least half of it is left (a plan fills the cap exactly, and the line items it cut may have
+  spent a little more by the time it is applied): the cut-down ``after`` is recorded before it
+  is sent, the plan's in the evidence (``clipped``). Otherwise it waits (``pending``, a cut it
+  depends on may still be retrying) and is ``refused`` once it has waited ``max_wait_s`` (real
+  seconds).
 - **Still current.** An action whose line item changed since it was decided (its ``before`` is
   no longer the DSP's state) is refused as stale rather than overwriting a newer change; the
   check is made again just before the request goes out.
@@ -46,7 +51,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -62,6 +67,9 @@ from campaignd.stores.sql.actions import ActionRow
 log = get_logger("campaignd.executor")
 
 APPLIED_KINDS = ("budget", "pause", "activate")
+MIN_CLIPPED_SHARE = 0.5
+"""A raise that no longer fits the campaign's caps is sent cut to the headroom left when at
+least this share of it is left; otherwise it waits whole."""
 
 
 def line_item_state(li: LineItem) -> dict[str, Any]:
@@ -79,6 +87,8 @@ class _Sums:
     daily_cap: int
     """The campaign's daily budget left for campaignd's line items (others' taken out)."""
     lifetime_cap: int
+    spent: Mapping[str, int] = field(default_factory=dict)
+    """Each cell's spend today (micros): a daily budget counts at least that."""
     daily_reserved: int = 0
     lifetime_reserved: int = 0
 
@@ -240,14 +250,24 @@ class ActionExecutor:
         outcomes: dict[int, tuple[str, str | None, dict[str, Any] | None]] = {}
         sums: dict[str, _Sums] = {}
         sends: dict[int, tuple[ActionRow, LineItem, int, int]] = {}
+        clipped: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         for row in rows:
             verdict = self._check(row, sums)
             if verdict[0] == "send":
                 _, li, dd, dl = verdict
                 sends[row.id] = (row, li, dd, dl)
+            elif verdict[0] == "clip":
+                _, li, dd, dl, cut = verdict
+                sends[row.id] = (cut, li, dd, dl)
+                clipped[row.id] = (cut.action.after, cut.action.evidence)
             else:
                 outcomes[row.id] = (verdict[0], verdict[1], verdict[2])
-        claimed = set(await self.sql.claim_actions(list(sends), now=now))
+        claimed = set(await self.sql.claim_actions(list(sends), now=now, clipped=clipped))
+        for i in claimed & set(clipped):
+            a = sends[i][0].action
+            log.info("executor: a raise cut to the headroom left under the campaign's caps",
+                     action=i, cell=a.cell_id, after=a.after,
+                     planned=a.evidence["clipped"]["planned_after"])
         limiter = anyio.Semaphore(self.concurrency)
         acked: dict[str, LineItem] = {}
         uncounted: set[int] = set()
@@ -336,7 +356,8 @@ class ActionExecutor:
 
     def _check(self, row: ActionRow, sums: dict[str, _Sums]) -> tuple[Any, ...]:
         """What to do with an outbox action now: ``("send", line item, Δdaily, Δlifetime)`` (a
-        raise's Δ is reserved in ``sums``), or an outcome ``(status, error, result)`` —
+        raise's Δ is reserved in ``sums``), ``("clip", …, row)`` (send the raise of ``row``,
+        cut to the headroom left), or an outcome ``(status, error, result)`` —
         ``applied`` (the DSP already holds it), ``refused`` (not appliable, stale, or no
         headroom for longer than ``max_wait_s``) or ``pending`` (waiting)."""
         a = row.action
@@ -367,22 +388,36 @@ class ActionExecutor:
                     None)
         if not a.is_increase:
             return ("send", li, 0, 0)
-        # what the line items may cost: a budget counts at least what its line item spent, a
-        # line item without a daily budget all of its lifetime left. Today's spend is not
-        # counted here (yet): a plan fills the daily cap exactly, and its cut line items have
-        # spent a little more by the time it is applied, which held back its last raises whole
-        # (the live e2e test moved visibly less money). The engine plans with today's spend;
-        # clipping a raise to the headroom left would let the executor count it too.
+        # what the line items may cost: a budget counts at least what its line item spent
+        # (today, for the daily cap), a line item without a daily budget all of its lifetime
+        # left
         s = sums.get(a.campaign_id)
         if s is None:  # (once per campaign and phase)
+            spent = self.dsp.spent_today_of(a.campaign_id)
             s = sums[a.campaign_id] = _Sums(
-                sum(committed_today(x) for x in st.line_items.values()),
+                sum(committed_today(x, spent.get(c, 0)) for c, x in st.line_items.items()),
                 sum(committed_lifetime(x) for x in st.line_items.values()),
-                daily_cap=st.daily_cap(), lifetime_cap=st.lifetime_cap())
-        dd = max(int(a.after["daily_budget_micros"]), 0) - committed_today(li)
-        dl = (max(int(a.after["lifetime_budget_micros"]), int(li.spend_micros))
+                daily_cap=st.daily_cap(), lifetime_cap=st.lifetime_cap(), spent=spent)
+        spent_li = s.spent.get(a.cell_id, 0)
+        after = a.after
+        dd = max(int(after["daily_budget_micros"]), 0) - committed_today(li, spent_li)
+        dl = (max(int(after["lifetime_budget_micros"]), int(li.spend_micros))
               - committed_lifetime(li))
-        problem = _headroom_problem(st.spec, s, a.after, dd, dl)
+        problem = _headroom_problem(st.spec, s, after, dd, dl)
+        clipped = None
+        if problem is not None and not _beyond_line_item_cap(st.spec, after):
+            # The plan filled the cap and the line items it cut have spent a little more since
+            # (or another raise took some): raise by what is left, when that is most of it.
+            cut = _clipped(s, a.before, after, dd, dl)
+            if cut is not None:
+                after = cut
+                clipped = {**a.evidence, "clipped": {
+                    "planned_after": dict(a.after),
+                    "why": f"{problem}: raised by what the cap leaves"}}
+                dd = max(int(after["daily_budget_micros"]), 0) - committed_today(li, spent_li)
+                dl = (max(int(after["lifetime_budget_micros"]), int(li.spend_micros))
+                      - committed_lifetime(li))
+                problem = _headroom_problem(st.spec, s, after, dd, dl)
         if problem is not None:
             since = self._waiting_since.setdefault(row.id, time.monotonic())
             if time.monotonic() - since > self.max_wait_s:
@@ -392,6 +427,9 @@ class ActionExecutor:
         self._waiting_since.pop(row.id, None)
         s.daily_reserved += max(dd, 0)
         s.lifetime_reserved += max(dl, 0)
+        if clipped is not None:
+            row = replace(row, action=replace(a, after=after, evidence=clipped))
+            return ("clip", li, max(dd, 0), max(dl, 0), row)
         return ("send", li, max(dd, 0), max(dl, 0))
 
     async def _send(self, line_item_id: int, kind: str, after: Mapping[str, Any]) -> LineItem:
@@ -420,6 +458,34 @@ class ActionExecutor:
         except Exception as exc:
             log.warning("executor: could not store the cells' budgets", cells=len(acked),
                         error=str(exc)[:200])
+
+
+def _beyond_line_item_cap(spec: Any, after: Mapping[str, Any]) -> bool:
+    return (int(after["daily_budget_micros"]) > spec.daily_budget_micros
+            or int(after["lifetime_budget_micros"]) > spec.lifetime_budget_micros)
+
+
+def _clipped(s: _Sums, before: Mapping[str, Any], after: Mapping[str, Any], dd: int,
+             dl: int) -> dict[str, Any] | None:
+    """``after`` with its raise cut to the headroom left under the campaign's caps (the sums
+    and the raises in flight), or None when less than ``MIN_CLIPPED_SHARE`` of the raise is left
+    on either budget (the raise then waits whole)."""
+    room_d = s.daily_cap - s.daily - s.daily_reserved
+    room_l = s.lifetime_cap - s.lifetime - s.lifetime_reserved
+    daily, life = int(after["daily_budget_micros"]), int(after["lifetime_budget_micros"])
+    new_life = life - max(dl - room_l, 0)
+    new_daily = min(daily - max(dd - room_d, 0), new_life)
+    out = {**after, "daily_budget_micros": new_daily, "lifetime_budget_micros": new_life}
+    for key, new, planned in (("daily_budget_micros", new_daily, daily),
+                              ("lifetime_budget_micros", new_life, life)):
+        was = int(before.get(key, 0))
+        if new < was:
+            return None  # it would become a cut
+        if planned > was and (new - was) < MIN_CLIPPED_SHARE * (planned - was):
+            return None
+    if out == dict(after):
+        return None
+    return out
 
 
 def _headroom_problem(spec: Any, s: _Sums, after: Mapping[str, Any], dd: int,

@@ -392,13 +392,15 @@ class DSPService:
         st.retired_lifetime_micros, st.other_daily_micros = retired, other_daily
         await self._scale_within_caps(st)
 
-    def _spent_today(self, campaign_id: str) -> dict[str, int]:
+    def spent_today_of(self, campaign_id: str) -> dict[str, int]:
+        """Each cell's spend today (micros, >= 0) as the daemon's registry has it (empty when
+        no provider is set)."""
         spent = self.spent_today(campaign_id) if self.spent_today is not None else {}
         return {cid: max(int(v), 0) for cid, v in spent.items()}
 
     def _over_caps(self, st: _CampaignState) -> bool:
         """Whether what the campaign's line items may cost exceeds its caps."""
-        today = self._spent_today(st.spec.id)
+        today = self.spent_today_of(st.spec.id)
         items = st.line_items.items()
         return (sum(committed_lifetime(li) for _, li in items) > st.lifetime_cap()
                 or sum(committed_today(li, today.get(cid, 0)) for cid, li in items)
@@ -413,7 +415,7 @@ class DSPService:
         the caps are left as they are: moving money between cells is the reallocation agent's
         job."""
         spec = st.spec
-        spent = self._spent_today(spec.id)
+        spent = self.spent_today_of(spec.id)
         items = list(st.line_items.items())
         life_cap, daily_cap = st.lifetime_cap(), st.daily_cap()
         today = {cid: spent.get(cid, 0) for cid, _ in items}

@@ -184,6 +184,27 @@ def _offset_hours(zone: Any, now: datetime) -> int:
     return int(off.total_seconds() // 3600) if off is not None else 0
 
 
+_THOMPSON_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "replan_seconds": (lambda v: v >= 1, ">= 1 second"),
+    "half_life_hours": (lambda v: v >= 0, ">= 0 hours (0: no discounting)"),
+    "conversion_delay_hours": (lambda v: 0 <= v <= 365 * 24, "in [0, 8760] hours"),
+    "learning_successes": (lambda v: v >= 0, ">= 0"),
+    "capacity_prior": (lambda v: 0 < v <= 1, "in (0, 1] (a share of the daily budget)"),
+    "capacity_growth": (lambda v: v >= 1, ">= 1"),
+    "main_sd": (lambda v: v > 0, "> 0"),
+    "interaction_sd": (lambda v: v > 0, "> 0"),
+    "residual_sd": (lambda v: v > 0, "> 0"),
+    "capacity_margin": (lambda v: v >= 1, ">= 1"),
+    "capacity_groups": (lambda v: v > 0, "> 0"),
+    "capacity_tolerance": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "capacity_optimism": (lambda v: v >= 0, ">= 0"),
+    "change_threshold": (lambda v: v > 0, "> 0 (or none: no change detection)"),
+    "change_up": (lambda v: v > 1, "> 1"),
+    "change_down": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+"""The thompson policy's options whose range the allocator does not check itself."""
+
+
 class ThompsonPolicy:
     """Budgets from the Bayesian allocator, re-planned every ``replan_seconds`` (and at every
     midnight of the account's budget day, ``PolicyContext.budget_day``) from what the DSP
@@ -277,6 +298,11 @@ class ThompsonPolicy:
                  change_down: float = 0.5, estimate_delay: bool = True) -> None:
         from campaignd.domain.allocation import Allocator
 
+        given = dict(locals())
+        for key, (ok, what) in _THOMPSON_RANGES.items():
+            value = given[key]
+            if value is not None and not ok(value):
+                raise ValueError(f"{key} must be {what}, got {value!r}")
         self._ctx = ctx
         cells = list(ctx.cells)
         n = len(cells)
@@ -769,7 +795,11 @@ def make_policy(name: str, ctx: PolicyContext, **options: Any) -> Policy:
     try:
         return factory(ctx, **options)
     except (TypeError, ValueError) as e:
-        raise BadInput(str(e), field=f"{name} policy options",
+        # the checks' messages start with the option's name ("draws must be >= 1, got 0")
+        first, _, rest = str(e).partition(" ")
+        named = first in known and rest.startswith("must")
+        raise BadInput(rest if named else str(e),
+                       field=first if named else f"{name} policy options",
                        fix="see the option's description in README.md, 'Budget allocation'"
                        ) from None
 

@@ -236,7 +236,8 @@ def test_simulate_json_report_and_bad_input(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["policy_options"] == {"fatigue_half_life": None, "spill": 0}
     for bad, named in (("spil=0.2", "spil: is not an option of the thompson policy"),
                        ("spill", "--option: must be KEY=VALUE"),
-                       ("spill=1.5", "spill must be in [0, 1)"),
+                       ("spill=1.5", "spill: must be in [0, 1), got 1.5"),
+                       ("replan_seconds=-5", "replan_seconds: must be >= 1 second"),
                        # each value is read as its option's type, named with an example
                        ("max_cut_per_day=abc", "max_cut_per_day: must be a number or none "
                                                "(got 'abc'); e.g. max_cut_per_day=0.2"),

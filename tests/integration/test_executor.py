@@ -189,6 +189,48 @@ async def test_a_raise_without_headroom_waits_then_is_refused(sql_store: SqlStor
         assert (await dsp_budgets(svc, spec))[cells[1]][0] == 18 * M
 
 
+async def test_a_raise_is_cut_to_what_todays_spend_leaves_under_the_daily_cap(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        cut, raise_ = plan(svc, spec, {cells[0]: 2 * M, cells[1]: 18 * M})
+        # the plan fills the $60 cap; by the time it is applied, the cut line item has spent
+        # $5 today: its budget counts as $5, so $3 of the $8 raise no longer fits
+        spent = {cells[0]: 5 * M}
+        svc.spent_today = lambda campaign_id: spent
+        await sql_store.record_actions([cut, raise_], mode="live", now=NOW)
+        ex = executor(sql_store, svc)
+        assert (await ex.drain()).applied == 2
+        held = await dsp_budgets(svc, spec)
+        assert held[cells[0]][0] == 2 * M and held[cells[1]][0] == 15 * M
+        assert 5 * M + sum(d for c, (d, _) in held.items() if c != cells[0]) \
+            == spec.daily_budget_micros
+        row = next(r for r in await ours(sql_store) if r.action.cell_id == cells[1])
+        # what was sent is what the audit log holds; the plan is in the evidence
+        assert row.status == "applied" and row.action.after["daily_budget_micros"] == 15 * M
+        assert row.result is not None and row.result["daily_budget_micros"] == 15 * M
+        assert row.action.evidence["clipped"]["planned_after"]["daily_budget_micros"] == 18 * M
+        # its undo puts back what it changed
+        undo = await sql_store.undo_action(row.id, actor="ops", now=NOW)
+        assert undo.action.before["daily_budget_micros"] == 15 * M
+        assert (await ex.drain()).applied == 1
+        assert (await dsp_budgets(svc, spec))[cells[1]][0] == 10 * M
+
+        # half of a raise left is sent; less waits whole (then is refused), nothing is sent
+        (raise2,) = plan(svc, spec, {cells[2]: 18 * M})
+        spent[cells[0]] = 2 * M
+        spent[cells[1]] = 14 * M  # $4 of the $8 raise left under the cap
+        await sql_store.record_actions([raise2], mode="live", now=NOW)
+        assert (await ex.drain()).applied == 1
+        assert (await dsp_budgets(svc, spec))[cells[2]][0] == 14 * M
+        (raise3,) = plan(svc, spec, {cells[3]: 18 * M})
+        await sql_store.record_actions([raise3], mode="live", now=NOW)
+        res = await ex.drain()
+        assert (res.applied, res.waiting) == (0, 1)
+        assert (await dsp_budgets(svc, spec))[cells[3]][0] == 10 * M
+
+
 async def test_stale_actions_and_dsp_refusals_are_not_applied(sql_store: SqlStore,
                                                               seed_spec: CampaignSpec) -> None:
     spec = small(seed_spec)

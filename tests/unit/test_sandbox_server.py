@@ -457,8 +457,9 @@ async def test_log_stream_serves_market_events_as_beeswax_messages(api: Any) -> 
 
     r = await c.get(f"{V2}/sandbox/log-stream", params={"cursor": "garbage"})
     assert r.status_code == 400 and "cursor" in r.json()
-    r = await c.get(f"{V2}/sandbox/log-stream", params={"limit": 0})
-    assert r.status_code == 400 and "limit" in r.json()
+    for bad in (0, "1_0", " 5", "-1", "٣"):
+        r = await c.get(f"{V2}/sandbox/log-stream", params={"limit": bad})
+        assert r.status_code == 400 and "limit" in r.json(), bad
 
 
 def test_feed_is_bounded_and_reports_evicted_messages() -> None:

@@ -169,7 +169,9 @@ def test_creative_fatigue_counts_trials_at_the_strength_they_had() -> None:
 
 @pytest.mark.parametrize(("option", "value"), [("fatigue_half_life", 0.0),
                                                ("fatigue_floor", 1.0), ("spill", -0.1),
-                                               ("change_keep", 2.0), ("change_up", 0.9)])
+                                               ("change_keep", 2.0), ("change_up", 0.9),
+                                               ("replan_seconds", -5), ("main_sd", 0.0),
+                                               ("capacity_tolerance", 1.0), ("draws", 0)])
 def test_bad_options_name_themselves(option: str, value: float) -> None:
     sc = load_scenario(SEED)
     ctx = PolicyContext(sc.campaign, atomize(sc.campaign), 10**12, 2_500_000_000, seed=1)
@@ -177,6 +179,10 @@ def test_bad_options_name_themselves(option: str, value: float) -> None:
     with pytest.raises(ValueError, match=option.split("_")[-1] if option == "change_up"
                        else option):
         ThompsonPolicy(ctx, **{option: value}, **extra)
+    # through make_policy (the CLI's -o, the daemon's settings) the option is the error's field
+    with pytest.raises(BadInput) as info:
+        make_policy("thompson", ctx, **{option: value}, **extra)
+    assert info.value.field == option
 
 
 def _feed(pol: ThompsonPolicy, cells: list[Any], steps: int, rate: Any,
@@ -248,7 +254,7 @@ def test_make_policy_names_an_unknown_option_or_a_bad_value() -> None:
     with pytest.raises(BadInput, match=r"fatigue_halflife: is not an option of the thompson "
                                        r"policy; use one of .*fatigue_half_life"):
         make_policy("thompson", ctx, fatigue_halflife=1000)
-    with pytest.raises(BadInput, match="spill must be in"):
+    with pytest.raises(BadInput, match=r"spill: must be in"):
         make_policy("thompson", ctx, spill=1.0)
     with pytest.raises(BadInput, match="the uniform policy takes no options"):
         make_policy("uniform", ctx, spill=0.2)

@@ -584,10 +584,10 @@ def create_app(state: SandboxState) -> Starlette:
         return Response(task.body, media_type=task.media_type)
 
     async def log_stream(request: Request) -> Response:
-        try:
-            limit = int(request.query_params.get("limit", "1000"))
-        except ValueError:
-            raise ValidationFailed({"limit": ["A valid integer is required."]}) from None
+        raw_limit = request.query_params.get("limit", "1000")
+        if not (raw_limit.isascii() and raw_limit.isdigit()):  # (int() takes "1_0", " 5")
+            raise ValidationFailed({"limit": ["A valid integer is required."]})
+        limit = int(raw_limit)
         if not 1 <= limit <= 10_000:
             raise ValidationFailed({"limit": ["Ensure this value is between 1 and 10000."]})
         try:

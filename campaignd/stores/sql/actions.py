@@ -293,14 +293,31 @@ class ActionMethods:
                 .values(**values))
             return bool(res.rowcount)
 
-    async def claim_actions(self, ids: Sequence[int], *, now: datetime) -> list[int]:
+    async def claim_actions(self, ids: Sequence[int], *, now: datetime,
+                            clipped: Mapping[int, tuple[Mapping[str, Any], Mapping[str, Any]]]
+                            | None = None) -> list[int]:
         """Mark these outbox actions ``applying`` (one more attempt each) in one transaction;
         returns the ids that were still ``pending`` or ``applying`` (others were superseded or
-        decided meanwhile and must not be sent)."""
+        decided meanwhile and must not be sent). ``clipped``: id → (``after``, ``evidence``) of
+        the raises the executor cut down to the headroom left: what is sent is what is
+        recorded, before it is sent (the evidence keeps the plan's ``after``)."""
         if not ids:
             return []
         out: list[int] = []
+        clipped = clipped or {}
         async with self._tx("claiming actions") as conn:
+            for action_id in [i for i in ids if i in clipped]:
+                after, evidence = clipped[action_id]
+                res = await conn.execute(
+                    update(actions)
+                    .where(and_(actions.c.id == action_id,
+                                actions.c.status.in_(("pending", "applying"))))
+                    .values(status="applying", updated_at=now,
+                            attempts=actions.c.attempts + 1, after_json=_dumps(after),
+                            evidence_json=_dumps(evidence))
+                    .returning(actions.c.id))
+                out.extend(res.scalars())
+            ids = [i for i in ids if i not in clipped]
             for i in range(0, len(ids), 1000):
                 chunk = list(ids[i:i + 1000])
                 # one statement: what it returns is exactly what it moved (a SELECT then an
