@@ -253,6 +253,8 @@ class Daemon:
                 await tg.start(self._watch_signals, tg.cancel_scope, name="signals")
                 # one daemon per state directory and database, before anything is touched
                 await self._lock.acquire()
+                # (a PostgreSQL restart drops the advisory lock: taken again, or stop)
+                tg.start_soon(self._lock.watch, name="lock")
                 await self._open_stores()
                 self._token = load_or_create_token(s)
                 logmod.register_secrets([self._token])

@@ -17,6 +17,11 @@ Whatever their ``instance`` names: two daemons on one database would share its o
 The kernel releases the file locks when the process dies, and PostgreSQL the advisory lock when
 its connection closes, so a crashed daemon never blocks its restart (systemd's
 ``Restart=on-failure``).
+
+The advisory lock also goes when the server restarts or drops the connection, so the daemon
+watches it (``watch``): every ``interval_s`` its connection is checked, and a lost lock is taken
+again on a new connection as soon as the server answers. If another campaignd took it in
+between, this one stops (``LockLost``, exit 1) rather than run beside it.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+import anyio
+from anyio.abc import TaskStatus
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from campaignd.errors import StartupError
+from campaignd.errors import CampaigndError, StartupError
 from campaignd.logs import get_logger
 
 log = get_logger("campaignd.lock")
@@ -42,6 +49,10 @@ LOCK_FILE = "campaignd.lock"
 ADVISORY_KEY = int.from_bytes(hashlib.blake2b(b"campaignd:daemon", digest_size=8).digest(),
                               "big", signed=True)
 """The daemon's PostgreSQL advisory lock key (a signed 64-bit integer)."""
+
+
+class LockLost(CampaigndError):
+    """Another campaignd took the database's lock after this one's connection was lost."""
 
 
 class DaemonLock:
@@ -101,16 +112,78 @@ class DaemonLock:
         f.flush()
         self._files.append(f)
 
-    async def _lock_postgres(self) -> None:
+    async def _take_postgres(self) -> bool:
+        """A new connection, and the advisory lock on it; whether it was free (the connection
+        is kept either way, for the next try)."""
         from sqlalchemy.ext.asyncio import create_async_engine
         from sqlalchemy.pool import NullPool
 
-        self._engine = create_async_engine(self.database_url, poolclass=NullPool)
-        try:
+        if self._engine is None:
+            self._engine = create_async_engine(self.database_url, poolclass=NullPool)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+        with anyio.fail_after(10):
             self._conn = await self._engine.connect()
             got = (await self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
                                             {"k": ADVISORY_KEY})).scalar()
             await self._conn.commit()
+        return bool(got)
+
+    async def check(self) -> str:
+        """Whether the PostgreSQL advisory lock is still held: ``"held"`` (or no PostgreSQL),
+        ``"retaken"`` (its connection was lost and the lock is taken again) or
+        ``"unreachable"`` (the server does not answer: tried again at the next check). Raises
+        ``LockLost`` when another campaignd holds it now."""
+        if self._engine is None:
+            return "held"
+        if self._conn is not None:
+            try:
+                with anyio.fail_after(10):
+                    held = (await self._conn.execute(text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND pid = pg_backend_pid() AND granted "
+                        "AND classid::bigint = :hi AND objid::bigint = :lo AND objsubid = 1"),
+                        {"hi": (ADVISORY_KEY >> 32) & 0xFFFFFFFF,
+                         "lo": ADVISORY_KEY & 0xFFFFFFFF})).scalar()
+                    await self._conn.commit()
+                if held:
+                    return "held"
+            except Exception as exc:
+                from campaignd.stores.opening import short_error
+                log.warning("the database connection holding the daemon's lock was lost; "
+                            "taking the lock again", error=short_error(exc))
+        try:
+            got = await self._take_postgres()
+        except Exception as exc:
+            from campaignd.stores.opening import short_error
+            self._conn = None
+            log.warning("cannot reach the database to take the daemon's lock again; will "
+                        "retry", database=self.shown_url, error=short_error(exc))
+            return "unreachable"
+        if not got:
+            raise LockLost(
+                "another campaignd took this database's lock while this one's connection to it "
+                "was lost; this one stops so that only one decides and writes to the DSP "
+                "(stop the other one first to run this one)")
+        log.warning("the daemon's database lock was lost (the server restarted or dropped the "
+                    "connection) and is held again", database=self.shown_url)
+        return "retaken"
+
+    async def watch(self, interval_s: float = 30.0, *,
+                    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Check the lock every ``interval_s`` (see ``check``); raises ``LockLost``."""
+        task_status.started()
+        if self._engine is None:
+            return
+        while True:
+            await anyio.sleep(interval_s)
+            await self.check()
+
+    async def _lock_postgres(self) -> None:
+        try:
+            got = await self._take_postgres()
         except Exception as exc:
             from campaignd.stores.opening import short_error
             raise StartupError(f"cannot reach the database at {self.shown_url} to take the "
@@ -136,4 +209,4 @@ class DaemonLock:
             self._engine = None
 
 
-__all__ = ["ADVISORY_KEY", "LOCK_FILE", "DaemonLock"]
+__all__ = ["ADVISORY_KEY", "LOCK_FILE", "DaemonLock", "LockLost"]
