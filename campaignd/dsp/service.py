@@ -354,8 +354,6 @@ class DSPService:
         spec = st.spec
         wanted = {cell.alternative_id for cell in st.cells}
         prefix = f"campaignd:{spec.id}:"
-        retired = 0
-        other_daily = 0
         held = await self.adapter.get_line_items(campaign_id=dsp_campaign_id)
         # what the DSP holds now is what the caps are checked against (and what the agents see)
         by_id = {li.id: li for li in held}
@@ -364,15 +362,13 @@ class DSPService:
             if fresh is not None:
                 st.line_items[cid] = fresh
         await self._close_interrupted(spec.id, held, camp)
+        final: list[LineItem] = []
         for li in held:
             alt = li.alternative_id or ""
-            if not alt.startswith(prefix):
-                # not campaignd's (created in the DSP's UI, say): left alone, but Beeswax
-                # counts it against the campaign's budgets, so campaignd's line items get less
-                retired += committed_lifetime(li)
-                other_daily += committed_today(li) if li.active else 0
-                continue
-            if alt in wanted:
+            if not alt.startswith(prefix) or alt in wanted:
+                # (one not campaignd's -- created in the DSP's UI, say -- is left alone, but
+                # Beeswax counts it against the campaign's budgets: see ``_others``)
+                final.append(li)
                 continue
             cell = alt[len(prefix):]
             if li.active:
@@ -388,8 +384,8 @@ class DSPService:
                     {"daily_budget_micros": 0, "lifetime_budget_micros": floor},
                     "sync: a removed cell's line item keeps only what it spent, so the rest "
                     "of the campaign's budget is free for the others", daily=0)
-            retired += committed_lifetime(li)
-        st.retired_lifetime_micros, st.other_daily_micros = retired, other_daily
+            final.append(li)
+        st.retired_lifetime_micros, st.other_daily_micros = _others(st, final)
         await self._scale_within_caps(st)
 
     def spent_today_of(self, campaign_id: str) -> dict[str, int]:
@@ -539,8 +535,27 @@ class DSPService:
                     continue
             known_now = dict(st.line_items)
             changed: dict[str, LineItem] = {}
-            ids = [li.id for li in known_now.values()]
-            current = {li.id: li for li in await self.adapter.get_line_items(ids)}
+            more = False  # line items campaignd does not manage take more than they did
+            if st.dsp_campaign_id is not None:
+                # the campaign's whole list (about as many requests as reading the known ids in
+                # batches): line items created in the DSP's UI count against its caps too
+                listed = await self.adapter.get_line_items(campaign_id=st.dsp_campaign_id)
+                current = {li.id: li for li in listed}
+                others = _others(st, listed)
+                if others[0] > st.retired_lifetime_micros or others[1] > st.other_daily_micros:
+                    # (taking less, e.g. one without a daily budget spending its lifetime
+                    # budget, is only counted)
+                    drift += 1
+                    details.append(
+                        f"{st.spec.id}: line items campaignd does not manage now take "
+                        f"{others[1]} micros of the daily budget and {others[0]} of the "
+                        f"lifetime one (were {st.other_daily_micros} and "
+                        f"{st.retired_lifetime_micros})")
+                    more = True
+                st.retired_lifetime_micros, st.other_daily_micros = others
+            else:
+                ids = [li.id for li in known_now.values()]
+                current = {li.id: li for li in await self.adapter.get_line_items(ids)}
             for cid, known in known_now.items():
                 if st.line_items.get(cid) is not known:
                     continue  # the executor changed it while we read: its ack is newer
@@ -556,9 +571,10 @@ class DSPService:
                     details.append(f"{cid}: line item {known.id} changed outside campaignd")
                     changed[cid] = now
                 st.line_items[cid] = now
-            if changed:
-                # budgets changed outside campaignd are the DSP's truth now, but never above
-                # the campaign's caps: scaled back down (and recorded) as at sync
+            if changed or (more and self._over_caps(st)):
+                # budgets changed outside campaignd (or its other line items) are the DSP's
+                # truth now, but never above the campaign's caps: scaled back down (and
+                # recorded) as at sync
                 spec = st.spec
                 if st.dsp_campaign_id is not None and self._over_caps(st):
                     try:
@@ -633,6 +649,23 @@ class DSPService:
 
 CAMPAIGN_BUDGET = "campaign_budget"
 """The kind of the sync's change to the DSP campaign's own budgets (an action of no cell)."""
+
+
+def _others(st: _CampaignState, held: Sequence[LineItem]) -> tuple[int, int]:
+    """What the campaign's line items that campaignd does not manage may cost, (lifetime, daily)
+    micros: those it did not create (Beeswax counts them against the campaign's budgets) and
+    those of cells the spec no longer has (paused: their lifetime spend only)."""
+    prefix = f"campaignd:{st.spec.id}:"
+    wanted = {cell.alternative_id for cell in st.cells}
+    lifetime = daily = 0
+    for li in held:
+        alt = li.alternative_id or ""
+        if alt.startswith(prefix) and alt in wanted:
+            continue
+        lifetime += committed_lifetime(li)
+        if li.active:
+            daily += committed_today(li)
+    return lifetime, daily
 
 
 def _campaign_budgets(camp: Campaign) -> dict[str, int | None]:

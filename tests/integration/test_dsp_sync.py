@@ -16,6 +16,7 @@ import pytest
 
 from campaignd.clock import VirtualClock
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize
+from campaignd.dsp.base import LineItemSpec
 from campaignd.dsp.sandbox import SandboxService
 from campaignd.dsp.service import DSPService, campaign_alt_id
 from campaignd.settings import load_settings
@@ -206,6 +207,37 @@ async def test_reconciliation_scales_budgets_changed_outside_campaignd_back_with
         stored = {c.cell_id: c.daily_budget_micros for c in await sql_store.list_cells(spec.id)}
         assert stored[cells[0].cell_id] == st.line_items[cells[0].cell_id].daily_budget_micros
         assert stored[cells[0].cell_id] > 10 * M  # the person's raise stands, scaled
+        assert await svc.reconcile() == 0
+
+
+async def test_reconciliation_counts_a_line_item_created_in_the_dsps_ui(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    spec, cells = await small_campaign(sql_store, seed_spec)
+    async with sandbox_url() as url, service(sql_store, url) as svc:
+        await svc.sync_campaign(spec, cells)
+        st = svc.campaigns[spec.id]
+        assert svc.adapter is not None and st.dsp_campaign_id is not None
+        assert await svc.reconcile() == 0
+        # a person makes room on the DSP and adds a line item of their own, $12 a day
+        mine = st.line_items[cells[0].cell_id]
+        await svc.adapter.update_budget(mine.id, lifetime_micros=40 * M, daily_micros=4 * M)
+        first = st.line_items[cells[1].cell_id]
+        (theirs,) = await svc.adapter.create_line_items([LineItemSpec(
+            alternative_id="made-in-the-ui", campaign_id=st.dsp_campaign_id, name="by hand",
+            lifetime_budget_micros=60 * M, daily_budget_micros=12 * M,
+            cpm_bid_micros=first.cpm_bid_micros or 25 * M, start=first.start or NOW, end=first.end,
+            creative_weights=await svc.adapter.get_creative_weights(first.id))])
+        # reconciliation sees it (not only the known ids) and keeps campaignd's line items
+        # within what it leaves of the caps
+        assert await svc.reconcile() == 2  # the budget changed outside, and the new one
+        assert svc.last_reconcile is not None
+        assert any("does not manage now take 12000000 micros of the daily budget" in d
+                   for d in svc.last_reconcile["details"])
+        assert st.daily_cap() == 48 * M and st.lifetime_cap() == 540 * M
+        ours = [li for li in await svc.adapter.get_line_items(campaign_id=st.dsp_campaign_id)
+                if li.id != theirs.id]
+        assert sum(li.daily_budget_micros or 0 for li in ours) <= 48 * M
+        assert sum(li.lifetime_budget_micros for li in ours) <= 540 * M
         assert await svc.reconcile() == 0
 
 
