@@ -83,6 +83,28 @@ def test_budgets_bind_and_supply_exceeds_them() -> None:
     assert (tot.spend_micros >= 40_000_000).all()
 
 
+def test_a_campaigns_daily_budget_caps_its_line_items_together() -> None:
+    m = Market(seed_scenario(), seed=1, start=START)
+    cells = primetime_cells(6)
+    # campaign 1: four line items of $50 a day under a $120 campaign daily budget; campaign 2:
+    # two line items and no campaign-level daily budget
+    for i in cells[:4]:
+        m.configure(config(i, daily=50_000_000, campaign_daily_budget_micros=120_000_000))
+    for i in cells[4:]:
+        m.configure(config(i, daily=50_000_000, campaign_id=2))
+    tot, _ = run(m, 24, chunk_minutes=60)
+    first = np.isin(tot.line_item_ids, [c + 1 for c in cells[:4]])
+    assert tot.spend_micros[first].sum() <= 120_000_000
+    assert tot.spend_micros[first].sum() >= 100_000_000  # it binds: supply exceeds it
+    assert (tot.spend_micros[~first] >= 40_000_000).all()  # the other campaign is not capped
+    # the next day: one line item removed after spending; what it spent still counts
+    day2, _ = run(m, 6, chunk_minutes=60)
+    m.remove(cells[0] + 1)
+    rest, _ = run(m, 18, chunk_minutes=60)
+    both = day2.spend_micros[first].sum() + rest.spend_micros[first].sum()
+    assert both <= 120_000_000
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     budgets=st.lists(st.tuples(st.integers(0, 80_000_000), st.integers(0, 150_000_000)),

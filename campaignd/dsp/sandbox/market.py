@@ -18,7 +18,9 @@ midnight):
    the budget day (midnight to midnight in the DSP account's time zone, ``account_timezone``;
    the scenario's by default), weighted by the line item's own expected supply
    (``pacing.mode = "supply"``, i.e. even pacing over available inventory) or by clock time
-   (``"time"``).
+   (``"time"``). A campaign with a daily budget (``campaign_daily_budget_micros``) stops
+   buying for the day once its line items together (removed ones included) spent it, as
+   Beeswax does: within a step its line items' room is cut in proportion.
 4. **Outcomes.** Wins ~ Poisson(available); outcome counts are binomial draws from the true
    rates: logit(base) + level effects (attached to ZIPs, segments, bundles, creative keys, local
    hours, bid) + interactions + ZIP clusters + hidden ZIP heterogeneity + drift, with creative
@@ -136,6 +138,9 @@ class Market(GroundTruth):
         a["lifetime"][slot] = max(0, int(config.lifetime_budget_micros))
         a["daily"][slot] = -1 if config.daily_budget_micros is None else max(
             0, int(config.daily_budget_micros))
+        a["campaign"][slot] = int(config.campaign_id)
+        a["campaign_daily"][slot] = (-1 if config.campaign_daily_budget_micros is None
+                                     else max(0, int(config.campaign_daily_budget_micros)))
         a["start_us"][slot] = usecs(config.start) if config.start else -(2**62)
         a["end_us"][slot] = usecs(config.end) if config.end else 2**62
         if old is None or _targeting(old) != _targeting(config):
@@ -294,10 +299,32 @@ class Market(GroundTruth):
                           allowed - a["spent_today"][:n])
         room = np.maximum(room, 0)
         el = self.static_eligible(from_usecs(t0)) & (room > 0)
+        room = self._within_campaign_daily(room, el)
+        el &= room > 0
         if el.any():
             f = self._flow(t0, t1, el)
             self._deliver(t0, t1, f, room, acc, events)
         self._release(t1, acc, events)
+
+    def _within_campaign_daily(self, room: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+        """``room`` scaled down so that no campaign with a daily budget spends more than it
+        today: what its line items (removed ones included) spent today counts, and the room
+        its eligible line items have is cut in proportion (floored) when it adds up to more
+        than the campaign has left."""
+        a = self._a
+        n = room.size
+        cap = a["campaign_daily"][:n]
+        if not (cap >= 0).any():
+            return room
+        ids, inv = np.unique(a["campaign"][:n], return_inverse=True)
+        left = np.full(ids.size, -1, dtype=np.int64)
+        left[inv] = cap  # (every line item of a campaign carries the same daily budget)
+        spent = np.bincount(inv, weights=a["spent_today"][:n], minlength=ids.size)
+        want = np.bincount(inv, weights=np.where(eligible, room, 0), minlength=ids.size)
+        avail = np.maximum(left - spent, 0)
+        scale = np.where((left >= 0) & (want > avail), avail / np.maximum(want, 1.0), 1.0)
+        out: np.ndarray = np.floor(room * scale[inv]).astype(np.int64)
+        return out
 
     def _deliver(self, t0: int, t1: int, f: Flow, room: np.ndarray, acc: np.ndarray,
                  events: list[MarketEvent] | None) -> None:

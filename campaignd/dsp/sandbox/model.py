@@ -50,6 +50,9 @@ class LineItemConfig:
     start: datetime | None = None
     end: datetime | None = None
     alternative_id: str | None = None
+    campaign_daily_budget_micros: int | None = None
+    """The campaign's daily budget: its line items together stop buying for the day once they
+    spent it (as Beeswax does); None = no campaign-level daily cap."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -69,7 +69,8 @@ class Flow:
 _SLOT_ARRAYS: dict[str, type] = {
     "active": bool, "removed": bool, "has_cre": bool, "lifetime": np.int64, "daily": np.int64,
     "start_us": np.int64, "end_us": np.int64, "bid": np.int64, "reach": float,
-    "spent_today": np.int64, "true_contrib": float,
+    "spent_today": np.int64, "true_contrib": float, "campaign": np.int64,
+    "campaign_daily": np.int64,
 }
 
 

@@ -170,6 +170,9 @@ class SandboxState:
             start=store.dates.from_record(li.get("start_date")),
             end=store.dates.from_record(li.get("end_date")),
             alternative_id=li.get("alternative_id"),
+            campaign_daily_budget_micros=(
+                None if (campaign.get("spend_budget") or {}).get("daily") is None
+                else decimal_to_micros(campaign["spend_budget"]["daily"])),
         )
 
     def sync_line_item(self, line_item_id: int) -> None:
