@@ -241,10 +241,12 @@ def _print_status(st: dict[str, Any]) -> None:
 @config_app.command("check")
 @handle_errors
 def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Validate the settings and print them resolved (secrets masked)."""
+    """Validate the settings and the files they name (campaign specs, the sandbox's scenario),
+    and print the settings resolved (secrets masked)."""
     from campaignd.settings import check_referenced_files
     settings = _settings(config)
     check_referenced_files(settings)
+    _check_referenced_contents(settings)
     data = settings.masked()
     if json_out:
         print_json({"ok": True, "config_file": str(settings.config_file or ""), "settings": data})
@@ -254,6 +256,29 @@ def config_check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     for key, value in _flatten(data):
         t.add_row(key, _escape(json.dumps(value) if not isinstance(value, str) else value))
     out.print(t)
+
+
+def _check_referenced_contents(settings: Any) -> None:
+    """Every campaign spec and the sandbox's scenario parse and validate (the daemon itself
+    starts with a bad spec and reports it; ``config check`` is where to catch it first). Raises
+    ``ConfigError`` listing every problem, each under the setting that names the file."""
+    from campaignd.domain.campaign import load_spec
+    from campaignd.dsp.sandbox.scenarios import load_scenario
+    from campaignd.errors import BadInput, ConfigError
+    checks: list[tuple[str, Any, Any]] = [(f"campaigns[{i}]", p, load_spec)
+                                          for i, p in enumerate(settings.campaigns)]
+    if settings.dsp.adapter == "sandbox":
+        checks.append(("dsp.sandbox.scenario", settings.dsp.sandbox.scenario, load_scenario))
+    problems = []
+    for key, path, load in checks:
+        try:
+            load(path)
+        except BadInput as exc:
+            text = str(exc).replace("\n", "\n    ")
+            problems.append(f"{key} ({path}): {text}")
+    if problems:
+        raise ConfigError(f"{len(problems)} invalid file(s):\n  - " + "\n  - ".join(problems),
+                          field=str(settings.config_file or "settings"))
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

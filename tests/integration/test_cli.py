@@ -129,6 +129,23 @@ def test_missing_referenced_files_exit_2_from_check_and_run(tmp_path: Path) -> N
     assert not (tmp_path / "r.db").exists()  # run failed before migrating the database
 
 
+def test_config_check_validates_the_specs_and_the_scenario_it_names(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    good = (ROOT / "config" / "campaigns" / "madhive_12345.toml").read_text()
+    spec.write_text(good.replace('lifetime = "', 'lifetime = "-', 1))
+    scenario = tmp_path / "scenario.toml"
+    seed = ROOT / "config" / "campaigns" / "madhive_12345.toml"
+    scenario.write_text(f'name = "x"\ncampaign = "{seed}"\n')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'campaigns = ["{spec}"]\n[dsp.sandbox]\nscenario = "{scenario}"\n')
+    r = cli("config", "check", "--config", str(cfg))
+    assert r.returncode == 2, r.stderr
+    assert "2 invalid file(s)" in r.stderr
+    assert f"campaigns[0] ({spec})" in r.stderr and "budget.lifetime" in r.stderr
+    assert f"dsp.sandbox.scenario ({scenario})" in r.stderr and "[base]" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_run_names_a_state_dir_it_cannot_use_and_a_host_that_does_not_resolve(
         tmp_path: Path) -> None:
     db = tmp_path / "r.db"
