@@ -180,13 +180,18 @@ class ConversionView(msgspec.Struct, **_OPTS):
 
     def value_in_micros(self) -> int | None:
         """The conversion value in integer micros (``value_micros``, else ``value`` parsed), or
-        None when absent or not a number."""
+        None when absent, not a finite number, or beyond any real amount (10^18 or more in
+        magnitude): the value comes from a customer's pixel, and ``1e999999`` must cost neither
+        a ``decimal.Overflow`` nor seconds of CPU building a million-digit integer."""
         try:
             if self.value_micros is not None:
                 return int(self.value_micros)
             if self.value is None:
                 return None
-            return int(Decimal(self.value) * 1_000_000)
+            amount = Decimal(self.value)
+            if not amount.is_finite() or amount.adjusted() >= 18:
+                return None
+            return int(amount.scaleb(6))
         except (InvalidOperation, ValueError, OverflowError):
             return None
 

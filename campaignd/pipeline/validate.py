@@ -8,7 +8,8 @@ Dead-letter reasons (``REASONS``), checked in this order:
 
 =========================  ======================================================================
 ``malformed_json``         not JSON (or truncated) — from the decoder
-``invalid_field``          JSON, but a field has the wrong type or shape (msgspec names the path)
+``invalid_field``          JSON, but a field has the wrong type or shape (msgspec names the path),
+                           or it is nested deeper than the decoder goes
 ``empty_message``          none of impression / activity / clicks / conversion is set
 ``missing_dedupe_key``     no ``auction_adgroup_id`` (or auction id + ad group) / ``conversion_id``
 ``missing_timestamp``      no ``rx_timestamp_usecs`` (``rx_timestamp`` on conversions)
@@ -148,7 +149,7 @@ class Classifier:
                 decoded = decode_view_lines(b"\n".join(raws))  # type: ignore[arg-type]
                 if len(decoded) == len(raws):
                     return decoded, raws, list(positions) if positions is not None else None
-        except (msgspec.DecodeError, TypeError):
+        except (msgspec.DecodeError, TypeError, RecursionError):
             pass  # a bad message (or str payloads): decode one by one, below
         msgs: list[AdLogView] = []
         kept: list[bytes | str] = []
@@ -157,7 +158,7 @@ class Classifier:
         for i, raw in enumerate(raws):
             try:
                 msgs.append(dec(raw))
-            except msgspec.ValidationError:
+            except (msgspec.ValidationError, RecursionError):  # wrong type; nested too deep
                 letters.append(("invalid_field", _bytes(raw)))
                 continue
             except msgspec.DecodeError:

@@ -155,6 +155,9 @@ NOT_JSON = b"{not json"
     (conv("c-neg", value="-45"), "bad_money"),
     (conv("c-big", value="1e30"), "bad_money"),
     (conv("c-nan", value="NaN"), "bad_money"),
+    (conv("c-overflow", value="1e999999999"), "bad_money"),  # decimal.Overflow, not a crash
+    (b'{"impression": ' + b'{"x": ' * 5000 + b'1' + b'}' * 5001, "invalid_field"),  # too deep
+    (b'[' * 5000 + b']' * 5000, "invalid_field"),
     (imp(1, li=999), "unknown_line_item"),
     (conv("c-999", li=999), "unknown_line_item"),
     (conv("c-nobody", li=None, n=4242), "unattributed_conversion"),

@@ -87,6 +87,18 @@ def test_dedupe_keys() -> None:
     assert conversion is not None and conversion.value_in_micros() == 45_500_000
     assert ConversionLogMessage(value="n/a").value_in_micros() is None
     assert ConversionLogMessage(value="1", value_micros="7").value_in_micros() == 7
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("value", ["1e999999999", "-1e999999999", "1e999990", "1e18", "sNaN",
+                                   "Infinity"])
+def test_absurd_conversion_values_are_not_amounts(value: str) -> None:
+    """A customer's pixel sets the value: an exponent past the decimal context must not raise,
+    and one just inside it must not build a million-digit integer (38 s of CPU each)."""
+    assert ConversionLogMessage(value=value).value_in_micros() is None
+    assert ConversionLogMessage(value="0.0000001").value_in_micros() == 0
+    assert ConversionLogMessage(value="999999999999.123456789").value_in_micros() == \
+        999_999_999_999_123_456
     keys = {k: m.dedupe_key() for k, m in MESSAGES.items()}
     assert keys == {"impression": f"imp:{AAG}", "activity": f"act:COMPLETE:{AAG}",
                     "click": f"clk:{AAG}:1793000031000000", "conversion": "conv:conv-9"}
