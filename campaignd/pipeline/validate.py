@@ -7,7 +7,7 @@ refused ones (reason, raw payload) for the dead letter. Nothing raises on bad in
 Dead-letter reasons (``REASONS``), checked in this order:
 
 =========================  ======================================================================
-``malformed_json``         not JSON (or truncated) — from the decoder
+``malformed_json``         not JSON (or truncated, or not UTF-8) — from the decoder
 ``invalid_field``          JSON, but a field has the wrong type or shape (msgspec names the path),
                            or it is nested deeper than the decoder goes
 ``empty_message``          none of impression / activity / clicks / conversion is set
@@ -149,7 +149,7 @@ class Classifier:
                 decoded = decode_view_lines(b"\n".join(raws))  # type: ignore[arg-type]
                 if len(decoded) == len(raws):
                     return decoded, raws, list(positions) if positions is not None else None
-        except (msgspec.DecodeError, TypeError, RecursionError):
+        except (msgspec.DecodeError, TypeError, RecursionError, UnicodeDecodeError):
             pass  # a bad message (or str payloads): decode one by one, below
         msgs: list[AdLogView] = []
         kept: list[bytes | str] = []
@@ -161,7 +161,7 @@ class Classifier:
             except (msgspec.ValidationError, RecursionError):  # wrong type; nested too deep
                 letters.append(("invalid_field", _bytes(raw)))
                 continue
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, UnicodeDecodeError):  # invalid UTF-8 in a string read
                 letters.append(("malformed_json", _bytes(raw)))
                 continue
             kept.append(raw)

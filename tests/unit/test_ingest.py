@@ -135,6 +135,10 @@ NOT_JSON = b"{not json"
 @pytest.mark.parametrize(("raw", "reason"), [
     (NOT_JSON, "malformed_json"),
     (b"\xff\xfe", "malformed_json"),
+    # invalid UTF-8 in a field the pipeline reads (msgspec raises UnicodeDecodeError)
+    (b'{"impression": {"auction_adgroup_id": "a.1.7.100", "rx_timestamp_usecs": "\xff"}}',
+     "malformed_json"),
+    (b'{"impression": {"auctionid_str": "\xed\xa0\x80"}}', "malformed_json"),  # a surrogate
     (b'{"impression": {"win_price_micros_usd": 5}}', "invalid_field"),
     (b'{"activity": "START"}', "invalid_field"),
     (b"{}", "empty_message"),
