@@ -13,11 +13,14 @@ committed with the counts).
   for push configurations that only take a URL (a token in a URL can end up in proxy logs:
   prefer the header). No token: 401; a wrong one: 403.
 - **Body**: JSON — newline-delimited messages (one ``AdLogMessage`` a line), a JSON array of
-  messages, or one message; ``Content-Encoding: gzip`` is accepted. Protobuf (the other format
-  Beeswax offers) is refused with 415: configure the push for JSON.
+  messages, or one message; ``Content-Encoding: gzip`` is accepted, and gzip that the headers
+  do not announce is recognised by its magic bytes. Protobuf (the other format Beeswax offers)
+  is refused with 415: configure the push for JSON. ``application/octet-stream`` is judged by
+  the body (a proxy's default type may label JSON), as a 4xx makes Beeswax drop the batch.
 - **Nothing is judged here**: a line that is not valid JSON is spooled as it is and the pipeline
   dead-letters it (``malformed_json``) with its payload, so no bad message makes Beeswax retry
-  a whole batch forever and nothing is dropped.
+  a whole batch forever and nothing is dropped; an array with a bad element is split into its
+  elements, so the good ones are not dead-lettered with it.
 - **Limits**: a body (after gunzip) above ``receiver.max_body_mb`` is refused with 413; when the
   spool is full (``receiver.max_spool_mb``: the feed is not keeping up, or the stores are down)
   or the disk fails, 503 with ``Retry-After`` — Beeswax retries, nothing is acknowledged that
@@ -31,6 +34,7 @@ configured otherwise — put a TLS-terminating proxy in front of it for Beeswax)
 from __future__ import annotations
 
 import hmac
+import re
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -62,15 +66,19 @@ def _error(status: int, message: str, *, field: str | None = None, fix: str | No
 def split_messages(body: bytes) -> list[bytes]:
     """A push body's messages: the elements of a JSON array, one JSON value, or else its
     non-blank lines (newline-delimited JSON). A body that is none of these cleanly still gives
-    its lines, each spooled as it is (the pipeline dead-letters the malformed ones)."""
+    its lines, each spooled as it is (the pipeline dead-letters the malformed ones); an array
+    that does not decode (one bad element, several arrays, a cut-off end) gives its top-level
+    elements, so one bad message does not take the good ones with it."""
     stripped = body.strip()
+    if stripped[:3] == _BOM:  # some tools write one; JSON parsers may ignore it (RFC 8259)
+        stripped = stripped[3:].strip()
     if not stripped:
         return []
     if stripped[:1] == b"[":
         try:
             return [bytes(r) for r in msgspec.json.decode(stripped, type=list[msgspec.Raw])]
-        except msgspec.DecodeError:
-            pass  # not one array (a bad element, or several arrays): lines, below
+        except (msgspec.DecodeError, RecursionError):
+            return _array_elements(stripped)
     if b"\n" not in stripped:
         return [stripped]
     lines = [line.strip() for line in stripped.split(b"\n")]
@@ -85,13 +93,60 @@ def split_messages(body: bytes) -> list[bytes]:
 def _one_value(data: bytes) -> bool:
     try:
         msgspec.json.decode(data, type=msgspec.Raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return False
     return True
 
 
+_BOM = b"\xef\xbb\xbf"
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"?|[][{},]', re.DOTALL)
+"""A JSON string (possibly cut off at the end), or a bracket or a comma outside strings."""
+
+
+def _array_elements(body: bytes) -> list[bytes]:
+    """The top-level elements of one or more JSON arrays that do not decode as a whole, found
+    by brackets and commas outside strings; every byte that is not a separator lands in some
+    message (text between arrays is a message of its own), so nothing is dropped."""
+    out: list[bytes] = []
+    stack = bytearray()  # open brackets
+    start = 0  # where the current element (or the text between arrays) began
+
+    def emit(end: int) -> None:
+        piece = body[start:end].strip()
+        if piece:
+            out.append(piece)
+
+    for m in _TOKENS.finditer(body):
+        c = body[m.start()]
+        if c == 0x22:  # a string: skipped whole
+            continue
+        if c in b"[{":
+            if not stack and c == 0x5B:  # an array opens: what came before it is a message
+                emit(m.start())
+                start = m.end()
+            stack.append(c)
+        elif c in b"]}":
+            if stack:
+                stack.pop()
+                if not stack and c == 0x5D:  # the array closes: its last element
+                    emit(m.start())
+                    start = m.end()
+        elif len(stack) == 1 and stack[0] == 0x5B:  # a comma between the array's elements
+            emit(m.start())
+            start = m.end()
+    emit(len(body))
+    return out
+
+
 class _TooLarge(Exception):
     pass
+
+
+class _NotJson(Exception):
+    pass
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
@@ -149,10 +204,11 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
             return refused("bad_token", _error(403, "the token is not valid", field="Authorization",
                                                fix="use the token in receiver.token"))
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if "protobuf" in ctype or ctype == "application/octet-stream":
-            return refused("unsupported_format", _error(
-                415, f"campaignd reads Beeswax's JSON log format, not {ctype}",
-                field="Content-Type", fix="configure the streaming log push for JSON"))
+        if "protobuf" in ctype:
+            return refused("unsupported_format", _not_json(ctype))
+        # A generic binary type may still label JSON (a proxy's default, a gzip body):
+        # judged by the body below, as a 4xx makes the sender drop the data.
+        binary = ctype == "application/octet-stream"
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             return refused("too_large", _too_large(max_body_bytes))
@@ -168,8 +224,12 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
                 fix="send gzip or an uncompressed body"))
 
         def unpack_and_spool(raw: bytes) -> tuple[int, int]:
-            if encoding not in ("", "identity"):
+            # gzip the headers do not announce (a proxy dropped Content-Encoding, or set
+            # ``Content-Type: application/gzip``): JSON never starts with these bytes
+            if encoding not in ("", "identity") or raw[:2] == _GZIP_MAGIC:
                 raw = _gunzip(raw, max_body_bytes)
+            if binary and raw.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] not in (b"{", b"["):
+                raise _NotJson
             messages = split_messages(raw)
             if not messages:
                 return 0, spool.next_seq
@@ -179,9 +239,12 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
             n, first = await anyio.to_thread.run_sync(unpack_and_spool, bytes(body))
         except _TooLarge:
             return refused("too_large", _too_large(max_body_bytes))
+        except _NotJson:
+            return refused("unsupported_format", _not_json(ctype))
         except zlib.error as exc:
             return refused("bad_encoding", _error(
-                400, f"the body is not valid {encoding}: {exc}", field="Content-Encoding",
+                400, f"the body is not valid {encoding or 'gzip'}: {exc}",
+                field="Content-Encoding",
                 fix="send the body compressed as Content-Encoding says, or uncompressed"))
         except SpoolFull as exc:
             log.warning("receiver: the spool is full; asking the sender to retry", error=str(exc))
@@ -211,8 +274,22 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
                                                    "next_seq": st.next_seq,
                                                    "segments": st.segments, "bytes": st.bytes}})
 
+    async def not_here(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        if status == 405:
+            return _error(405, f"{request.method} is not accepted at {request.url.path}",
+                          field="method", fix=f"POST log messages to {path}")
+        return _error(404, f"nothing is served at {request.url.path}", field="path",
+                      fix=f"push to {path} (receiver.path)")
+
     return Starlette(routes=[Route(path, push, methods=["POST"]),
-                             Route("/healthz", healthz, methods=["GET"])])
+                             Route("/healthz", healthz, methods=["GET"])],
+                     exception_handlers={404: not_here, 405: not_here})
+
+
+def _not_json(ctype: str) -> JSONResponse:
+    return _error(415, f"campaignd reads Beeswax's JSON log format, not {ctype}",
+                  field="Content-Type", fix="configure the streaming log push for JSON")
 
 
 def _too_large(limit: int) -> JSONResponse:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import resource
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -110,10 +112,24 @@ def test_bodies_split_into_messages() -> None:
     assert split_messages(b"[" + a + b"," + b + b"]") == [a, b]
     assert split_messages(a) == [a]
     assert split_messages(a + b"\r\n" + b + b"\n") == [a, b]
-    # an array that does not decode (a bad element, several arrays): its lines, each kept
-    assert split_messages(b"[" + a + b",\n" + b + b",]") == [b"[" + a + b",", b + b",]"]
-    assert split_messages(b"[" + a + b"]\n[" + b + b"]") == [b"[" + a + b"]", b"[" + b + b"]"]
+    # an array that does not decode (a bad element, several arrays, a cut-off end): its
+    # elements, each kept, so that one bad message does not take the good ones with it
+    assert split_messages(b"[" + a + b",\n" + b + b",]") == [a, b]
+    assert split_messages(b"[" + a + b"]\n[" + b + b"]") == [a, b]
+    assert split_messages(b"[" + a + b", NaN, " + b + b"]") == [a, b"NaN", b]
+    assert split_messages(b"[" + a + b"," + b + b',{"clicks": [{"auc') == [
+        a, b, b'{"clicks": [{"auc']
+    tricky = b'{"impression": {"auctionid_str": "a,]}\\"[{"}}'  # brackets inside a string
+    assert split_messages(b"[" + tricky + b"," + b + b",1e999x]") == [tricky, b, b"1e999x"]
+    assert split_messages(b"[" + a + b"] stray [" + b + b"]") == [a, b"stray", b]
+    # nested deeper than the decoder goes: kept whole, not an error
+    deep = b"[" * 5000 + b"]" * 5000
+    assert split_messages(deep) == [deep[1:-1]]
+    assert split_messages(b"[" + a + b"," + deep + b"]") == [a, deep]
+    deep_obj = b'{"impression": ' + b'{"x": ' * 5000 + b"1" + b"}" * 5001
+    assert split_messages(deep_obj + b"\n" + a) == [deep_obj, a]
     assert split_messages(b'{\n  "clicks": []\n}') == [b'{\n  "clicks": []\n}']
+    assert split_messages(b"\xef\xbb\xbf" + a + b"\n" + b) == [a, b]  # a UTF-8 BOM
     assert split_messages(b" \n ") == []
 
 
@@ -229,3 +245,184 @@ async def test_a_crash_between_commits_loses_and_doubles_nothing_pushed(
     assert await sql_store.dead_letter_counts() == {"malformed_json": 1}
     [letter] = await sql_store.list_dead_letters()
     assert letter.raw == b'{"impression": {"oops"'
+
+
+async def test_hostile_bodies_are_spooled_whole_or_refused_with_json(tmp_path: Path) -> None:
+    """What a sender or a misconfigured proxy may send: nothing answers 500 (Beeswax would
+    retry a poison body forever), nothing valid is refused with a 4xx (Beeswax drops it), and
+    every refusal is JSON naming the field and the fix."""
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    a, b = (impression_message(i, line_item=100, ts_usecs=NOW_US) for i in range(2))
+    deep = b'{"impression": ' + b'{"x": ' * 5000 + b"1" + b"}" * 5001
+    async with receiver(spool) as client:
+        async def push(content: bytes, **headers: str) -> httpx.Response:
+            return await client.post(PATH, content=content, headers={**AUTH, **headers})
+
+        # nested deeper than the decoder goes: spooled for the pipeline to dead-letter
+        for body, n in ((deep, 1), (deep + b"\n" + a, 2), (b"[" + a + b"," + deep + b"]", 2)):
+            r = await push(body)
+            assert r.status_code == 200 and r.json()["accepted"] == n, r.text
+        # one bad element of an array keeps the good ones apart from it
+        r = await push(b"[" + a + b", NaN, " + b + b"]")
+        assert r.json()["accepted"] == 3
+        # JSON labelled as generic binary (a proxy's default): taken, not dropped with a 415
+        r = await push(a, **{"content-type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        r = await push(gzip.compress(a), **{"content-type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+        r = await push(b"\x0a\x03abc", **{"content-type": "application/octet-stream"})
+        assert r.status_code == 415 and r.json()["field"] == "Content-Type"
+        # gzip whose Content-Encoding a proxy dropped (or that says application/gzip)
+        r = await push(gzip.compress(a + b"\n" + b), **{"content-type": "application/gzip"})
+        assert r.json()["accepted"] == 2
+        r = await push(gzip.compress(b), **{"content-encoding": "identity"})
+        assert r.json()["accepted"] == 1
+        next_seq = spool.next_seq
+        # a wrong path or method: JSON that names the push URL
+        r = await client.post("/beeswax/event", content=a, headers=AUTH)
+        assert r.status_code == 404 and "/beeswax/events" in r.json()["fix"]
+        r = await client.get(PATH, headers=AUTH)
+        assert r.status_code == 405 and r.json()["field"] == "method"
+    assert spool.next_seq == next_seq
+    got = held(spool)
+    assert got[:5] == [deep, deep, a, a, deep]
+    assert got[5:8] == [a, b"NaN", b]
+    assert got[8:] == [a, a, a, b, b]
+
+
+async def test_concurrent_pushes_are_each_held_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", segment_bytes=4096)
+    spool.open()
+    msgs = [impression_message(i, line_item=100, ts_usecs=NOW_US) for i in range(400)]
+    answers: list[dict[str, int]] = []
+    async with receiver(spool) as client:
+        async def push(i: int) -> None:
+            r = await client.post(PATH, content=b"\n".join(msgs[i * 10:i * 10 + 10]),
+                                  headers=AUTH)
+            assert r.status_code == 200
+            answers.append(r.json())
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(push, i)
+    assert sorted(a["first_seq"] for a in answers) == list(range(0, 400, 10))
+    got = held(spool)
+    assert sorted(got) == sorted(msgs)
+    for answer in answers:  # each push's messages together, at the positions it was told
+        first = answer["first_seq"]
+        block = got[first:first + 10]
+        assert block == msgs[msgs.index(block[0]):msgs.index(block[0]) + 10]
+
+
+async def test_a_full_disk_is_a_503_and_acknowledges_nothing(tmp_path: Path) -> None:
+    """The file-size limit (RLIMIT_FSIZE) makes the kernel refuse the spool's writes (EFBIG)
+    as a full disk would (ENOSPC): the receiver answers 503 + Retry-After, keeps no part of the
+    batch, and takes the retried batch once there is room again."""
+    msg = impression_message(1, line_item=100, ts_usecs=NOW_US)
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        async with receiver(spool) as client:
+            r = await client.post(PATH, content=msg, headers=AUTH)
+            assert r.status_code == 200
+            size = (tmp_path / "spool" / f"{0:020d}.spool").stat().st_size
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size + 2 * len(msg), hard))
+            r = await client.post(PATH, content=b"\n".join([msg] * 5), headers=AUTH)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            assert r.status_code == 503 and r.headers["retry-after"] == "30"
+            assert "spool" in r.json()["error"] and r.json()["fix"]
+            assert spool.next_seq == 1
+            r = await client.post(PATH, content=b"\n".join([msg] * 5), headers=AUTH)
+            assert r.json() == {"accepted": 5, "first_seq": 1}
+            refused = client.refused  # type: ignore[attr-defined]
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert refused == ["spool_error"]
+    assert held(spool) == [msg] * 6
+    spool.close()
+    reopened = Spool(tmp_path / "spool")
+    reopened.open()  # no torn or half-written record left behind
+    assert held(reopened) == [msg] * 6
+
+
+async def test_a_hostile_push_counts_the_good_and_dead_letters_the_rest(
+        tmp_path: Path, sql_store: SqlStore, seed_spec: CampaignSpec,
+        virtual_clock: VirtualClock) -> None:
+    """Bad messages among good ones, pushed as Beeswax or a proxy might, through the receiver,
+    the spool and the event feed into SQL: the good ones are counted once (redeliveries
+    across requests are duplicates), each bad one is a dead letter with its reason and
+    payload, and the feed does not stall on any of them."""
+    virtual_clock.set(NOW)
+    cells = atomize(seed_spec)
+    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
+    line_items = {100 + i: c.cell_id for i, c in enumerate(cells[:5])}
+    good = [impression_message(i, line_item=100 + i % 5, ts_usecs=NOW_US - 1000)
+            for i in range(20)]
+    good.append(conversion_message("cv-ok", line_item=100, ts_usecs=NOW_US - 1000,
+                                   value="12.345678"))
+    hour_us = 3600 * 1_000_000
+    bad = {
+        b'{"impression": ' + b'{"x": ' * 5000 + b"1" + b"}" * 5001: "invalid_field",
+        conversion_message("cv-overflow", line_item=100, ts_usecs=NOW_US,
+                           value="1e999999999"): "bad_money",
+        conversion_message("cv-slow", line_item=100, ts_usecs=NOW_US,
+                           value="1e999990"): "bad_money",
+        conversion_message("cv-nan", line_item=100, ts_usecs=NOW_US, value="NaN"): "bad_money",
+        impression_message(900, line_item=100, ts_usecs=NOW_US,
+                           price_micros="-1"): "bad_money",
+        impression_message(901, line_item=100, ts_usecs=NOW_US,
+                           price_micros="1e999"): "bad_money",
+        impression_message(902, line_item=100, ts_usecs=NOW_US,
+                           price_micros="9" * 40): "bad_money",
+        impression_message(903, line_item=100,
+                           ts_usecs=NOW_US + 2 * hour_us): "timestamp_in_future",
+        impression_message(904, line_item=100,
+                           ts_usecs=NOW_US - 100 * hour_us): "timestamp_too_old",
+        impression_message(905, line_item=999, ts_usecs=NOW_US): "unknown_line_item",
+        b'{"impression": {"win_price_micros_usd": 25000.5}}': "invalid_field",
+        b'{"impression": {"auction_adgroup_id": "x.1.7.100", "rx_timestamp_usecs": "\xff"}}':
+            "malformed_json",
+    }
+    bad_list = list(bad)
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    async with receiver(spool) as client:
+        bodies = [
+            b"\n".join(good[:7] + bad_list[:6]),  # newline-delimited
+            b"[" + b",".join(good[7:14] + bad_list[6:9]) + b", NaN]",  # one line, bad element
+            gzip.compress(b"\n".join(good[14:] + bad_list[9:])),
+            b"\n".join(good[:10]),  # a redelivery of what was taken
+        ]
+        for i, body in enumerate(bodies):
+            headers = {**AUTH, "content-encoding": "gzip"} if i == 2 else AUTH
+            r = await client.post(PATH, content=body, headers=headers)
+            assert r.status_code == 200, r.text
+
+    registry = Registry()
+    registry.add_campaign(seed_spec, cells)
+    registry.register(seed_spec.id, line_items)
+    pipe = Pipeline(registry, InMemoryHotStore(virtual_clock), clock=virtual_clock,
+                    metrics=Metrics())
+    ing = EventIngestor(adapter=SpoolFeed(spool), sql=sql_store, pipeline=pipe,
+                        clock=virtual_clock, metrics=Metrics(), batch=8,
+                        checkpoint=CHECKPOINT)
+    with anyio.fail_after(30):
+        while await ing.poll_once():
+            pass
+    await ing.flush()
+    assert ing.committed_cursor == str(spool.next_seq)
+
+    got = counter_totals(await sql_store.read_cell_totals(seed_spec.id))
+    assert got["impressions"] == 20 and got["spend_micros"] == 20 * 25_000
+    assert got["conversions"] == 1 and got["conversion_value_micros"] == 12_345_678
+    assert pipe.stats.duplicates == 10
+    expected: dict[str, int] = {}
+    for reason in [*bad.values(), "malformed_json"]:  # the array's NaN element
+        expected[reason] = expected.get(reason, 0) + 1
+    assert await sql_store.dead_letter_counts() == expected
+    letters = {le.raw: le.reason for le in await sql_store.list_dead_letters(limit=100)}
+    assert letters == {**bad, b"NaN": "malformed_json"}
