@@ -169,9 +169,10 @@ class Spool:
                 first = self._durable_seq
                 new_segment = (not self._firsts or self._rotate
                                or self._sizes[self._firsts[-1]] >= self.segment_bytes)
-                self._rotate = False
             if new_segment:
                 self._start_segment(first)
+                with self._lock:  # only now: a failed start must not append behind bad records
+                    self._rotate = False
             fd = self._fd()
             written = 0
             try:

@@ -149,6 +149,31 @@ def test_corruption_in_the_last_segment_keeps_numbering_and_reports_the_loss(
     assert got == [*payloads(3, 2), b"new"] and skipped == 35 and nxt == 41
 
 
+def test_a_failed_segment_start_still_keeps_new_records_off_a_corrupt_segment(
+        tmp_path: Path) -> None:
+    """After corruption in the last segment, an append whose new segment cannot be created
+    (here a directory in the way: EISDIR, as a full or read-only disk fails it) is refused,
+    and the next one still goes to a new segment, not behind the bad record where it would
+    be acknowledged and then lost."""
+    sp = Spool(tmp_path)
+    sp.open()
+    sp.append(payloads(0, 10))
+    sp.close()
+    [path] = tmp_path.glob("*.spool")
+    data = bytearray(path.read_bytes())
+    data[record_offset(data, 5) + 10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    again = Spool(tmp_path)
+    again.open()
+    (tmp_path / f"{10:020d}.spool").mkdir()
+    with pytest.raises(OSError):
+        again.append([b"refused"])
+    (tmp_path / f"{10:020d}.spool").rmdir()
+    assert again.append([b"kept"]) == 10
+    got, nxt, skipped = read_all(again, None, limit=100)
+    assert got == [*payloads(0, 5), b"kept"] and skipped == 5 and nxt == 11
+
+
 def test_stray_bytes_at_a_segment_end_do_not_stall_the_reader(tmp_path: Path) -> None:
     sp, firsts = filled(tmp_path, 8)
     path = tmp_path / f"{firsts[0]:020d}.spool"
