@@ -43,7 +43,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -213,10 +213,17 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             return refused("too_large", _too_large(max_body_bytes))
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                return refused("too_large", _too_large(max_body_bytes))
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_body_bytes:
+                    return refused("too_large", _too_large(max_body_bytes))
+        except ClientDisconnect:
+            # the sender gave up mid-body (a timeout, a proxy): nothing was taken, it retries
+            log.info("receiver: the sender disconnected before the whole body arrived",
+                     received=len(body))
+            return refused("disconnected", _error(400, "the body was cut off", field="body",
+                                                  fix="send the whole body"))
         encoding = request.headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
             return refused("bad_encoding", _error(

@@ -426,3 +426,20 @@ async def test_a_hostile_push_counts_the_good_and_dead_letters_the_rest(
     assert await sql_store.dead_letter_counts() == expected
     letters = {le.raw: le.reason for le in await sql_store.list_dead_letters(limit=100)}
     assert letters == {**bad, b"NaN": "malformed_json"}
+
+
+async def test_a_sender_gone_mid_body_is_no_server_error(tmp_path: Path) -> None:
+    """A push cut off mid-body (a sender's timeout, a proxy) keeps nothing and is counted as
+    such — not an unhandled exception with a traceback in the log for each one."""
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    async with receiver(spool) as client:
+        stream = await anyio.connect_tcp("127.0.0.1", client.base_url.port or 80)
+        await stream.send(f"POST {PATH} HTTP/1.1\r\nHost: campaignd\r\nAuthorization: Bearer "
+                          f"{TOKEN}\r\nContent-Length: 1000\r\n\r\n{{\"impression\":".encode())
+        await stream.aclose()
+        with anyio.fail_after(10):
+            while not client.refused:  # type: ignore[attr-defined]
+                await anyio.sleep(0.01)
+        assert client.refused == ["disconnected"]  # type: ignore[attr-defined]
+    assert spool.next_seq == 0
