@@ -53,7 +53,7 @@ from campaignd.stores.opening import (
 )
 from campaignd.stores.sql.repository import AgentRun, SqlStore
 from campaignd.systemd import Notifier
-from campaignd.web.app import create_app, tokens_equal
+from campaignd.web.app import allowed_hosts, create_app, tokens_equal
 from campaignd.web.server import bind_socket, serve_http
 
 log = logmod.get_logger("campaignd.daemon")
@@ -264,7 +264,9 @@ class Daemon:
                 self.supervisor = Supervisor(self._jobs(), clock=self.wall,
                                              on_record=self._record_run)
                 await tg.start(self.supervisor.run, name="supervisor")
-                await tg.start(serve_http, create_app(DaemonPlane(self)), sock, name="http")
+                app = create_app(DaemonPlane(self), port=s.http.port,
+                                 hosts=allowed_hosts(s.http.host, s.http.allowed_hosts))
+                await tg.start(serve_http, app, sock, name="http")
                 self._ready = True
                 await self._publish_status()
                 tg.start_soon(self._status_loop, name="status")

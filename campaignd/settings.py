@@ -16,6 +16,7 @@ import contextvars
 import difflib
 import json
 import os
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -299,6 +300,22 @@ class HTTPSettings(_Section):
     port: int = Field(8470, ge=1, le=65535)
     api_token: SecretStr | None = None
     api_token_file: Path | None = None
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (besides 127.0.0.1, localhost, ::1 and http.host) requests may "
+                    "name in their Host header; '*' turns the check off")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            # a name, or an IPv6 address (two colons at least: one is a port)
+            if name != "*" and not (re.fullmatch(r"[A-Za-z0-9._-]+", name) or (
+                    re.fullmatch(r"\[?[0-9A-Fa-f:.]+\]?", name) and name.count(":") >= 2)):
+                raise ValueError(
+                    f"{name!r} is not a host name: give bare names or addresses such as "
+                    "\"campaignd.internal\" or \"10.0.0.5\" (no scheme, port or path)")
+        return [name.lower().strip("[]") for name in v]
 
     @model_validator(mode="after")
     def _secret(self) -> HTTPSettings:

@@ -2,6 +2,10 @@
 
 Read endpoints are open on the bind address (127.0.0.1 by default); every mutating call needs
 ``Authorization: Bearer <token>``. Errors are JSON: ``{"error": ..., "field": ..., "fix": ...}``.
+
+Every request must name this daemon in its ``Host`` header (a loopback name, the bound address
+or one of ``http.allowed_hosts``): a web page can point its own host name at 127.0.0.1 (DNS
+rebinding), and the browser would then read the open endpoints as that page's origin.
 """
 
 from __future__ import annotations
@@ -9,15 +13,18 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from campaignd.domain.actions import MAX_NOTE_CHARS
 from campaignd.errors import BadInput, NotFound, StateConflict, StorageError
@@ -321,8 +328,103 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
                   fix="see the README's control API section for the methods")
 
 
-def create_app(plane: ControlPlane) -> Starlette:
-    app = Starlette(routes=[
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+"""Host names a request to the daemon may always give: a browser reaches these only on this
+machine."""
+
+WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
+
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+    # the dashboard is one page with its script and style inline; it may only call back home
+    "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; "
+                               "style-src 'unsafe-inline'; connect-src 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+}
+"""Added to every answer unless it has the header already."""
+
+
+def allowed_hosts(bind_host: str, extra: Iterable[str] = ()) -> frozenset[str] | None:
+    """The ``Host`` names the control API answers to: the loopback names, the bound address
+    (unless it is a wildcard such as 0.0.0.0) and ``extra`` (``http.allowed_hosts``); ``None``
+    (no check) when ``extra`` holds ``*``."""
+    extra = [h.lower() for h in extra]
+    if "*" in extra:
+        return None
+    hosts = set(LOOPBACK_HOSTS) | set(extra)
+    if bind_host not in WILDCARD_BINDS:
+        hosts.add(bind_host.lower().strip("[]"))
+    return frozenset(hosts)
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header without its port, lower case (``[::1]:8470`` → ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        name, _, rest = header[1:].partition("]")
+    elif header.count(":") == 1:
+        name, rest = header.split(":")
+        rest = ":" + rest
+    else:
+        return header
+    # anything but a port after the name ("[::1].x", "a:b") is not a host this daemon has
+    return name if rest == "" or (rest[:1] == ":" and rest[1:].isdigit()) else header
+
+
+class _Guard:
+    """ASGI middleware: refuses a request whose ``Host`` is not one of ``hosts`` (400, before
+    any route runs) and adds ``SECURITY_HEADERS`` to every answer."""
+
+    def __init__(self, app: ASGIApp, *, hosts: frozenset[str] | None, port: int | None) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.hosts is not None:
+            given = Headers(scope=scope).get("host", "")
+            if host_name(given) not in self.hosts:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                at = f"http://127.0.0.1:{self.port}/" if self.port else "http://127.0.0.1/"
+                refused = _error(
+                    400, f"the Host header {given[:100]!r} does not name this daemon (a web "
+                         "page pointing its own name at this address is refused)",
+                    field="Host",
+                    fix=f"use {at} or http://localhost; to reach it under another name, add "
+                        "the name to http.allowed_hosts")
+                await self._with_headers(refused)(scope, receive, send)
+                return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    if key not in headers:
+                        headers[key] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    @staticmethod
+    def _with_headers(response: Response) -> Response:
+        for key, value in SECURITY_HEADERS.items():
+            response.headers[key] = value
+        return response
+
+
+def create_app(plane: ControlPlane, *, hosts: frozenset[str] | None = LOOPBACK_HOSTS,
+               port: int | None = None) -> Starlette:
+    """The control API over ``plane``; ``hosts``: the ``Host`` names it answers to (see
+    ``allowed_hosts``; ``None``: any), ``port``: the port it listens on (for the error's fix)."""
+    app = Starlette(middleware=[Middleware(_Guard, hosts=hosts, port=port)], routes=[
         Route("/", dashboard),
         Route("/healthz", healthz),
         Route("/metrics", metrics),

@@ -35,7 +35,9 @@ def test_dashboard_shows_the_running_daemon(tmp_path: Path, chromium_path: str) 
     with DaemonProcess(tmp_path) as d:
         d.wait_running()
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_FLAGS)
+            # rebind.test resolves to 127.0.0.1, as an attacker's name would (DNS rebinding)
+            browser = pw.chromium.launch(executable_path=chromium_path, args=[
+                *CHROMIUM_FLAGS, "--host-resolver-rules=MAP rebind.test 127.0.0.1"])
             try:
                 page = browser.new_page()
                 page.goto(d.base_url + "/")
@@ -46,6 +48,15 @@ def test_dashboard_shows_the_running_daemon(tmp_path: Path, chromium_path: str) 
                 expect(page.locator("#agents tbody")).to_contain_text("monitor")
                 expect(page.locator("#dsp tbody")).to_contain_text("sandbox")
                 page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+                # Under another name the daemon serves neither the page nor its data.
+                port = d.base_url.rsplit(":", 1)[1]
+                evil = browser.new_page()
+                answer = evil.goto(f"http://rebind.test:{port}/")
+                assert answer is not None and answer.status == 400
+                assert "http.allowed_hosts" in evil.content()
+                status = evil.evaluate("fetch('/api/v1/status').then(r => r.status)")
+                assert status == 400
+                evil.close()
                 # With the daemon gone, the page says so instead of showing stale numbers.
                 assert d.stop() == 0
                 expect(page.locator("#state")).to_have_text("unreachable", timeout=10_000)

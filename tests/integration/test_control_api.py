@@ -22,7 +22,7 @@ from campaignd.domain.campaign import atomize
 from campaignd.stores.sql import SqlStore
 from campaignd.stores.sql.migrate import upgrade
 from campaignd.testing import SEED_SPEC
-from campaignd.web.app import MAX_BODY_BYTES, create_app
+from campaignd.web.app import LOOPBACK_HOSTS, MAX_BODY_BYTES, allowed_hosts, create_app
 from campaignd.web.server import bind_socket, serve_http
 
 TOKEN = "control-token-for-tests"
@@ -59,9 +59,11 @@ def _action(cell: str, decision: str, *, kind: str = "budget") -> Action:
 
 
 @asynccontextmanager
-async def control_api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, SqlStore]]:
+async def control_api(tmp_path: Path, *, hosts: frozenset[str] | None = LOOPBACK_HOSTS
+                      ) -> AsyncIterator[tuple[httpx.AsyncClient, SqlStore]]:
     """The control API on a free loopback port over a SQLite store holding 12 proposed
-    actions (ids 1-12) and the sync's creation of a 13th cell's line item (id 13)."""
+    actions (ids 1-12) and the sync's creation of a 13th cell's line item (id 13); ``hosts``:
+    the ``Host`` names it answers to."""
     from campaignd.domain.campaign import load_spec
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'api.db'}"
@@ -78,7 +80,8 @@ async def control_api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, 
     port = sock.getsockname()[1]
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(serve_http, create_app(DaemonPlane(_Daemon(sql))), sock)  # type: ignore[arg-type]
+            app = create_app(DaemonPlane(_Daemon(sql)), hosts=hosts, port=port)  # type: ignore[arg-type]
+            await tg.start(serve_http, app, sock)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
                                          trust_env=False, timeout=30) as client:
                 with anyio.fail_after(10):
@@ -137,7 +140,7 @@ async def test_a_client_waiting_for_100_continue_gets_the_413_before_sending(
 
         def ask() -> bytes:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(b"POST /api/v1/actions/1/reject HTTP/1.1\r\nHost: x\r\n"
+                s.sendall(b"POST /api/v1/actions/1/reject HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                           b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
                           b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
                           b"Content-Length: 20000000\r\n\r\n")
@@ -212,3 +215,77 @@ async def test_a_whole_decision_is_approved_or_rejected_through_the_api(tmp_path
         assert r.status_code == 409 and r.json()["field"] == "decision"
         assert "12 pending" in r.json()["error"]
         assert len(await sql.outbox()) == 12
+
+
+def _raw_request(port: int, head: bytes) -> tuple[bytes, bytes]:
+    """Send one request's head as is (any Host header, or none) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        got = b""
+        while more := s.recv(65536):
+            got += more
+    status, _, body = got.partition(b"\r\n\r\n")
+    return status, body
+
+
+async def test_a_request_naming_another_host_is_refused(tmp_path: Path) -> None:
+    """DNS rebinding: a web page whose own name resolves to 127.0.0.1 makes the browser send
+    ``Host: <its name>``; nothing is read or changed under that name."""
+    async with control_api(tmp_path) as (client, sql):
+        before = await _statuses(sql)
+        evil = {"Host": "rebind.attacker.example:8470"}
+        for path in ("/", "/healthz", "/metrics", "/api/v1/status", "/api/v1/actions",
+                     "/api/v1/actions/1", "/api/v1/campaigns", "/nope"):
+            r = await client.get(path, headers=evil)
+            assert r.status_code == 400, (path, r.status_code, r.text[:200])
+            body = r.json()
+            assert body["field"] == "Host" and "http.allowed_hosts" in body["fix"], body
+            assert "proposed" not in r.text and "madhive" not in r.text
+        r = await client.post("/api/v1/actions/1/approve", headers={**evil, **AUTH})
+        assert r.status_code == 400 and r.json()["field"] == "Host"
+        assert await _statuses(sql) == before
+        # the loopback names, with or without a port, in any case
+        for host in ("127.0.0.1", "127.0.0.1:8470", "localhost", "LocalHost:1", "[::1]:8470"):
+            r = await client.get("/api/v1/actions/1", headers={"Host": host})
+            assert r.status_code == 200 and r.json()["id"] == 1, (host, r.text)
+        # lookalikes and a request without a Host at all
+        for host in ("127.0.0.1.attacker.example", "localhost.attacker.example:8470",
+                     "attacker.example:127.0.0.1", "", "[::1].x"):
+            r = await client.get("/api/v1/status", headers={"Host": host})
+            assert r.status_code == 400, (host, r.text)
+        port = client.base_url.port
+        assert port is not None
+        head, body = await anyio.to_thread.run_sync(
+            _raw_request, port, b"GET /api/v1/status HTTP/1.0\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), head
+        assert json.loads(body)["field"] == "Host"
+
+
+async def test_allowed_hosts_adds_names_to_the_loopback_ones(tmp_path: Path) -> None:
+    hosts = allowed_hosts("0.0.0.0", ["campaignd.internal", "10.0.0.5"])
+    assert hosts is not None and "0.0.0.0" not in hosts
+    assert allowed_hosts("10.1.2.3") == LOOPBACK_HOSTS | {"10.1.2.3"}
+    async with control_api(tmp_path, hosts=hosts) as (client, _):
+        for host in ("campaignd.internal:8470", "10.0.0.5", "CAMPAIGND.internal"):
+            assert (await client.get("/healthz", headers={"Host": host})).status_code == 200
+        assert (await client.get("/healthz", headers={"Host": "other"})).status_code == 400
+
+
+async def test_allowed_hosts_star_turns_the_check_off(tmp_path: Path) -> None:
+    assert allowed_hosts("127.0.0.1", ["*"]) is None
+    async with control_api(tmp_path, hosts=None) as (client, _):
+        assert (await client.get("/healthz", headers={"Host": "other"})).status_code == 200
+
+
+async def test_answers_carry_headers_against_sniffing_and_framing(tmp_path: Path) -> None:
+    async with control_api(tmp_path) as (client, _):
+        for path in ("/", "/api/v1/actions", "/api/v1/actions/x", "/nope"):
+            r = await client.get(path)
+            assert r.headers["x-content-type-options"] == "nosniff", path
+            assert r.headers["x-frame-options"] == "DENY", path
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+            assert r.headers["cache-control"] == "no-store", path
+        r = await client.post("/api/v1/actions/1/approve")  # no token: 401
+        assert r.status_code == 401 and r.headers["x-content-type-options"] == "nosniff"
+        r = await client.get("/", headers={"Host": "evil"})
+        assert r.status_code == 400 and r.headers["x-frame-options"] == "DENY"

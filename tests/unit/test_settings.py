@@ -286,3 +286,14 @@ def test_an_empty_generated_token_file_is_replaced(tmp_path: Path) -> None:
     token = load_or_create_token(s)
     assert len(token) > 20 and token_path(s).read_text().strip() == token
     assert load_or_create_token(s) == token  # kept
+
+
+def test_allowed_hosts_are_bare_names_and_a_bad_one_is_named() -> None:
+    s = load_settings(None, environ={"CAMPAIGND_HTTP__ALLOWED_HOSTS":
+                                     '["Campaignd.Internal", "10.0.0.5", "[fe80::1]"]'})
+    assert s.http.allowed_hosts == ["campaignd.internal", "10.0.0.5", "fe80::1"]
+    assert load_settings(None, environ={}).http.allowed_hosts == []
+    for bad in ("campaignd.internal:8470", "http://campaignd.internal", "a b", ""):
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, environ={"CAMPAIGND_HTTP__ALLOWED_HOSTS": json.dumps([bad])})
+        assert "allowed_hosts" in str(info.value) and "no scheme, port or path" in str(info.value)
