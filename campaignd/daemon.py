@@ -38,7 +38,14 @@ from campaignd.decisions import DecisionService
 from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
 from campaignd.domain.cells import METRIC_INDEX, CellSnapshot, CellTable
-from campaignd.errors import BadInput, CampaigndError, StartupError, StorageError, leaves
+from campaignd.errors import (
+    BadInput,
+    CampaigndError,
+    ConfigError,
+    StartupError,
+    StorageError,
+    leaves,
+)
 from campaignd.metrics import Metrics
 from campaignd.pipeline.registry import Registry
 from campaignd.scheduling import JobSpec, RunRecord, Supervisor
@@ -68,13 +75,21 @@ def token_path(settings: Settings) -> Path:
 
 def load_or_create_token(settings: Settings) -> str:
     """The bearer token for mutating calls: from settings, else a generated one kept (0600) in
-    the state directory so that the CLI on the same host can use it."""
+    the state directory so that the CLI on the same host can use it. A kept one that other
+    users may read or write is ``ConfigError``: it may not be secret any more."""
     if settings.http.api_token is not None:
         return settings.http.api_token.get_secret_value()
     path = token_path(settings)
     if path.exists():
         kept = path.read_text(encoding="utf-8").strip()
         if kept:
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise ConfigError(
+                    f"the API token file is open to other users (mode {mode:04o}, not 0600)",
+                    field="state_dir", value=str(path),
+                    fix=f"delete it to have a new token generated at start (or, if no one else "
+                        f"can have read it, `chmod 600 {path}`)")
             return kept
         path.unlink()  # (an empty file -- a full disk when it was written -- is no token)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +98,30 @@ def load_or_create_token(settings: Settings) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     return token
+
+
+def warn_about_secret_files(settings: Settings) -> list[str]:
+    """Log a warning for each configured secret file (``*_password_file``, ``*token_file``)
+    that every user of the host may read or write; returns the warnings. (Not refused: a file
+    readable by its service's group is a common set-up, and the value is read already.)"""
+    files = [("database.password_file", settings.database.password_file),
+             ("redis.password_file", settings.redis.password_file),
+             ("dsp.beeswax.password_file", settings.dsp.beeswax.password_file),
+             ("http.api_token_file", settings.http.api_token_file),
+             ("receiver.token_file", settings.receiver.token_file)]
+    warnings = []
+    for key, path in files:
+        try:
+            mode = path.stat().st_mode & 0o777 if path is not None else 0
+        except OSError:
+            continue
+        if mode & 0o007:
+            warnings.append(f"{key} {path} is open to every user of this host (mode "
+                            f"{mode:04o}): run `chmod 600 {path}` (or 640 for a group of its "
+                            "own) and change the secret if others may have read it")
+            log.warning("secret file open to every user", key=key, path=str(path),
+                        mode=f"{mode:04o}", fix=f"chmod 600 {path}")
+    return warnings
 
 
 @dataclass(slots=True)
@@ -239,6 +278,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT. Returns the process exit code."""
         s = self.settings
         logmod.register_secrets(secret_values(s))
+        warn_about_secret_files(s)
         sock = bind_socket(s.http.host, s.http.port)
         try:
             rsock = (bind_socket(s.receiver.host, s.receiver.port, key="receiver.port")

@@ -297,3 +297,44 @@ def test_allowed_hosts_are_bare_names_and_a_bad_one_is_named() -> None:
         with pytest.raises(ConfigError) as info:
             load_settings(None, environ={"CAMPAIGND_HTTP__ALLOWED_HOSTS": json.dumps([bad])})
         assert "allowed_hosts" in str(info.value) and "no scheme, port or path" in str(info.value)
+
+
+def test_a_generated_token_file_open_to_others_is_refused(tmp_path: Path) -> None:
+    from campaignd.daemon import load_or_create_token, token_path
+
+    s = load_settings(None, environ={"CAMPAIGND_STATE_DIR": str(tmp_path)})
+    token = load_or_create_token(s)
+    path = token_path(s)
+    assert path.stat().st_mode & 0o777 == 0o600
+    for mode in (0o644, 0o640, 0o602):
+        path.chmod(mode)
+        with pytest.raises(ConfigError) as info:
+            load_or_create_token(s)
+        message = str(info.value)
+        assert f"mode {mode:04o}" in message and str(path) in message, message
+        assert "delete it" in message and f"chmod 600 {path}" in message
+        assert token not in message
+    path.chmod(0o600)
+    assert load_or_create_token(s) == token
+
+
+def test_a_secret_file_open_to_every_user_is_warned_about(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from campaignd.daemon import warn_about_secret_files
+
+    private, group, world = (tmp_path / n for n in ("private", "group", "world"))
+    for path, mode in ((private, 0o600), (group, 0o640), (world, 0o644)):
+        path.write_text("s3cr3t-value\n")
+        path.chmod(mode)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[http]\napi_token_file = "{private}"\n'
+                   f'[database]\npassword_file = "{group}"\n'
+                   f'[receiver]\ntoken_file = "{world}"\n')
+    s = load_settings(cfg, environ={})
+    with capture_logs() as logs:
+        warnings = warn_about_secret_files(s)
+    assert len(warnings) == 1 and f"receiver.token_file {world}" in warnings[0], warnings
+    assert "mode 0644" in warnings[0] and f"chmod 600 {world}" in warnings[0]
+    assert [(e["log_level"], e["key"]) for e in logs] == [("warning", "receiver.token_file")]
+    assert "s3cr3t-value" not in json.dumps(logs)
