@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_origin
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -92,6 +92,16 @@ def _read_secret_file(path: Path | None, key: str) -> SecretStr | None:
             from None
 
 
+def _check_url_port(url: str, key: str, example: str) -> None:
+    """A URL whose port is not a number would crash its driver later with a traceback; the
+    message never repeats the URL (it may hold a password)."""
+    try:
+        _ = urlsplit(url).port  # (reading it raises ValueError on a bad one)
+    except ValueError:
+        raise ValueError(f"{key} has a port that is not a number from 0 to 65535: give the "
+                         f"port as digits, e.g. {example}") from None
+
+
 class DatabaseSettings(_Section):
     url: str = Field("sqlite+aiosqlite:///./campaignd.db",
                      description="SQLAlchemy async URL: sqlite+aiosqlite:///PATH or "
@@ -108,6 +118,7 @@ class DatabaseSettings(_Section):
                 or self.url.startswith("postgresql+asyncpg://")):
             raise ValueError("database.url must start with sqlite+aiosqlite:// or "
                              "postgresql+asyncpg://")
+        _check_url_port(self.url, "database.url", "postgresql+asyncpg://USER@HOST:5432/DB")
         return self
 
 
@@ -123,6 +134,7 @@ class RedisSettings(_Section):
             self.password = _read_secret_file(self.password_file, "redis.password_file")
         if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis.url must be empty or start with redis://, rediss:// or unix://")
+        _check_url_port(self.url, "redis.url", "redis://HOST:6379/0")
         return self
 
 
@@ -742,4 +754,5 @@ def secret_values(settings: Settings) -> list[str]:
         password = url_password(url)
         if password:
             out.append(password)
+            out.append(unquote(password))  # as the driver uses it: "p%40ss" is "p@ss"
     return out

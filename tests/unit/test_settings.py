@@ -338,3 +338,21 @@ def test_a_secret_file_open_to_every_user_is_warned_about(tmp_path: Path) -> Non
     assert "mode 0644" in warnings[0] and f"chmod 600 {world}" in warnings[0]
     assert [(e["log_level"], e["key"]) for e in logs] == [("warning", "receiver.token_file")]
     assert "s3cr3t-value" not in json.dumps(logs)
+
+
+def test_a_url_with_a_bad_port_is_named_without_its_password() -> None:
+    """Such a URL crashed `campaignd run`, `status` and `db upgrade` with a traceback."""
+    from campaignd.settings import secret_values
+
+    for key, url in (("database.url", "postgresql+asyncpg://bob:pw-s3cr3t@db:54x2/x"),
+                     ("redis.url", "redis://:pw-s3cr3t@127.0.0.1:99999/0")):
+        env = "CAMPAIGND_" + key.upper().replace(".", "__")
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, environ={env: url})
+        assert f"{key} has a port that is not a number" in str(info.value)
+        assert "pw-s3cr3t" not in str(info.value)
+    s = load_settings(None, environ={"CAMPAIGND_DATABASE__URL":
+                                     "postgresql+asyncpg://bob:p%40ss@db:5432/x"})
+    assert s.database.url.endswith("@db:5432/x")
+    # the redactor scrubs the password as written and as the driver sends it
+    assert {"p%40ss", "p@ss"} <= set(secret_values(s))
