@@ -87,9 +87,12 @@ def require_token(handler: Callable[[Request], Awaitable[Response]]
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            return _error(401, "this call changes state and needs a bearer token",
+            resp = _error(401, "this call changes state and needs a bearer token",
                           field="Authorization",
-                          fix="send 'Authorization: Bearer <token>' (http.api_token)")
+                          fix="send 'Authorization: Bearer <token>' (http.api_token, or the "
+                              "state directory's api-token file)")
+            resp.headers["www-authenticate"] = 'Bearer realm="campaignd"'  # (RFC 6750)
+            return resp
         if not plane.check_token(token.strip()):
             return _error(403, "the bearer token is not valid", field="Authorization",
                           fix="use the token from http.api_token or the state directory")

@@ -289,3 +289,26 @@ async def test_answers_carry_headers_against_sniffing_and_framing(tmp_path: Path
         assert r.status_code == 401 and r.headers["x-content-type-options"] == "nosniff"
         r = await client.get("/", headers={"Host": "evil"})
         assert r.status_code == 400 and r.headers["x-frame-options"] == "DENY"
+
+
+async def test_a_mutating_call_needs_the_bearer_token_and_no_cookie_will_do(
+        tmp_path: Path) -> None:
+    """What a cross-site page can send (no header of its choosing but cookies and a form
+    body) changes nothing: 401 without a token, 403 with a wrong one, JSON naming the fix."""
+    async with control_api(tmp_path) as (client, sql):
+        before = await _statuses(sql)
+        for headers in ({}, {"Cookie": f"token={TOKEN}; session={TOKEN}"},
+                        {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer"},
+                        {"Content-Type": "application/x-www-form-urlencoded"}):
+            r = await client.post("/api/v1/actions/1/approve", headers=headers,
+                                  content=f"token={TOKEN}")
+            assert r.status_code == 401, (headers, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            body = r.json()
+            assert body["field"] == "Authorization" and "Bearer <token>" in body["fix"]
+        r = await client.post("/api/v1/actions/1/approve",
+                              headers={"Authorization": f"Bearer {TOKEN}x"})
+        assert r.status_code == 403 and r.json()["field"] == "Authorization", r.text
+        assert "http.api_token" in r.json()["fix"]
+        assert "access-control-allow-origin" not in r.headers
+        assert await _statuses(sql) == before
