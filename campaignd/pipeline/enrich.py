@@ -27,6 +27,11 @@ def hour_of_week(local_epoch_s: int) -> int:
     return (local_epoch_s // HOUR_S + _EPOCH_WEEKDAY_SUNDAY_BASED * 24) % WEEK_H
 
 
+MAX_CACHED_ZIPS = 200_000
+"""Per-ZIP caches start over past this many entries (the US has about 42,000 ZIP codes; the
+rest would be junk from publishers, which must not grow the daemon's memory)."""
+
+
 class LocalTime:
     """Viewer-local hour of week for (ZIP code, UTC second)."""
 
@@ -40,6 +45,8 @@ class LocalTime:
         if tz == "":
             info = zip_info(zip_code)
             tz = info.timezone if info is not None and info.timezone else None
+            if len(self._tz_of_zip) >= MAX_CACHED_ZIPS:  # junk ZIPs must not grow it forever
+                self._tz_of_zip.clear()
             self._tz_of_zip[zip_code] = tz
         return tz
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from campaignd.pipeline.enrich import LocalTime
+from campaignd.pipeline.enrich import MAX_CACHED_ZIPS, LocalTime
 from campaignd.pipeline.registry import Registry
 from campaignd.pipeline.schema import AdLogView, decode_view, decode_view_lines
 
@@ -324,6 +324,8 @@ class Classifier:
                             span = spans.get(zip_code)
                             if span is None or not span[0] <= t_s < span[1]:
                                 span = local.span(zip_code, t_s)
+                                if len(spans) >= MAX_CACHED_ZIPS:
+                                    spans.clear()
                                 spans[zip_code] = span
                             how = (t_s + span[2]) // 3600 % 168 if span[2] is not None else -1
                         if zip_code not in route.zips:

@@ -436,3 +436,15 @@ def test_a_chunked_batch_is_prepared_exactly_as_a_whole_one(
         return outs, (ctx.new, ctx.old)
 
     assert prepared(chunk) == prepared(10**9)
+
+
+async def test_junk_zip_codes_do_not_grow_the_caches_forever(setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from campaignd.pipeline import enrich, validate
+    monkeypatch.setattr(enrich, "MAX_CACHED_ZIPS", 50)
+    monkeypatch.setattr(validate, "MAX_CACHED_ZIPS", 50)
+    pipe, _, _ = setup
+    junk = [imp(i, zip_code=f"{i:05d}x", utw=10) for i in range(400)]
+    r = await pipe.ingest([*junk, imp(1000, zip_code="10001", utw=10)])
+    assert r.accepted == 401  # junk ZIPs are counted (as outside the targeting), not refused
+    classifier = pipe.classifier
+    assert len(classifier._spans) <= 50 and len(classifier.local._tz_of_zip) <= 50
