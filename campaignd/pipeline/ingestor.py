@@ -5,7 +5,11 @@ is deduplicated and counted, and every ``flush_s`` commits what was counted toge
 cursor after it (``ingest.commit``: one SQL transaction, then the hot store). A restart resumes
 from the committed cursor with the committed totals: nothing is lost or counted twice. Nothing
 in a message can crash the loop; DSP and store failures are retried with backoff, and reading
-pauses while the stores are behind (the uncommitted backlog never grows without bound).
+pauses while the stores are behind (the uncommitted backlog never grows without bound). A batch
+the pipeline itself keeps failing on (a bug some message triggers: ``ISOLATE_AFTER`` failures
+in a row without the cursor moving) is then counted one message at a time, and the messages it
+fails on are dead-lettered as ``internal_error`` (kept whole, to ``retry`` once fixed): one
+message can never stop the feed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from campaignd.metrics import Metrics
 from campaignd.pipeline.ingest import Pipeline, Prepared, commit, let_io_start, stream_base
 
 log = get_logger("campaignd.ingest")
+
+ISOLATE_AFTER = 3
+"""Unexpected failures in a row on the same batch before it is counted message by message."""
 
 
 class EventIngestor:
@@ -73,10 +80,14 @@ class EventIngestor:
 
     async def _poll_loop(self) -> None:
         backoff = self.poll_s
+        stuck = 0  # unexpected failures in a row without the cursor moving
         while True:
             await anyio.lowlevel.checkpoint()  # a cancelled loop stops here, not mid-batch
             started_at = self.cursor
             try:
+                if stuck >= ISOLATE_AFTER:
+                    await self._isolate()
+                    stuck = 0
                 await self._stream()
             except (DSPError, StorageError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -84,12 +95,40 @@ class EventIngestor:
                             retry_in_s=backoff)
             except Exception as exc:  # a bug must not take the daemon down with it
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                stuck = 1 if self.cursor != started_at else stuck + 1
                 log.error("event ingestion failed unexpectedly; retrying",
-                          error=self.last_error, retry_in_s=backoff, exc_info=True)
+                          error=self.last_error, retry_in_s=backoff, exc_info=True,
+                          batch_one_by_one=stuck >= ISOLATE_AFTER)
             if self.cursor != started_at:
                 backoff = self.poll_s  # it had been working: a fresh failure, a short wait
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 60.0)
+
+    async def _isolate(self) -> None:
+        """Count the batch at the cursor one message at a time; a message the pipeline fails
+        on is dead-lettered (``internal_error``) instead of stopping the feed. (A message that
+        failed half-way through counting may have been marked seen: the dead letter keeps it
+        whole for ``campaignd deadletter retry`` once the bug is fixed.)"""
+        batch = await self.adapter.read_events(self.cursor, limit=self.batch)
+        self._gap(batch.skipped, self.cursor)
+        positions = self._positions(batch)
+        failed = 0
+        for i, raw in enumerate(batch.messages):
+            try:
+                await self.pipeline.ingest([raw], None if positions is None
+                                           else positions[i:i + 1])
+            except (DSPError, StorageError):
+                raise
+            except Exception as exc:
+                failed += 1
+                self.pipeline.dead_letter("internal_error", raw if isinstance(raw, bytes)
+                                          else str(raw).encode())
+                log.error("the pipeline failed on a message; dead-lettered as internal_error",
+                          error=f"{type(exc).__name__}: {exc}"[:300], exc_info=True)
+        self.cursor = batch.next_cursor
+        self.last_error = None
+        log.warning("a batch the pipeline kept failing on was counted message by message",
+                    messages=len(batch.messages), dead_lettered=failed)
 
     async def _stream(self) -> None:
         """Read and prepare the next batch while the previous one is deduplicated and counted.

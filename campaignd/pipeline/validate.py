@@ -21,6 +21,8 @@ Dead-letter reasons (``REASONS``), checked in this order:
 ``unknown_line_item``      a line item campaignd does not manage (or not yet: see ``retry``)
 ``unattributed_conversion``a conversion naming neither a line item nor an impression still known
 ``lost_before_read``       (no payload) messages the DSP dropped before campaignd read them
+``internal_error``         the pipeline itself failed on it (a bug): the feed counted its batch
+                           message by message and kept this one whole, to ``retry`` once fixed
 =========================  ======================================================================
 
 Enrichment (impressions): the route gives the cell; the request gives the ZIP code, the app
@@ -46,7 +48,7 @@ from campaignd.pipeline.schema import AdLogView, decode_view, decode_view_lines
 REASONS: tuple[str, ...] = (
     "malformed_json", "invalid_field", "empty_message", "missing_dedupe_key",
     "missing_timestamp", "wrong_type", "timestamp_in_future", "timestamp_too_old", "bad_money",
-    "unknown_line_item", "unattributed_conversion", "lost_before_read",
+    "unknown_line_item", "unattributed_conversion", "lost_before_read", "internal_error",
 )
 
 DEDUPE_WINDOW_S = 72 * 3600
