@@ -264,7 +264,9 @@ class Daemon:
         table = rt.table
         table.roll_day(table.budget_day.index(self.clock.now().timestamp()))
         spend = table.today[METRIC_INDEX["spend_micros"]]
-        return {cid: int(spend[i]) for i, cid in enumerate(table.cell_ids)}
+        # (cells removed from the spec today too: their line items' spend still counts)
+        return {**table.gone_today,
+                **{cid: int(spend[i]) for i, cid in enumerate(table.cell_ids)}}
 
     def snapshots(self) -> dict[str, CellSnapshot]:
         """Every campaign's counters now (in market time), with the daily budgets in force."""

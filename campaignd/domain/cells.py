@@ -129,6 +129,9 @@ class CellTable:
         self.last_at_s: int | None = None
         self.today = np.zeros((N_METRICS, n), dtype=np.int64)
         self.day: int | None = None
+        self.gone_today: dict[str, int] = {}
+        """Spend today (micros) of cells the campaign no longer has (removed from the spec
+        today): their line items' money still counts against today's cap."""
 
     def __len__(self) -> int:
         return len(self.cell_ids)
@@ -166,7 +169,20 @@ class CellTable:
         if self.day is None or day > self.day:
             if self.day is not None:
                 self.today[:] = 0
+                self.gone_today = {}
             self.day = day
+
+    def add_gone_days(self, cell_ids: Sequence[str], seconds: np.ndarray,
+                      spend: np.ndarray) -> None:
+        """Count the spend of cells no longer in the table into ``gone_today`` (rows of
+        another budget day than ``today``'s are not counted)."""
+        if not len(cell_ids):
+            return
+        days = self.budget_day.indices(seconds)
+        self.roll_day(int(days.max()))
+        for cell_id, day, micros in zip(cell_ids, days, spend, strict=True):
+            if day == self.day:
+                self.gone_today[cell_id] = self.gone_today.get(cell_id, 0) + int(micros)
 
     def apply_zips(self, zip_index: np.ndarray, deltas: np.ndarray, at_s: int) -> None:
         """Add ``deltas[metric, j]`` to ZIP series key ``zip_index[j]`` (repeats accumulate)."""

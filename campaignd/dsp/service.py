@@ -385,7 +385,8 @@ class DSPService:
                     "sync: a removed cell's line item keeps only what it spent, so the rest "
                     "of the campaign's budget is free for the others", daily=0)
             final.append(li)
-        st.retired_lifetime_micros, st.other_daily_micros = _others(st, final)
+        st.retired_lifetime_micros, st.other_daily_micros = _others(
+            st, final, self.spent_today_of(spec.id))
         await self._scale_within_caps(st)
 
     def spent_today_of(self, campaign_id: str) -> dict[str, int]:
@@ -541,7 +542,7 @@ class DSPService:
                 # batches): line items created in the DSP's UI count against its caps too
                 listed = await self.adapter.get_line_items(campaign_id=st.dsp_campaign_id)
                 current = {li.id: li for li in listed}
-                others = _others(st, listed)
+                others = _others(st, listed, self.spent_today_of(st.spec.id))
                 if others[0] > st.retired_lifetime_micros or others[1] > st.other_daily_micros:
                     # (taking less, e.g. one without a daily budget spending its lifetime
                     # budget, is only counted)
@@ -651,20 +652,23 @@ CAMPAIGN_BUDGET = "campaign_budget"
 """The kind of the sync's change to the DSP campaign's own budgets (an action of no cell)."""
 
 
-def _others(st: _CampaignState, held: Sequence[LineItem]) -> tuple[int, int]:
+def _others(st: _CampaignState, held: Sequence[LineItem],
+            spent_today: Mapping[str, int]) -> tuple[int, int]:
     """What the campaign's line items that campaignd does not manage may cost, (lifetime, daily)
     micros: those it did not create (Beeswax counts them against the campaign's budgets) and
-    those of cells the spec no longer has (paused: their lifetime spend only)."""
+    those of cells the spec no longer has (paused: what they spent, today's in the daily cap;
+    ``spent_today`` by cell id)."""
     prefix = f"campaignd:{st.spec.id}:"
     wanted = {cell.alternative_id for cell in st.cells}
     lifetime = daily = 0
     for li in held:
         alt = li.alternative_id or ""
-        if alt.startswith(prefix) and alt in wanted:
+        ours = alt.startswith(prefix)
+        if ours and alt in wanted:
             continue
         lifetime += committed_lifetime(li)
-        if li.active:
-            daily += committed_today(li)
+        today = spent_today.get(alt[len(prefix):], 0) if ours else 0
+        daily += committed_today(li, today) if li.active else today
     return lifetime, daily
 
 

@@ -36,7 +36,7 @@ import anyio.lowlevel
 import numpy as np
 
 from campaignd.clock import Clock
-from campaignd.domain.cells import METRICS
+from campaignd.domain.cells import METRIC_INDEX, METRICS
 from campaignd.errors import StorageError
 from campaignd.logs import get_logger
 from campaignd.metrics import Metrics
@@ -480,15 +480,24 @@ async def restore(pipeline: Pipeline, sql: Any, *, now: datetime) -> dict[str, i
                 table.matrix[:, pos] = counts
         recent = now - timedelta(hours=24)
         day_start = datetime.fromtimestamp(table.budget_day.start(now.timestamp()), UTC)
+        gone: list[Any] = []  # rows of cells the spec no longer has
         if day_start < recent:
             earlier = await sql.minute_rows(cid, since=day_start, until=recent)
             if earlier:
                 cells, at_s, day_counts = columns(table, earlier)
                 keep = cells >= 0
                 table.add_days(cells[keep], at_s[keep], day_counts[keep])
+                gone += [r for r, k in zip(earlier, keep, strict=True) if not k]
         rows = await sql.minute_rows(cid, since=recent, until=now + timedelta(hours=1))
         if rows:
-            table.replay_recent(*columns(table, rows))
+            cols = columns(table, rows)
+            table.replay_recent(*cols)
+            gone += [r for r, pos in zip(rows, cols[0], strict=True) if pos < 0]
+        if gone:  # their spend today still counts against the daily cap
+            table.add_gone_days([r.cell_id for r in gone],
+                                np.array([int(r.at.timestamp()) for r in gone], dtype=np.int64),
+                                np.array([r.counts[METRIC_INDEX["spend_micros"]] for r in gone],
+                                         dtype=np.int64))
         if totals:
             await pipeline.hot.set_totals(cid, {
                 cell: dict(zip(METRICS, counts, strict=True))

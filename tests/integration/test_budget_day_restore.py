@@ -49,3 +49,24 @@ async def test_restore_rebuilds_a_25_hour_days_spend_today(sql_store: SqlStore,
     assert table.day == BudgetDay("America/New_York").of(NOW)
     # the windows hold the last 24 h only
     assert int(table.windows.all()[86_400][spend, 0]) == 4_300_000
+
+
+async def test_restore_keeps_the_spend_today_of_a_cell_the_spec_no_longer_has(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    cells = atomize(seed_spec)
+    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
+    gone = cells[1].cell_id
+    rows = [row(seed_spec, gone, DAY_START - timedelta(minutes=10), 9_000),  # the day before
+            row(seed_spec, gone, DAY_START + timedelta(minutes=5), 20_000),  # > 24 h ago
+            row(seed_spec, gone, NOW - timedelta(minutes=2), 600_000),
+            row(seed_spec, cells[0].cell_id, NOW - timedelta(minutes=1), 1_000)]
+    await sql_store.commit_ingest(minutes=rows, now=NOW)
+    registry = Registry(BudgetDay("America/New_York"))
+    # restarted with a spec that no longer has the cell
+    table = registry.add_campaign(seed_spec, [c for c in cells if c.cell_id != gone])
+    clock = VirtualClock(NOW)
+    await restore(Pipeline(registry, InMemoryHotStore(clock), clock=clock), sql_store, now=NOW)
+    assert table.gone_today == {gone: 620_000}
+    assert int(table.today[METRIC_INDEX["spend_micros"]].sum()) == 1_000
+    table.roll_day(table.day + 1)  # the next budget day starts over
+    assert table.gone_today == {}

@@ -120,6 +120,15 @@ async def test_an_exclusion_rule_and_a_restart_pause_one_cells_line_item(
             others = await svc.adapter.get_line_items(
                 [x.id for x in svc.campaigns[spec.id].line_items.values()])
             assert len(others) == 5 and all(x.active for x in others)
+            # what it spent today still counts against today's cap (the daemon's registry
+            # keeps a removed cell's spend today: ``CellTable.gone_today``)
+            assert svc.campaigns[spec.id].daily_cap() == 60 * M
+        async with service(sql_store, url) as svc:  # restarted again, $7 spent by it today
+            svc.spent_today = lambda campaign_id: {gone.cell_id: 7 * M}
+            await svc.sync_campaign(excluded, kept)
+            st = svc.campaigns[spec.id]
+            assert st.daily_cap() == 53 * M
+            assert sum(x.daily_budget_micros or 0 for x in st.line_items.values()) <= 53 * M
 
 
 async def test_a_cell_added_to_a_running_campaign_starts_from_the_headroom(
