@@ -204,6 +204,14 @@ class CellTable:
             self.by_creative.add(self._creative_of[pos], d.T, int(t))
         self.add_days(positions, at_s, deltas)
 
+    def restore_creative_totals(self) -> None:
+        """Set the creative series' running totals to the sums of its cells' totals — after a
+        restart, which replays only the last 24 h of minute rows into the hourly buckets: the
+        totals are everything each creative ever had (its cells in the spec)."""
+        totals = np.zeros_like(self.by_creative.totals)
+        np.add.at(totals, self._creative_of, self.matrix.T)
+        self.by_creative.totals = totals
+
     def add(self, positions: np.ndarray, metric: str, values: np.ndarray | int = 1) -> None:
         """Add ``values`` to the running total of ``metric`` at cell ``positions`` (repeats
         accumulate). Totals only: for restoring state and for tests."""

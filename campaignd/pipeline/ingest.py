@@ -459,9 +459,11 @@ async def let_io_start() -> None:
 
 async def restore(pipeline: Pipeline, sql: Any, *, now: datetime) -> dict[str, int]:
     """Put the committed counts back into the registry — every cell's running totals, the
-    last 24 h of minute rows for the windows and the creative series, and the budget day's rows
-    for ``today`` (a 25-hour day's first hour is older than 24 h) — and publish the totals to
-    the hot store. Returns the impressions restored per campaign."""
+    last 24 h of minute rows for the windows and the creative series' hourly buckets (its
+    running totals: the sums of its cells' totals), and the budget day's rows for ``today`` (a
+    25-hour day's first hour is older than 24 h) — and publish the totals to the hot store. The
+    ZIP series starts empty: stored rows carry no ZIP code. Returns the impressions restored per
+    campaign."""
     from datetime import timedelta
 
     def columns(table: Any, rows: Sequence[Any]) -> tuple[np.ndarray, ...]:
@@ -493,6 +495,7 @@ async def restore(pipeline: Pipeline, sql: Any, *, now: datetime) -> dict[str, i
             cols = columns(table, rows)
             table.replay_recent(*cols)
             gone += [r for r, pos in zip(rows, cols[0], strict=True) if pos < 0]
+        table.restore_creative_totals()
         if gone:  # their spend today still counts against the daily cap
             table.add_gone_days([r.cell_id for r in gone],
                                 np.array([int(r.at.timestamp()) for r in gone], dtype=np.int64),

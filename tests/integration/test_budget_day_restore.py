@@ -70,3 +70,29 @@ async def test_restore_keeps_the_spend_today_of_a_cell_the_spec_no_longer_has(
     assert int(table.today[METRIC_INDEX["spend_micros"]].sum()) == 1_000
     table.roll_day(table.day + 1)  # the next budget day starts over
     assert table.gone_today == {}
+
+
+async def test_restore_keeps_each_creatives_running_totals(sql_store: SqlStore,
+                                                           seed_spec: CampaignSpec) -> None:
+    """The creative series' totals are everything each creative ever had (creative fatigue
+    reads its cumulative exposure), not only the last 24 hours a restart replays."""
+    cells = atomize(seed_spec)
+    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
+    a, b = cells[0], next(c for c in cells if c.creative != cells[0].creative)
+    rows = [row(seed_spec, a.cell_id, NOW - timedelta(days=3), 5_000),  # older than 24 h
+            row(seed_spec, a.cell_id, NOW - timedelta(hours=2), 7_000),
+            row(seed_spec, b.cell_id, NOW - timedelta(days=2), 11_000)]
+    await sql_store.commit_ingest(minutes=rows, now=NOW)
+    registry = Registry(BudgetDay("America/New_York"))
+    table = registry.add_campaign(seed_spec, cells)
+    clock = VirtualClock(NOW)
+    await restore(Pipeline(registry, InMemoryHotStore(clock), clock=clock), sql_store, now=NOW)
+    series = table.snapshot().creatives
+    assert series is not None
+    spend, imps = METRIC_INDEX["spend_micros"], METRIC_INDEX["impressions"]
+    assert int(series.totals[series.index(a.creative), spend]) == 12_000
+    assert int(series.totals[series.index(a.creative), imps]) == 2
+    assert int(series.totals[series.index(b.creative), spend]) == 11_000
+    # the hourly buckets hold what the restart replayed (the last 24 h)
+    assert int(series.values[series.index(a.creative), :, spend].sum()) == 7_000
+    assert int(series.values[series.index(b.creative), :, spend].sum()) == 0
