@@ -6,7 +6,7 @@ Both entry points end in the same place:
   the JSON or typed-message path;
 - ``add_rows`` — per-(slot, second) counter rows, as the simulator produces them from the
   market's step totals ("what is simulated is what runs": the same registry update, windows and
-  series, and the same flush buffer).
+  creative series, and the same flush buffer; rows carry no ZIP code, so not the ZIP series).
 
 Each batch becomes per-(cell, second) rows (``np.unique`` over ``slot << 32 | second``), summed
 into the cells' totals, rolling windows, creative series and the day's counts (by event time),

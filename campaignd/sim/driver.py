@@ -5,7 +5,8 @@ cell's levels: the audience's ZIPs and signals, the daypart's hours of week, the
 bundles, the creative level id as creative key, the bid strategy's CPM bid), and steps the
 market. What the market delivers goes through campaignd's own pipeline into a registry, as in
 the daemon: by default the market's per-step totals enter the pipeline's aggregation stage
-(``Aggregator.add_rows``: the same cell totals, rolling windows and series); with
+(``Aggregator.add_rows``: the same cell totals, rolling windows and creative series; the
+totals carry no ZIP code, so the ZIP series stays empty); with
 ``events=True`` every impression, activity, click and conversion is materialised as the
 ``AdLogMessage`` Beeswax would send and goes through the whole pipeline — validation,
 enrichment, dedupe, aggregation — typed, without JSON (slower: about 10 s per simulated day of
