@@ -172,6 +172,7 @@ class Daemon:
                                 database_url=database_url(settings),
                                 shown_url=masked_database_url(settings))
         self._problems: list[str] = []
+        self._status_outage = logmod.Outage(log, "could not publish status")
         self._ready = False
         self._stopping = False
         self._stopped = False
@@ -201,9 +202,8 @@ class Daemon:
             if sp.bytes > 0.9 * self.spool.max_bytes:
                 problems.append(f"the receiver's spool is {sp.bytes / self.spool.max_bytes:.0%} "
                                 "full: the event feed is behind (pushes get 503 when full)")
-        if self.ingest is not None and self.ingest.flush_failures and self.ingest.last_error \
-                and self.ingest.pipeline.backlog > self.ingest.max_backlog:
-            problems.append(f"event counts cannot be committed: {self.ingest.last_error}")
+        if self.ingest is not None:
+            problems += self.ingest.problems()
         healthy = self._ready and not self._stopping and not problems
         state = "stopped" if self._stopping else ("running" if healthy else "unhealthy")
         return {
@@ -447,6 +447,7 @@ class Daemon:
                                        metrics=self.metrics, mode=d.mode,
                                        poll_s=d.executor_poll_s, max_attempts=d.max_attempts)
         self.decisions.executor = self.executor
+        self.executor.hold = self._view_problem
         await tg.start(self.executor.run, name="executor")
 
     async def _start_receiver(self, tg: anyio.abc.TaskGroup, rsock: Any, checkpoint: str, *,
@@ -607,12 +608,20 @@ class Daemon:
         """The reallocation agent, then a decision cycle over every agent's recommendations."""
         if self.decisions is None:
             return 0
-        snaps = self.snapshots()
         at = self.clock.now()
+        why = self._view_problem()
+        if why is not None:  # no money decision on a broken view
+            self.decisions.hold(why, at)
+            return 0
+        snaps = self.snapshots()
         recs = await anyio.to_thread.run_sync(self.reallocation.run, snaps, at)
         self.decisions.collect(self.reallocation.name, recs)
         await self.decisions.cycle(snaps, self.dsp, at)
         return len(recs)
+
+    def _view_problem(self) -> str | None:
+        """Why the counts are not current now (a store or the feed failing), or None."""
+        return self.ingest.view_problem() if self.ingest is not None else None
 
     async def _run_reconcile(self, now: datetime) -> int:
         drift = await self.dsp.reconcile()
@@ -660,7 +669,9 @@ class Daemon:
                 await self.hot.set_json(f"status:{self.settings.instance}", st,
                                         ttl_s=STATUS_STALE_S)
         except Exception as exc:
-            log.warning("could not publish status", error=short_error(exc))
+            self._status_outage.failed(short_error(exc))
+        else:
+            self._status_outage.ok("status published again")
 
     async def _shutdown(self) -> None:
         """Flush and close everything, each step on its own time budget (≤ 9 s in all)."""

@@ -48,6 +48,8 @@ class DecisionService:
         empty: ``risk budget``, ``no expected gain``)."""
         self.last_recorded_at: str | None = None
         """When a cycle last recorded a new action (ISO time), if one has since start."""
+        self.held: str | None = None
+        """Why the last cycle was skipped (the counts were not current), if it was."""
 
     @property
     def mode(self) -> str:
@@ -114,6 +116,18 @@ class DecisionService:
                 if held and held.get(cid) else None)
         return out
 
+    def hold(self, reason: str, now: datetime) -> None:
+        """No cycle now: the counts are not current (``reason``: a store or the feed is
+        failing), and no money decision is made on them. The recommendations made on them are
+        dropped; the next cycle decides on fresh ones."""
+        self.inbox.clear()
+        why = "counts not current"
+        self.skipped_total[why] = self.skipped_total.get(why, 0) + 1
+        self.metrics.decisions_skipped.labels(why).inc()
+        self.held = reason
+        self.last = {"at": now.isoformat(), "mode": self.mode, "held": reason}
+        log.warning("decision cycle skipped: the counts are not current", reason=reason)
+
     async def cycle(self, snapshots: Mapping[str, CellSnapshot], dsp: Any,
                     now: datetime) -> DecisionPlan:
         """Decide on everything in the inbox and record the actions (see the module
@@ -146,6 +160,7 @@ class DecisionService:
         if mode == "live" and new and self.executor is not None:
             self.executor.wake()
         self.cycles += 1
+        self.held = None
         summary = plan.summary()
         if waiting:
             why = "an earlier proposal awaits review (decision.proposal_ttl_s)"
@@ -166,11 +181,12 @@ class DecisionService:
         out: dict[str, Any] = {"mode": d.mode, "risk_budget": d.risk_budget,
                                "cycles": self.cycles, "last_cycle": self.last,
                                "skipped_since_start": dict(self.skipped_total),
-                               "last_recorded_at": self.last_recorded_at}
+                               "last_recorded_at": self.last_recorded_at, "held": self.held}
         if self.executor is not None:
             t = self.executor.totals
             out["executor"] = {"applied": t.applied, "failed": t.failed, "refused": t.refused,
-                               "last_drain": self.executor.last_drain}
+                               "last_drain": self.executor.last_drain,
+                               "held": self.executor.held}
         return out
 
 

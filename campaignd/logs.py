@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -125,3 +126,49 @@ def configure(level: str = "INFO", fmt: str = "auto", file: Path | None = None,
 def get_logger(name: str | None = None, **bound: Any) -> Any:
     log = structlog.get_logger(name)
     return log.bind(**bound) if bound else log
+
+
+class Outage:
+    """One failing thing (a store, the feed), logged once per interval rather than once per
+    attempt: a database down for a night must not write a line every second to the journal.
+
+    ``failed`` logs the first failure at once and then at most one line every ``every_s``
+    seconds (with how long it has been failing and the attempts so far); ``ok`` logs one line
+    when it works again (how long it was down) and resets. ``since`` (``clock`` seconds) is set
+    while it is failing: the status reads it to say what is wrong and for how long."""
+
+    def __init__(self, logger: Any, event: str, *, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = logger
+        self.event = event
+        self.every_s = every_s
+        self.clock = clock
+        self.since: float | None = None
+        self.attempts = 0
+        self.error: str | None = None
+        self._logged_at = 0.0
+
+    def failing_for(self) -> float:
+        """Seconds since the first failure of this outage (0 when it is not failing)."""
+        return 0.0 if self.since is None else self.clock() - self.since
+
+    def failed(self, error: str, **fields: Any) -> None:
+        now = self.clock()
+        self.attempts += 1
+        self.error = error
+        if self.since is None:
+            self.since = now
+        elif now - self._logged_at < self.every_s:
+            return
+        self._logged_at = now
+        self.log.warning(self.event, error=error, failing_for_s=round(now - self.since, 1),
+                         attempts=self.attempts, **fields)
+
+    def ok(self, event: str, **fields: Any) -> None:
+        if self.since is None:
+            return
+        self.log.info(event, down_s=round(self.clock() - self.since, 1),
+                      attempts=self.attempts, **fields)
+        self.since = None
+        self.attempts = 0
+        self.error = None

@@ -50,7 +50,7 @@ the agents read next) and the cell's stored budgets.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -60,7 +60,7 @@ from anyio.abc import TaskStatus
 from campaignd.clock import Clock
 from campaignd.dsp.base import LineItem, committed_lifetime, committed_today
 from campaignd.errors import DSPCircuitOpen, DSPError, DSPRateLimited
-from campaignd.logs import get_logger
+from campaignd.logs import Outage, get_logger
 from campaignd.metrics import Metrics
 from campaignd.stores.sql.actions import ActionRow
 
@@ -123,6 +123,11 @@ class ActionExecutor:
         """Action id → when (monotonic seconds) it started waiting for headroom."""
         self.last_drain: dict[str, Any] | None = None
         self.totals = DrainResult()
+        self.hold: Callable[[], str | None] | None = None
+        """Why changes to the DSP must wait now (the counts the caps are checked on are not
+        current), or None; the daemon sets it."""
+        self.held: str | None = None
+        self._failing = Outage(log, "executor: drain failed; will retry")
 
     def wake(self) -> None:
         """Drain now (new actions were recorded or approved)."""
@@ -134,10 +139,22 @@ class ActionExecutor:
             with anyio.move_on_after(self.poll_s):
                 await self._wake.wait()
             self._wake = anyio.Event()
+            why = self.hold() if self.hold is not None else None
+            if why is not None:
+                if self.held is None:
+                    log.warning("executor: changes to the DSP wait until the counts are "
+                                "current", reason=why)
+                self.held = why
+                continue
+            if self.held is not None:
+                log.info("executor: the counts are current again; draining the outbox")
+                self.held = None
             try:
                 await self.drain()
             except Exception as exc:  # a store outage must not stop the loop
-                log.warning("executor: drain failed; will retry", error=str(exc)[:300])
+                self._failing.failed(str(exc)[:300])
+            else:
+                self._failing.ok("executor: drains work again")
 
     async def drain(self) -> DrainResult:
         """Apply what is in the outbox (see the module docstring). Each phase costs a few

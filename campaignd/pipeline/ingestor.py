@@ -25,8 +25,8 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from campaignd.clock import Clock
-from campaignd.errors import DSPError, StorageError
-from campaignd.logs import get_logger
+from campaignd.errors import DSPError, StorageError, leaves
+from campaignd.logs import Outage, get_logger
 from campaignd.metrics import Metrics
 from campaignd.pipeline.ingest import Pipeline, Prepared, commit, let_io_start, stream_base
 
@@ -34,6 +34,9 @@ log = get_logger("campaignd.ingest")
 
 ISOLATE_AFTER = 3
 """Unexpected failures in a row on the same batch before it is counted message by message."""
+PROBLEM_AFTER_S = 10.0
+"""Seconds a store or the DSP may fail before ``campaignd status`` reports it (a blip is not a
+problem to wake anyone for; the retries are logged)."""
 
 
 class EventIngestor:
@@ -62,6 +65,39 @@ class EventIngestor:
         self.flushes = 0
         self.flush_failures = 0
         self.last_flush_s: float | None = None
+        self._isolated: tuple[str | None, int] | None = None
+        """(cursor, messages counted) of a batch ``_isolate`` stopped in on a store failure."""
+        self.feed_outage = Outage(log, "event ingestion failed; retrying")
+        """Reading and counting the feed (a hot-store or DSP failure)."""
+        self.commit_outage = Outage(
+            log, "could not commit ingested events; keeping them for the next flush")
+        """Committing the counts to SQL."""
+
+    def problems(self, after_s: float = PROBLEM_AFTER_S) -> list[str]:
+        """What ``campaignd status`` reports: a failure lasting ``after_s`` or more, with what
+        to do about it."""
+        out = []
+        f, c = self.feed_outage, self.commit_outage
+        if f.since is not None and f.failing_for() >= after_s:
+            out.append(f"events are not being counted ({f.failing_for():.0f} s, {f.attempts} "
+                       f"attempts): {f.error} -- campaignd retries by itself and catches up "
+                       "once it answers; decisions and changes to the DSP wait until then")
+        if c.since is not None and c.failing_for() >= after_s:
+            out.append(f"event counts cannot be committed to the database "
+                       f"({c.failing_for():.0f} s, {self.pipeline.backlog} rows kept in "
+                       f"memory): {c.error} -- check that the database server is running; "
+                       "campaignd commits them by itself once it answers")
+        return out
+
+    def view_problem(self) -> str | None:
+        """Why the counts are not current now (the feed cannot count, or reading waits for the
+        database), or None. No money decision is made on them meanwhile."""
+        if self.feed_outage.since is not None:
+            return f"the event feed is failing: {self.feed_outage.error}"
+        if self.pipeline.backlog > self.max_backlog:
+            return (f"reading the feed waits for the database ({self.pipeline.backlog} rows "
+                    f"not committed): {self.commit_outage.error}")
+        return None
 
     def status(self) -> dict[str, Any]:
         return {**self.pipeline.stats.as_dict(), "cursor": self.cursor,
@@ -89,16 +125,18 @@ class EventIngestor:
                     await self._isolate()
                     stuck = 0
                 await self._stream()
-            except (DSPError, StorageError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("event ingestion failed; retrying", error=self.last_error,
-                            retry_in_s=backoff)
-            except Exception as exc:  # a bug must not take the daemon down with it
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                stuck = 1 if self.cursor != started_at else stuck + 1
-                log.error("event ingestion failed unexpectedly; retrying",
-                          error=self.last_error, retry_in_s=backoff, exc_info=True,
-                          batch_one_by_one=stuck >= ISOLATE_AFTER)
+            except Exception as exc:
+                # (``_stream`` raises what failed in its task group inside a group)
+                outage = _outage(exc)
+                if outage is not None:
+                    self.last_error = f"{type(outage).__name__}: {outage}"
+                    self.feed_outage.failed(self.last_error, retry_in_s=backoff)
+                else:  # a bug must not take the daemon down with it
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    stuck = 1 if self.cursor != started_at else stuck + 1
+                    log.error("event ingestion failed unexpectedly; retrying",
+                              error=self.last_error, retry_in_s=backoff, exc_info=True,
+                              batch_one_by_one=stuck >= ISOLATE_AFTER)
             if self.cursor != started_at:
                 backoff = self.poll_s  # it had been working: a fresh failure, a short wait
             await anyio.sleep(backoff)
@@ -113,11 +151,17 @@ class EventIngestor:
         self._gap(batch.skipped, self.cursor)
         positions = self._positions(batch)
         failed = 0
+        # (a store failure half-way through: the messages counted before it are not counted
+        # again when the batch is read again -- their marks' positions would let them in)
+        done = self._isolated[1] if self._isolated and self._isolated[0] == self.cursor else 0
         for i, raw in enumerate(batch.messages):
+            if i < done:
+                continue
             try:
                 await self.pipeline.ingest([raw], None if positions is None
                                            else positions[i:i + 1])
             except (DSPError, StorageError):
+                self._isolated = (self.cursor, i)
                 raise
             except Exception as exc:
                 failed += 1
@@ -126,7 +170,9 @@ class EventIngestor:
                 log.error("the pipeline failed on a message; dead-lettered as internal_error",
                           error=f"{type(exc).__name__}: {exc}"[:300], exc_info=True)
         self.cursor = batch.next_cursor
+        self._isolated = None
         self.last_error = None
+        self.feed_outage.ok("event ingestion works again")
         log.warning("a batch the pipeline kept failing on was counted message by message",
                     messages=len(batch.messages), dead_lettered=failed)
 
@@ -143,6 +189,7 @@ class EventIngestor:
                     await self.pipeline.complete(prep)
                     self.cursor = next_cursor
                     self.last_error = None
+                    self.feed_outage.ok("event ingestion works again")
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(count)
@@ -210,16 +257,25 @@ class EventIngestor:
         except StorageError as exc:
             self.flush_failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("could not commit ingested events; keeping them for the next flush",
-                        error=self.last_error, backlog=self.pipeline.backlog)
+            self.commit_outage.failed(self.last_error, backlog=self.pipeline.backlog)
             raise
         self.committed_cursor = cursor
+        self.commit_outage.ok("ingested events committed again")
         self.flushes += 1
         self.last_flush_s = anyio.current_time() - t0
         if self.on_commit is not None:
             done = self.on_commit()
             if inspect.isawaitable(done):
                 await done
+
+
+def _outage(exc: Exception) -> DSPError | StorageError | None:
+    """The store or DSP failure ``exc`` is (a task group raises what failed in it inside a
+    group), or None when it is anything else -- a bug."""
+    errors = list(leaves(exc))
+    if errors and all(isinstance(e, DSPError | StorageError) for e in errors):
+        return errors[0]  # type: ignore[return-value]
+    return None
 
 
 __all__ = ["EventIngestor"]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from campaignd.clock import Clock, SystemClock
+from campaignd.errors import StorageError
 from campaignd.stores.base import (
     BUCKET_TTL_S,
     SECOND_BUCKET_TTL_S,
@@ -214,10 +215,20 @@ class InMemoryHotStore(HotStore):
                     add(pos >= 0 and old == pos)
         if new_ids:
             expires = now + ttl_s
-            marks.add_batch(held, new_ids, expires)
             if self._log is not None:  # before the cap may forget some of them
-                self._log.append(namespace, new_ids, new_pos or [-1] * len(new_ids),
-                                 expires, now)
+                try:
+                    self._log.append(namespace, new_ids, new_pos or [-1] * len(new_ids),
+                                     expires, now)
+                except OSError as exc:
+                    # (a full or read-only disk) not marked, so not counted: the batch is
+                    # retried as it is once the log can be written again
+                    for id_ in new_ids:
+                        del held[id_]
+                    raise StorageError(
+                        f"cannot write the dedupe marks in {self._log.directory}: "
+                        f"{exc.strerror or exc}; free space on that disk or make it writable "
+                        "again (state_dir) -- counting resumes by itself") from exc
+            marks.add_batch(held, new_ids, expires)
             marks.evict(self.max_seen)
         return out
 

@@ -1,0 +1,204 @@
+"""The event feed through a hot store that goes away and comes back: a private redis-server
+(started here, on a free port, so that it can be killed) under the ingestor reading the
+sandbox's feed. While Redis is down the feed reports a store outage (not a pipeline bug: no
+message-by-message isolation, no traceback, no dead letter), the counts are marked not current
+(no money decision on them), and once Redis is back the ingestor catches up by itself with
+every delivered event counted exactly once. The in-memory hot store's dedupe-mark log on a full
+disk is a store outage too, never a dead letter."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from campaignd.clock import VirtualClock
+from campaignd.domain.campaign import CampaignSpec, atomize
+from campaignd.dsp.beeswax import BeeswaxAdapter
+from campaignd.dsp.sandbox import SandboxService
+from campaignd.errors import StorageError
+from campaignd.metrics import Metrics
+from campaignd.pipeline.ingest import Pipeline
+from campaignd.pipeline.ingestor import EventIngestor
+from campaignd.pipeline.registry import Registry
+from campaignd.stores.memory import InMemoryHotStore
+from campaignd.stores.redis import RedisHotStore
+from campaignd.stores.sql import SqlStore
+from campaignd.testing import impression_message
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+NOW_US = int(NOW.timestamp() * 1_000_000)
+EMAIL, PASSWORD = "ops@campaignd.test", "pw"
+CHECKPOINT = "events:beeswax:test"
+
+
+@asynccontextmanager
+async def feed() -> AsyncIterator[tuple[Any, BeeswaxAdapter]]:
+    """The sandbox's log feed over loopback HTTP, read through the Beeswax adapter."""
+    service = SandboxService(None, email=EMAIL, password=PASSWORD, log_level="critical")
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(service.run)
+        adapter = BeeswaxAdapter(base_url=url, email=EMAIL, password=SecretStr(PASSWORD),
+                                 rate_limit_per_s=None, timeout_s=10.0)
+        try:
+            yield service.state, adapter
+        finally:
+            await adapter.aclose()
+            tg.cancel_scope.cancel()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own (no persistence): ``stop`` kills it and its data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        pidfile = self.dir / "redis.pid"
+        pidfile.unlink(missing_ok=True)
+        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--daemonize", "yes",
+                        "--dir", str(self.dir), "--pidfile", str(pidfile)],
+                       check=True, capture_output=True, timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        self.pid = int(pidfile.read_text())
+                        return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.pid is None:
+            return
+        os.kill(self.pid, signal.SIGKILL)  # (its data goes with it: no persistence)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        self.pid = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (this test starts and kills its own)",
+                        pytrace=False)
+        pytest.skip("redis-server is not installed: this test starts and kills a Redis of its "
+                    "own (apt-get install redis-server)")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_the_feed_survives_redis_going_away_and_counts_every_event_once(
+        sql_store: SqlStore, seed_spec: CampaignSpec, virtual_clock: VirtualClock,
+        private_redis: PrivateRedis) -> None:
+    virtual_clock.set(NOW)
+    cells = atomize(seed_spec)
+    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
+    registry = Registry()
+    registry.add_campaign(seed_spec, cells)
+    registry.register(seed_spec.id, {100: cells[0].cell_id})
+    hot = RedisHotStore.from_url(private_redis.url, timeout_s=1.0)
+    pipe = Pipeline(registry, hot, clock=virtual_clock, metrics=Metrics())
+    ing = EventIngestor(adapter=None, sql=sql_store, pipeline=pipe, clock=virtual_clock,
+                        metrics=Metrics(), checkpoint=CHECKPOINT, poll_s=0.02, batch=50,
+                        flush_s=0.05)
+
+    def counted() -> int:
+        return int(registry.tables[0].counts["impressions"].sum())
+
+    async def until(what: Any, seconds: float = 20) -> None:
+        with anyio.fail_after(seconds):
+            while not what():
+                await anyio.sleep(0.02)
+
+    try:
+        with capture_logs() as logs:
+            async with feed() as (state, adapter), anyio.create_task_group() as tg:
+                ing.adapter = adapter
+                state.feed.extend(impression_message(i, line_item=100, ts_usecs=NOW_US - 5000 + i)
+                                  for i in range(200))
+                await tg.start(ing.run)
+                await until(lambda: counted() == 200)
+                assert ing.view_problem() is None
+
+                private_redis.stop()
+                state.feed.extend(impression_message(i, line_item=100,
+                                                     ts_usecs=NOW_US - 5000 + i)
+                                  for i in range(200, 400))
+                await until(lambda: ing.view_problem() is not None)
+                await anyio.sleep(0.5)  # several retries while it is down
+                assert "Redis" in (ing.view_problem() or "")
+                [problem] = ing.problems(after_s=0)
+                assert "events are not being counted" in problem and "retries by itself" in problem
+                assert counted() == 200  # nothing counted on a broken view
+
+                private_redis.start()  # back, without its data
+                await until(lambda: counted() == 400 and ing.committed_cursor == ing.cursor)
+                assert ing.view_problem() is None and ing.problems(after_s=0) == []
+                tg.cancel_scope.cancel()
+    finally:
+        await hot.close()
+    # a store outage is not a pipeline bug: no traceback, no isolation, nothing dead-lettered
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+    assert pipe.stats.dead == {} and pipe.stats.duplicates == 0
+    failures = [e for e in logs if e["event"] == "event ingestion failed; retrying"]
+    assert len(failures) == 1  # once per outage (and per minute), not once per attempt
+    assert any(e["event"] == "event ingestion works again" for e in logs)
+    totals = await sql_store.read_cell_totals(seed_spec.id)
+    assert sum(c[0] for c in totals.values()) == 400
+
+
+async def test_a_full_disk_under_the_memory_marks_is_a_storage_error_and_marks_nothing(
+        tmp_path: Path, virtual_clock: VirtualClock) -> None:
+    virtual_clock.set(NOW)
+    store = InMemoryHotStore(virtual_clock, seen_dir=tmp_path / "marks")
+    assert store._log is not None
+    append = store._log.append
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store._log.append = full  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="No space left on device"):
+        await store.mark_seen("ns", ["a", "b"], 3600, positions=[1, 2])
+    with pytest.raises(StorageError):
+        await store.mark_seen("ns", ["c"], 3600)
+    store._log.append = append  # type: ignore[method-assign]
+    # the batch retried once the disk has room is new (counted once), with or without positions
+    assert await store.mark_seen("ns", ["a", "b"], 3600, positions=[1, 2]) == [True, True]
+    assert await store.mark_seen("ns", ["c"], 3600) == [True]
+    assert await store.mark_seen("ns", ["c"], 3600) == [False]
