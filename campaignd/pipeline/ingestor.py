@@ -34,6 +34,8 @@ log = get_logger("campaignd.ingest")
 
 ISOLATE_AFTER = 3
 """Unexpected failures in a row on the same batch before it is counted message by message."""
+STALE_AFTER_S = 5.0
+"""A feed failing this long makes the counts not current: decisions and changes wait."""
 PROBLEM_AFTER_S = 10.0
 """Seconds a store or the DSP may fail before ``campaignd status`` reports it (a blip is not a
 problem to wake anyone for; the retries are logged)."""
@@ -90,9 +92,11 @@ class EventIngestor:
         return out
 
     def view_problem(self) -> str | None:
-        """Why the counts are not current now (the feed cannot count, or reading waits for the
-        database), or None. No money decision is made on them meanwhile."""
-        if self.feed_outage.since is not None:
+        """Why the counts are not current now (the feed has not counted for ``STALE_AFTER_S``
+        or more, or reading waits for the database), or None. No money decision is made on
+        them meanwhile. (A single failed read, retried within a second, holds nothing back.)"""
+        if self.feed_outage.since is not None and \
+                self.feed_outage.failing_for() >= STALE_AFTER_S:
             return f"the event feed is failing: {self.feed_outage.error}"
         if self.pipeline.backlog > self.max_backlog:
             return (f"reading the feed waits for the database ({self.pipeline.backlog} rows "
