@@ -20,7 +20,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -224,3 +225,26 @@ def counter_totals(rows: dict[str, tuple[int, ...]]) -> dict[str, int]:
         for c, n in zip(COUNTER_COLUMNS, counts, strict=True):
             out[c] += n
     return out
+
+
+@asynccontextmanager
+async def sandbox_feed(email: str = "ops@campaignd.test",
+                       password: str = "pw") -> AsyncIterator[tuple[Any, Any]]:
+    """An in-process sandbox DSP on a loopback port and a Beeswax adapter logged in to it:
+    ``(sandbox state, adapter)`` — its log feed (``state.feed``) read over real HTTP."""
+    import anyio
+    from pydantic import SecretStr
+
+    from campaignd.dsp.beeswax import BeeswaxAdapter
+    from campaignd.dsp.sandbox import SandboxService
+
+    service = SandboxService(None, email=email, password=password, log_level="critical")
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(service.run)
+        adapter = BeeswaxAdapter(base_url=url, email=email, password=SecretStr(password),
+                                 rate_limit_per_s=None, timeout_s=10.0)
+        try:
+            yield service.state, adapter
+        finally:
+            await adapter.aclose()
+            tg.cancel_scope.cancel()

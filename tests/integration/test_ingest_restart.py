@@ -6,20 +6,16 @@ restart are still duplicates, and a feed gap is dead-lettered."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from pydantic import SecretStr
 
 from campaignd.clock import VirtualClock
 from campaignd.domain.campaign import CampaignSpec, atomize
-from campaignd.dsp.beeswax import BeeswaxAdapter
-from campaignd.dsp.sandbox import SandboxService
 from campaignd.metrics import Metrics
 from campaignd.pipeline.ingest import Pipeline, restore
 from campaignd.pipeline.ingestor import EventIngestor
@@ -33,26 +29,14 @@ from campaignd.testing import (
     conversion_message,
     counter_totals,
     impression_message,
+    sandbox_feed,
 )
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW_US = int(NOW.timestamp() * 1_000_000)
-EMAIL, PASSWORD = "ops@campaignd.test", "pw"
 CHECKPOINT = "events:beeswax:test"
 
 
-@asynccontextmanager
-async def feed() -> AsyncIterator[tuple[Any, BeeswaxAdapter]]:
-    service = SandboxService(None, email=EMAIL, password=PASSWORD, log_level="critical")
-    async with anyio.create_task_group() as tg:
-        url = await tg.start(service.run)
-        adapter = BeeswaxAdapter(base_url=url, email=EMAIL, password=SecretStr(PASSWORD),
-                                 rate_limit_per_s=None, timeout_s=10.0)
-        try:
-            yield service.state, adapter
-        finally:
-            await adapter.aclose()
-            tg.cancel_scope.cancel()
 
 
 def events(n: int, line_items: list[int]) -> list[tuple[str, bytes]]:
@@ -110,7 +94,7 @@ async def test_a_crash_between_commits_neither_loses_nor_double_counts(
                                    clock=virtual_clock, metrics=Metrics(), batch=50,
                                    checkpoint=CHECKPOINT), registry
 
-    async with feed() as (state, adapter):
+    async with sandbox_feed() as (state, adapter):
         state.feed.extend(m for _, m in part1)
         hot = hot_factory()
         _pipe, ing, _ = run(hot)
@@ -157,7 +141,7 @@ async def test_a_feed_gap_is_dead_lettered_with_its_size(
     registry = Registry()
     registry.add_campaign(seed_spec, cells)
     registry.register(seed_spec.id, {100: cells[0].cell_id})
-    async with feed() as (state, adapter):
+    async with sandbox_feed() as (state, adapter):
         state.feed.capacity = 10
         state.feed.extend(impression_message(i, line_item=100, ts_usecs=NOW_US - 1000 + i)
                           for i in range(25))
@@ -197,7 +181,7 @@ async def test_a_message_the_pipeline_fails_on_is_dead_lettered_not_retried_fore
 
     monkeypatch.setattr(pipe, "prepare", buggy)
     monkeypatch.setattr(ingestor_module, "ISOLATE_AFTER", 2)
-    async with feed() as (state, adapter):
+    async with sandbox_feed() as (state, adapter):
         state.feed.extend(impression_message(i, line_item=100, ts_usecs=NOW_US - 1000 + i)
                           for i in range(20))
         ing = EventIngestor(adapter=adapter, sql=sql_store, pipeline=pipe, clock=virtual_clock,

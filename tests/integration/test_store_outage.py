@@ -15,21 +15,17 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from campaignd.clock import VirtualClock
 from campaignd.domain.campaign import CampaignSpec, atomize
-from campaignd.dsp.beeswax import BeeswaxAdapter
-from campaignd.dsp.sandbox import SandboxService
 from campaignd.errors import StorageError
 from campaignd.metrics import Metrics
 from campaignd.pipeline.ingest import Pipeline
@@ -38,27 +34,13 @@ from campaignd.pipeline.registry import Registry
 from campaignd.stores.memory import InMemoryHotStore
 from campaignd.stores.redis import RedisHotStore
 from campaignd.stores.sql import SqlStore
-from campaignd.testing import impression_message
+from campaignd.testing import impression_message, sandbox_feed
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW_US = int(NOW.timestamp() * 1_000_000)
-EMAIL, PASSWORD = "ops@campaignd.test", "pw"
 CHECKPOINT = "events:beeswax:test"
 
 
-@asynccontextmanager
-async def feed() -> AsyncIterator[tuple[Any, BeeswaxAdapter]]:
-    """The sandbox's log feed over loopback HTTP, read through the Beeswax adapter."""
-    service = SandboxService(None, email=EMAIL, password=PASSWORD, log_level="critical")
-    async with anyio.create_task_group() as tg:
-        url = await tg.start(service.run)
-        adapter = BeeswaxAdapter(base_url=url, email=EMAIL, password=SecretStr(PASSWORD),
-                                 rate_limit_per_s=None, timeout_s=10.0)
-        try:
-            yield service.state, adapter
-        finally:
-            await adapter.aclose()
-            tg.cancel_scope.cancel()
 
 
 class PrivateRedis:
@@ -147,7 +129,7 @@ async def test_the_feed_survives_redis_going_away_and_counts_every_event_once(
 
     try:
         with capture_logs() as logs:
-            async with feed() as (state, adapter), anyio.create_task_group() as tg:
+            async with sandbox_feed() as (state, adapter), anyio.create_task_group() as tg:
                 ing.adapter = adapter
                 state.feed.extend(impression_message(i, line_item=100, ts_usecs=NOW_US - 5000 + i)
                                   for i in range(200))
