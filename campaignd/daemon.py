@@ -488,6 +488,8 @@ class Daemon:
         assert r.token is not None
         app = create_receiver_app(
             self.spool, token=r.token.get_secret_value(), path=r.path,
+            previous_token=(r.previous_token.get_secret_value()
+                            if r.previous_token is not None else None),
             max_body_bytes=r.max_body_mb << 20, on_accepted=self.metrics.receiver_messages.inc,
             on_refused=lambda reason: self.metrics.receiver_refused.labels(reason).inc())
         await tg.start(serve_http, app, rsock, name="receiver")

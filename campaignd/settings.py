@@ -355,6 +355,10 @@ class ReceiverSettings(_Section):
     path: str = Field("/beeswax/events", pattern=r"^/[A-Za-z0-9/_.-]*$")
     token: SecretStr | None = None
     token_file: Path | None = None
+    previous_token: SecretStr | None = None
+    """Also accepted while a token is rotated (Beeswax drops a push refused with 401/403):
+    set it to the old token, ``token`` to the new one, update the push, then remove it."""
+    previous_token_file: Path | None = None
     spool_dir: Path | None = Field(None, description="default: state_dir/spool")
     max_spool_mb: int = Field(10_240, ge=1, description="above this, pushes get 503 + Retry-After")
     segment_mb: int = Field(64, ge=1, le=4096)
@@ -364,6 +368,17 @@ class ReceiverSettings(_Section):
     def _secret(self) -> ReceiverSettings:
         if self.token is None:
             self.token = _read_secret_file(self.token_file, "receiver.token_file")
+        if self.previous_token is None:
+            self.previous_token = _read_secret_file(self.previous_token_file,
+                                                    "receiver.previous_token_file")
+        if self.previous_token is not None:
+            old = self.previous_token.get_secret_value().strip()
+            if not old:
+                raise ValueError("receiver.previous_token is empty: remove it, or give the "
+                                 "token being rotated out")
+            if self.token is not None and old == self.token.get_secret_value().strip():
+                raise ValueError("receiver.previous_token is the same as receiver.token: give "
+                                 "the old token (the one being rotated out), or remove it")
         if self.max_spool_mb < self.segment_mb + self.max_body_mb:
             raise ValueError(f"receiver.max_spool_mb ({self.max_spool_mb}) must be at least "
                              f"receiver.segment_mb + receiver.max_body_mb "
@@ -747,7 +762,8 @@ def secret_values(settings: Settings) -> list[str]:
     """Every secret's plain value, for the log redactor."""
     out = []
     for s in (settings.database.password, settings.redis.password, settings.dsp.beeswax.password,
-              settings.http.api_token, settings.receiver.token):
+              settings.http.api_token, settings.receiver.token,
+              settings.receiver.previous_token):
         if s is not None and s.get_secret_value():
             out.append(s.get_secret_value())
     for url in (settings.database.url, settings.redis.url, settings.dsp.beeswax.base_url):

@@ -11,7 +11,8 @@ committed with the counts).
 
 - **Authentication**: ``Authorization: Bearer <receiver.token>``, or ``?token=<receiver.token>``
   for push configurations that only take a URL (a token in a URL can end up in proxy logs:
-  prefer the header). No token: 401; a wrong one: 403.
+  prefer the header). No token: 401; a wrong one: 403. While a token is rotated,
+  ``receiver.previous_token`` is accepted too (Beeswax drops a push refused with 401/403).
 - **Body**: JSON — newline-delimited messages (one ``AdLogMessage`` a line), a JSON array of
   messages, or one message; ``Content-Encoding: gzip`` is accepted, and gzip that the headers
   do not announce is recognised by its magic bytes. Protobuf (the other format Beeswax offers)
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -170,12 +172,17 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/events",
                         max_body_bytes: int = 32 << 20,
                         on_accepted: Callable[[int], Any] | None = None,
-                        on_refused: Callable[[str], Any] | None = None) -> Starlette:
+                        on_refused: Callable[[str], Any] | None = None,
+                        previous_token: str | None = None) -> Starlette:
     """The receiver (see the module docstring). ``on_accepted(n)`` / ``on_refused(reason)``
-    are called for metrics."""
+    are called for metrics. ``previous_token``: also accepted, while a token is rotated (a
+    push it authenticates is logged, at most once an hour, so that the rotation is finished)."""
     if not token.strip():
         raise ValueError("the receiver needs a token")
     expected = token.strip().encode()
+    previous = previous_token.strip().encode() if previous_token and \
+        previous_token.strip() else None
+    warned: list[float] = []
 
     slots: list[anyio.Semaphore] = []
 
@@ -200,7 +207,16 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
                 401, "pushing events needs the receiver's token", field="Authorization",
                 fix="send 'Authorization: Bearer <token>' or add ?token=<token> to the push URL "
                     "(receiver.token)"))
-        if not hmac.compare_digest(given.strip().encode(), expected):
+        presented = given.strip().encode()
+        ok = hmac.compare_digest(presented, expected)
+        if not ok and previous is not None and hmac.compare_digest(presented, previous):
+            ok = True
+            now = time.monotonic()
+            if not warned or now - warned[0] > 3600:
+                warned[:] = [now]
+                log.info("receiver: a push used receiver.previous_token; once the push sends "
+                         "the new token, remove previous_token to finish the rotation")
+        if not ok:
             return refused("bad_token", _error(403, "the token is not valid", field="Authorization",
                                                fix="use the token in receiver.token"))
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

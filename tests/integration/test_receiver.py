@@ -16,14 +16,17 @@ from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 
 from campaignd.clock import VirtualClock
 from campaignd.domain.campaign import CampaignSpec, atomize
+from campaignd.errors import ConfigError
 from campaignd.metrics import Metrics
 from campaignd.pipeline.ingest import Pipeline, restore
 from campaignd.pipeline.ingestor import EventIngestor
 from campaignd.pipeline.registry import Registry
 from campaignd.pipeline.spool import Spool, SpoolFeed
+from campaignd.settings import load_settings, secret_values
 from campaignd.stores.memory import InMemoryHotStore
 from campaignd.stores.sql import SqlStore
 from campaignd.testing import conversion_message, counter_totals, impression_message
@@ -38,12 +41,12 @@ CHECKPOINT = "events:receiver:test"
 
 
 @asynccontextmanager
-async def receiver(spool: Spool, *, max_body_bytes: int = 1 << 20
-                   ) -> AsyncIterator[httpx.AsyncClient]:
+async def receiver(spool: Spool, *, max_body_bytes: int = 1 << 20,
+                   previous_token: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
     """The receiver app served by uvicorn on a free loopback port; a client for it."""
     refused: list[str] = []
     app = create_receiver_app(spool, token=TOKEN, path=PATH, max_body_bytes=max_body_bytes,
-                              on_refused=refused.append)
+                              on_refused=refused.append, previous_token=previous_token)
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     async with anyio.create_task_group() as tg:
@@ -131,6 +134,25 @@ def test_bodies_split_into_messages() -> None:
     assert split_messages(b'{\n  "clicks": []\n}') == [b'{\n  "clicks": []\n}']
     assert split_messages(b"\xef\xbb\xbf" + a + b"\n" + b) == [a, b]  # a UTF-8 BOM
     assert split_messages(b" \n ") == []
+
+
+async def test_the_previous_token_is_taken_while_it_is_rotated(tmp_path: Path) -> None:
+    msg = impression_message(1, line_item=100, ts_usecs=NOW_US)
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    async with receiver(spool, previous_token="the-old-one") as client:
+        for token, status in ((TOKEN, 200), ("the-old-one", 200), ("the-oldest-one", 403)):
+            r = await client.post(PATH, content=msg,
+                                  headers={"authorization": f"Bearer {token}"})
+            assert r.status_code == status, (token, r.text)
+    assert len(held(spool)) == 2
+    # the settings: both secrets, never the same, never empty; both scrubbed from logs
+    base = {"CAMPAIGND_RECEIVER__TOKEN": "new-token-123"}
+    s = load_settings(None, environ={**base, "CAMPAIGND_RECEIVER__PREVIOUS_TOKEN": "old-tok-9"})
+    assert {"new-token-123", "old-tok-9"} <= set(secret_values(s))
+    for bad, needle in (("new-token-123", "the same as receiver.token"), (" ", "is empty")):
+        with pytest.raises(ConfigError, match=needle):
+            load_settings(None, environ={**base, "CAMPAIGND_RECEIVER__PREVIOUS_TOKEN": bad})
 
 
 async def test_refusals_name_the_field_and_keep_nothing(tmp_path: Path) -> None:
