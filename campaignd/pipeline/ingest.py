@@ -198,6 +198,9 @@ class Pipeline:
                                      context_capacity=context_capacity)
         self.aggregator = Aggregator(registry, keep_pending=keep_pending)
         self.stats = PipelineStats()
+        self.hot_totals_stale = False
+        """A hot-store update failed after a commit: the next one publishes every cell's
+        totals, not only those the flush touched."""
         self.high_water_us = 0
         self._letters: list[tuple[str, bytes]] = []
         self._letter_counts: list[int] = []
@@ -401,6 +404,13 @@ class Pipeline:
             out[table.campaign_id] = per
         return out
 
+    def all_hot_totals(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Every cell's exact running totals, as ``{campaign: {cell: …}}``."""
+        return {t.campaign_id: {cid: dict(zip(METRICS, row, strict=True))
+                                for cid, row in zip(t.cell_ids, t.matrix.T.tolist(),
+                                                    strict=True)}
+                for t in self.registry.tables}
+
     def hot_totals(self, slots: np.ndarray) -> dict[str, dict[str, dict[str, int]]]:
         """The registry's exact running totals of ``slots``, as ``{campaign: {cell: …}}``."""
         out: dict[str, dict[str, dict[str, int]]] = {}
@@ -427,8 +437,8 @@ async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tupl
                  source: str, now: datetime) -> None:
     """Commit a flush to SQL (one transaction, with the cursor), then publish it to the hot
     store. On a SQL failure the flush is given back to the pipeline and the error re-raised; a
-    hot-store failure after the commit is logged (SQL and the registry stay exact, and the next
-    commit publishes the exact totals again)."""
+    hot-store failure after the commit is logged (SQL and the registry stay exact), and the next
+    commit that reaches the hot store publishes every cell's exact totals again."""
     try:
         await sql.commit_ingest(minutes=pipeline.minute_rows(flush.pending), letters=flush.letters,
                                 letter_counts=flush.letter_counts, letter_source=source,
@@ -442,11 +452,15 @@ async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tupl
     try:
         for campaign_id, buckets in pipeline.hot_buckets(flush.pending).items():
             await hot.add_buckets(campaign_id, buckets)
-        for campaign_id, totals in pipeline.hot_totals(flush.pending.slots).items():
+        totals_now = (pipeline.all_hot_totals() if pipeline.hot_totals_stale
+                      else pipeline.hot_totals(flush.pending.slots))
+        for campaign_id, totals in totals_now.items():
             await hot.set_totals(campaign_id, totals)
+        pipeline.hot_totals_stale = False
     except StorageError as exc:
-        log.warning("hot store update failed after the commit; its buckets miss this flush",
-                    error=str(exc))
+        pipeline.hot_totals_stale = True
+        log.warning("hot store update failed after the commit; its buckets miss this flush "
+                    "and every total is published again at the next commit", error=str(exc))
 
 
 async def let_io_start() -> None:

@@ -184,3 +184,44 @@ async def test_a_full_disk_under_the_memory_marks_is_a_storage_error_and_marks_n
     assert await store.mark_seen("ns", ["a", "b"], 3600, positions=[1, 2]) == [True, True]
     assert await store.mark_seen("ns", ["c"], 3600) == [True]
     assert await store.mark_seen("ns", ["c"], 3600) == [False]
+
+
+async def test_hot_totals_missed_in_an_outage_are_published_again_at_the_next_commit(
+        sql_store: SqlStore, seed_spec: CampaignSpec, virtual_clock: VirtualClock,
+        private_redis: PrivateRedis) -> None:
+    from campaignd.pipeline.ingest import commit
+
+    virtual_clock.set(NOW)
+    cells = atomize(seed_spec)
+    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
+    registry = Registry()
+    registry.add_campaign(seed_spec, cells)
+    registry.register(seed_spec.id, {100: cells[0].cell_id, 101: cells[1].cell_id})
+    hot = RedisHotStore.from_url(private_redis.url, timeout_s=1.0)
+    pipe = Pipeline(registry, hot, clock=virtual_clock, metrics=Metrics())
+
+    async def count(line_item: int, first: int, n: int) -> None:
+        await pipe.ingest([impression_message(i, line_item=line_item, ts_usecs=NOW_US - 5000 + i)
+                           for i in range(first, first + n)])
+
+    async def push() -> None:
+        await commit(pipe, sql_store, pipe.take_flush(), checkpoint=None, source="test",
+                     now=NOW)
+
+    try:
+        await count(100, 0, 5)
+        await push()
+        assert (await hot.cell_totals(seed_spec.id, cells[0].cell_id))["impressions"] == 5
+        await count(100, 5, 3)
+        private_redis.stop()
+        await push()  # committed to SQL; the hot store misses it
+        assert pipe.hot_totals_stale
+        private_redis.start()  # back, without its data
+        await count(101, 100, 2)
+        await push()  # a flush that touches only the other cell
+        assert not pipe.hot_totals_stale
+        # every cell's exact total is back, not only the one this flush touched
+        assert (await hot.cell_totals(seed_spec.id, cells[0].cell_id))["impressions"] == 8
+        assert (await hot.cell_totals(seed_spec.id, cells[1].cell_id))["impressions"] == 2
+    finally:
+        await hot.close()
