@@ -3,8 +3,12 @@
 An append-only log in segment files (``<dir>/seg-<n>.log``): each ``mark_seen`` call that made
 new marks appends one JSON line ``[namespace, [ids], [positions], expiry]`` and flushes it
 before returning (a crashed process loses nothing it acknowledged; a torn last line is ignored
-on replay). A segment is deleted, never rewritten, once none of its marks can still be live:
-when ``keep`` marks (the store's cap) have been written after it — with one TTL the store
+on replay). A line that cannot be written whole (a full disk) is cut off again before the error
+is raised, so the next line never joins a torn one (both would be lost on replay) and no mark
+the store refused reaches the log.
+
+A segment is deleted, never rewritten, once none of its marks can still be live: when ``keep``
+marks (the store's cap) have been written after it — with one TTL the store
 evicts oldest first, so those marks are gone from memory too (with mixed TTLs it evicts the
 soonest-expiring first, and a restart may forget a longer-lived mark early, which the dedupe
 contract allows) — or when all of its marks have expired. Disk use
@@ -82,9 +86,21 @@ class MarkLog:
         if self._current is None or self._current_marks >= self.segment_marks:
             self._roll()
         assert self._current is not None and self._current_seg is not None
-        self._current.write(msgspec.json.encode([namespace, list(ids), list(positions),
-                                                 expires]) + b"\n")
-        self._current.flush()
+        data = memoryview(msgspec.json.encode([namespace, list(ids), list(positions),
+                                               expires]) + b"\n")
+        f = self._current
+        start = f.seek(0, 2)
+        try:
+            while data:  # (unbuffered: a short write says how much reached the file)
+                n = f.write(data)
+                data = data[n or 0:]
+        except OSError:
+            try:
+                f.truncate(start)  # no torn line left behind
+            except OSError:  # then a new segment: the torn line stays last in its own
+                f.close()
+                self._current = None
+            raise
         self._written += len(ids)
         self._current_marks += len(ids)
         self._current_seg.last_mark = self._written
@@ -96,7 +112,7 @@ class MarkLog:
             self._current.close()
         path = self.directory / f"seg-{self._next_number:08d}.log"
         self._next_number += 1
-        self._current = open(path, "ab")  # noqa: SIM115 - kept open for appends
+        self._current = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for appends
         self._current_seg = _Segment(path, self._written, 0.0)
         self._segments.append(self._current_seg)
         self._current_marks = 0

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,3 +109,31 @@ def test_marks_the_cap_forgot_are_logged_with_their_positions(tmp_path: Path) ->
         await big.close()
 
     asyncio.run(run())
+
+
+def test_a_line_the_disk_cut_short_leaves_no_torn_line_behind(tmp_path: Path) -> None:
+    """The file-size limit (RLIMIT_FSIZE) lets the kernel write part of a line and then refuse
+    the rest (EFBIG), as a disk filling up mid-write would: the part is cut off again, so the
+    next line is read back on replay, and the refused marks are not."""
+    import resource
+    import signal
+
+    from campaignd.stores.marklog import MarkLog
+
+    log = MarkLog(tmp_path / "marks", keep=1000)
+    log.append("ns", ["a"], [1], 5000.0, 0.0)
+    (seg,) = list((tmp_path / "marks").glob("seg-*.log"))
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (seg.stat().st_size + 10, hard))
+        with pytest.raises(OSError):
+            log.append("ns", ["b", "c"], [2, 3], 5000.0, 0.0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    log.append("ns", ["d"], [4], 5000.0, 0.0)
+    log.close()
+    got = [(ns, id_, pos) for ns, id_, _, pos in MarkLog(tmp_path / "marks", keep=1000)
+           .replay(1.0)]
+    assert got == [("ns", "a", 1), ("ns", "d", 4)]
