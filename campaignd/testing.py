@@ -227,6 +227,21 @@ def counter_totals(rows: dict[str, tuple[int, ...]]) -> dict[str, int]:
     return out
 
 
+async def stored_campaign(sql: Any, spec: Any, now: Any, *,
+                          line_items: int = 1) -> tuple[Any, list[Any]]:
+    """A campaign's cells stored in SQL (``upsert_campaign``) and a ``Registry`` that routes
+    line items 100, 101, … to its first ``line_items`` cells: ``(registry, cells)``."""
+    from campaignd.domain.campaign import atomize
+    from campaignd.pipeline.registry import Registry
+
+    cells = atomize(spec)
+    await sql.upsert_campaign(spec, cells, now=now)
+    registry = Registry()
+    registry.add_campaign(spec, cells)
+    registry.register(spec.id, {100 + i: cells[i].cell_id for i in range(line_items)})
+    return registry, cells
+
+
 @asynccontextmanager
 async def sandbox_feed(email: str = "ops@campaignd.test",
                        password: str = "pw") -> AsyncIterator[tuple[Any, Any]]:

@@ -30,6 +30,7 @@ from campaignd.testing import (
     counter_totals,
     impression_message,
     sandbox_feed,
+    stored_campaign,
 )
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -136,11 +137,7 @@ async def test_a_crash_between_commits_neither_loses_nor_double_counts(
 async def test_a_feed_gap_is_dead_lettered_with_its_size(
         sql_store: SqlStore, seed_spec: CampaignSpec, virtual_clock: VirtualClock) -> None:
     virtual_clock.set(NOW)
-    cells = atomize(seed_spec)
-    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
-    registry = Registry()
-    registry.add_campaign(seed_spec, cells)
-    registry.register(seed_spec.id, {100: cells[0].cell_id})
+    registry, _ = await stored_campaign(sql_store, seed_spec, NOW)
     async with sandbox_feed() as (state, adapter):
         state.feed.capacity = 10
         state.feed.extend(impression_message(i, line_item=100, ts_usecs=NOW_US - 1000 + i)
@@ -163,11 +160,7 @@ async def test_a_message_the_pipeline_fails_on_is_dead_lettered_not_retried_fore
         monkeypatch: pytest.MonkeyPatch) -> None:
     from campaignd.pipeline import ingestor as ingestor_module
     virtual_clock.set(NOW)
-    cells = atomize(seed_spec)
-    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
-    registry = Registry()
-    registry.add_campaign(seed_spec, cells)
-    registry.register(seed_spec.id, {100: cells[0].cell_id})
+    registry, _ = await stored_campaign(sql_store, seed_spec, NOW)
     pipe = Pipeline(registry, InMemoryHotStore(virtual_clock), clock=virtual_clock)
     # a bug no real message triggers today, standing for the next one: the pipeline raises on
     # one message of the batch

@@ -25,16 +25,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from campaignd.clock import VirtualClock
-from campaignd.domain.campaign import CampaignSpec, atomize
+from campaignd.domain.campaign import CampaignSpec
 from campaignd.errors import StorageError
 from campaignd.metrics import Metrics
 from campaignd.pipeline.ingest import Pipeline
 from campaignd.pipeline.ingestor import EventIngestor
-from campaignd.pipeline.registry import Registry
 from campaignd.stores.memory import InMemoryHotStore
 from campaignd.stores.redis import RedisHotStore
 from campaignd.stores.sql import SqlStore
-from campaignd.testing import impression_message, sandbox_feed
+from campaignd.testing import impression_message, sandbox_feed, stored_campaign
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW_US = int(NOW.timestamp() * 1_000_000)
@@ -108,11 +107,7 @@ async def test_the_feed_survives_redis_going_away_and_counts_every_event_once(
         sql_store: SqlStore, seed_spec: CampaignSpec, virtual_clock: VirtualClock,
         private_redis: PrivateRedis) -> None:
     virtual_clock.set(NOW)
-    cells = atomize(seed_spec)
-    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
-    registry = Registry()
-    registry.add_campaign(seed_spec, cells)
-    registry.register(seed_spec.id, {100: cells[0].cell_id})
+    registry, _ = await stored_campaign(sql_store, seed_spec, NOW)
     hot = RedisHotStore.from_url(private_redis.url, timeout_s=1.0)
     pipe = Pipeline(registry, hot, clock=virtual_clock, metrics=Metrics())
     ing = EventIngestor(adapter=None, sql=sql_store, pipeline=pipe, clock=virtual_clock,
@@ -192,11 +187,7 @@ async def test_hot_totals_missed_in_an_outage_are_published_again_at_the_next_co
     from campaignd.pipeline.ingest import commit
 
     virtual_clock.set(NOW)
-    cells = atomize(seed_spec)
-    await sql_store.upsert_campaign(seed_spec, cells, now=NOW)
-    registry = Registry()
-    registry.add_campaign(seed_spec, cells)
-    registry.register(seed_spec.id, {100: cells[0].cell_id, 101: cells[1].cell_id})
+    registry, cells = await stored_campaign(sql_store, seed_spec, NOW, line_items=2)
     hot = RedisHotStore.from_url(private_redis.url, timeout_s=1.0)
     pipe = Pipeline(registry, hot, clock=virtual_clock, metrics=Metrics())
 
