@@ -145,6 +145,9 @@ class ActionExecutor:
                     log.warning("executor: changes to the DSP wait until the counts are "
                                 "current", reason=why)
                 self.held = why
+                # a raise waiting for headroom waits from when the drains resume: a hold is
+                # not time it had to find room in
+                self._waiting_since.clear()
                 continue
             if self.held is not None:
                 log.info("executor: the counts are current again; draining the outbox")

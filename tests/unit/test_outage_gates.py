@@ -3,6 +3,7 @@ not current no decision cycle runs and the executor sends nothing to the DSP."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -48,10 +49,14 @@ async def test_the_executor_sends_nothing_while_the_counts_are_not_current() -> 
     ex = ActionExecutor(sql=Sql(), dsp=SimpleNamespace(writing=anyio.Lock()),
                         clock=SimpleNamespace(now=lambda: NOW), poll_s=0.01)
     ex.hold = lambda: why[0]
+    # a raise that had waited for headroom for 20 minutes before the hold
+    ex._waiting_since[7] = time.monotonic() - 1200
     async with anyio.create_task_group() as tg:
         await tg.start(ex.run)
         await anyio.sleep(0.2)
         assert calls == [] and ex.held == why[0]
+        # its wait starts over when the drains resume (max_wait_s is not spent on a hold)
+        assert ex._waiting_since == {}
         why[0] = None
         with anyio.fail_after(5):
             while not calls:
