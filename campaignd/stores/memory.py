@@ -14,10 +14,11 @@ at start; see ``campaignd.stores.marklog``.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ class _Batch:
         """``ids[:start]`` were evicted already (the cap)."""
 
 
+def _expiry(batch: _Batch) -> float:
+    return batch.expires
+
+
 class _Marks:
     """Dedupe marks: per namespace a plain dict id → stream position (-1: none); expiry and the
     cap kept per batch, in a deque ordered by expiry, so a mark costs one dict entry and one
@@ -78,26 +83,35 @@ class _Marks:
         batches = self.batches
         if not batches or batches[-1].expires <= expires:
             batches.append(batch)
-        else:  # a shorter TTL after a longer one (rare): keep the deque ordered by expiry
-            i = len(batches)
-            while i > 0 and batches[i - 1].expires > expires:
-                i -= 1
-            batches.insert(i, batch)
+        else:  # an earlier expiry after a later one: keep the deque ordered by expiry
+            # (a shorter TTL, or a sandbox market restarted behind the last run's clock)
+            batches.insert(bisect.bisect_right(batches, expires, key=_expiry), batch)
         self.n += len(ids)
 
-    def restore(self, namespace: str, id_: str, expires: float, pos: int) -> None:
-        """A mark replayed from the log (oldest first)."""
-        held = self.by_namespace.setdefault(namespace, {})
-        if id_ in held:  # written again after an eviction: the newer position wins
+    def restore(self, entries: Iterable[tuple[str, str, float, int]], cap: int) -> None:
+        """The marks replayed from the log, oldest first: (namespace, id, expiry, position).
+
+        One batch per namespace and expiry (a log line's marks share one), added in order of
+        expiry, then the cap. The log is in the order marks were made, not of expiry: a
+        sandbox market restarts at the wall clock, behind the last run's sped-up market time,
+        so a restarted sandbox's marks expire before the last run's. Placing them one by one
+        made a batch per mark, each inserted by a scan of the deque: a quadratic start that
+        took minutes after a few sandbox runs."""
+        assert not self.batches, "restore() is for an empty store"
+        groups: dict[tuple[str, float], list[str]] = {}
+        for namespace, id_, expires, pos in entries:
+            held = self.by_namespace.setdefault(namespace, {})
+            if id_ in held:  # written again after an eviction: the newer position wins
+                held[id_] = pos
+                continue
             held[id_] = pos
-            return
-        held[id_] = pos
-        last = self.batches[-1] if self.batches else None
-        if last is not None and last.held is held and last.expires == expires:
-            last.ids.append(id_)
-            self.n += 1
-        else:
-            self.add_batch(held, [id_], expires)
+            ids = groups.get((namespace, expires))
+            if ids is None:
+                ids = groups[(namespace, expires)] = []
+            ids.append(id_)
+        for (namespace, expires), ids in sorted(groups.items(), key=lambda kv: kv[0][1]):
+            self.add_batch(self.by_namespace[namespace], ids, expires)
+        self.evict(cap)
 
     def purge(self, now: float) -> None:
         """Drop every batch whose marks have expired."""
@@ -136,10 +150,7 @@ class InMemoryHotStore(HotStore):
         self._log: MarkLog | None = None
         if seen_dir is not None:
             self._log = MarkLog(Path(seen_dir), keep=max_seen)
-            marks = self._marks
-            for ns, id_, exp, pos in self._log.replay(self.clock.now().timestamp()):
-                marks.restore(ns, id_, exp, pos)
-                marks.evict(max_seen)
+            self._marks.restore(self._log.replay(self.clock.now().timestamp()), max_seen)
         self._totals: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
         self._cells: dict[str, dict[str, int]] = {}
         self._metrics: dict[str, int] = {}

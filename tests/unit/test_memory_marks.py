@@ -137,3 +137,38 @@ def test_a_line_the_disk_cut_short_leaves_no_torn_line_behind(tmp_path: Path) ->
     got = [(ns, id_, pos) for ns, id_, _, pos in MarkLog(tmp_path / "marks", keep=1000)
            .replay(1.0)]
     assert got == [("ns", "a", 1), ("ns", "d", 4)]
+
+
+def test_a_restart_behind_the_last_runs_clock_restores_one_batch_per_log_line(
+        tmp_path: Path) -> None:
+    """A sandbox market restarts at the wall clock, behind the last run's sped-up market time,
+    so the log holds marks expiring before the ones written before them. Replayed one by one,
+    each such mark became a batch of its own, inserted by a scan of the deque: a start that
+    took minutes (and `campaignd replay` ten) after a few sandbox runs. One batch per line,
+    ordered by expiry, every mark still known."""
+    async def run() -> None:
+        ahead = VirtualClock(T0.replace(day=5))  # the first run's market, days ahead
+        first = InMemoryHotStore(ahead, seen_dir=tmp_path)
+        for line in range(30):
+            await first.mark_seen("ev", [f"a{line}-{k}" for k in range(40)], 259200)
+            ahead.advance(1)
+        await first.close()
+        behind = VirtualClock(T0)  # the restarted market, at the wall clock
+        second = InMemoryHotStore(behind, seen_dir=tmp_path)
+        for line in range(30):
+            await second.mark_seen("ev", [f"b{line}-{k}" for k in range(40)], 259200)
+            behind.advance(1)
+        await second.close()
+
+        third = InMemoryHotStore(behind, seen_dir=tmp_path)
+        batches = list(third._marks.batches)
+        assert len(batches) == 60  # one per log line, not one per mark
+        assert [b.expires for b in batches] == sorted(b.expires for b in batches)
+        assert third.marks_held() == 60 * 40
+        for line in range(30):
+            for prefix in ("a", "b"):
+                ids = [f"{prefix}{line}-{k}" for k in range(40)]
+                assert await third.mark_seen("ev", ids, 259200) == [False] * 40
+        await third.close()
+
+    asyncio.run(run())
