@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from campaignd import __version__
-from campaignd.errors import BadInput, CampaigndError, NotFound
+from campaignd.errors import BadInput, CampaigndError, NotFound, SpecError
 
 app = typer.Typer(name="campaignd", no_args_is_help=True, add_completion=False,
                   help="campaignd: every campaign as thousands of micro-experiments.",
@@ -622,23 +622,33 @@ def simulate(
     json_out: JsonOpt = False,
 ) -> None:
     """Run the agents on a virtual clock against the market and compare with the oracle."""
-    from campaignd.sim.driver import run_simulation
+    from campaignd.sim.driver import MAX_DAYS, run_simulation
     from campaignd.sim.policies import parse_policy_options
     from campaignd.sim.report import check_report_path
-    if days <= 0:
-        raise BadInput("must be greater than 0", field="--days", value=days)
+    if not 0 < days <= MAX_DAYS:  # (NaN and inf too)
+        raise BadInput(f"must be greater than 0 and at most {MAX_DAYS}", field="--days",
+                       value=days, fix="e.g. --days 7")
+    if seed < 0:
+        raise BadInput("must be 0 or more", field="--seed", value=seed, fix="e.g. --seed 1")
     if report is not None:
         why = check_report_path(report)
         if why is not None:
             raise BadInput(why, field="--report", value=str(report),
                            fix="give a file in a directory you can write to, e.g. --report "
                                "sim-report.html")
-    result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
-                            policy=policy, report_html=report, events=events,
-                            engine=not no_engine,
-                            policy_options=parse_policy_options(
-                                policy, parse_options(option or [], "--option")),
-                            oracle_after=oracle_after)
+    try:
+        result = run_simulation(scenario, campaign_path=campaign, days=days, seed=seed,
+                                policy=policy, report_html=report, events=events,
+                                engine=not no_engine,
+                                policy_options=parse_policy_options(
+                                    policy, parse_options(option or [], "--option")),
+                                oracle_after=oracle_after)
+    except BadInput as exc:
+        # the simulator names its arguments; the user typed the flags
+        flag = _SIMULATE_FLAGS.get(exc.field or "")
+        if flag is None or type(exc) not in (BadInput, SpecError):
+            raise
+        raise type(exc)(exc.message, field=flag, value=exc.value, fix=exc.fix) from None
     if json_out:
         print_json(result)
     else:
@@ -656,6 +666,12 @@ def simulate(
         fail(_escape(f"--report: the HTML report was not written ({result['report_error']}); "
                      "the results above are complete — run again with a writable --report "
                      "path for the report"), 1)
+
+
+_SIMULATE_FLAGS = {"days": "--days", "seed": "--seed", "policy": "--policy",
+                   "oracle_after": "--oracle-after", "SCENARIO": "--scenario",
+                   "SPEC": "--campaign"}
+"""``run_simulation``'s argument names -> ``campaignd simulate``'s flags, for its errors."""
 
 
 def parse_options(pairs: list[str], flag: str) -> dict[str, str]:

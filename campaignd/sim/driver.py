@@ -339,6 +339,11 @@ class SimulationResult:
     oracle_trace: RunTrace
 
 
+MAX_DAYS = 3660
+"""The longest run ``simulate`` takes: ten years of market time (a longer one is a typo, and
+``inf`` would overflow the clock)."""
+
+
 def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = None,
              days: float, seed: int, policy: str = "uniform",
              decision_seconds: int = DECISION_SECONDS, oracle: bool = True,
@@ -356,8 +361,11 @@ def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = No
     first ``oracle_after`` hours, then the oracle (the true rates) takes over the same market:
     what the run would reach had the policy learnt everything by then (``HandOver``)."""
     wall0 = time.perf_counter()
-    if not days > 0:
-        raise BadInput("must be positive", field="days", value=days, fix="e.g. --days 7")
+    if not 0 < days <= MAX_DAYS:  # (NaN fails it too; inf overflowed the market's clock)
+        raise BadInput(f"must be more than 0 and at most {MAX_DAYS} days", field="days",
+                       value=days, fix="e.g. --days 7")
+    if seed < 0:  # numpy's generators take none below 0
+        raise BadInput("must be 0 or more", field="seed", value=seed, fix="e.g. --seed 1")
     if oracle_after is not None and policy == "oracle":
         raise BadInput("the oracle cannot hand over to itself", field="oracle_after",
                        value=oracle_after, fix="simulate another policy, or drop it")

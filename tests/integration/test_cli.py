@@ -555,3 +555,24 @@ def test_a_whole_decision_is_approved_from_the_cli(tmp_path: Path) -> None:
     assert set(_statuses(env).values()) == {"pending"}
     r = cli("actions", "reject", "--decision", "d1", env=env)
     assert r.returncode == 2 and "4 pending" in r.stderr
+
+
+def test_simulate_bad_numbers_and_files_exit_2_naming_the_flag() -> None:
+    """`--seed -1` and `--days inf` were tracebacks (exit 1) from numpy and the market's clock;
+    the simulator's own refusals named its arguments (`policy`, `oracle_after`, `SPEC`) rather
+    than the flags a user typed."""
+    scenario = str(ROOT / "config" / "scenarios" / "seed.toml")
+    for args, named in (
+            (["--days", "1", "--seed", "-1"], "--seed: must be 0 or more (got -1)"),
+            (["--days", "inf"], "--days: must be greater than 0 and at most 3660 (got inf)"),
+            (["--days", "1e308"], "--days: must be greater than 0 and at most 3660"),
+            (["--days", "nan"], "--days: must be greater than 0"),
+            (["--days", "1", "--policy", "best"], "--policy: is not a known policy"),
+            (["--days", "1", "--oracle-after", "30"], "--oracle-after: must be between 0"),
+            (["--days", "1", "--campaign", "/nonexistent/spec.toml"],
+             "--campaign: file not found")):
+        r = cli("simulate", "--scenario", scenario, *args, timeout=60)
+        assert r.returncode == 2 and named in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    r = cli("simulate", "--scenario", "/nonexistent/scenario.toml", "--days", "1", timeout=60)
+    assert r.returncode == 2 and "--scenario: file not found" in r.stderr, r.stderr
