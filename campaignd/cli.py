@@ -492,6 +492,9 @@ def sandbox_serve(
     from campaignd.dsp.sandbox.service import serve_standalone
     if time_scale <= 0:
         raise BadInput("must be greater than 0", field="--time-scale", value=time_scale)
+    if not 0 <= port <= 65535:  # (bind() raised OverflowError: a traceback, exit 1)
+        raise BadInput("must be from 0 to 65535 (0: any free port)", field="--port",
+                       value=port, fix="e.g. --port 8480")
     from datetime import UTC, datetime
     sc = load_scenario(scenario)  # validate before binding anything
     from campaignd.domain.budget_day import check_timezone

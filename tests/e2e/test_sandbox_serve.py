@@ -130,3 +130,14 @@ def test_a_second_ctrl_c_during_the_shutdown_quits_at_once() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_sandbox_serve_refuses_a_port_out_of_range(port: str) -> None:
+    """It was bind()'s OverflowError: a traceback and exit 1."""
+    r = subprocess.run([sys.executable, "-m", "campaignd", "sandbox", "serve", "--scenario",
+                        str(ROOT / "config" / "scenarios" / "seed.toml"), "--port", port],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr[-4000:]
+    assert "--port: must be from 0 to 65535" in r.stderr
+    assert "Traceback" not in r.stderr
