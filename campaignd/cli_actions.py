@@ -149,11 +149,13 @@ def actions_list(
         out.print(_escape(queue_note))
     t = Table("id", "status", "mode", "agent", "campaign", "cell", "line item", "change",
               "risk", "created")
+    # the id `actions approve|reject --decision` takes: whole, never wrapped
+    t.add_column("decision", no_wrap=True)
     for r in rows:
         a = r.action
         t.add_row(str(r.id), r.status, r.mode, a.agent, _escape(a.campaign_id), a.cell_id,
                   str(a.line_item_id or "—"), _change(r), f"{a.risk:.3f}",
-                  a.created_at.isoformat(timespec="seconds"))
+                  a.created_at.isoformat(timespec="seconds"), _escape(a.decision_id))
     out.print(t)
 
 

@@ -576,3 +576,46 @@ def test_simulate_bad_numbers_and_files_exit_2_naming_the_flag() -> None:
         assert "Traceback" not in r.stderr
     r = cli("simulate", "--scenario", "/nonexistent/scenario.toml", "--days", "1", timeout=60)
     assert r.returncode == 2 and "--scenario: file not found" in r.stderr, r.stderr
+
+
+def test_actions_list_shows_the_decision_to_approve_whole(tmp_path: Path) -> None:
+    """The README sends a person to "the `decision` column of `actions list`" for
+    `actions approve|reject --decision D`; the table had no such column (only --json did)."""
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from campaignd.domain.actions import Action, action_key
+    from campaignd.domain.campaign import atomize, load_spec
+    from campaignd.stores.sql.migrate import upgrade
+    from campaignd.stores.sql.repository import SqlStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
+    now = datetime.now(UTC)
+    spec = load_spec(SEED)
+    cells = atomize(spec)
+    decision = "f397ac0dd911f8575efa"
+
+    async def seed() -> None:
+        await upgrade(url)
+        store = await SqlStore.connect(url)
+        await store.upsert_campaign(spec, cells, now=now)
+        after = {"daily_budget_micros": 7_000_000, "lifetime_budget_micros": 70_000_000}
+        await store.record_actions([Action(
+            key=action_key(decision, cells[0].cell_id, "budget", after), decision_id=decision,
+            campaign_id=spec.id, cell_id=cells[0].cell_id, line_item_id=100, kind="budget",
+            before={"daily_budget_micros": 5_000_000, "lifetime_budget_micros": 70_000_000},
+            after=after, agent="reallocation", reason="test", evidence={}, created_at=now,
+            score=1.0, impact=2.0, risk=0.1, priority=1.8)], mode="approve", now=now)
+        await store.close()
+
+    anyio.run(seed)
+    env = {"CAMPAIGND_DATABASE__URL": url}
+    r = cli("actions", "list", env=env)
+    assert r.returncode == 0, r.stderr
+    header = next(line for line in r.stdout.splitlines() if "┃ status" in line)
+    assert "decision" in header, r.stdout
+    row = next(line for line in r.stdout.splitlines() if cells[0].cell_id in line)
+    assert decision in row, r.stdout
+    r = cli("actions", "approve", "--decision", decision, "--actor", "alice", env=env)
+    assert r.returncode == 0, r.stderr
