@@ -51,6 +51,11 @@ def deadletter_list(config: ConfigOpt = None, json_out: JsonOpt = False,
                                                        help="At most this many.")] = 100,
                     ) -> None:
     """Refused events, newest first, with the counts by reason."""
+    from campaignd.pipeline.validate import REASONS
+    if reason is not None and reason not in REASONS:  # (a typo listed nothing, exit 0)
+        raise BadInput("is not a dead-letter reason", field="--reason", value=reason,
+                       fix=f"use one of {', '.join(REASONS)}")
+
     async def read(store: Any) -> Any:
         return (await store.list_dead_letters(reason=reason, limit=limit),
                 await store.dead_letter_counts())

@@ -322,6 +322,11 @@ def test_deadletter_list_and_show(tmp_path: Path) -> None:
     assert r.returncode == 0 and "bad_money" in r.stdout
     r = cli("deadletter", "show", "999", env=env)
     assert r.returncode == 2 and "999" in r.stderr
+    # a reason that is none (a typo) is refused, as `deadletter retry` refuses it, rather than
+    # listing nothing with exit 0
+    r = cli("deadletter", "list", "--reason", "bad_mony", env=env)
+    assert r.returncode == 2 and "--reason: is not a dead-letter reason" in r.stderr, r.stderr
+    assert "bad_money" in r.stderr
 
 
 def test_actions_archived_list_and_show(tmp_path: Path) -> None:
