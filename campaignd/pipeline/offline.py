@@ -102,16 +102,42 @@ class OfflineIngest:
         self.sql: Any = None
         self.hot: HotStore | None = None
         self.registry = Registry(BudgetDay(settings.dsp.account_timezone))
+        self._lock: Any = None
         self.before: dict[str, dict[str, int]] = {}
         """Each campaign's totals before this run (``added`` = now minus these)."""
 
     async def __aenter__(self) -> OfflineIngest:
         from campaignd.status import STATUS_STALE_S
-        from campaignd.stores.opening import open_hot_store, open_sql
+        from campaignd.stores.daemon_lock import DaemonLock, LockHeld
+        from campaignd.stores.opening import (
+            database_url,
+            masked_database_url,
+            open_hot_store,
+            open_sql,
+        )
         from campaignd.stores.sql.repository import spec_from_dict
 
-        self.sql = await open_sql(self.settings)
+        # The daemon's own locks, held for the whole run: a daemon still starting (upgrading,
+        # loading its campaigns, syncing them to the DSP, counting already) has published no
+        # status yet, or the last run's "stopped"; and one started meanwhile waits for us
+        # rather than counting beside us.
+        self._lock = DaemonLock(state_dir=self.settings.state_dir,
+                                database_url=database_url(self.settings),
+                                shown_url=masked_database_url(self.settings))
         try:
+            await self._lock.acquire()
+        except LockHeld as exc:
+            self._lock = None
+            pid = f" (pid {exc.holder})" if exc.holder != "unknown" else ""
+            raise DaemonRunning(
+                f"a daemon{pid} is running on {exc.what or 'this database'}; stop it first "
+                "(`systemctl stop campaignd`): its counts would not include this run, and it "
+                "owns the dedupe marks") from None
+        except BaseException:
+            self._lock = None
+            raise
+        try:
+            self.sql = await open_sql(self.settings)
             rec = await self.sql.read_status(self.settings.instance)
             if rec is not None and rec.payload.get("state") != "stopped" and (
                     datetime.now(UTC) - rec.heartbeat_at).total_seconds() < STATUS_STALE_S:
@@ -149,6 +175,9 @@ class OfflineIngest:
         if self.sql is not None:
             await self.sql.close()
             self.sql = None
+        if self._lock is not None:
+            await self._lock.release()
+            self._lock = None
 
     def pipeline(self, *, reference: str) -> Pipeline:
         assert self.hot is not None

@@ -51,6 +51,15 @@ ADVISORY_KEY = int.from_bytes(hashlib.blake2b(b"campaignd:daemon", digest_size=8
 """The daemon's PostgreSQL advisory lock key (a signed 64-bit integer)."""
 
 
+class LockHeld(StartupError):
+    """Another campaignd process holds one of the locks (``holder``: its pid, when known)."""
+
+    def __init__(self, message: str, *, holder: str = "unknown", what: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.what = what
+
+
 class LockLost(CampaigndError):
     """Another campaignd took the database's lock after this one's connection was lost."""
 
@@ -102,10 +111,10 @@ class DaemonLock:
             f.seek(0)
             holder = f.read().strip() or "unknown"
             f.close()
-            raise StartupError(
+            raise LockHeld(
                 f"another campaignd (pid {holder}) is running on {what}; stop it first "
                 "(`systemctl stop campaignd`), or give this one a state_dir and a database of "
-                "its own") from None
+                "its own", holder=holder, what=what) from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -190,9 +199,10 @@ class DaemonLock:
                                f"daemon's lock: {short_error(exc)}; check database.url and that "
                                "the server is running") from None
         if not got:
-            raise StartupError(
+            raise LockHeld(
                 "another campaignd is running on this database (maybe on another host); stop "
-                "it first (`systemctl stop campaignd`), or give this one a database of its own")
+                "it first (`systemctl stop campaignd`), or give this one a database of its own",
+                what=f"the database {self.shown_url} (maybe on another host)")
 
     async def release(self) -> None:
         for f in self._files:
@@ -209,4 +219,4 @@ class DaemonLock:
             self._engine = None
 
 
-__all__ = ["ADVISORY_KEY", "LOCK_FILE", "DaemonLock", "LockLost"]
+__all__ = ["ADVISORY_KEY", "LOCK_FILE", "DaemonLock", "LockHeld", "LockLost"]

@@ -185,3 +185,41 @@ def test_deadletter_retry_counts_events_once_their_line_item_is_known(tmp_path: 
     r = cli("campaign", "show", "madhive_12345", "--config", str(cfg), "--json", "--cells")
     cells = {c["cell_id"]: c for c in json.loads(r.stdout)["cell_list"]}
     assert cells[cell_ids[20]]["dsp_line_item_id"] == 555
+
+
+def test_replay_and_retry_refuse_a_daemon_that_is_still_starting(tmp_path: Path) -> None:
+    """A daemon holds its locks from its first moment, but publishes its status only once it
+    is ready — after loading and syncing its campaigns (minutes with Beeswax), while it already
+    counts events; the status left in SQL is the last run's "stopped". Replay and dead-letter
+    retry judged by that status alone ran beside it; they take the daemon's locks now."""
+    import os
+
+    from campaignd.stores.daemon_lock import DaemonLock
+
+    cfg, _ = setup(tmp_path)
+    db = tmp_path / "campaignd.db"
+    url = f"sqlite+aiosqlite:///{db}"
+
+    async def last_run_stopped() -> None:
+        sql = await SqlStore.connect(url)
+        try:
+            await sql.write_status("default", 1, "test", NOW, {"state": "stopped"}, now=NOW)
+        finally:
+            await sql.close()
+
+    anyio.run(last_run_stopped)
+    f = tmp_path / "exhaust.jsonl"
+    f.write_bytes(b"\n".join(exhaust(5)) + b"\n")
+    starting = DaemonLock(state_dir=tmp_path / "state", database_url=url)
+    anyio.run(starting.acquire)  # a daemon starting: its locks, no status yet
+    try:
+        for args in (("replay", str(f)), ("deadletter", "retry", "--all")):
+            r = cli(*args, "--config", str(cfg))
+            assert r.returncode == 1, (args, r.stdout, r.stderr)
+            assert f"a daemon (pid {os.getpid()}) is running on" in r.stderr, r.stderr
+            assert "stop it first" in r.stderr
+    finally:
+        anyio.run(starting.release)
+    r = cli("replay", str(f), "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ingested"] == 11  # 5 impressions, 5 activities, 1 conversion
