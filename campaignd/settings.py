@@ -549,7 +549,12 @@ def _describe_error(err: dict[str, Any]) -> str:
     typ = err.get("type", "")
     ctx = err.get("ctx") or {}
     if typ == "extra_forbidden":
-        return f"{loc}: is not a known setting (see campaignd.toml.example for every key)"
+        # as for a misspelt CAMPAIGND_* variable: the nearest setting's name
+        keys = [n[len(ENV_PREFIX):].lower().replace("__", ".") for n in _env_names()]
+        close = difflib.get_close_matches(loc, keys, n=1, cutoff=0.7)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return (f"{loc}: is not a known setting{hint} (see campaignd.toml.example for every "
+                "key)")
     if typ == "literal_error" and "expected" in ctx:
         return f"{loc}: {err.get('input')!r} is not allowed; use {ctx['expected']}"
     if typ == "less_than_equal" and "le" in ctx:

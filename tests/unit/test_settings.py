@@ -69,7 +69,12 @@ def test_secret_from_file_is_masked(tmp_path: Path) -> None:
     ('[decision]\nmode = "lve"\n', "decision.mode: 'lve' is not allowed; use 'live', 'shadow'"),
     ("[decision]\nrisk_budget = 3\n", "decision.risk_budget"),
     ("[http]\nport = 70000\n", "http.port"),
-    ("[http]\nprot = 1\n", "http.prot: is not a known setting"),
+    ("[http]\nprot = 1\n", "http.prot: is not a known setting; did you mean http.port?"),
+    # the nearest key for a file's typo, as for a variable's
+    ("[pipeline]\nflush_ss = 1.0\n", "pipeline.flush_ss: is not a known setting; did you mean "
+                                     "pipeline.flush_s?"),
+    ("[decison]\nmode = \"live\"\n", "decison: is not a known setting; did you mean decision?"),
+    ("[http]\nzzz = 1\n", "http.zzz: is not a known setting (see campaignd.toml.example"),
     ('[database]\nurl = "mysql://x"\n', "database.url must start with"),
     ('[dsp]\nadapter = "beeswax"\n', "dsp.beeswax.base_url"),
     ("[agents]\nmonitor_s = -1\n", "agents.monitor_s"),
