@@ -437,6 +437,16 @@ class Daemon:
         # sandbox mode, every one (the sandbox is a new DSP: its line items are not those)
         await self.sql.close_sync_actions_except([] if sandbox else list(self.campaigns),
                                                  now=self.clock.now())
+        if sandbox:
+            # An earlier sandbox market's proposals are about another DSP's line items and
+            # budgets, and stamped with its sped-up clock, ahead of this market's (which starts
+            # at the wall clock): left open, they would "await review" for as long as that
+            # run was ahead, and no re-plan of this market could be proposed meanwhile.
+            n = await self.sql.supersede_proposals(
+                now=self.clock.now(), error="an earlier sandbox market's proposal (the sandbox "
+                                            "is a new DSP on every start)")
+            if n:
+                log.info("sandbox: an earlier market's proposals superseded", actions=n)
         for rt in self.campaigns.values():
             await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
         await tg.start(self.ingest.run, name="ingest")

@@ -238,3 +238,33 @@ def test_the_cli_changes_actions_on_the_daemons_clock(tmp_path: Path) -> None:
         text = " ".join(r.stdout.split())
         assert "clocks: market time" in text and "last run (wall)" in text, text
     assert d.returncode == 0
+
+
+def test_a_restarted_sandbox_drops_the_earlier_markets_proposals(tmp_path: Path) -> None:
+    """Each start is a new sandbox market, at the wall clock — behind an earlier run's sped-up
+    market time. That run's proposals (about another DSP's line items) were left open, stamped
+    ahead of the new clock: they "awaited review" for as long as that run was ahead, and no
+    re-plan of the new market could be proposed meanwhile. They are superseded at start."""
+    kw: dict[str, Any] = {"time_scale": 600, "reallocation_s": 5.0, "monitor_s": 5.0,
+                          "mode": "approve", "policy": "seed"}
+
+    def proposed(d: DaemonProcess) -> list[dict[str, Any]] | None:
+        r = httpx.get(f"{d.base_url}/api/v1/actions", params={"status": "proposed",
+                                                               "limit": 500})
+        return r.json()["actions"] or None
+
+    with DaemonProcess(tmp_path, **kw) as first:
+        first.wait_running()
+        earlier = wait_for(lambda: proposed(first), 120, "proposed actions", interval=2)
+    assert first.returncode == 0
+    with DaemonProcess(tmp_path, **kw) as second:
+        second.wait_running()
+        for a in earlier:
+            now = httpx.get(f"{second.base_url}/api/v1/actions/{a['id']}").json()
+            assert now["status"] == "superseded", now
+            assert "earlier sandbox market" in now["error"]
+        ids = {a["id"] for a in earlier}
+        fresh = wait_for(lambda: [a for a in proposed(second) or [] if a["id"] not in ids],
+                         120, "a proposal of the new market", interval=2)
+        assert fresh
+    assert second.returncode == 0

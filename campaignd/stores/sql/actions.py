@@ -258,6 +258,15 @@ class ActionMethods:
                         error="interrupted; the campaign is no longer configured"))
             return int(res.rowcount or 0)
 
+    async def supersede_proposals(self, *, now: datetime, error: str) -> int:
+        """Supersede every action still ``proposed`` (never an approved one), with ``error``
+        as the reason. Returns how many."""
+        async with self._tx("superseding proposals") as conn:
+            res = await conn.execute(
+                update(actions).where(actions.c.status == "proposed")
+                .values(status="superseded", updated_at=now, error=error))
+            return int(res.rowcount or 0)
+
     async def interrupted_sync_actions(self, campaign_id: str) -> list[ActionRow]:
         """The DSP sync's own changes for a campaign still ``applying``: sent (or about to be)
         when the daemon stopped, or when the DSP's answer was lost."""
