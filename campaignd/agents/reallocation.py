@@ -128,10 +128,14 @@ class CellEvidence(Mapping[str, dict[str, Any]]):
             e.update(trials=round(trials, 3), successes=round(successes, 3), rate_mean=mean,
                      rate_low=low, rate_high=high, value_per_money=vpd * 1_000_000,
                      proven=bool(proven))
-            why += (f"; posterior {self._rate_name} {mean:.3%} ({self._level:.0%} interval "
-                    f"{low:.3%}–{high:.3%})"
-                    + (f" vs campaign {self._pooled:.3%}" if self._pooled is not None else "")
-                    + f" on {int(obs.impressions[i]):,} impressions")
+            if self._pooled is None:
+                # nothing counted yet in the whole campaign: the "posterior" is the prior, whose
+                # mean rate (over every rate from 0 to 100 %) says nothing about this cell
+                why += "; nothing counted yet: every cell alike, the budget follows the prior"
+            else:
+                why += (f"; posterior {self._rate_name} {mean:.3%} ({self._level:.0%} interval "
+                        f"{low:.3%}–{high:.3%}) vs campaign {self._pooled:.3%}"
+                        f" on {int(obs.impressions[i]):,} impressions")
         e["why"] = why
         return e
 
@@ -272,7 +276,7 @@ class BudgetReallocationAgent(Agent):
         cells = CellEvidence(camp.cell_ids, changed, current, wanted, obs, alloc, self.level,
                              pooled, RATE_NAME.get(spec.objective, "rate"), spec.currency)
         moved = int(np.abs(wanted[changed] - current[changed]).sum()) // 2
-        summary = {"policy": self.policy_name, "objective": spec.objective,
+        summary: dict[str, Any] = {"policy": self.policy_name, "objective": spec.objective,
                    "cells_changed": int(changed.size), "money_moved_micros": moved,
                    "budget_before_micros": int(current.sum()),
                    "budget_after_micros": int(wanted.sum()), "pooled_rate": pooled,
@@ -282,6 +286,9 @@ class BudgetReallocationAgent(Agent):
                    "p_worse": risk if assessment is not None else None}
         if assessment is not None:
             summary["gain_interval"] = [assessment.gain_low, assessment.gain_high]
+            if pooled is None:
+                # from the prior alone: its rates span 0-100 %, so the gain is only a sign
+                summary["prior_only"] = True
         delay = getattr(camp.policy, "delay_hours", None)
         if delay:  # the conversion lag in use (measured, with estimate_delay)
             summary["conversion_delay_hours"] = round(float(delay), 2)

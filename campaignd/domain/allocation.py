@@ -54,6 +54,7 @@ Pure: numpy + scipy, no clock, no I/O. The same seed and the same calls give the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -108,7 +109,10 @@ class Allocator:
     ``learning_successes`` [3.0] expected successes that make a cell proven;
     ``max_cut_per_cycle`` [0.5] and ``max_cut_per_day`` [None] limit cuts (``None``: no limit);
     ``value_per_success`` [None: the observed mean value per success if ``value`` was observed,
-    else 1]; ``cost_prior_trials`` [100] pseudo-trials of the cost prior; model options
+    else 1]; ``cost_prior`` [1.0] money per trial assumed until any spend is observed (e.g. a
+    CPM bid per impression: it sets the scale of value per money, the expected gains and their
+    evidence, not which cells are funded, as it is the same for every cell);
+    ``cost_prior_trials`` [100] pseudo-trials of the cost prior; model options
     ``dimensions``, ``interactions`` [True], ``main_sd`` [1.0], ``interaction_sd`` [0.5],
     ``residual_sd`` [0.25] and ``priors`` (effect name -> ``Prior`` or ``(mean, precision)``);
     ``groups`` [None]: one hashable per cell; cells of one group buy the same inventory (e.g. DSP
@@ -141,7 +145,8 @@ class Allocator:
     def __init__(self, cells: Sequence[Mapping[str, str]], *, seed: int = 0, draws: int = 32,
                  explore_fraction: float = 0.05, learning_successes: float = 3.0,
                  max_cut_per_cycle: float | None = 0.5, max_cut_per_day: float | None = None,
-                 value_per_success: float | None = None, cost_prior_trials: float = 100.0,
+                 value_per_success: float | None = None, cost_prior: float = 1.0,
+                 cost_prior_trials: float = 100.0,
                  dimensions: Sequence[str] | None = None, interactions: bool = True,
                  main_sd: float = 1.0, interaction_sd: float = 0.5, residual_sd: float = 0.25,
                  priors: Mapping[str, Prior | tuple[float, float]] | None = None,
@@ -179,6 +184,10 @@ class Allocator:
         self.max_cut_per_cycle = max_cut_per_cycle
         self.max_cut_per_day = max_cut_per_day
         self.value_per_success = value_per_success
+        if not (math.isfinite(cost_prior) and cost_prior > 0):
+            raise ValueError(f"cost_prior must be a positive money amount per trial, got "
+                             f"{cost_prior!r}")
+        self.cost_prior = float(cost_prior)
         self.cost_prior_trials = cost_prior_trials
         self._rng = np.random.default_rng([seed, 5])
         self._risk_rng = np.random.default_rng([seed, 11])
@@ -318,10 +327,10 @@ class Allocator:
     def _cost_per_trial(self) -> np.ndarray:
         n = self.n_cells
         if not self._spend_seen:
-            return np.ones(n)
+            return np.full(n, self.cost_prior)
         ok = (self.trials > 0) & (self.spend > 0)
         if not ok.any():
-            return np.ones(n)
+            return np.full(n, self.cost_prior)
         y = np.zeros(n)
         y[ok] = np.log(self.spend[ok] / self.trials[ok])
         w = np.where(ok, np.minimum(self.trials, 1e6), 0.0)

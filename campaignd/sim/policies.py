@@ -205,6 +205,14 @@ _THOMPSON_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 """The thompson policy's options whose range the allocator does not check itself."""
 
 
+def _cost_prior(spec: CampaignSpec) -> float:
+    """Money (micros) per impression assumed until the first spend is counted: the mean CPM
+    bid of the campaign's bid strategies (the same for every cell, so it sets the scale of value
+    per money and of expected gains, not which cells are funded)."""
+    bids = [float(b.cpm_bid) for b in spec.bid_strategies if b.cpm_bid > 0]
+    return (sum(bids) / len(bids) if bids else 20.0) * 1_000_000 / 1000
+
+
 class ThompsonPolicy:
     """Budgets from the Bayesian allocator, re-planned every ``replan_seconds`` (and at every
     midnight of the account's budget day, ``PolicyContext.budget_day``) from what the DSP
@@ -318,7 +326,8 @@ class ThompsonPolicy:
                                 exploration_scale=exploration_scale, main_sd=main_sd,
                                 interaction_sd=interaction_sd, residual_sd=residual_sd,
                                 one_cell_per_group=one_cell_per_group,
-                                group_choice=group_choice, spill=spill)
+                                group_choice=group_choice, spill=spill,
+                                cost_prior=_cost_prior(ctx.spec))
         self.replan_seconds = replan_seconds
         if fatigue_half_life is not None and not fatigue_half_life > 0:
             raise ValueError(f"fatigue_half_life must be positive impressions or None, got "

@@ -247,6 +247,29 @@ def test_supplied_priors_and_bad_input() -> None:
     assert AdditiveLogitModel(cells).names[:3] == (INTERCEPT, "a=a0", "a=a1")
 
 
+def test_the_cost_prior_sets_the_scale_of_value_not_the_allocation() -> None:
+    # before any spend is observed every cell costs ``cost_prior`` per trial: value per money
+    # unit and expected gains scale with it, which cells are funded does not
+    cells = grid(a=3, b=2)
+    n = np.arange(1, 7) * 1000.0
+    out = {}
+    for prior in (1.0, 25_000.0):
+        a = Allocator(cells, seed=3, cost_prior=prior)
+        a.observe(n, np.floor(n * 0.004))
+        assert np.all(a.cost_per_trial() == prior)
+        out[prior] = (a.allocate(1e6), a.posterior().value_per_dollar,
+                      a.expected_gain(np.r_[1e6, np.zeros(5)], np.r_[np.zeros(5), 1e6]))
+    assert np.allclose(out[1.0][0], out[25_000.0][0])
+    assert np.allclose(out[1.0][1], 25_000.0 * out[25_000.0][1])
+    assert out[1.0][2] == pytest.approx(25_000.0 * out[25_000.0][2])
+    a = Allocator(cells, cost_prior=25_000.0)  # once spend is seen, it is what counts
+    a.observe(n, np.floor(n * 0.004), spend=n * 30_000.0)
+    assert np.allclose(a.cost_per_trial(), 30_000.0, rtol=0.01)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cost_prior"):
+            Allocator(cells, cost_prior=bad)
+
+
 def test_unseen_levels_cost_the_average_not_less() -> None:
     # costs observed for one level of each dimension only: a cell of unseen levels is priced
     # at about the observed average (a ridge on the intercept made it look several times

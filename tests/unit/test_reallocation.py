@@ -183,3 +183,35 @@ def test_nothing_is_planned_outside_the_flight(seed_spec: CampaignSpec) -> None:
     snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
                      at=inside)
     assert len(agent.run({seed_spec.id: snap}, inside)) == 1  # type: ignore[dict-item]
+
+
+def test_the_first_re_plan_before_any_count_says_it_comes_from_the_prior(
+        seed_spec: CampaignSpec) -> None:
+    """At the flight's start nothing is counted: the evidence must say so, and its money must
+    be priced as the campaign's bids price it (it once said 856 million conversions a day and
+    half a million per dollar, from one micro per impression and a 50 % prior mean rate)."""
+    cells = atomize(seed_spec)
+    agent = BudgetReallocationAgent(seed=1)
+    agent.add_campaign(seed_spec, cells)
+    at = seed_spec.flight_start
+    snap = replace(CellTable(seed_spec.id, cells).snapshot(at_s=int(at.timestamp())),
+                   daily_budgets_micros=np.zeros(len(cells), dtype=np.int64))
+    (rec,) = agent.run({seed_spec.id: snap}, at)
+    summary = rec.evidence["summary"]
+    assert summary["prior_only"] is True and summary["pooled_rate"] is None
+    # at most every impression the day's budget buys at the cheapest bid
+    cheapest = min(float(b.cpm_bid) for b in seed_spec.bid_strategies) / 1000
+    impressions = seed_spec.daily_budget_micros / 1e6 / cheapest
+    assert 0 < summary["expected_gain_per_day"] < impressions
+    for e in rec.evidence["cells"].values():
+        assert e["trials"] == 0
+        assert "nothing counted yet" in e["why"] and "posterior" not in e["why"]
+        # value per money unit: the rate over about a CPM bid per impression
+        assert e["value_per_money"] <= e["rate_mean"] / cheapest
+    # once something is counted, the evidence is the posterior's again
+    later = at + timedelta(hours=6)
+    snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000,
+                     budget=seed_spec.daily_budget_micros // len(cells), at=later)
+    (rec,) = agent.run({seed_spec.id: snap}, later)  # type: ignore[dict-item]
+    assert "prior_only" not in rec.evidence["summary"]
+    assert all("posterior" in e["why"] for e in rec.evidence["cells"].values())
