@@ -248,7 +248,10 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def _body(request: Request, keys: tuple[str, ...] = ("actor", "note")
+                ) -> dict[str, Any]:
+    """The request's JSON object, with only ``keys`` (an unknown key is refused rather than
+    dropped: a note sent as ``"comment"`` would be lost from the audit log unseen)."""
     raw = await _read_body(request)
     if not raw.strip():
         return {}
@@ -260,7 +263,13 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadInput("must be a JSON object", field="body",
                        fix='send a JSON object such as {"actor": "alice"}')
-    for key in ("actor", "note"):
+    for key in data:
+        if key not in keys:
+            raise BadInput("is not a field this request takes", field=str(key)[:64],
+                           fix="send only " + " and ".join(keys)
+                               + (" (an undo takes no note: the audit log records whose undo "
+                                  "it is, of which action)" if key == "note" else ""))
+    for key in keys:
         if key in data and not isinstance(data[key], str | None):
             raise BadInput("must be a string", field=key, value=data[key],
                            fix=f"send {key} as a string")
@@ -278,7 +287,7 @@ def _verdict(verb: str) -> Callable[[Request], Awaitable[Response]]:
     @_api_errors
     async def handler(request: Request) -> Response:
         action_id = _int_param(request, "action_id", low=1, high=2**62)
-        body = await _body(request)
+        body = await _body(request, ("actor",) if verb == "undo" else ("actor", "note"))
         actor = str(body.get("actor") or "").strip()[:128] or "api"
         plane = request.app.state.plane
         if verb == "undo":

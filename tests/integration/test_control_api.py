@@ -123,6 +123,18 @@ async def test_a_huge_body_or_note_is_refused_and_nothing_is_stored(tmp_path: Pa
                               json={"actor": "bob", "note": "y" * (MAX_NOTE_CHARS + 1)})
         assert r.status_code == 400 and r.json()["field"] == "note", r.text
         assert str(MAX_NOTE_CHARS) in r.json()["fix"]
+        # a key the request does not take is refused, not dropped (the note would be lost)
+        r = await client.post("/api/v1/actions/1/reject", headers=AUTH,
+                              json={"actor": "bob", "comment": "wrong creative"})
+        assert r.status_code == 400 and r.json()["field"] == "comment", r.text
+        assert "actor and note" in r.json()["fix"]
+        r = await client.post("/api/v1/decisions/d1/approve", headers=AUTH,
+                              json={"actor": "bob", "reason": "ok"})
+        assert r.status_code == 400 and r.json()["field"] == "reason", r.text
+        r = await client.post("/api/v1/actions/1/undo", headers=AUTH,
+                              json={"actor": "bob", "note": "why"})
+        assert r.status_code == 400 and r.json()["field"] == "note", r.text
+        assert "undo takes no note" in r.json()["fix"]
         assert await _statuses(sql) == before
         # the connection is still usable, and a note at the limit is taken whole
         r = await client.post("/api/v1/actions/1/reject", headers=AUTH,
