@@ -438,15 +438,16 @@ class Daemon:
         await self.sql.close_sync_actions_except([] if sandbox else list(self.campaigns),
                                                  now=self.clock.now())
         if sandbox:
-            # An earlier sandbox market's proposals are about another DSP's line items and
+            # An earlier sandbox market's open actions are about another DSP's line items and
             # budgets, and stamped with its sped-up clock, ahead of this market's (which starts
-            # at the wall clock): left open, they would "await review" for as long as that
-            # run was ahead, and no re-plan of this market could be proposed meanwhile.
-            n = await self.sql.supersede_proposals(
-                now=self.clock.now(), error="an earlier sandbox market's proposal (the sandbox "
+            # at the wall clock): left open, its proposals would "await review" for as long as
+            # that run was ahead (no re-plan of this market could be proposed meanwhile), and
+            # its approved changes and undos would be applied to this market's line items.
+            n = await self.sql.supersede_open_actions(
+                now=self.clock.now(), error="an earlier sandbox market's action (the sandbox "
                                             "is a new DSP on every start)")
             if n:
-                log.info("sandbox: an earlier market's proposals superseded", actions=n)
+                log.info("sandbox: an earlier market's open actions superseded", actions=n)
         for rt in self.campaigns.values():
             await self.dsp.sync_campaign(rt.spec, rt.cells)  # registers through _on_synced
         await tg.start(self.ingest.run, name="ingest")

@@ -137,7 +137,8 @@ class DecisionService:
         self.inbox.clear()
         engine = DecisionEngine(self.rules())
         hold = timedelta(seconds=self.settings.decision.manual_hold_s)
-        held = {cid: await self.sql.held_cells(cid, since=now - hold) for cid in snapshots}
+        held = {cid: await self.sql.held_cells(cid, since=now - hold, until=now)
+                for cid in snapshots}
         plan = engine.decide(recs, self.states(snapshots, dsp, now, held), now)
         mode = self.mode
         waiting: dict[str, int] = {}

@@ -171,6 +171,33 @@ async def test_a_refused_undo_can_be_asked_for_again(store: SqlStore) -> None:
     assert await store.held_cells("madhive_12345", since=NOW) == {"c1"}
 
 
+async def test_a_new_sandbox_market_closes_the_earlier_ones_open_actions(
+        store: SqlStore) -> None:
+    """A sandbox start is a new DSP at the wall clock, behind an earlier run's sped-up time:
+    that run's open actions are superseded (never its finished ones), and a person's change it
+    stamped in this market's future holds no line item now."""
+    later = NOW + timedelta(hours=50)  # the earlier market's clock, ahead of the new one
+    await store.record_actions([act("c1", 5, decision="d1")], mode="live", now=later)
+    await store.record_actions([act("c2", 6, decision="d2")], mode="approve", now=later)
+    await store.record_actions([act("c3", 7, decision="d3")], mode="live", now=later)
+    rows = {r.action.cell_id: r for r in await store.list_actions()}
+    await store.finish_actions([(rows["c1"].id, "applied", None, None)], now=later)
+    undo = await store.undo_action(rows["c1"].id, actor="alice", now=later)
+    assert undo.status == "pending"
+    # the hold follows the stamp: a change "from the future" holds nothing now
+    assert await store.held_cells("madhive_12345", since=NOW - timedelta(hours=1)) == {"c1"}
+    assert await store.held_cells("madhive_12345", since=NOW - timedelta(hours=1),
+                                  until=NOW) == set()
+    assert await store.held_cells("madhive_12345", since=later, until=later) == {"c1"}
+    n = await store.supersede_open_actions(now=NOW, error="an earlier sandbox market's action")
+    assert n == 3  # the proposal, the pending change and the pending undo
+    after = {r.id: r for r in await store.list_actions()}
+    assert after[rows["c1"].id].status == "applied"
+    for i in (rows["c2"].id, rows["c3"].id, undo.id):
+        assert after[i].status == "superseded"
+        assert after[i].error == "an earlier sandbox market's action"
+
+
 async def test_finished_actions_and_old_dead_letters_move_to_the_audit_archive(
         store: SqlStore, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Past their retention, finished actions and dead letters go to Parquet (read back with

@@ -258,12 +258,13 @@ class ActionMethods:
                         error="interrupted; the campaign is no longer configured"))
             return int(res.rowcount or 0)
 
-    async def supersede_proposals(self, *, now: datetime, error: str) -> int:
-        """Supersede every action still ``proposed`` (never an approved one), with ``error``
-        as the reason. Returns how many."""
-        async with self._tx("superseding proposals") as conn:
+    async def supersede_open_actions(self, *, now: datetime, error: str) -> int:
+        """Supersede every action still open -- proposed, pending (approved, or a person's
+        undo) or applying -- with ``error`` as the reason (for a DSP whose line items are not
+        those any more: a new sandbox market). Returns how many."""
+        async with self._tx("superseding open actions") as conn:
             res = await conn.execute(
-                update(actions).where(actions.c.status == "proposed")
+                update(actions).where(actions.c.status.in_(OPEN_STATUSES))
                 .values(status="superseded", updated_at=now, error=error))
             return int(res.rowcount or 0)
 
@@ -371,15 +372,21 @@ class ActionMethods:
                 changed += int(res.rowcount or 0)
         return changed
 
-    async def held_cells(self, campaign_id: str, *, since: datetime) -> set[str]:
-        """Cells a person changed (undo) since ``since`` that are not failed or refused: the
-        agents leave their line items alone for a while."""
+    async def held_cells(self, campaign_id: str, *, since: datetime,
+                         until: datetime | None = None) -> set[str]:
+        """Cells a person changed (undo) since ``since`` (and, with ``until``, not after it)
+        that are not failed or refused: the agents leave their line items alone for a while.
+        (``until`` = now: an action stamped later -- by an earlier sandbox market's sped-up
+        clock -- holds nothing.)"""
+        when = actions.c.updated_at >= since
+        if until is not None:
+            when = and_(when, actions.c.updated_at <= until)
         async with self._tx("reading held cells") as conn:
             rows = (await conn.execute(
                 select(actions.c.cell_id).distinct()
                 .where(and_(actions.c.campaign_id == campaign_id, actions.c.mode == "user",
                             actions.c.status.in_(("pending", "applying", "applied")),
-                            actions.c.updated_at >= since)))).scalars()
+                            when)))).scalars()
             return set(rows)
 
     async def archivable_actions(self, *, before: datetime,
