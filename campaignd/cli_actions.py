@@ -416,5 +416,9 @@ def actions_undo(action_id: Annotated[int, id_argument("An applied action's id."
         print_json(data)
         return
     change = _describe_change(data["kind"], data["before"], data["after"])
+    if data.get("repeat"):
+        out.print(f"action {action_id} was already undone: action {data['id']} "
+                  f"({_escape(change)}) — {data['status']}; nothing new was queued")
+        return
     out.print(f"action {data['id']} queued: undo of action {action_id} ({_escape(change)}) "
               f"— {data['status']}")

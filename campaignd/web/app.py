@@ -292,7 +292,8 @@ def _verdict(verb: str) -> Callable[[Request], Awaitable[Response]]:
         plane = request.app.state.plane
         if verb == "undo":
             out = await plane.undo_action(action_id, actor=actor)
-            return JSONResponse(out, status_code=202)
+            # asked again: the undo queued before (200, "repeat": nothing new was queued)
+            return JSONResponse(out, status_code=200 if out.get("repeat") else 202)
         out = await plane.decide_action(action_id, approve=verb == "approve", actor=actor,
                                         note=body.get("note"))
         return JSONResponse(out)

@@ -183,6 +183,12 @@ def test_approve_mode_waits_for_a_person_then_undo(tmp_path: Path) -> None:
         assert r.status_code == 202, r.text
         undone = wait_for(lambda: applied(r.json()["id"]), 30, "the undo to be applied")
         assert undone["undo_of"] == cut["id"]
+        # asked again: the same undo, and the answer says nothing new was queued
+        again = httpx.post(f"{d.base_url}/api/v1/actions/{cut['id']}/undo",
+                           headers={"Authorization": f"Bearer {d.token}"},
+                           json={"actor": "carol"})
+        assert again.status_code == 200 and again.json()["repeat"] is True, again.text
+        assert again.json()["id"] == r.json()["id"]
         assert dsp_daily_budgets(base)[alt] == cut["before"]["daily_budget_micros"]
         # and the CLI shows the audit trail
         r = cli("actions", "show", str(cut["id"]), "--config", str(d.config))

@@ -624,3 +624,47 @@ def test_actions_list_shows_the_decision_to_approve_whole(tmp_path: Path) -> Non
     assert decision in row, r.stdout
     r = cli("actions", "approve", "--decision", decision, "--actor", "alice", env=env)
     assert r.returncode == 0, r.stderr
+
+
+def test_actions_undo_asked_twice_says_it_was_already_undone(tmp_path: Path) -> None:
+    """An undo asked again queues nothing new; the second answer says so instead of
+    "queued" (with no daemon running, the CLI writes the undo to the store itself)."""
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from campaignd.domain.actions import Action, action_key
+    from campaignd.domain.campaign import atomize, load_spec
+    from campaignd.stores.sql.migrate import upgrade
+    from campaignd.stores.sql.repository import SqlStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
+    now = datetime.now(UTC)
+    spec = load_spec(SEED)
+    cells = atomize(spec)
+
+    async def seed() -> int:
+        await upgrade(url)
+        store = await SqlStore.connect(url)
+        await store.upsert_campaign(spec, cells, now=now)
+        after = {"daily_budget_micros": 7_000_000, "lifetime_budget_micros": 70_000_000}
+        await store.record_actions([Action(
+            key=action_key("d1", cells[0].cell_id, "budget", after), decision_id="d1",
+            campaign_id=spec.id, cell_id=cells[0].cell_id, line_item_id=100, kind="budget",
+            before={"daily_budget_micros": 5_000_000, "lifetime_budget_micros": 70_000_000},
+            after=after, agent="reallocation", reason="test", evidence={}, created_at=now,
+            score=1.0, impact=2.0, risk=0.1, priority=1.8)], mode="live", now=now)
+        (row,) = await store.list_actions()
+        await store.finish_actions([(row.id, "applied", None, None)], now=now)
+        await store.close()
+        return row.id
+
+    action_id = anyio.run(seed)
+    env = {"CAMPAIGND_DATABASE__URL": url}
+    first = cli("actions", "undo", str(action_id), "--actor", "alice", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "queued: undo of action" in first.stdout, first.stdout
+    second = cli("actions", "undo", str(action_id), "--actor", "alice", env=env)
+    assert second.returncode == 0, second.stderr
+    assert f"action {action_id} was already undone" in second.stdout, second.stdout
+    assert "nothing new was queued" in second.stdout and "queued: undo" not in second.stdout

@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -46,14 +46,19 @@ class ActionRow:
     updated_at: datetime
     decided_at: datetime | None
     applied_at: datetime | None
+    repeat: bool = False
+    """Returned for a request made before (an undo asked again): nothing new was queued."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, **self.action.as_dict(), "status": self.status,
-                "mode": self.mode, "actor": self.actor, "attempts": self.attempts,
-                "error": self.error, "result": self.result, "undo_of": self.undo_of,
-                "updated_at": self.updated_at.isoformat(),
-                "decided_at": self.decided_at.isoformat() if self.decided_at else None,
-                "applied_at": self.applied_at.isoformat() if self.applied_at else None}
+        out = {"id": self.id, **self.action.as_dict(), "status": self.status,
+               "mode": self.mode, "actor": self.actor, "attempts": self.attempts,
+               "error": self.error, "result": self.result, "undo_of": self.undo_of,
+               "updated_at": self.updated_at.isoformat(),
+               "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+               "applied_at": self.applied_at.isoformat() if self.applied_at else None}
+        if self.repeat:
+            out["repeat"] = True
+        return out
 
 
 def _dumps(value: Any) -> str:
@@ -573,7 +578,7 @@ class ActionMethods:
         if earlier and earlier[0].status not in ("failed", "refused", "superseded"):
             found = await self.get_action(int(earlier[0].id))
             assert found is not None
-            return found  # asked again: the same undo
+            return replace(found, repeat=True)  # asked again: the same undo
         decision = f"undo:{row.id}" + (f":{len(earlier)}" if earlier else "")
         undo = Action(key=action_key(decision, a.cell_id, a.kind, after),
                       decision_id=decision, campaign_id=a.campaign_id,
