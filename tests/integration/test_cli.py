@@ -463,9 +463,10 @@ def test_the_empty_queue_note_knows_a_stopped_daemon() -> None:
     assert _empty_queue_note(running, {}, "applied", heartbeat_at=now, now=now) is None
 
 
-def _seed_proposed(url: str, n: int) -> None:
-    """``n`` proposed actions (ids 1..n), one per cell of the seed campaign, in a fresh
-    database at ``url``."""
+def _seed_actions(url: str, n: int, *, decision: str = "d1", applied: bool = False
+                   ) -> list[int]:
+    """``n`` actions (ids 1..n), one per cell of the seed campaign, in a fresh database at
+    ``url``: proposed (of ``decision``), or applied (``applied``). Returns their ids."""
     from datetime import UTC, datetime
 
     import anyio
@@ -479,21 +480,26 @@ def _seed_proposed(url: str, n: int) -> None:
     spec = load_spec(SEED)
     cells = atomize(spec)
 
-    async def seed() -> None:
+    async def seed() -> list[int]:
         await upgrade(url)
         store = await SqlStore.connect(url)
         await store.upsert_campaign(spec, cells, now=now)
         after = {"daily_budget_micros": 7_000_000, "lifetime_budget_micros": 70_000_000}
         await store.record_actions([Action(
-            key=action_key("d1", c.cell_id, "budget", after), decision_id="d1",
+            key=action_key(decision, c.cell_id, "budget", after), decision_id=decision,
             campaign_id=spec.id, cell_id=c.cell_id, line_item_id=100 + c.index, kind="budget",
             before={"daily_budget_micros": 5_000_000, "lifetime_budget_micros": 70_000_000},
             after=after, agent="reallocation", reason="test", evidence={}, created_at=now,
-            score=1.0, impact=2.0, risk=0.1, priority=1.8) for c in cells[:n]], mode="approve",
-            now=now)
+            score=1.0, impact=2.0, risk=0.1, priority=1.8) for c in cells[:n]],
+            mode="live" if applied else "approve", now=now)
+        ids = [r.id for r in await store.list_actions()]
+        if applied:
+            await store.finish_actions([(i, "applied", None, None) for i in ids], now=now)
         await store.close()
+        return ids
 
-    anyio.run(seed)
+    out: list[int] = anyio.run(seed)
+    return out
 
 
 def _statuses(env: dict[str, str]) -> dict[int, str]:
@@ -506,7 +512,7 @@ def test_actions_refuse_malformed_ids(tmp_path: Path) -> None:
     """Ids are ASCII digits only (int() reads "1_0" as 10 and "１" as 1: a typo would act on
     another action). Exit 2 naming the id, nothing changed."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'ids.db'}"
-    _seed_proposed(url, 12)
+    _seed_actions(url, 12)
     env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port()),
            "CAMPAIGND_STATE_DIR": str(tmp_path / "state")}
     before = _statuses(env)
@@ -528,7 +534,7 @@ def test_a_reject_note_above_the_limit_is_refused(tmp_path: Path) -> None:
     from campaignd.domain.actions import MAX_NOTE_CHARS
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'note.db'}"
-    _seed_proposed(url, 3)
+    _seed_actions(url, 3)
     # no daemon answers on this port: the verdict is written to the database directly
     env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port()),
            "CAMPAIGND_STATE_DIR": str(tmp_path / "state")}
@@ -545,7 +551,7 @@ def test_a_whole_decision_is_approved_from_the_cli(tmp_path: Path) -> None:
     """`actions approve --decision D`: every proposed action of the re-plan at once (its cuts
     with the raises they pay for); exactly one of an id and --decision."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'decision.db'}"
-    _seed_proposed(url, 4)
+    _seed_actions(url, 4)
     # no daemon answers on this port: the verdict is written to the database directly
     env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port()),
            "CAMPAIGND_STATE_DIR": str(tmp_path / "state")}
@@ -586,35 +592,12 @@ def test_simulate_bad_numbers_and_files_exit_2_naming_the_flag() -> None:
 def test_actions_list_shows_the_decision_to_approve_whole(tmp_path: Path) -> None:
     """The README sends a person to "the `decision` column of `actions list`" for
     `actions approve|reject --decision D`; the table had no such column (only --json did)."""
-    from datetime import UTC, datetime
-
-    import anyio
-
-    from campaignd.domain.actions import Action, action_key
     from campaignd.domain.campaign import atomize, load_spec
-    from campaignd.stores.sql.migrate import upgrade
-    from campaignd.stores.sql.repository import SqlStore
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
-    now = datetime.now(UTC)
-    spec = load_spec(SEED)
-    cells = atomize(spec)
+    cells = atomize(load_spec(SEED))
     decision = "f397ac0dd911f8575efa"
-
-    async def seed() -> None:
-        await upgrade(url)
-        store = await SqlStore.connect(url)
-        await store.upsert_campaign(spec, cells, now=now)
-        after = {"daily_budget_micros": 7_000_000, "lifetime_budget_micros": 70_000_000}
-        await store.record_actions([Action(
-            key=action_key(decision, cells[0].cell_id, "budget", after), decision_id=decision,
-            campaign_id=spec.id, cell_id=cells[0].cell_id, line_item_id=100, kind="budget",
-            before={"daily_budget_micros": 5_000_000, "lifetime_budget_micros": 70_000_000},
-            after=after, agent="reallocation", reason="test", evidence={}, created_at=now,
-            score=1.0, impact=2.0, risk=0.1, priority=1.8)], mode="approve", now=now)
-        await store.close()
-
-    anyio.run(seed)
+    _seed_actions(url, 1, decision=decision)
     env = {"CAMPAIGND_DATABASE__URL": url}
     r = cli("actions", "list", env=env)
     assert r.returncode == 0, r.stderr
@@ -629,37 +612,8 @@ def test_actions_list_shows_the_decision_to_approve_whole(tmp_path: Path) -> Non
 def test_actions_undo_asked_twice_says_it_was_already_undone(tmp_path: Path) -> None:
     """An undo asked again queues nothing new; the second answer says so instead of
     "queued" (with no daemon running, the CLI writes the undo to the store itself)."""
-    from datetime import UTC, datetime
-
-    import anyio
-
-    from campaignd.domain.actions import Action, action_key
-    from campaignd.domain.campaign import atomize, load_spec
-    from campaignd.stores.sql.migrate import upgrade
-    from campaignd.stores.sql.repository import SqlStore
-
     url = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
-    now = datetime.now(UTC)
-    spec = load_spec(SEED)
-    cells = atomize(spec)
-
-    async def seed() -> int:
-        await upgrade(url)
-        store = await SqlStore.connect(url)
-        await store.upsert_campaign(spec, cells, now=now)
-        after = {"daily_budget_micros": 7_000_000, "lifetime_budget_micros": 70_000_000}
-        await store.record_actions([Action(
-            key=action_key("d1", cells[0].cell_id, "budget", after), decision_id="d1",
-            campaign_id=spec.id, cell_id=cells[0].cell_id, line_item_id=100, kind="budget",
-            before={"daily_budget_micros": 5_000_000, "lifetime_budget_micros": 70_000_000},
-            after=after, agent="reallocation", reason="test", evidence={}, created_at=now,
-            score=1.0, impact=2.0, risk=0.1, priority=1.8)], mode="live", now=now)
-        (row,) = await store.list_actions()
-        await store.finish_actions([(row.id, "applied", None, None)], now=now)
-        await store.close()
-        return row.id
-
-    action_id = anyio.run(seed)
+    (action_id,) = _seed_actions(url, 1, applied=True)
     env = {"CAMPAIGND_DATABASE__URL": url}
     first = cli("actions", "undo", str(action_id), "--actor", "alice", env=env)
     assert first.returncode == 0, first.stderr
