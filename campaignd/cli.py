@@ -194,9 +194,11 @@ def _print_status(st: dict[str, Any]) -> None:
                   f"next run{wall}", title="Agents", title_justify="left")
         for a in st["agents"]:
             dur = a.get("last_duration_s")
+            # "last run" is when the last run started: one still running has no duration yet
+            shown = ("running" if a.get("running")
+                     else "—" if dur is None else f"{dur * 1000:.1f} ms")
             t.add_row(a["name"], f"{a['cadence_s']:g} s", str(a["runs"]),
-                      a.get("last_run") or "—",
-                      "—" if dur is None else f"{dur * 1000:.1f} ms", a.get("last_error") or "—",
+                      a.get("last_run") or "—", shown, a.get("last_error") or "—",
                       a.get("next_run") or "—")
         out.print(t)
     ev = st.get("events")

@@ -622,3 +622,21 @@ def test_actions_undo_asked_twice_says_it_was_already_undone(tmp_path: Path) -> 
     assert second.returncode == 0, second.stderr
     assert f"action {action_id} was already undone" in second.stdout, second.stdout
     assert "nothing new was queued" in second.stdout and "queued: undo" not in second.stdout
+
+
+def test_status_says_an_agent_is_running_rather_than_showing_no_duration(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """"last run" is when the last run started: an agent on its first, still running run had a
+    start time, 0 runs and "—" for a duration, which read like a run that never happened."""
+    from campaignd.cli import _print_status
+
+    agent = {"name": "reallocation", "cadence_s": 120.0, "runs": 0, "running": True,
+             "last_run": "2026-12-03T12:00:00+00:00", "last_duration_s": None,
+             "last_error": None, "next_run": None}
+    done = {**agent, "name": "monitor", "runs": 3, "running": False, "last_duration_s": 0.0123}
+    _print_status({"state": "running", "agents": [agent, done]})
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if "reallocation" in line)
+    assert "running" in row, row
+    row = next(line for line in text.splitlines() if "monitor" in line)
+    assert "12.3 ms" in row, row
