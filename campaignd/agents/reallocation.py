@@ -2,7 +2,7 @@
 
 For every campaign whose budgets in force are known, the agent turns the snapshot into the
 policy's observations (cumulative counts, today's spend, the daily budgets in force) and asks
-its budget policy — ``thompson`` by default (``campaignd.sim.policies.ThompsonPolicy``: the
+its budget policy — ``thompson`` by default (``campaignd.sim.thompson.ThompsonPolicy``: the
 additive-logit model shared across cells, Thompson sampling of value per dollar, learned
 delivery capacity, exploration floor, cut limits) — for per-cell daily budgets. When they differ
 from the budgets in force it recommends a ``budget_rebalance`` of the changed cells with:

@@ -41,7 +41,7 @@ precedence:
 If the cut limits and the floor cannot all be met within the budget, the amounts above the
 hard lower bounds are scaled down together (the budget wins). Money: any consistent unit, as
 floats for the optimisation; callers convert to integer micros at their edges
-(``campaignd.sim.policies.ThompsonPolicy`` rounds down per cell, so the integer budgets still sum
+(``campaignd.sim.thompson.ThompsonPolicy`` rounds down per cell, so the integer budgets still sum
 to at most the budget, and up where a cut limit would otherwise be missed by a micro:
 ``cut_floor``).
 

@@ -312,7 +312,7 @@ def test_integer_budgets_keep_the_cut_limits_the_allocation_kept(
         rows: list[tuple[int, int, int, bool]], cut: float, extra: int) -> None:
     """Rounding an allocation to micros never cuts a line item below its limit (when the
     allocation kept it), never takes the sum over the day's budget, never goes negative."""
-    from campaignd.sim.policies import _keep_cut_limits
+    from campaignd.sim.thompson import _keep_cut_limits
 
     prev = np.array([r[0] for r in rows], dtype=float)
     floor = prev * (1.0 - cut)
