@@ -276,14 +276,16 @@ class BudgetReallocationAgent(Agent):
         cells = CellEvidence(camp.cell_ids, changed, current, wanted, obs, alloc, self.level,
                              pooled, RATE_NAME.get(spec.objective, "rate"), spec.currency)
         moved = int(np.abs(wanted[changed] - current[changed]).sum()) // 2
-        summary: dict[str, Any] = {"policy": self.policy_name, "objective": spec.objective,
-                   "cells_changed": int(changed.size), "money_moved_micros": moved,
-                   "budget_before_micros": int(current.sum()),
-                   "budget_after_micros": int(wanted.sum()), "pooled_rate": pooled,
-                   "draws": assessment.draws if assessment is not None else 0,
-                   "assessed": assessment is not None,
-                   "expected_gain_per_day": impact if assessment is not None else None,
-                   "p_worse": risk if assessment is not None else None}
+        assessed = assessment is not None
+        summary: dict[str, Any] = {
+            "policy": self.policy_name, "objective": spec.objective,
+            "cells_changed": int(changed.size), "money_moved_micros": moved,
+            "budget_before_micros": int(current.sum()),
+            "budget_after_micros": int(wanted.sum()), "pooled_rate": pooled,
+            "draws": assessment.draws if assessment is not None else 0,
+            "assessed": assessed,
+            "expected_gain_per_day": impact if assessed else None,
+            "p_worse": risk if assessed else None}
         if assessment is not None:
             summary["gain_interval"] = [assessment.gain_low, assessment.gain_high]
             if pooled is None:
