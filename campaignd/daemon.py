@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ log = logmod.get_logger("campaignd.daemon")
 
 STATUS_INTERVAL_S = 5.0
 STATUS_STALE_S = 30.0
+AGENT_RUN_RETENTION_DAYS = 30
+"""Days the record of every agent and job run is kept in SQL (``agent_runs``; ~4,000 rows a
+day at the default cadences). Deleted by the hourly ``retention`` job."""
 
 
 def token_path(settings: Settings) -> Path:
@@ -588,11 +591,15 @@ class Daemon:
                                          now=self.clock.now())
 
     async def _run_retention(self, now: datetime) -> int:
-        """Delete warm minute rows past ``pipeline.warm_retention_days``."""
+        """Delete warm minute rows past ``pipeline.warm_retention_days`` (market time) and the
+        records of agent and job runs older than ``AGENT_RUN_RETENTION_DAYS`` (wall time, as
+        they are stamped: ``now``)."""
         from campaignd.pipeline.rollup import apply_retention
         assert self.sql is not None
-        return await apply_retention(self.sql, now=self.clock.now(),
+        rows = await apply_retention(self.sql, now=self.clock.now(),
                                      retention_days=self.settings.pipeline.warm_retention_days)
+        return rows + await self.sql.delete_agent_runs_before(
+            now - timedelta(days=AGENT_RUN_RETENTION_DAYS))
 
     async def _run_archive(self, now: datetime) -> int:
         """Move finished actions and dead letters past their retention to the audit archive

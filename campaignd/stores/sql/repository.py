@@ -20,7 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import Table, bindparam, case, event, func, insert, select, text, update
+from sqlalchemy import (
+    Table,
+    bindparam,
+    case,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
@@ -509,6 +520,16 @@ class SqlStore(DeadLetterMethods, AggregateMethods, ActionMethods):
                          duration_s=r.duration_s, outcome=r.outcome,
                          recommendations=r.recommendations, error=r.error, id=r.id)
                 for r in rows]
+
+    async def delete_agent_runs_before(self, cutoff: datetime) -> int:
+        """Delete the run records of runs started before ``cutoff``; returns rows deleted.
+        (Every job run adds one -- about 4,000 a day at the default cadences -- and nothing
+        reads more than the latest few: kept forever they were the one SQL table without a
+        bound.)"""
+        async with self._tx("deleting old agent runs") as conn:
+            result = await conn.execute(delete(agent_runs).where(
+                agent_runs.c.started_at < cutoff))
+        return int(result.rowcount or 0)
 
     async def agent_run_counts(self) -> dict[str, dict[str, int]]:
         """``{agent: {outcome: runs}}``, listing only outcomes that occurred."""
