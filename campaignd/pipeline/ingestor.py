@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -155,6 +156,7 @@ class EventIngestor:
         self._gap(batch.skipped, self.cursor)
         positions = self._positions(batch)
         failed = 0
+        errors: Counter[str] = Counter()
         # (a store failure half-way through: the messages counted before it are not counted
         # again when the batch is read again -- their marks' positions would let them in)
         done = self._isolated[1] if self._isolated and self._isolated[0] == self.cursor else 0
@@ -171,14 +173,20 @@ class EventIngestor:
                 failed += 1
                 self.pipeline.dead_letter("internal_error", raw if isinstance(raw, bytes)
                                           else str(raw).encode())
-                log.error("the pipeline failed on a message; dead-lettered as internal_error",
-                          error=f"{type(exc).__name__}: {exc}"[:300], exc_info=True)
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                if not errors:
+                    # One traceback a batch: a bug that every message hits would otherwise
+                    # write one per event (thousands a second) to the journal.
+                    log.error("the pipeline failed on a message; dead-lettered as "
+                              "internal_error", error=error, exc_info=True)
+                errors[error] += 1
         self.cursor = batch.next_cursor
         self._isolated = None
         self.last_error = None
         self.feed_outage.ok("event ingestion works again")
         log.warning("a batch the pipeline kept failing on was counted message by message",
-                    messages=len(batch.messages), dead_lettered=failed)
+                    messages=len(batch.messages), dead_lettered=failed,
+                    errors=dict(errors.most_common(5)))
 
     async def _stream(self) -> None:
         """Read and prepare the next batch while the previous one is deduplicated and counted.

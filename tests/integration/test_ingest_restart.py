@@ -191,3 +191,44 @@ async def test_a_message_the_pipeline_fails_on_is_dead_lettered_not_retried_fore
     assert pipe.stats.dead == {"internal_error": 1}
     [letter] = await sql_store.list_dead_letters()
     assert letter.reason == "internal_error" and letter.raw == poison
+
+
+async def test_a_bug_every_message_hits_logs_one_traceback_a_batch_not_one_an_event(
+        sql_store: SqlStore, seed_spec: CampaignSpec, virtual_clock: VirtualClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipeline bug that every message of a batch triggers dead-letters each of them, but the
+    journal gets one error with its traceback and one summary for the batch (at the live
+    feed's rate one line per message would be thousands of tracebacks a second)."""
+    from structlog.testing import capture_logs
+
+    from campaignd.pipeline import ingestor as ingestor_module
+    virtual_clock.set(NOW)
+    registry, _ = await stored_campaign(sql_store, seed_spec, NOW)
+    pipe = Pipeline(registry, InMemoryHotStore(virtual_clock), clock=virtual_clock)
+
+    prepare = pipe.prepare
+
+    def buggy(raws: Any, positions: Any = None) -> Any:
+        if raws:
+            raise ZeroDivisionError("a bug")
+        return prepare(raws, positions)
+
+    monkeypatch.setattr(pipe, "prepare", buggy)
+    monkeypatch.setattr(ingestor_module, "ISOLATE_AFTER", 2)
+    async with sandbox_feed() as (state, adapter):
+        state.feed.extend(impression_message(i, line_item=100, ts_usecs=NOW_US - 1000 + i)
+                          for i in range(50))
+        ing = EventIngestor(adapter=adapter, sql=sql_store, pipeline=pipe, clock=virtual_clock,
+                            metrics=Metrics(), checkpoint=CHECKPOINT, poll_s=0.01)
+        with capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                await tg.start(ing.run)
+                with anyio.fail_after(20):
+                    while pipe.stats.dead.get("internal_error", 0) < 50:
+                        await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+    assert pipe.stats.dead == {"internal_error": 50}
+    per_message = [e for e in logs if e["event"].startswith("the pipeline failed on a message")]
+    assert len(per_message) == 1 and per_message[0]["exc_info"] is True
+    [summary] = [e for e in logs if e["event"].startswith("a batch the pipeline kept failing")]
+    assert summary["dead_lettered"] == 50 and summary["errors"] == {"ZeroDivisionError: a bug": 50}
