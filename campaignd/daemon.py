@@ -597,7 +597,8 @@ class Daemon:
         from campaignd.pipeline.rollup import apply_retention
         assert self.sql is not None
         rows = await apply_retention(self.sql, now=self.clock.now(),
-                                     retention_days=self.settings.pipeline.warm_retention_days)
+                                     retention_days=self.settings.pipeline.warm_retention_days,
+                                     time_budget_s=120.0)
         return rows + await self.sql.delete_agent_runs_before(
             now - timedelta(days=AGENT_RUN_RETENTION_DAYS))
 

@@ -116,10 +116,12 @@ async def export_changed_days(sql: Any, root: Path, *, now: datetime) -> int:
     return written
 
 
-async def apply_retention(sql: Any, *, now: datetime, retention_days: int) -> int:
-    """Delete warm minute rows of the days older than ``retention_days``; returns rows."""
+async def apply_retention(sql: Any, *, now: datetime, retention_days: int,
+                          time_budget_s: float | None = None) -> int:
+    """Delete warm minute rows of the days older than ``retention_days``, in chunks (at most
+    ``time_budget_s`` of it: the rest at the next run); returns rows."""
     cutoff = now.astimezone(UTC).date() - timedelta(days=retention_days)
-    return int(await sql.delete_minutes_before(cutoff))
+    return int(await sql.delete_minutes_before(cutoff, time_budget_s=time_budget_s))
 
 
 __all__ = [

@@ -109,6 +109,34 @@ async def test_retention_deletes_whole_old_days_of_minutes_only(
     assert dict(zip(COUNTER_COLUMNS, totals[a], strict=True))["impressions"] == 20
 
 
+async def test_retention_deletes_in_small_transactions_oldest_first_within_a_time_budget(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """A day of minute rows for 10,000 busy cells is 14.4 million rows: deleted in one
+    transaction it held SQLite's write lock (the feed's commits wait on it) for minutes and
+    ran past the transaction timeout. The rows go in chunks of whole minutes, oldest first;
+    a minute holding more rows than a chunk still goes (progress), and a time budget stops
+    after a chunk, the next run going on from there."""
+    ids = (await stored(sql_store, seed_spec))[:5]
+    cid = seed_spec.id
+    # 10 days, 2 minutes a day, 5 cells a minute (more than a chunk of 3)
+    rows = [AggregateRow(cid, c, NOW - timedelta(days=d, minutes=m), counts(impressions=1))
+            for d in range(10) for m in (0, 1) for c in ids]
+    await sql_store.commit_ingest(minutes=rows, now=NOW)
+    cutoff = (NOW - timedelta(days=7)).date()
+    # with no time left, one chunk: the oldest minute (all of its 5 rows)
+    first = await sql_store.delete_minutes_before(cutoff, chunk_rows=3, time_budget_s=0)
+    assert first == 5
+    assert await sql_store.oldest_minute() == NOW - timedelta(days=9, minutes=0)
+    rest = await sql_store.delete_minutes_before(cutoff, chunk_rows=3)
+    # the days before Nov 24 (Nov 22 and 23: 2 minutes × 5 cells each) are gone, no other
+    assert first + rest == 20
+    left = await sql_store.minute_rows(cid, since=NOW - timedelta(days=30),
+                                       until=NOW + timedelta(minutes=1))
+    assert len(left) == 80
+    assert await sql_store.oldest_minute() == NOW - timedelta(days=7, minutes=1)
+    assert await sql_store.delete_minutes_before(cutoff, chunk_rows=3) == 0
+
+
 async def test_reset_forgets_a_campaigns_counts(sql_store: SqlStore,
                                                 seed_spec: CampaignSpec) -> None:
     [a] = (await stored(sql_store, seed_spec))[:1]
