@@ -124,9 +124,10 @@ class DecisionService:
         why = "counts not current"
         self.skipped_total[why] = self.skipped_total.get(why, 0) + 1
         self.metrics.decisions_skipped.labels(why).inc()
+        if self.held is None:  # once a hold (the status shows it while it lasts)
+            log.warning("decision cycles skipped until the counts are current", reason=reason)
         self.held = reason
         self.last = {"at": now.isoformat(), "mode": self.mode, "held": reason}
-        log.warning("decision cycle skipped: the counts are not current", reason=reason)
 
     async def cycle(self, snapshots: Mapping[str, CellSnapshot], dsp: Any,
                     now: datetime) -> DecisionPlan:
@@ -161,6 +162,8 @@ class DecisionService:
         if mode == "live" and new and self.executor is not None:
             self.executor.wake()
         self.cycles += 1
+        if self.held is not None:
+            log.info("decision cycles resume: the counts are current again")
         self.held = None
         summary = plan.summary()
         if waiting:

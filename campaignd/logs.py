@@ -138,9 +138,10 @@ class Outage:
     while it is failing: the status reads it to say what is wrong and for how long."""
 
     def __init__(self, logger: Any, event: str, *, every_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, level: str = "warning") -> None:
         self.log = logger
         self.event = event
+        self.level = level
         self.every_s = every_s
         self.clock = clock
         self.since: float | None = None
@@ -161,8 +162,9 @@ class Outage:
         elif now - self._logged_at < self.every_s:
             return
         self._logged_at = now
-        self.log.warning(self.event, error=error, failing_for_s=round(now - self.since, 1),
-                         attempts=self.attempts, **fields)
+        getattr(self.log, self.level)(self.event, error=error,
+                                      failing_for_s=round(now - self.since, 1),
+                                      attempts=self.attempts, **fields)
 
     def ok(self, event: str, **fields: Any) -> None:
         if self.since is None:

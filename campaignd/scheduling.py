@@ -24,7 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from campaignd.clock import Clock, SystemClock
-from campaignd.logs import get_logger
+from campaignd.logs import Outage, get_logger
 
 log = get_logger("campaignd.scheduling")
 
@@ -69,6 +69,9 @@ class JobState:
     last_error: str | None = None
     next_run: datetime | None = None
     history: deque[RunRecord] = field(default_factory=lambda: deque(maxlen=50))
+    failing: Outage = field(default_factory=lambda: Outage(log, "job failed"))
+    """Its failures in a row: the first logged with its traceback, then at most one line a
+    minute (a job failing on every run of a night-long outage is one story, not hundreds)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +99,7 @@ class Supervisor:
         self._send, self._recv = anyio.create_memory_object_stream[str](max_buffer_size=256)
         self._scheduler: AsyncIOScheduler | None = None
         self._stopping = False
+        self._recording = Outage(log, "could not record job runs")
 
     # --- ticks ---------------------------------------------------------------------------
 
@@ -172,7 +176,9 @@ class Supervisor:
         except Exception as exc:  # one job's failure never stops the others
             outcome, error = "error", f"{type(exc).__name__}: {exc}"
             state.errors += 1
-            log.warning("job failed", job=spec.name, error=error, exc_info=True)
+            state.failing.failed(error, job=spec.name, exc_info=state.failing.since is None)
+        else:
+            state.failing.ok("job works again", job=spec.name)
         duration = time.monotonic() - t0
         state.running = False
         state.runs += 1
@@ -186,7 +192,9 @@ class Supervisor:
                 with anyio.fail_after(10):
                     await self.on_record(record)
             except Exception as exc:
-                log.warning("could not record job run", job=spec.name, error=str(exc))
+                self._recording.failed(str(exc) or type(exc).__name__, job=spec.name)
+            else:
+                self._recording.ok("job runs recorded again")
 
     def status(self) -> list[dict[str, Any]]:
         for name in self.jobs:

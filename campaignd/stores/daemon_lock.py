@@ -39,7 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from campaignd.errors import CampaigndError, StartupError
-from campaignd.logs import get_logger
+from campaignd.logs import Outage, get_logger
 
 log = get_logger("campaignd.lock")
 
@@ -76,6 +76,9 @@ class DaemonLock:
         self._files: list[IO[str]] = []
         self._engine: Any = None
         self._conn: Any = None
+        # (checked every 30 s: a night-long database outage is one line a minute at most)
+        self._unreachable = Outage(log, "cannot reach the database to take the daemon's lock "
+                                        "again; will retry")
 
     async def acquire(self) -> None:
         try:
@@ -168,9 +171,9 @@ class DaemonLock:
         except Exception as exc:
             from campaignd.stores.opening import short_error
             self._conn = None
-            log.warning("cannot reach the database to take the daemon's lock again; will "
-                        "retry", database=self.shown_url, error=short_error(exc))
+            self._unreachable.failed(short_error(exc), database=self.shown_url)
             return "unreachable"
+        self._unreachable.ok("the database answers again", database=self.shown_url)
         if not got:
             raise LockLost(
                 "another campaignd took this database's lock while this one's connection to it "

@@ -49,7 +49,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from campaignd.logs import get_logger
+from campaignd.logs import Outage, get_logger
 from campaignd.pipeline.spool import Spool, SpoolFull
 
 log = get_logger("campaignd.receiver")
@@ -197,6 +197,11 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
         async with slots[0]:  # bodies held in memory at once: at most this many
             return await receive(request)
 
+    # A full or broken spool refuses every push while it lasts (Beeswax retries them, several
+    # a second): one line when it starts, at most one a minute, one when it ends.
+    full = Outage(log, "receiver: the spool is full; asking the sender to retry")
+    broken = Outage(log, "receiver: cannot write the spool", level="error")
+
     async def receive(request: Request) -> Response:
         auth = request.headers.get("authorization", "")
         scheme, _, given = auth.partition(" ")
@@ -270,7 +275,7 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
                 field="Content-Encoding",
                 fix="send the body compressed as Content-Encoding says, or uncompressed"))
         except SpoolFull as exc:
-            log.warning("receiver: the spool is full; asking the sender to retry", error=str(exc))
+            full.failed(str(exc))
             return refused("spool_full", _error(
                 503, "the spool is full: the event feed is behind", field=None,
                 fix="retry later; check `campaignd status` for the feed and the stores",
@@ -279,11 +284,13 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
             return refused("too_large", _error(413, str(exc), field="body",
                                                fix="send smaller messages"))
         except OSError as exc:
-            log.error("receiver: cannot write the spool", error=str(exc))
+            broken.failed(str(exc))
             return refused("spool_error", _error(
                 503, f"cannot write the spool: {exc.strerror or exc}", field=None,
                 fix="free disk space or fix receiver.spool_dir; the sender will retry",
                 headers={"Retry-After": str(RETRY_AFTER_S)}))
+        full.ok("receiver: the spool takes pushes again")
+        broken.ok("receiver: the spool can be written again")
         if n == 0:
             return refused("empty", _error(400, "the body holds no message", field="body",
                                            fix="send JSON log messages, one a line"))

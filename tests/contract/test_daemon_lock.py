@@ -71,9 +71,16 @@ async def test_an_unreachable_server_is_tried_again(tmp_path: Path, postgres_url
         dead = make_url(postgres_url).set(host="127.0.0.1", port=free_port())
         good = lock._engine
         lock._engine = create_async_engine(dead, poolclass=NullPool)
-        assert await lock.check() == "unreachable"
-        await lock._engine.dispose()
-        lock._engine = good
-        assert await lock.check() == "retaken"
+        from structlog.testing import capture_logs
+        with capture_logs() as logs:
+            for _ in range(3):  # checked every 30 s: one line for the outage, not each check
+                assert await lock.check() == "unreachable"
+            await lock._engine.dispose()
+            lock._engine = good
+            assert await lock.check() == "retaken"
+        events = [e["event"] for e in logs]
+        assert events.count("cannot reach the database to take the daemon's lock again; "
+                            "will retry") == 1
+        assert "the database answers again" in events
     finally:
         await lock.release()

@@ -195,6 +195,29 @@ async def test_refusals_name_the_field_and_keep_nothing(tmp_path: Path) -> None:
                        "spool_full"]
 
 
+async def test_a_full_spool_is_logged_when_it_starts_and_ends_not_for_every_push(
+        tmp_path: Path) -> None:
+    """While the feed is behind and the spool full, Beeswax retries its pushes several a
+    second: each gets its 503, but the log has one line when the spool fills and one when it
+    takes pushes again."""
+    from structlog.testing import capture_logs
+
+    msg = impression_message(1, line_item=100, ts_usecs=NOW_US)
+    spool = Spool(tmp_path / "spool", max_bytes=len(msg) + 8 + 50)  # room for one message
+    spool.open()
+    with capture_logs() as logs:
+        async with receiver(spool) as client:
+            assert (await client.post(PATH, content=msg, headers=AUTH)).status_code == 200
+            for _ in range(20):
+                r = await client.post(PATH, content=msg, headers=AUTH)
+                assert r.status_code == 503
+            spool.release(spool.next_seq)  # the feed caught up
+            assert (await client.post(PATH, content=msg, headers=AUTH)).status_code == 200
+    events = [e["event"] for e in logs if e["event"].startswith("receiver: the spool")]
+    assert events == ["receiver: the spool is full; asking the sender to retry",
+                      "receiver: the spool takes pushes again"]
+
+
 
 async def test_a_crash_between_commits_loses_and_doubles_nothing_pushed(
         tmp_path: Path, sql_store: SqlStore, seed_spec: CampaignSpec,

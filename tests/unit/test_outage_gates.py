@@ -74,3 +74,13 @@ def test_a_decision_cycle_on_counts_that_are_not_current_is_skipped() -> None:
     assert st["held"].startswith("the event feed is failing")
     assert st["skipped_since_start"] == {"counts not current": 1}
     assert svc.inbox == {} and svc.cycles == 0
+
+
+def test_a_hold_that_lasts_is_logged_once_not_every_cycle() -> None:
+    settings = SimpleNamespace(decision=SimpleNamespace(mode="live", risk_budget=0.2))
+    svc = DecisionService(settings=settings, sql=None, metrics=Metrics())
+    with capture_logs() as logs:
+        for _ in range(30):  # an hour of 2-minute cycles
+            svc.hold("the event feed is failing: StorageError: Redis down", NOW)
+    assert [e["log_level"] for e in logs] == ["warning"]
+    assert svc.status()["skipped_since_start"] == {"counts not current": 30}

@@ -105,3 +105,45 @@ async def test_apscheduler_fires_on_cadence() -> None:
     # 0.75 s at a 0.1 s cadence: several runs, not one and not dozens.
     assert 3 <= n <= 9
     assert sup.jobs["tick"].next_run is not None
+
+
+async def test_a_job_failing_run_after_run_logs_once_with_its_traceback_not_every_run() -> None:
+    """A night-long database outage fails a 30-second job about a thousand times, and every
+    run's record cannot be stored either: the log gets one line for each when it starts
+    (the job's with its traceback) and one when it works again -- not a line per run."""
+    from structlog.testing import capture_logs
+
+    broken = {"job": True, "record": True}
+    runs: list[str] = []
+
+    async def job(now: datetime) -> int:
+        runs.append("run")
+        if broken["job"]:
+            raise ConnectionError("the database is down")
+        return 0
+
+    async def record(rec: RunRecord) -> None:
+        if broken["record"]:
+            raise ConnectionError("the database is down")
+
+    sup = Supervisor([JobSpec("export", 0.02, job, 1.0, first_delay_s=0.0)], on_record=record)
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(sup.run)
+            with anyio.fail_after(5):
+                while len(runs) < 8:
+                    await anyio.sleep(0.01)
+            broken["job"] = broken["record"] = False
+            n = len(runs)
+            with anyio.fail_after(5):
+                while len(runs) < n + 3:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    events = [e["event"] for e in logs]
+    assert events.count("job failed") == 1
+    [failed] = [e for e in logs if e["event"] == "job failed"]
+    assert failed["exc_info"] is True and failed["job"] == "export"
+    assert events.count("could not record job runs") == 1
+    assert events.count("job works again") == 1
+    assert events.count("job runs recorded again") == 1
+    assert sup.jobs["export"].errors >= 8
