@@ -145,7 +145,25 @@ class DSPService:
             task_status.started()
             # The adapter outlives this task: the daemon closes it (``aclose``) after every
             # component that uses it has stopped.
-            await anyio.sleep_forever()
+            await self._probe_open_circuit(b.breaker_cooldown_s)
+
+    async def _probe_open_circuit(self, every_s: float) -> None:
+        """An open circuit makes the daemon unhealthy (``/healthz`` 503) until a call gets
+        through -- and without a probe the next call could be the next reconciliation
+        (``dsp.reconcile_s``, 5 min), so a DSP blip of a few seconds kept the daemon unhealthy
+        for minutes after the DSP was back. Once the cooldown has passed, one cheap read (one
+        known line item) closes it again or re-opens it."""
+        while True:
+            await anyio.sleep(every_s)
+            adapter = self.adapter
+            if adapter is None or adapter.health().circuit == "closed":
+                continue
+            probe = next((li.id for st in self.campaigns.values()
+                          for li in st.line_items.values()), None)
+            if probe is None:
+                continue  # (nothing synced yet: reconciliation retries the sync)
+            with contextlib.suppress(DSPError):
+                await adapter.get_line_items([probe])
 
     async def _run_sandbox(self, *, task_status: TaskStatus[str]) -> None:
         from campaignd.dsp.sandbox.faults import FaultConfig

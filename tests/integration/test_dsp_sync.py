@@ -19,6 +19,7 @@ from campaignd.domain.campaign import CampaignSpec, Cell, atomize
 from campaignd.dsp.base import LineItemSpec
 from campaignd.dsp.sandbox import SandboxService
 from campaignd.dsp.service import DSPService, campaign_alt_id
+from campaignd.errors import DSPError
 from campaignd.settings import load_settings
 from campaignd.stores.sql import SqlStore
 
@@ -542,3 +543,41 @@ async def test_lowered_caps_never_scale_a_budget_below_what_was_spent(
     assert sum(max(li.lifetime_budget_micros, li.spend_micros) for li in held.values()) <= cap
     assert sum(max(li.daily_budget_micros or 0, spent[c]) for c, li in held.items()) <= cap
     assert held[big].lifetime_budget_micros < 350 * M  # scaled, not left alone
+
+
+async def test_a_dsp_blip_does_not_leave_the_daemon_unhealthy_until_the_next_reconciliation(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """A few seconds of 5xx open the circuit breaker (the DSP is unhealthy, ``/healthz``
+    answers 503); once the DSP answers again the service's own probe closes it within about
+    a cooldown, rather than at the next call that happens to come (reconciliation: 5 min)."""
+    from campaignd.dsp.sandbox.faults import FaultConfig
+
+    spec, cells = await small_campaign(sql_store, seed_spec)
+    sandbox = SandboxService(None, email=EMAIL, password=PASSWORD, log_level="critical")
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(sandbox.run)
+        settings = load_settings(None, environ={
+            "CAMPAIGND_DSP__ADAPTER": "beeswax", "CAMPAIGND_DSP__BEESWAX__BASE_URL": url,
+            "CAMPAIGND_DSP__BEESWAX__EMAIL": EMAIL,
+            "CAMPAIGND_DSP__BEESWAX__PASSWORD": PASSWORD,
+            "CAMPAIGND_DSP__BEESWAX__RATE_LIMIT_RPS": "1000",
+            "CAMPAIGND_DSP__BEESWAX__MAX_RETRIES": "0",
+            "CAMPAIGND_DSP__BEESWAX__BREAKER_FAILURES": "2",
+            "CAMPAIGND_DSP__BEESWAX__BREAKER_COOLDOWN_S": "0.5",
+            "CAMPAIGND_RECEIVER__ENABLED": "false"})
+        svc = DSPService(settings, sql_store, clock=VirtualClock(NOW))
+        await tg.start(svc.run)
+        await svc.sync_campaign(spec, cells)
+        assert svc.status()["healthy"]
+        li = next(iter(svc.campaigns[spec.id].line_items.values()))
+        sandbox.state.injector.config = FaultConfig(rate_5xx=1.0)  # the blip
+        for _ in range(2):
+            with pytest.raises(DSPError):
+                await svc.adapter.get_line_items([li.id])
+        assert not svc.status()["healthy"]
+        sandbox.state.injector.config = FaultConfig()  # the DSP is back; nothing calls it
+        with anyio.fail_after(5):
+            while not svc.status()["healthy"]:
+                await anyio.sleep(0.05)
+        await svc.aclose()
+        tg.cancel_scope.cancel()
