@@ -50,6 +50,7 @@ from campaignd.metrics import Metrics
 from campaignd.pipeline.registry import Registry
 from campaignd.scheduling import JobSpec, RunRecord, Supervisor
 from campaignd.settings import Settings, secret_values
+from campaignd.status import LevelAlarm
 from campaignd.stores.base import HotStore
 from campaignd.stores.daemon_lock import DaemonLock
 from campaignd.stores.opening import (
@@ -175,6 +176,8 @@ class Daemon:
                                 database_url=database_url(settings),
                                 shown_url=masked_database_url(settings))
         self._problems: list[str] = []
+        self._spool_alarm = LevelAlarm(raise_above=0.9, clear_below=0.75)
+        """The receiver's spool nearly full (a problem above 90 %, until below 75 %)."""
         self._status_outage = logmod.Outage(log, "could not publish status")
         self._ready = False
         self._stopping = False
@@ -186,7 +189,8 @@ class Daemon:
         agents = self.supervisor.status() if self.supervisor else []
         problems = list(self._problems)
         if self.supervisor and not self.supervisor.healthy():
-            problems.append("an agent failed its last three runs")
+            problems.append(f"failing: {', '.join(self.supervisor.failing())} (three runs in "
+                            "a row failed; healthy again after two good runs in a row)")
         dsp = self.dsp.status() if self.dsp is not None else {
             "adapter": self.settings.dsp.adapter, "healthy": False, "line_items": 0,
             "detail": "starting"}
@@ -202,7 +206,7 @@ class Daemon:
                 "spool_next_seq": sp.next_seq, "spool_first_seq": sp.first_seq,
                 "spool_bytes": sp.bytes, "spool_segments": sp.segments,
                 "spool_max_bytes": self.spool.max_bytes}}
-            if sp.bytes > 0.9 * self.spool.max_bytes:
+            if self._spool_alarm.update(sp.bytes / self.spool.max_bytes):
                 problems.append(f"the receiver's spool is {sp.bytes / self.spool.max_bytes:.0%} "
                                 "full: the event feed is behind (pushes get 503 when full)")
         if self.ingest is not None:
@@ -425,7 +429,8 @@ class Daemon:
             dedupe_window_s=p.dedupe_window_s, max_future_s=p.max_future_s,
             time_scale=s.dsp.sandbox.time_scale if sandbox else 1.0,
             context_capacity=p.context_capacity,
-            namespace=f"{DEDUPE_NAMESPACE}:{checkpoint}" if sandbox else DEDUPE_NAMESPACE)
+            namespace=f"{DEDUPE_NAMESPACE}:{checkpoint}" if sandbox else DEDUPE_NAMESPACE,
+            unknown_samples=p.unknown_line_item_samples)
         self.metrics.add_lag_histogram(lambda: pipeline.stats.lag)
         await self._restore_counts(pipeline, fresh_market=sandbox)
         self.ingest = EventIngestor(
@@ -459,7 +464,8 @@ class Daemon:
         self.decisions = DecisionService(settings=s, sql=self.sql, metrics=self.metrics)
         self.executor = ActionExecutor(sql=self.sql, dsp=self.dsp, clock=self.clock,
                                        metrics=self.metrics, mode=d.mode,
-                                       poll_s=d.executor_poll_s, max_attempts=d.max_attempts)
+                                       poll_s=d.executor_poll_s, max_attempts=d.max_attempts,
+                                       max_age_s=d.max_action_age_s)
         self.decisions.executor = self.executor
         self.executor.hold = self._view_problem
         await tg.start(self.executor.run, name="executor")
@@ -560,6 +566,8 @@ class Daemon:
                 self.registry.register(cid, known)
                 log.info("routing events of line items synced before", campaign=cid,
                          line_items=len(known))
+        # (removed cells' and unloaded campaigns' too: their refused events are kept whole)
+        self.registry.know(await self.sql.known_line_item_ids())
 
     def _on_synced(self, campaign_id: str, line_items: dict[str, int]) -> None:
         """A campaign's line items are known (at start, or when reconciliation retried a

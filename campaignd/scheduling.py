@@ -55,6 +55,12 @@ class RunRecord:
     recommendations: int = 0
 
 
+FAILS_TO_ALARM = 3
+"""Failed runs in a row after which a job makes the daemon unhealthy."""
+OKS_TO_CLEAR = 2
+"""Good runs in a row after which it no longer does."""
+
+
 @dataclass(slots=True)
 class JobState:
     spec: JobSpec
@@ -69,6 +75,10 @@ class JobState:
     last_error: str | None = None
     next_run: datetime | None = None
     history: deque[RunRecord] = field(default_factory=lambda: deque(maxlen=50))
+    alarm: bool = False
+    """Raised when the job failed (or timed out) on each of its last ``FAILS_TO_ALARM`` runs;
+    cleared only after ``OKS_TO_CLEAR`` good runs in a row, so that a job failing on and off
+    does not flap the daemon's health (and page someone) on every run."""
     failing: Outage = field(default_factory=lambda: Outage(log, "job failed"))
     """Its failures in a row: the first logged with its traceback, then at most one line a
     minute (a job failing on every run of a night-long outage is one story, not hundreds)."""
@@ -82,7 +92,20 @@ class JobState:
             "last_duration_s": self.last_duration_s, "last_outcome": self.last_outcome,
             "last_error": self.last_error,
             "next_run": self.next_run.isoformat() if self.next_run else None,
+            "failing": self.alarm,
         }
+
+    def judge(self) -> None:
+        """Raise or clear ``alarm`` from the runs so far (after each run)."""
+        runs = list(self.history)
+        if not self.alarm:
+            last = runs[-FAILS_TO_ALARM:]
+            self.alarm = (len(last) == FAILS_TO_ALARM
+                          and all(r.outcome in ("error", "timeout") for r in last))
+        else:
+            last = runs[-OKS_TO_CLEAR:]
+            self.alarm = not (len(last) == OKS_TO_CLEAR
+                              and all(r.outcome == "ok" for r in last))
 
 
 class Supervisor:
@@ -187,6 +210,7 @@ class Supervisor:
         state.last_error = error
         record = RunRecord(spec.name, started, self.clock.now(), duration, outcome, error, int(n))
         state.history.append(record)
+        state.judge()
         if self.on_record is not None:
             try:
                 with anyio.fail_after(10):
@@ -202,12 +226,13 @@ class Supervisor:
         return [s.as_dict() for s in self.jobs.values()]
 
     def healthy(self) -> bool:
-        """False when any job has failed or timed out on each of its last three runs."""
-        for s in self.jobs.values():
-            last = list(s.history)[-3:]
-            if len(last) == 3 and all(r.outcome in ("error", "timeout") for r in last):
-                return False
-        return True
+        """False while any job's alarm is raised (``JobState.alarm``: it failed or timed out
+        on each of its last three runs, and has not run well twice in a row since)."""
+        return not any(s.alarm for s in self.jobs.values())
+
+    def failing(self) -> list[str]:
+        """The jobs whose alarm is raised."""
+        return [name for name, s in self.jobs.items() if s.alarm]
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -250,6 +250,11 @@ class DecisionSettings(_Section):
                                    description="seconds between outbox drains")
     max_attempts: int = Field(8, ge=1, le=100,
                               description="tries before an action is marked failed/refused")
+    max_action_age_s: float = Field(
+        3600.0, ge=0, le=TEN_YEARS,
+        description="an action not applied this long after it was decided (a person's: "
+                    "after the approval or undo) is refused as expired, e.g. after a long "
+                    "stop (0: no limit)")
     manual_hold_s: float = Field(86_400.0, ge=0, le=TEN_YEARS,
                                  description="after a person's undo, agents leave that line "
                                              "item alone this long")
@@ -405,6 +410,11 @@ class PipelineSettings(_Section):
                              description="uncommitted rows before reading pauses")
     warm_retention_days: int = Field(7, ge=1, le=MAX_RETENTION_DAYS,
                                      description="days of minute rows kept in SQL")
+    unknown_line_item_samples: int | None = Field(
+        100, ge=0, le=10**9,
+        description="events of a line item campaignd never made (an account-wide log push) "
+                    "kept whole per line item and day; the rest are counted, one row per line "
+                    "item and day (unset: keep every one)")
     dead_letter_retention_days: int = Field(
         30, ge=1, le=MAX_RETENTION_DAYS,
         description="dead letters not seen again for this long move from SQL to the "

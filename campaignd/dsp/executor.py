@@ -34,6 +34,11 @@ What a drain applies:
 - **Still current.** An action whose line item changed since it was decided (its ``before`` is
   no longer the DSP's state) is refused as stale rather than overwriting a newer change; the
   check is made again just before the request goes out.
+- **Not expired.** An action not yet applied ``max_age_s`` (the daemon's clock) after it was
+  decided -- or, for a person's approval or undo, after the person asked -- is refused as
+  expired: after a long stop or a long DSP outage the evidence it was decided on is out of date
+  (the next cycle decides again from what the DSP holds; a person approves or undoes again).
+  One the DSP already holds is recorded applied whatever its age.
 
 The DSP sync's own changes (a removed cell's line item paused, budgets scaled within lowered
 caps) are recorded ``applying`` before they are sent too, but never sent from here: the sync
@@ -52,6 +57,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -67,6 +73,8 @@ from campaignd.stores.sql.actions import ActionRow
 log = get_logger("campaignd.executor")
 
 APPLIED_KINDS = ("budget", "pause", "activate")
+EXPIRED = "expired"
+"""How the error of an action refused for its age starts."""
 MIN_CLIPPED_SHARE = 0.5
 """A raise that no longer fits the campaign's caps is sent cut to the headroom left when at
 least this share of it is left; otherwise it waits whole."""
@@ -100,6 +108,8 @@ class DrainResult:
     refused: int = 0
     waiting: int = 0
     superseded: int = 0
+    expired: int = 0
+    """Of ``refused``: too old to apply (``max_age_s``)."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -108,7 +118,8 @@ class ActionExecutor:
 
     def __init__(self, *, sql: Any, dsp: Any, clock: Clock, metrics: Metrics | None = None,
                  mode: str = "live", poll_s: float = 2.0, max_attempts: int = 8,
-                 max_wait_s: float = 600.0, concurrency: int = 8) -> None:
+                 max_wait_s: float = 600.0, concurrency: int = 8,
+                 max_age_s: float = 3600.0) -> None:
         self.sql = sql
         self.dsp = dsp
         self.clock = clock
@@ -118,6 +129,9 @@ class ActionExecutor:
         self.max_attempts = max_attempts
         self.max_wait_s = max_wait_s
         self.concurrency = concurrency
+        self.max_age_s = max_age_s
+        """Seconds (the daemon's clock) after its decision an action may still be applied;
+        0: no limit."""
         self._wake = anyio.Event()
         self._waiting_since: dict[int, float] = {}
         """Action id → when (monotonic seconds) it started waiting for headroom."""
@@ -178,8 +192,8 @@ class ActionExecutor:
         self.last_drain = {"at": self.clock.now().isoformat(), "applied": out.applied,
                            "failed": out.failed, "refused": out.refused,
                            "waiting": out.waiting, "superseded": out.superseded,
-                           "errors": out.errors[:5]}
-        for name in ("applied", "failed", "refused", "waiting", "superseded"):
+                           "expired": out.expired, "errors": out.errors[:5]}
+        for name in ("applied", "failed", "refused", "waiting", "superseded", "expired"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(out, name))
         if out.applied or out.failed or out.refused or out.superseded:
             log.info("executor: outbox drained", **{k: v for k, v in self.last_drain.items()
@@ -272,7 +286,7 @@ class ActionExecutor:
         sends: dict[int, tuple[ActionRow, LineItem, int, int]] = {}
         clipped: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         for row in rows:
-            verdict = self._check(row, sums)
+            verdict = self._check(row, sums, now)
             if verdict[0] == "send":
                 _, li, dd, dl = verdict
                 sends[row.id] = (row, li, dd, dl)
@@ -358,11 +372,14 @@ class ActionExecutor:
                 continue
             final.append((i, st, err, result))
         await self.sql.finish_actions(final, now=self.clock.now(), uncounted=uncounted)
+        expired = 0
         for i, st, err, _ in final:
             name = "waiting" if st in ("pending", "applying") else st
             setattr(out, name, getattr(out, name) + 1)
             a = by_id[i].action
-            if st in ("failed", "refused"):
+            if st == "refused" and (err or "").startswith(EXPIRED):
+                expired += 1  # (after a long stop, thousands: one line for them all)
+            elif st in ("failed", "refused"):
                 log.warning(f"executor: action {st}", action=i, kind=a.kind, cell=a.cell_id,
                             error=err)
             elif st == "applying":
@@ -371,14 +388,19 @@ class ActionExecutor:
                             cell=a.cell_id, error=err)
             if self.metrics is not None and st not in ("pending", "applying"):
                 self.metrics.actions.labels(a.kind, st).inc()
+        if expired:
+            out.expired += expired
+            log.warning("executor: actions expired before they could be applied (refused; "
+                        "see each action's error)", actions=expired,
+                        max_action_age_s=self.max_age_s)
         if acked:
             await self._store_cells(acked)
 
-    def _check(self, row: ActionRow, sums: dict[str, _Sums]) -> tuple[Any, ...]:
+    def _check(self, row: ActionRow, sums: dict[str, _Sums], now: datetime) -> tuple[Any, ...]:
         """What to do with an outbox action now: ``("send", line item, Δdaily, Δlifetime)`` (a
         raise's Δ is reserved in ``sums``), ``("clip", …, row)`` (send the raise of ``row``,
         cut to the headroom left), or an outcome ``(status, error, result)`` —
-        ``applied`` (the DSP already holds it), ``refused`` (not appliable, stale, or no
+        ``applied`` (the DSP already holds it), ``refused`` (not appliable, expired, stale, or no
         headroom for longer than ``max_wait_s``) or ``pending`` (waiting)."""
         a = row.action
         if a.kind not in APPLIED_KINDS:
@@ -398,6 +420,9 @@ class ActionExecutor:
         keys = list(a.after)
         if all(current.get(k) == a.after[k] for k in keys):
             return ("applied", None, current)
+        expired = self._expired(row, now)
+        if expired is not None:
+            return ("refused", expired, None)
         if row.status == "applying" and row.attempts >= self.max_attempts:
             # (read back this drain: the DSP does not hold it)
             return ("failed", f"gave up after {row.attempts} attempts without an answer; the "
@@ -451,6 +476,26 @@ class ActionExecutor:
             row = replace(row, action=replace(a, after=after, evidence=clipped))
             return ("clip", li, max(dd, 0), max(dl, 0), row)
         return ("send", li, max(dd, 0), max(dl, 0))
+
+    def _expired(self, row: ActionRow, now: datetime) -> str | None:
+        """Why ``row`` is too old to apply (see the module docstring), or None."""
+        if self.max_age_s <= 0:
+            return None
+        a = row.action
+        person = row.actor is not None and row.decided_at is not None
+        since = max(a.created_at, row.decided_at) if person and row.decided_at else a.created_at
+        age = (now - since).total_seconds()
+        if age <= self.max_age_s:
+            return None
+        limit = f"decision.max_action_age_s ({self.max_age_s:g} s)"
+        if person:
+            asked = "asked for" if row.undo_of is not None or row.mode == "user" else "approved"
+            return (f"{EXPIRED}: {asked} by {row.actor} {_age(age)} ago ({since.isoformat()}), "
+                    f"longer than {limit}; the line item may have moved on since -- if the "
+                    "change is still wanted, approve a newer proposal or ask again")
+        return (f"{EXPIRED}: decided {_age(age)} ago ({since.isoformat()}), longer than "
+                f"{limit}; the evidence it was decided on is out of date, and the next cycle "
+                "decides again from what the DSP holds")
 
     async def _send(self, line_item_id: int, kind: str, after: Mapping[str, Any]) -> LineItem:
         adapter = self.dsp.adapter
@@ -526,6 +571,19 @@ def _headroom_problem(spec: Any, s: _Sums, after: Mapping[str, Any], dd: int,
         return (f"the campaign's line items could spend {total_l} > its lifetime cap "
                 f"{s.lifetime_cap} micros")
     return None
+
+
+def _age(seconds: float) -> str:
+    """``seconds`` for a person: "3 d 4 h", "2 h 5 min", "12 min", "40 s"."""
+    s = int(seconds)
+    d, rest = divmod(s, 86_400)
+    h, rest = divmod(rest, 3_600)
+    m, sec = divmod(rest, 60)
+    if d:
+        return f"{d} d {h} h"
+    if h:
+        return f"{h} h {m} min"
+    return f"{m} min" if m else f"{sec} s"
 
 
 def _pick(d: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from campaignd.pipeline.validate import (
     N_CODES,
     Classified,
     Classifier,
+    unkept_letter,
 )
 from campaignd.stores.base import HotStore
 from campaignd.stores.sql.aggregates import AggregateRow
@@ -179,7 +180,8 @@ class Pipeline:
                  metrics: Metrics | None = None, dedupe_window_s: int = DEDUPE_WINDOW_S,
                  max_future_s: int = MAX_FUTURE_S, reference: str = "clock",
                  time_scale: float = 1.0, context_capacity: int = 500_000,
-                 keep_pending: bool = True, namespace: str = DEDUPE_NAMESPACE) -> None:
+                 keep_pending: bool = True, namespace: str = DEDUPE_NAMESPACE,
+                 unknown_samples: int | None = None) -> None:
         if reference not in ("clock", "stream"):
             raise ValueError("reference must be 'clock' or 'stream'")
         self.registry = registry
@@ -195,7 +197,8 @@ class Pipeline:
         """DSP seconds per real second (the sandbox's speed-up): lag is reported in real s."""
         self.classifier = Classifier(registry, dedupe_window_s=dedupe_window_s,
                                      max_future_s=max_future_s,
-                                     context_capacity=context_capacity)
+                                     context_capacity=context_capacity,
+                                     unknown_samples=unknown_samples)
         self.aggregator = Aggregator(registry, keep_pending=keep_pending)
         self.stats = PipelineStats()
         self.hot_totals_stale = False
@@ -322,10 +325,15 @@ class Pipeline:
                 self.metrics.events_dead.labels(reason).inc()
         self._letters.extend(out.letters)
         self._letter_counts.extend([1] * len(out.letters))
+        dead = Counter(r for r, _ in out.letters)
+        for (li, day), n in out.unkept.items():
+            self.dead_letter("unknown_line_item_counted", unkept_letter(
+                li, day, self.classifier.unknown_samples or 0), n)
+            dead["unknown_line_item_counted"] += n
         self.stats.mismatches.update(out.mismatches)
         if self.reference == "clock" and prep.newest_us:
             self.high_water_us = max(self.high_water_us, prep.newest_us)
-        return BatchResult(prep.n_read, accepted, dups, Counter(r for r, _ in out.letters))
+        return BatchResult(prep.n_read, accepted, dups, dead)
 
     def _count(self, out: Classified, all_usecs: np.ndarray, fresh: np.ndarray) -> int:
         """Aggregate the events the dedupe found new; returns how many."""

@@ -30,6 +30,7 @@ from campaignd.domain.campaign import atomize
 from campaignd.errors import BadInput, CampaigndError
 from campaignd.pipeline.ingest import DEDUPE_NAMESPACE, Pipeline, commit, restore, stream_base
 from campaignd.pipeline.registry import Registry
+from campaignd.pipeline.validate import NO_PAYLOAD
 from campaignd.stores.base import HotStore
 from campaignd.stores.sql.models import COUNTER_COLUMNS
 
@@ -160,6 +161,7 @@ class OfflineIngest:
                         COUNTER_COLUMNS,
                         [sum(c[i] for c in (await self.sql.read_cell_totals(spec.id)).values())
                          for i in range(len(COUNTER_COLUMNS))], strict=True)}
+            self.registry.know(await self.sql.known_line_item_ids())
         except BaseException:
             await self.close()
             raise
@@ -179,13 +181,16 @@ class OfflineIngest:
             await self._lock.release()
             self._lock = None
 
-    def pipeline(self, *, reference: str) -> Pipeline:
+    def pipeline(self, *, reference: str, sampled: bool = True) -> Pipeline:
+        """``sampled=False``: every refused event of an unknown line item is kept whole
+        (a retry: a letter kept whole must not turn into a count)."""
         assert self.hot is not None
         p = self.settings.pipeline
         return Pipeline(self.registry, self.hot, clock=self.clock,
                         dedupe_window_s=p.dedupe_window_s, max_future_s=p.max_future_s,
                         reference=reference, context_capacity=p.context_capacity,
-                        namespace=DEDUPE_NAMESPACE)
+                        namespace=DEDUPE_NAMESPACE,
+                        unknown_samples=p.unknown_line_item_samples if sampled else None)
 
     def line_items(self) -> int:
         return len(self.registry.routes)
@@ -256,7 +261,7 @@ class OfflineIngest:
         known). An accepted one — or a duplicate of one already counted — leaves the dead
         letter; one refused again stays, under its new reason. A letter with a count of n is
         one payload delivered n times: it counts once at most."""
-        pipe = self.pipeline(reference="clock")
+        pipe = self.pipeline(reference="clock", sampled=False)
         await restore(pipe, self.sql, now=self.clock.now())
         base = stream_base("deadletter")
         gone: list[int] = []
@@ -264,7 +269,7 @@ class OfflineIngest:
         moved: dict[bytes, int] = {}
         ingested = duplicates = resolved = 0
         for le in letters:
-            if le.reason == "lost_before_read":
+            if le.reason in NO_PAYLOAD:
                 still[le.reason] += le.count  # no payload: nothing to retry
                 continue
             r = await pipe.ingest([le.raw], [base | le.id])

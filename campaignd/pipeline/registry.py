@@ -10,7 +10,7 @@ types — and the campaign's ZIP series keys.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +48,10 @@ class Registry:
         self.n_slots = 0
         self.routes: dict[str, Route] = {}
         """DSP line item id, as the decimal string the logs carry → route."""
+        self.ours: set[str] = set()
+        """Line items campaignd made that are not routed now (cells removed from a spec,
+        campaigns no longer loaded), as the logs' decimal strings: their events are kept whole
+        when refused, never sampled like those of line items campaignd never managed."""
         self._cell_facts: list[list[tuple[frozenset[str], frozenset[int], frozenset[str],
                                           frozenset[int]]]] = []
 
@@ -99,6 +103,14 @@ class Registry:
             zips, hours, bundles, devices = self._cell_facts[k][pos]
             self.routes[str(int(li))] = Route(base + pos, k, zips, hours, bundles, devices,
                                               zip_keys, other)
+
+    def know(self, line_item_ids: Iterable[int | str]) -> None:
+        """Line items campaignd made (see ``ours``)."""
+        self.ours.update(str(int(li)) for li in line_item_ids)
+
+    def managed(self, line_item_id: str) -> bool:
+        """Whether campaignd made this line item (routed now or not)."""
+        return line_item_id in self.routes or line_item_id in self.ours
 
     def slot_of(self, campaign_id: str, cell_id: str) -> int:
         k = self._by_id[campaign_id]

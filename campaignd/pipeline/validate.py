@@ -19,6 +19,10 @@ Dead-letter reasons (``REASONS``), checked in this order:
 ``bad_money``              a price or conversion value that is not an amount, negative or absurd
                            (> $1,000 for one impression, > $1,000,000 for one conversion)
 ``unknown_line_item``      a line item campaignd does not manage (or not yet: see ``retry``)
+``unknown_line_item_counted`` (no payload) events of a line item campaignd never made, beyond
+                           the first ``unknown_samples`` of it kept whole that day (an
+                           account-wide log push carries every other campaign's events): one
+                           row per line item and day counts them
 ``unattributed_conversion``a conversion naming neither a line item nor an impression still known
 ``lost_before_read``       (no payload) messages the DSP dropped before campaignd read them
 ``internal_error``         the pipeline itself failed on it (a bug): the feed counted its batch
@@ -35,9 +39,11 @@ spent.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 
 import msgspec
 
@@ -48,8 +54,14 @@ from campaignd.pipeline.schema import AdLogView, decode_view, decode_view_lines
 REASONS: tuple[str, ...] = (
     "malformed_json", "invalid_field", "empty_message", "missing_dedupe_key",
     "missing_timestamp", "wrong_type", "timestamp_in_future", "timestamp_too_old", "bad_money",
-    "unknown_line_item", "unattributed_conversion", "lost_before_read", "internal_error",
+    "unknown_line_item", "unknown_line_item_counted", "unattributed_conversion",
+    "lost_before_read", "internal_error",
 )
+NO_PAYLOAD: tuple[str, ...] = ("unknown_line_item_counted", "lost_before_read")
+"""Reasons whose letters count events without keeping them: nothing to retry."""
+MAX_UNKNOWN_TRACKED = 100_000
+"""Line items never made by campaignd whose samples are tracked in a day; events of any
+further one are only counted (under line item "other")."""
 
 DEDUPE_WINDOW_S = 72 * 3600
 """Beeswax accepts impression notifications up to 72 h after the auction: dedupe that long."""
@@ -81,6 +93,9 @@ class Classified:
     usecs: list[int] = field(default_factory=list)
     letters: list[tuple[str, bytes]] = field(default_factory=list)
     mismatches: Counter[str] = field(default_factory=Counter)
+    unkept: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(line item, UTC day) → events of a line item campaignd never made that were counted
+    and not kept (beyond the day's samples)."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -119,6 +134,19 @@ _CTX_SHIFT = 20  # packed = slot << 20 | zip key (a campaign has < 1M ZIP keys)
 _ZK_MASK = (1 << _CTX_SHIFT) - 1
 
 
+def _iso_day(day: int) -> str:
+    return (date(1970, 1, 1) + timedelta(days=day)).isoformat()
+
+
+def unkept_letter(line_item: str, day: str, samples: int) -> bytes:
+    """The payload of an ``unknown_line_item_counted`` letter: the same for one line item
+    and day, so that the day's events are one row whose count grows."""
+    return json.dumps({"line_item_id": line_item, "day": day, "kept_whole": samples,
+                       "note": "events of a line item campaignd never made, beyond the "
+                               "first kept whole that day: counted, not kept"},
+                      sort_keys=True).encode()
+
+
 def _auction_of(key: str) -> str:
     """``<auction_id>.<account>.<campaign>.<line_item>`` → ``<auction_id>``."""
     return key.rsplit(".", 3)[0]
@@ -128,8 +156,13 @@ class Classifier:
     """Validation and enrichment over a ``Registry`` (see the module docstring)."""
 
     def __init__(self, registry: Registry, *, dedupe_window_s: int = DEDUPE_WINDOW_S,
-                 max_future_s: int = MAX_FUTURE_S, context_capacity: int = 500_000) -> None:
+                 max_future_s: int = MAX_FUTURE_S, context_capacity: int = 500_000,
+                 unknown_samples: int | None = None) -> None:
         self.registry = registry
+        self.unknown_samples = unknown_samples
+        """Events kept whole per line item campaignd never made, per UTC day (None: all)."""
+        self._unknown_kept: dict[str, int] = {}
+        self._unknown_day = -1
         self.window_us = dedupe_window_s * 1_000_000
         self.future_us = max_future_s * 1_000_000
         self.context = ImpressionContext(context_capacity)
@@ -170,6 +203,27 @@ class Classifier:
             if kept_pos is not None:
                 kept_pos.append(positions[i])  # type: ignore[index]
         return msgs, kept, kept_pos
+
+    def _unknown(self, li: str | None, raw: bytes | str, out: Classified, now_us: int) -> None:
+        """Refuse an event of a line item with no route: kept whole (``unknown_line_item``),
+        unless campaignd never made the line item and its samples of the day are taken --
+        then only counted (``out.unkept``)."""
+        n = self.unknown_samples
+        if n is None or li is None or self.registry.managed(li):
+            out.letters.append(("unknown_line_item", _bytes(raw)))
+            return
+        day = now_us // 86_400_000_000
+        if day != self._unknown_day:
+            self._unknown_day = day
+            self._unknown_kept.clear()
+        kept = self._unknown_kept.get(li)
+        if kept is None and len(self._unknown_kept) >= MAX_UNKNOWN_TRACKED:
+            li, kept = "other", n
+        if kept is None or kept < n:
+            self._unknown_kept[li] = (kept or 0) + 1
+            out.letters.append(("unknown_line_item", _bytes(raw)))
+            return
+        out.unkept[(li, _iso_day(day))] += 1
 
     def classify(self, msgs: Sequence[AdLogView], raws: Sequence[bytes | str],
                  positions: Sequence[int] | None, *, now_us: int, reference_us: int,
@@ -293,10 +347,10 @@ class Classifier:
                     letters.append(("unattributed_conversion", _bytes(raws[i])))
                     continue
                 else:
-                    letters.append(("unknown_line_item", _bytes(raws[i])))
+                    self._unknown(li, raws[i], out, now_us)
                     continue
             elif route is None:
-                letters.append(("unknown_line_item", _bytes(raws[i])))
+                self._unknown(li, raws[i], out, now_us)
                 continue
             else:
                 slot = route.slot

@@ -189,6 +189,65 @@ async def test_a_raise_without_headroom_waits_then_is_refused(sql_store: SqlStor
         assert (await dsp_budgets(svc, spec))[cells[1]][0] == 18 * M
 
 
+async def test_an_action_too_old_to_apply_expires_unless_a_person_asked_recently(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """After a long stop, what was decided before it is not applied on stale evidence: the
+    age counts from the decision, or from a person's approval or undo."""
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        old = NOW - timedelta(hours=3)
+        stale, = plan(svc, spec, {cells[0]: 5 * M}, at=old)
+        approved, = plan(svc, spec, {cells[1]: 6 * M}, at=old)
+        approved_long_ago, = plan(svc, spec, {cells[2]: 7 * M}, at=old)
+        await sql_store.record_actions([stale], mode="live", now=old)
+        await sql_store.record_actions([approved, approved_long_ago], mode="approve", now=old)
+        by_cell = {r.action.cell_id: r for r in await ours(sql_store)}
+        await sql_store.decide_action(by_cell[cells[1]].id, approve=True, actor="alice",
+                                      now=NOW - timedelta(minutes=10))
+        await sql_store.decide_action(by_cell[cells[2]].id, approve=True, actor="bob",
+                                      now=NOW - timedelta(hours=2))
+        ex = executor(sql_store, svc, mode="approve")
+        res = await ex.drain()
+        assert (res.applied, res.refused, res.expired) == (1, 1, 1)
+        rows = {r.action.cell_id: r for r in await ours(sql_store)}
+        # (approve mode: the live action is superseded, not expired -- the mode's rule first)
+        assert rows[cells[0]].status == "superseded"
+        assert rows[cells[1]].status == "applied"
+        late = rows[cells[2]]
+        assert late.status == "refused"
+        assert (late.error or "").startswith("expired: approved by bob 2 h 0 min ago")
+        assert "decision.max_action_age_s (3600 s)" in (late.error or "")
+        held = await dsp_budgets(svc, spec)
+        assert held[cells[1]][0] == 6 * M and held[cells[2]][0] == 10 * M
+        # live mode: the engine's own decision expires; its line item keeps what it held
+        live = executor(sql_store, svc)
+        again = dataclasses.replace(stale, key=stale.key + "b")
+        await sql_store.record_actions([again], mode="live", now=old)
+        res = await live.drain()
+        assert (res.refused, res.expired) == (1, 1)
+        row = next(r for r in await ours(sql_store) if r.action.key == again.key)
+        assert row.status == "refused"
+        assert (row.error or "").startswith("expired: decided 3 h 0 min ago")
+        assert (await dsp_budgets(svc, spec))[cells[0]][0] == 10 * M
+        # an undo asked long ago expires too, and may be asked again
+        undo = await sql_store.undo_action(rows[cells[1]].id, actor="alice",
+                                           now=NOW - timedelta(hours=2))
+        assert (await live.drain()).expired == 1
+        done = await sql_store.get_action(undo.id)
+        assert done is not None and (done.error or "").startswith(
+            "expired: asked for by alice 2 h 0 min ago")
+        await sql_store.undo_action(rows[cells[1]].id, actor="alice", now=NOW)
+        assert (await live.drain()).applied == 1
+        assert (await dsp_budgets(svc, spec))[cells[1]][0] == 10 * M
+        # no limit: the same old decision applies (the line item still holds its `before`)
+        unlimited = executor(sql_store, svc, max_age_s=0)
+        third = dataclasses.replace(stale, key=stale.key + "c")
+        await sql_store.record_actions([third], mode="live", now=old)
+        assert (await unlimited.drain()).applied == 1
+        assert (await dsp_budgets(svc, spec))[cells[0]][0] == 5 * M
+
+
 async def test_a_raise_is_cut_to_what_todays_spend_leaves_under_the_daily_cap(
         sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
     spec = small(seed_spec)

@@ -187,6 +187,57 @@ def test_deadletter_retry_counts_events_once_their_line_item_is_known(tmp_path: 
     assert cells[cell_ids[20]]["dsp_line_item_id"] == 555
 
 
+def test_a_foreign_line_items_events_are_sampled_then_counted(tmp_path: Path) -> None:
+    """An account-wide log push carries the events of line items campaignd never made: a few
+    of each line item a day are kept whole, the rest counted in one row per line item and day
+    (nothing to retry there); a line item campaignd made is never sampled."""
+    cfg, cell_ids = setup(tmp_path)
+    ts = int(NOW.timestamp() * 1_000_000) - 60_000_000
+
+    async def made() -> None:  # a cell's line item campaignd made (its cell since removed)
+        sql = await SqlStore.connect(f"sqlite+aiosqlite:///{tmp_path / 'campaignd.db'}")
+        try:
+            await sql.set_cell_line_items({cell_ids[20]: 556})
+        finally:
+            await sql.close()
+
+    anyio.run(made)
+    f = tmp_path / "account.jsonl"
+    f.write_bytes(b"\n".join([impression_message(i, line_item=999, ts_usecs=ts)
+                              for i in range(1, 41)]))
+    env = {"CAMPAIGND_PIPELINE__UNKNOWN_LINE_ITEM_SAMPLES": "5"}
+    r = cli("replay", str(f), "--config", str(cfg), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["dead_by_reason"] == {"unknown_line_item": 5,
+                                                      "unknown_line_item_counted": 35}
+    g = tmp_path / "more.jsonl"
+    g.write_bytes(b"\n".join([impression_message(i, line_item=999, ts_usecs=ts)
+                              for i in range(41, 51)]))
+    r = cli("replay", str(g), "--config", str(cfg), "--json", env=env)
+    # (a new run samples afresh: at most a few more rows, never one per event)
+    assert json.loads(r.stdout)["dead_by_reason"] == {"unknown_line_item": 5,
+                                                      "unknown_line_item_counted": 5}
+    r = cli("deadletter", "list", "--config", str(cfg), "--json")
+    body = json.loads(r.stdout)
+    assert body["counts"] == {"unknown_line_item": 10, "unknown_line_item_counted": 40}
+    (counted,) = [le for le in body["dead_letters"]
+                  if le["reason"] == "unknown_line_item_counted"]
+    assert counted["count"] == 40
+    r = cli("deadletter", "show", str(counted["id"]), "--config", str(cfg), "--json")
+    assert '"line_item_id": "999"' in json.loads(r.stdout)["raw"]
+    r = cli("deadletter", "retry", "--all", "--config", str(cfg), "--json")
+    res = json.loads(r.stdout)
+    assert res["still_refused"] == {"unknown_line_item": 10, "unknown_line_item_counted": 40}
+    assert json.loads(cli("deadletter", "list", "--config", str(cfg), "--json").stdout)[
+        "counts"] == {"unknown_line_item": 10, "unknown_line_item_counted": 40}
+    # a line item campaignd made keeps every event whole, routed or not
+    h = tmp_path / "ours.jsonl"
+    h.write_bytes(b"\n".join([impression_message(i, line_item=556, ts_usecs=ts)
+                              for i in range(60, 70)]))
+    r = cli("replay", str(h), "--config", str(cfg), "--json", env=env)
+    assert json.loads(r.stdout)["ingested"] == 10
+
+
 def test_replay_and_retry_refuse_a_daemon_that_is_still_starting(tmp_path: Path) -> None:
     """A daemon holds its locks from its first moment, but publishes its status only once it
     is ready — after loading and syncing its campaigns (minutes with Beeswax), while it already

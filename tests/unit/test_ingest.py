@@ -180,7 +180,50 @@ def test_every_reason_is_tested() -> None:
     tested = {reason for _, reason in
               test_bad_messages_are_dead_lettered_by_reason.pytestmark[0].args[1]}
     # the feed gap and a batch the pipeline fails on are tested with the ingestor
-    assert tested | {"lost_before_read", "internal_error"} == set(REASONS)
+    # the feed gap and a batch the pipeline fails on are tested with the ingestor; the counted
+    # unknown line items below
+    assert tested | {"lost_before_read", "internal_error",
+                     "unknown_line_item_counted"} == set(REASONS)
+
+
+async def test_a_line_item_campaignd_never_made_is_sampled_then_counted(seed_spec) -> None:  # type: ignore[no-untyped-def]
+    """An account-wide log push carries every other campaign's events: each line item
+    campaignd never made keeps its first events of the day whole, the rest are counted in one
+    letter per line item and day. Line items campaignd made (a removed cell's) keep every one."""
+    cells = atomize(seed_spec)
+    registry = Registry()
+    table = registry.add_campaign(seed_spec, cells)
+    registry.register(seed_spec.id, {100: cells[0].cell_id})
+    registry.know([555])  # a removed cell's line item
+    clock = VirtualClock(NOW)
+    pipe = Pipeline(registry, InMemoryHotStore(clock), clock=clock, metrics=Metrics(),
+                    unknown_samples=3)
+    foreign = [imp(i, li=999) for i in range(10)] + [conv("c-f", li=999)]
+    ours = [imp(100 + i, li=555) for i in range(6)]
+    r = await pipe.ingest([*foreign, *ours, imp(1)])
+    assert r.accepted == 1 and int(table.counts["impressions"].sum()) == 1
+    assert r.dead == {"unknown_line_item": 3 + 6, "unknown_line_item_counted": 8}
+    r = await pipe.ingest([imp(200 + i, li=999) for i in range(4)] + [imp(300, li=998)])
+    assert r.dead == {"unknown_line_item": 1, "unknown_line_item_counted": 4}
+    flush = pipe.take_flush()
+    kept = [raw for reason, raw in flush.letters if reason == "unknown_line_item"]
+    assert kept == [*foreign[:3], *ours, imp(300, li=998)]  # whole, as they came
+    counted = [(raw, n) for (reason, raw), n in zip(flush.letters, flush.letter_counts,
+                                                    strict=True)
+               if reason == "unknown_line_item_counted"]
+    assert [n for _, n in counted] == [8, 4]
+    assert counted[0][0] == counted[1][0]  # one payload: one SQL row per line item and day
+    assert b'"line_item_id": "999"' in counted[0][0] and b'"day": "2026-12-01"' in counted[0][0]
+    assert pipe.stats.dead["unknown_line_item_counted"] == 12
+    # the next day the line item is sampled again
+    clock.advance(86_400)
+    later = NOW_US + 86_400_000_000
+    r = await pipe.ingest([imp(400 + i, li=999, ts=later - 1_000_000) for i in range(4)])
+    assert r.dead == {"unknown_line_item": 3, "unknown_line_item_counted": 1}
+    # without a limit every event is kept whole
+    whole = Pipeline(registry, InMemoryHotStore(clock), clock=clock)
+    r = await whole.ingest([imp(500 + i, li=999, ts=later - 1_000_000) for i in range(10)])
+    assert r.dead == {"unknown_line_item": 10}
 
 
 async def test_typed_messages_take_the_same_path(setup) -> None:  # type: ignore[no-untyped-def]

@@ -147,3 +147,37 @@ async def test_a_job_failing_run_after_run_logs_once_with_its_traceback_not_ever
     assert events.count("job works again") == 1
     assert events.count("job runs recorded again") == 1
     assert sup.jobs["export"].errors >= 8
+
+
+def test_a_job_failing_on_and_off_does_not_flap_the_health() -> None:
+    """Unhealthy after three failed runs in a row; healthy again only after two good runs in a
+    row — one good run between failures does not page anyone twice."""
+    from datetime import UTC
+
+    from campaignd.scheduling import JobState
+
+    async def noop(now: datetime) -> int:
+        return 0
+
+    state = JobState(JobSpec("flaky", 30, noop, 5.0))
+    t = datetime(2026, 12, 3, tzinfo=UTC)
+    seen = []
+    for outcome in ["ok", "error", "timeout", "error", "ok", "error", "ok", "ok", "error",
+                    "error"]:
+        state.history.append(RunRecord("flaky", t, t, 0.1, outcome))
+        state.judge()
+        seen.append(state.alarm)
+    assert seen == [False, False, False, True, True, True, True, False, False, False]
+    assert state.as_dict()["failing"] is False
+    sup = Supervisor([JobSpec("a", 30, noop, 5.0), JobSpec("b", 30, noop, 5.0)])
+    sup.jobs["b"].alarm = True
+    assert not sup.healthy() and sup.failing() == ["b"]
+
+
+def test_a_level_hovering_at_the_line_raises_its_problem_once() -> None:
+    from campaignd.status import LevelAlarm
+
+    spool = LevelAlarm(raise_above=0.9, clear_below=0.75)
+    levels = [0.5, 0.89, 0.91, 0.89, 0.92, 0.8, 0.76, 0.75, 0.89, 0.95]
+    assert [spool.update(x) for x in levels] == [False, False, True, True, True, True, True,
+                                                 False, False, True]

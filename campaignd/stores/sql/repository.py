@@ -444,6 +444,14 @@ class SqlStore(DeadLetterMethods, AggregateMethods, ActionMethods):
             rows = (await conn.execute(query.order_by(cells.c.idx, cells.c.cell_id))).all()
         return [_cell_row(r) for r in rows]
 
+    async def known_line_item_ids(self) -> set[int]:
+        """Every DSP line item campaignd has made, of any campaign stored (loaded or not) and
+        any cell (removed ones too)."""
+        query = select(cells.c.dsp_line_item_id).where(
+            cells.c.dsp_line_item_id.is_not(None)).distinct()
+        async with self._tx("listing the line items campaignd made") as conn:
+            return {int(r[0]) for r in (await conn.execute(query)).all()}
+
     async def set_campaign_status(self, campaign_id: str, status: str, *,
                                   now: datetime | None = None) -> bool:
         """Set a campaign's status; ``False`` if there is no such campaign."""
