@@ -70,7 +70,12 @@ class SpecErrors(BadInput):
 
 
 class NotFound(CampaigndError):
-    """A named object (campaign, action, cell) does not exist."""
+    """A named object (campaign, action, cell) does not exist; ``field`` names the input that
+    named it (the API's error body carries it)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class StorageError(CampaigndError):

@@ -185,7 +185,8 @@ def _api_errors(handler: Callable[[Request], Awaitable[Response]]
                 resp.headers["connection"] = "close"
             return resp
         except NotFound as exc:
-            return _error(404, str(exc), field="id", fix="list actions with GET /api/v1/actions")
+            return _error(404, str(exc), field=exc.field or "action_id",
+                          fix="list actions with GET /api/v1/actions")
         except BadInput as exc:
             return _error(409 if isinstance(exc, StateConflict) else 400, str(exc),
                           field=exc.field, fix=exc.fix)
@@ -212,7 +213,7 @@ async def get_action(request: Request) -> Response:
     action_id = _int_param(request, "action_id", low=1, high=2**62)
     found = await request.app.state.plane.action(action_id)
     if found is None:
-        raise NotFound(f"no action {action_id}")
+        raise NotFound(f"no action {action_id}", field="action_id")
     return JSONResponse(found)
 
 

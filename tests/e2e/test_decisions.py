@@ -172,7 +172,7 @@ def test_approve_mode_waits_for_a_person_then_undo(tmp_path: Path) -> None:
                        headers={"Authorization": f"Bearer {d.token}"})
         assert r.status_code == 200 and r.json()["status"] == "rejected"
         again = httpx.post(url, headers={"Authorization": f"Bearer {d.token}"})
-        assert again.status_code == 409 and again.json()["field"] == "id"
+        assert again.status_code == 409 and again.json()["field"] == "action_id"
         bad = httpx.post(f"{d.base_url}/api/v1/actions/abc/approve",
                          headers={"Authorization": f"Bearer {d.token}"})
         assert bad.status_code == 400 and bad.json()["field"] == "action_id"

@@ -187,6 +187,11 @@ async def test_action_ids_are_ascii_digits_only(tmp_path: Path) -> None:
                 assert "digits" in r.json()["fix"]
         r = await client.get("/api/v1/actions", params={"limit": "1_0"})
         assert r.status_code == 400 and r.json()["field"] == "limit"
+        # an action that does not exist, or whose state forbids the verdict: the same field
+        for url in ("/api/v1/actions/999999", "/api/v1/actions/999999/approve"):
+            r = await (client.get(url) if "approve" not in url
+                       else client.post(url, headers=AUTH))
+            assert r.status_code == 404 and r.json()["field"] == "action_id", r.text
         assert await _statuses(sql) == before
 
 
@@ -218,13 +223,14 @@ async def test_a_whole_decision_is_approved_or_rejected_through_the_api(tmp_path
         assert r.status_code == 400 and r.json()["field"] == "decision_id"
         r = await client.post("/api/v1/decisions/nope/approve", headers=AUTH)
         assert r.status_code == 404 and "nope" in r.json()["error"]
+        assert r.json()["field"] == "decision_id"
         r = await client.post(url, headers=AUTH, json={"actor": "ana"})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["decision"] == "d1" and len(body["actions"]) == 12
         assert {(a["status"], a["actor"]) for a in body["actions"]} == {("pending", "ana")}
         r = await client.post("/api/v1/decisions/d1/reject", headers=AUTH)
-        assert r.status_code == 409 and r.json()["field"] == "decision"
+        assert r.status_code == 409 and r.json()["field"] == "decision_id"
         assert "12 pending" in r.json()["error"]
         assert len(await sql.outbox()) == 12
 

@@ -461,7 +461,8 @@ class ActionMethods:
         _check_note(note)
         row = await self.get_action(action_id)
         if row is None:
-            raise NotFound(f"no action {action_id}; list them with `campaignd actions list`")
+            raise NotFound(f"no action {action_id}; list them with `campaignd actions list`",
+                           field="action_id")
         verb = "approve" if approve else "reject"
         ok = await self.set_action_status(
             action_id, "pending" if approve else "rejected", now=now, expect=("proposed",),
@@ -470,7 +471,7 @@ class ActionMethods:
             current = await self.get_action(action_id)
             state = current.status if current else "gone"
             raise StateConflict(f"cannot {verb} action {action_id}: it is {state}, not proposed",
-                           field="id", value=action_id,
+                           field="action_id", value=action_id,
                            fix="only proposed actions (decision.mode = \"approve\") can be "
                                "approved or rejected; see `campaignd actions list --status "
                                "proposed`")
@@ -492,7 +493,7 @@ class ActionMethods:
                 .group_by(actions.c.status))).all()
             if not known:
                 raise NotFound(f"no decision {decision_id!r}; list them with `campaignd actions "
-                               "list --status proposed`")
+                               "list --status proposed`", field="decision_id")
             res = await conn.execute(
                 update(actions)
                 .where(and_(actions.c.decision_id == decision_id,
@@ -505,7 +506,7 @@ class ActionMethods:
         if not ids:
             states = ", ".join(f"{n} {st}" for st, n in sorted(known))
             raise StateConflict(f"cannot {verb} decision {decision_id}: none of its actions is "
-                                f"proposed ({states})", field="decision", value=decision_id,
+                                f"proposed ({states})", field="decision_id", value=decision_id,
                                 fix="only proposed actions (decision.mode = \"approve\") can be "
                                     "approved or rejected; see `campaignd actions list --status "
                                     "proposed`")
@@ -554,19 +555,20 @@ class ActionMethods:
         same undo, unless it failed or was refused: then it is tried again."""
         row = await self.get_action(action_id)
         if row is None:
-            raise NotFound(f"no action {action_id}; list them with `campaignd actions list`")
+            raise NotFound(f"no action {action_id}; list them with `campaignd actions list`",
+                           field="action_id")
         if row.action.kind == "create":
             raise StateConflict(f"cannot undo action {action_id}: a line item's creation is not "
-                                "undone", field="id", value=action_id,
+                                "undone", field="action_id", value=action_id,
                                 fix=await self._stop_cell_fix(row))
         if row.action.kind == "campaign_budget":
             raise StateConflict(f"cannot undo action {action_id}: the DSP campaign's budgets "
-                                "follow the campaign spec's", field="id", value=action_id,
+                                "follow the campaign spec's", field="action_id", value=action_id,
                                 fix="change budget.lifetime / budget.daily in the campaign "
                                     "spec and restart (the sync sets them on the DSP)")
         if row.status != "applied":
             raise StateConflict(f"cannot undo action {action_id}: it is {row.status}, not applied",
-                           field="id", value=action_id,
+                           field="action_id", value=action_id,
                            fix="only applied actions change the DSP; a proposed one can be "
                                "rejected instead")
         a = row.action
