@@ -32,6 +32,7 @@ from campaignd import __version__
 from campaignd import logs as logmod
 from campaignd.agents.monitor import PerformanceMonitor
 from campaignd.agents.reallocation import BudgetReallocationAgent
+from campaignd.alarms import LevelAlarm
 from campaignd.clock import Clock, ScaledClock, SystemClock
 from campaignd.control import DaemonPlane
 from campaignd.decisions import DecisionService
@@ -50,7 +51,6 @@ from campaignd.metrics import Metrics
 from campaignd.pipeline.registry import Registry
 from campaignd.scheduling import JobSpec, RunRecord, Supervisor
 from campaignd.settings import Settings, secret_values
-from campaignd.status import LevelAlarm
 from campaignd.stores.base import HotStore
 from campaignd.stores.daemon_lock import DaemonLock
 from campaignd.stores.opening import (

@@ -9,7 +9,6 @@ went silent (heartbeat older than ``STATUS_STALE_S``: ``stopped``; recent but AP
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,6 @@ import httpx
 from campaignd.settings import Settings
 
 STATUS_STALE_S = 30.0
-
-
-@dataclass(slots=True)
-class LevelAlarm:
-    """A problem raised when a level goes above ``raise_above`` and cleared only once it is
-    back at or below ``clear_below``: a level hovering at the line does not flap the daemon's
-    health (and page someone) on every status read."""
-
-    raise_above: float
-    clear_below: float
-    on: bool = False
-
-    def update(self, level: float) -> bool:
-        self.on = level > (self.clear_below if self.on else self.raise_above)
-        return self.on
 
 
 def _stopped(reason: str, source: str) -> dict[str, Any]:

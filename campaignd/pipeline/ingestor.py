@@ -30,6 +30,7 @@ from campaignd.errors import DSPError, StorageError, leaves
 from campaignd.logs import Outage, get_logger
 from campaignd.metrics import Metrics
 from campaignd.pipeline.ingest import Pipeline, Prepared, commit, let_io_start, stream_base
+from campaignd.pipeline.watch import RefusalWatch
 
 log = get_logger("campaignd.ingest")
 
@@ -75,6 +76,9 @@ class EventIngestor:
         self.commit_outage = Outage(
             log, "could not commit ingested events; keeping them for the next flush")
         """Committing the counts to SQL."""
+        self.refusals = RefusalWatch(pipeline.stats)
+        """Most of the feed refused (a clock off, a changed log format): a problem, and the
+        counts are not current."""
 
     def problems(self, after_s: float = PROBLEM_AFTER_S) -> list[str]:
         """What ``campaignd status`` reports: a failure lasting ``after_s`` or more, with what
@@ -90,18 +94,25 @@ class EventIngestor:
                        f"({c.failing_for():.0f} s, {self.pipeline.backlog} rows kept in "
                        f"memory): {c.error} -- check that the database server is running; "
                        "campaignd commits them by itself once it answers")
+        refused = self.refusals.check()
+        if refused is not None:
+            out.append(refused)
         return out
 
     def view_problem(self) -> str | None:
         """Why the counts are not current now (the feed has not counted for ``STALE_AFTER_S``
-        or more, or reading waits for the database), or None. No money decision is made on
-        them meanwhile. (A single failed read, retried within a second, holds nothing back.)"""
+        or more, reading waits for the database, or most events are refused), or None. No
+        money decision is made on them meanwhile. (A single failed read, retried within a
+        second, holds nothing back.)"""
         if self.feed_outage.since is not None and \
                 self.feed_outage.failing_for() >= STALE_AFTER_S:
             return f"the event feed is failing: {self.feed_outage.error}"
         if self.pipeline.backlog > self.max_backlog:
             return (f"reading the feed waits for the database ({self.pipeline.backlog} rows "
                     f"not committed): {self.commit_outage.error}")
+        refused = self.refusals.check()
+        if refused is not None:
+            return f"most events are refused: {refused}"
         return None
 
     def status(self) -> dict[str, Any]:

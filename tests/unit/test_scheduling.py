@@ -175,7 +175,7 @@ def test_a_job_failing_on_and_off_does_not_flap_the_health() -> None:
 
 
 def test_a_level_hovering_at_the_line_raises_its_problem_once() -> None:
-    from campaignd.status import LevelAlarm
+    from campaignd.alarms import LevelAlarm
 
     spool = LevelAlarm(raise_above=0.9, clear_below=0.75)
     levels = [0.5, 0.89, 0.91, 0.89, 0.92, 0.8, 0.76, 0.75, 0.89, 0.95]

@@ -1,0 +1,94 @@
+"""Most of the feed refused (a clock off, a changed log format) is a problem, and the counts
+are not current: decisions and changes to the DSP wait. Events of line items campaignd does not
+manage are not judged (an account-wide push carries every campaign's)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from campaignd.clock import VirtualClock
+from campaignd.domain.campaign import atomize
+from campaignd.metrics import Metrics
+from campaignd.pipeline.ingest import Pipeline
+from campaignd.pipeline.ingestor import EventIngestor
+from campaignd.pipeline.registry import Registry
+from campaignd.pipeline.watch import RefusalWatch
+from campaignd.stores.memory import InMemoryHotStore
+from campaignd.testing import impression_message
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+NOW_US = int(NOW.timestamp() * 1_000_000)
+HOUR_US = 3_600_000_000
+
+
+class Ticker:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_a_feed_mostly_refused_holds_decisions_until_it_recovers(seed_spec) -> None:  # type: ignore[no-untyped-def]
+    cells = atomize(seed_spec)
+    registry = Registry()
+    registry.add_campaign(seed_spec, cells)
+    registry.register(seed_spec.id, {100: cells[0].cell_id})
+    clock = VirtualClock(NOW)
+    pipe = Pipeline(registry, InMemoryHotStore(clock), clock=clock, metrics=Metrics())
+    ing = EventIngestor(adapter=None, sql=None, pipeline=pipe, clock=clock, metrics=Metrics())
+    tick = Ticker()
+    ing.refusals = RefusalWatch(pipe.stats, clock=tick)
+    n = 0
+
+    async def feed(good: int, future: int = 0, foreign: int = 0) -> None:
+        nonlocal n
+        raws = []
+        for _ in range(good):
+            n += 1
+            raws.append(impression_message(n, line_item=100, ts_usecs=NOW_US - 1000))
+        for _ in range(future):  # this host's clock two hours behind the DSP's
+            n += 1
+            raws.append(impression_message(n, line_item=100, ts_usecs=NOW_US + 2 * HOUR_US))
+        for _ in range(foreign):
+            n += 1
+            raws.append(impression_message(n, line_item=999, ts_usecs=NOW_US - 1000))
+        await pipe.ingest(raws)
+        tick.t += 30
+
+    assert ing.view_problem() is None  # the first snapshot
+    # another campaign's events, however many, are not this feed's problem
+    for _ in range(4):
+        await feed(good=300, foreign=3000)
+        assert ing.view_problem() is None and ing.problems() == []
+    # the clock goes wrong: most events refused
+    for _ in range(10):
+        await feed(good=100, future=900)
+    [problem] = ing.problems()
+    assert "timestamp_in_future" in problem and "timedatectl" in problem, problem
+    assert "of the last 5 min were refused" in problem
+    held = ing.view_problem()
+    assert held is not None and held.startswith("most events are refused")
+    # fixed: the share falls as the window moves on; it clears below 20 %, not at 50 %
+    await feed(good=2000)
+    assert ing.view_problem() is not None  # ~30 % of the window still refused
+    for _ in range(10):
+        await feed(good=1000)
+    assert ing.view_problem() is None and ing.problems() == []
+
+
+def test_too_few_events_say_nothing() -> None:
+    from campaignd.pipeline.ingest import PipelineStats
+
+    stats = PipelineStats()
+    tick = Ticker()
+    watch = RefusalWatch(stats, clock=tick)
+    watch.check()
+    stats.dead["malformed_json"] += 900  # a quiet feed, all bad: under min_events
+    tick.t += 60
+    assert watch.check() is None
+    stats.dead["malformed_json"] += 200
+    tick.t += 60
+    problem = watch.check()
+    assert problem is not None and "log format may have changed" in problem
+    assert "--reason malformed_json" in problem
