@@ -482,6 +482,71 @@ def bench_receiver(batches: int = 200, batch: int = 1000, connections: int = 4) 
 FAMILIES["receiver"] = bench_receiver
 
 
+def bench_redis_memory() -> None:
+    """What Redis holds per unit, through the real pipeline and store: bytes of ``used_memory``
+    per dedupe mark (200,000 events of the seed campaign, with their stream positions), and per
+    hot bucket key (every one of the seed's 432 cells busy in each of 120 seconds, all 12
+    metrics set: the worst case of a bucket's size). Sizing: marks × the events of
+    ``pipeline.dedupe_window_s``, bucket keys × up to 3,240 a busy cell (30 min of seconds,
+    24 h of minutes)."""
+    import os
+    import uuid
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from campaignd.clock import SystemClock
+    from campaignd.domain.campaign import atomize, load_spec
+    from campaignd.domain.cells import METRICS
+    from campaignd.pipeline.ingest import Pipeline
+    from campaignd.pipeline.registry import Registry
+    from campaignd.stores.redis import RedisHotStore
+
+    url = os.environ.get("CAMPAIGND_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+    spec = load_spec(ROOT / "config" / "campaigns" / "madhive_12345.toml")
+    cells = atomize(spec)
+
+    async def run() -> None:
+        hot = RedisHotStore.from_url(url, prefix=f"campaignd:bench:{uuid.uuid4().hex[:8]}:")
+
+        async def used() -> int:
+            return int((await hot._r.info("memory"))["used_memory"])
+
+        try:
+            registry = Registry()
+            registry.add_campaign(spec, cells)
+            registry.register(spec.id, {i + 1: c.cell_id for i, c in enumerate(cells)})
+            pipe = Pipeline(registry, hot, clock=SystemClock())
+            raws = _messages(200_000, len(cells), int(datetime.now(UTC).timestamp() * 1e6))
+            base = await used()
+            await pipe.ingest_batches((raws[i:i + 5000], range(i, min(i + 5000, len(raws))))
+                                      for i in range(0, len(raws), 5000))
+            marks = pipe.stats.duplicates + sum(pipe.stats.ingested.values())
+            marks_bytes = await used() - base
+            await _drop_prefix(hot)
+            base = await used()
+            t0 = int(time.time()) - 200
+            for s in range(120):
+                await hot.add_buckets(spec.id, {t0 + s: {
+                    c.cell_id: {m: 1_000 + s for m in METRICS} for c in cells}})
+            buckets_bytes = await used() - base
+            keys = len([k async for k in hot._r.scan_iter(match=f"{hot.prefix}*", count=5000)])
+            emit("redis-memory", dedupe_marks=marks, bytes_per_mark=round(marks_bytes / marks),
+                 bucket_keys=keys, bytes_per_bucket_key=round(buckets_bytes / keys),
+                 bytes_per_busy_cell=round(buckets_bytes / keys * 3_240))
+        finally:
+            await _drop_prefix(hot)
+            await hot.close()
+
+    try:
+        anyio.run(run)
+    except Exception as exc:  # no Redis here: say so, do not invent a figure
+        emit("redis-memory", skipped=f"{type(exc).__name__}: {exc}")
+
+
+FAMILIES["redis-memory"] = bench_redis_memory
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["receiver-server"]:
         receiver_server(int(argv[1]), argv[2])
