@@ -251,6 +251,7 @@ def _through_daemon(config: Any, path: str, body: dict[str, Any]) -> dict[str, A
     token = _api_token(settings)
     try:
         with httpx.Client(timeout=API_TIMEOUT_S, trust_env=False) as client:
+            _same_database(client, settings)
             resp = client.post(settings.control_url + path, json=body,
                                headers={"Authorization": f"Bearer {token}"} if token else {})
     except (httpx.ConnectError, httpx.ConnectTimeout):
@@ -293,6 +294,27 @@ def _through_daemon(config: Any, path: str, body: dict[str, Any]) -> dict[str, A
         raise BadInput(message)
     raise CampaigndError(f"the daemon's control API answered HTTP {resp.status_code}: "
                          f"{message}; retry shortly, see `campaignd status`")
+
+
+def _same_database(client: Any, settings: Any) -> None:
+    """Refuse to send a change to a daemon that counts into another database than this
+    config's (another campaignd on the same port: its action 5 is not this database's). A
+    daemon that does not say which database it uses is trusted (an older version)."""
+    from campaignd.stores.opening import masked_database_url
+
+    resp = client.get(settings.control_url + "/api/v1/status", timeout=10.0)
+    try:
+        theirs = resp.json().get("database") if resp.status_code == 200 else None
+    except (ValueError, AttributeError):
+        theirs = None
+    ours = masked_database_url(settings)
+    if isinstance(theirs, str) and theirs != ours:
+        raise BadInput(f"the daemon at {settings.control_url} uses the database {theirs}, not "
+                       f"this config's {ours}: it is another campaignd, and nothing was sent "
+                       "to it", field="database.url",
+                       fix="run the CLI with that daemon's settings file (--config FILE or "
+                           "CAMPAIGND_CONFIG), or set http.port to the port of the daemon "
+                           "that uses this database")
 
 
 def _check_note(note: str | None) -> None:

@@ -220,6 +220,7 @@ class Daemon:
                 time.monotonic() - self.t0, 3), "heartbeat_at": self.wall.now().isoformat(),
             "market_time": self.clock.now().isoformat(),
             "control_url": self.settings.control_url,
+            "database": masked_database_url(self.settings),
             "campaigns": self._campaign_status(), "agents": agents, "events": events,
             "dsp": dsp, "decision": (self.decisions.status() if self.decisions else {
                 "mode": self.settings.decision.mode,

@@ -195,6 +195,12 @@ def test_approve_mode_waits_for_a_person_then_undo(tmp_path: Path) -> None:
         assert r.returncode == 0 and "alice" in r.stdout and "evidence" in r.stdout
         r = cli("actions", "approve", "999999", "--config", str(d.config))
         assert r.returncode == 2 and "no action 999999" in r.stderr
+        # a config naming another database: the daemon on its port is not that database's
+        other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+        r = cli("actions", "undo", str(cut["id"]), "--config", str(d.config),
+                env={"CAMPAIGND_DATABASE__URL": other})
+        assert r.returncode == 2 and "another campaignd" in r.stderr, r.stderr
+        assert "database.url" in r.stderr and "nothing was sent" in r.stderr
     assert d.returncode == 0
 
 

@@ -310,7 +310,8 @@ def test_deadletter_list_and_show(tmp_path: Path) -> None:
         await store.close()
 
     anyio.run(seed)
-    env = {"CAMPAIGND_DATABASE__URL": url}
+    # (a port of its own: a daemon someone runs on the default port is not this database's)
+    env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port())}
     r = cli("deadletter", "list", "--json", env=env)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
@@ -430,7 +431,8 @@ def test_an_empty_approval_queue_says_why(tmp_path: Path) -> None:
         await store.close()
 
     anyio.run(seed, False)
-    env = {"CAMPAIGND_DATABASE__URL": url}
+    # (a port of its own: a daemon someone runs on the default port is not this database's)
+    env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port())}
     r = cli("actions", "list", env=env)
     assert r.returncode == 0, r.stderr
     text = " ".join(r.stdout.split())
@@ -598,7 +600,8 @@ def test_actions_list_shows_the_decision_to_approve_whole(tmp_path: Path) -> Non
     cells = atomize(load_spec(SEED))
     decision = "f397ac0dd911f8575efa"
     _seed_actions(url, 1, decision=decision)
-    env = {"CAMPAIGND_DATABASE__URL": url}
+    # (a port of its own: a daemon someone runs on the default port is not this database's)
+    env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port())}
     r = cli("actions", "list", env=env)
     assert r.returncode == 0, r.stderr
     header = next(line for line in r.stdout.splitlines() if "┃ status" in line)
@@ -614,7 +617,8 @@ def test_actions_undo_asked_twice_says_it_was_already_undone(tmp_path: Path) -> 
     "queued" (with no daemon running, the CLI writes the undo to the store itself)."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
     (action_id,) = _seed_actions(url, 1, applied=True)
-    env = {"CAMPAIGND_DATABASE__URL": url}
+    # (a port of its own: a daemon someone runs on the default port is not this database's)
+    env = {"CAMPAIGND_DATABASE__URL": url, "CAMPAIGND_HTTP__PORT": str(free_port())}
     first = cli("actions", "undo", str(action_id), "--actor", "alice", env=env)
     assert first.returncode == 0, first.stderr
     assert "queued: undo of action" in first.stdout, first.stdout
