@@ -15,7 +15,6 @@ raised to the caller: the service keeps the campaign pending and retries.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -44,6 +43,7 @@ from campaignd.dsp.sync_model import (
     initial_budgets,
     line_item_budgets,
     sync_action,
+    sync_decision,
     unmanaged_costs,
 )
 from campaignd.errors import DSPError
@@ -201,7 +201,7 @@ class CampaignSync:
         before = {"lifetime_budget_micros": camp.lifetime_budget_micros,
                   "daily_budget_micros": camp.daily_budget_micros}
         after = {"lifetime_budget_micros": lifetime, "daily_budget_micros": daily}
-        decision = f"sync:{now.isoformat()}:{uuid.uuid4().hex[:8]}"
+        decision = sync_decision(now)
         action = Action(
             key=action_key(decision, f"{campaign_id}:campaign:{camp.id}", CAMPAIGN_BUDGET,
                            after),
@@ -378,7 +378,7 @@ class CampaignSync:
         assert self.adapter is not None
         now = self.clock.now()
         action = sync_action(campaign_id, cell_id, li, kind, before, after, reason, now,
-                             decision=f"sync:{now.isoformat()}:{uuid.uuid4().hex[:8]}")
+                             decision=sync_decision(now))
         action_id = (await self.sql.begin_actions([action], now=now))[action.key]
         try:
             if kind == "pause":

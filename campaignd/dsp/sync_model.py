@@ -7,6 +7,7 @@ and the audit-log actions that record the sync's own changes. Money in micros.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,11 +107,19 @@ def line_item_budgets(li: LineItem) -> dict[str, int]:
             "lifetime_budget_micros": int(li.lifetime_budget_micros)}
 
 
+def sync_decision(now: datetime) -> str:
+    """A new decision id for one of the sync's changes: its time to the second and 8 random
+    hex digits, within the 32 characters a decision id has (``sync:20261203T210800:1a2b3c4d``;
+    the time in full cut the random part off, so changes of the same second shared one)."""
+    return f"sync:{now:%Y%m%dT%H%M%S}:{uuid.uuid4().hex[:8]}"
+
+
 def sync_action(campaign_id: str, cell_id: str, li: LineItem, kind: str,
                 before: dict[str, Any], after: dict[str, Any], reason: str, now: datetime,
                 *, decision: str | None = None) -> Action:
     """One of the sync's facts or changes about a cell's line item, as an audit-log action."""
-    decision = decision or f"sync:{now.isoformat()}"
+    # (one sync's facts share this decision; the same sync recorded again has the same keys)
+    decision = decision or f"sync:{now:%Y%m%dT%H%M%S.%f}"
     # a line item is created once, whatever its budgets are when a later sync finds it again
     basis = {"line_item_id": li.id} if kind == "create" else after
     return Action(key=action_key(decision, f"{campaign_id}:{cell_id}:{li.id}", kind, basis),
