@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import secrets
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,6 +32,8 @@ from campaignd.agents.reallocation import BudgetReallocationAgent
 from campaignd.alarms import LevelAlarm
 from campaignd.clock import Clock, ScaledClock, SystemClock
 from campaignd.control import DaemonPlane
+from campaignd.credentials import load_or_create_token, warn_about_secret_files
+from campaignd.daemon_jobs import DaemonJobs
 from campaignd.decisions import DecisionService
 from campaignd.domain.budget_day import BudgetDay
 from campaignd.domain.campaign import CampaignSpec, Cell, atomize, from_micros, load_spec
@@ -42,14 +41,13 @@ from campaignd.domain.cells import METRIC_INDEX, CellSnapshot, CellTable
 from campaignd.errors import (
     BadInput,
     CampaigndError,
-    ConfigError,
     StartupError,
     StorageError,
     leaves,
 )
 from campaignd.metrics import Metrics
 from campaignd.pipeline.registry import Registry
-from campaignd.scheduling import JobSpec, RunRecord, Supervisor
+from campaignd.scheduling import RunRecord, Supervisor
 from campaignd.settings import Settings, secret_values
 from campaignd.stores.base import HotStore
 from campaignd.stores.daemon_lock import DaemonLock
@@ -68,64 +66,6 @@ log = logmod.get_logger("campaignd.daemon")
 
 STATUS_INTERVAL_S = 5.0
 STATUS_STALE_S = 30.0
-AGENT_RUN_RETENTION_DAYS = 30
-"""Days the record of every agent and job run is kept in SQL (``agent_runs``; ~4,000 rows a
-day at the default cadences). Deleted by the hourly ``retention`` job."""
-
-
-def token_path(settings: Settings) -> Path:
-    return settings.state_dir / "api-token"
-
-
-def load_or_create_token(settings: Settings) -> str:
-    """The bearer token for mutating calls: from settings, else a generated one kept (0600) in
-    the state directory so that the CLI on the same host can use it. A kept one that other
-    users may read or write is ``ConfigError``: it may not be secret any more."""
-    if settings.http.api_token is not None:
-        return settings.http.api_token.get_secret_value()
-    path = token_path(settings)
-    if path.exists():
-        kept = path.read_text(encoding="utf-8").strip()
-        if kept:
-            mode = path.stat().st_mode & 0o777
-            if mode & 0o077:
-                raise ConfigError(
-                    f"the API token file is open to other users (mode {mode:04o}, not 0600)",
-                    field="state_dir", value=str(path),
-                    fix=f"delete it to have a new token generated at start (or, if no one else "
-                        f"can have read it, `chmod 600 {path}`)")
-            return kept
-        path.unlink()  # (an empty file -- a full disk when it was written -- is no token)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return token
-
-
-def warn_about_secret_files(settings: Settings) -> list[str]:
-    """Log a warning for each configured secret file (``*_password_file``, ``*token_file``)
-    that every user of the host may read or write; returns the warnings. (Not refused: a file
-    readable by its service's group is a common set-up, and the value is read already.)"""
-    files = [("database.password_file", settings.database.password_file),
-             ("redis.password_file", settings.redis.password_file),
-             ("dsp.beeswax.password_file", settings.dsp.beeswax.password_file),
-             ("http.api_token_file", settings.http.api_token_file),
-             ("receiver.token_file", settings.receiver.token_file)]
-    warnings = []
-    for key, path in files:
-        try:
-            mode = path.stat().st_mode & 0o777 if path is not None else 0
-        except OSError:
-            continue
-        if mode & 0o007:
-            warnings.append(f"{key} {path} is open to every user of this host (mode "
-                            f"{mode:04o}): run `chmod 600 {path}` (or 640 for a group of its "
-                            "own) and change the secret if others may have read it")
-            log.warning("secret file open to every user", key=key, path=str(path),
-                        mode=f"{mode:04o}", fix=f"chmod 600 {path}")
-    return warnings
 
 
 @dataclass(slots=True)
@@ -137,7 +77,7 @@ class CampaignRuntime:
     """cell id → DSP line item id (filled by the DSP sync)."""
 
 
-class Daemon:
+class Daemon(DaemonJobs):
     """One running campaignd: the composition root and the control plane the web layer reads."""
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
@@ -577,85 +517,9 @@ class Daemon:
         rt.line_items = dict(line_items)
         self.registry.register(campaign_id, {li: cell for cell, li in line_items.items()})
 
-    def _jobs(self) -> list[JobSpec]:
-        a = self.settings.agents
-        p = self.settings.pipeline
-        jobs = [JobSpec("monitor", a.monitor_s, self._run_monitor, a.timeout_s),
-                JobSpec("reallocation", a.reallocation_s, self._run_reallocation, a.timeout_s),
-                JobSpec("cold_export", p.rollup_s, self._run_cold_export, 300.0,
-                        kind="maintenance"),
-                JobSpec("retention", 3600.0, self._run_retention, 300.0, kind="maintenance"),
-                JobSpec("archive", 3600.0, self._run_archive, 300.0, kind="maintenance")]
-        if self.dsp is not None:
-            jobs.append(JobSpec("reconcile", self.settings.dsp.reconcile_s,
-                                self._run_reconcile, max(a.timeout_s, 60.0),
-                                kind="maintenance"))
-        return jobs
-
-    async def _run_cold_export(self, now: datetime) -> int:
-        """Parquet files of the finished days that changed (cold store)."""
-        from campaignd.pipeline.rollup import export_changed_days
-        assert self.sql is not None
-        return await export_changed_days(self.sql, self.settings.parquet_dir,
-                                         now=self.clock.now())
-
-    async def _run_retention(self, now: datetime) -> int:
-        """Delete warm minute rows past ``pipeline.warm_retention_days`` (market time) and the
-        records of agent and job runs older than ``AGENT_RUN_RETENTION_DAYS`` (wall time, as
-        they are stamped: ``now``)."""
-        from campaignd.pipeline.rollup import apply_retention
-        assert self.sql is not None
-        rows = await apply_retention(self.sql, now=self.clock.now(),
-                                     retention_days=self.settings.pipeline.warm_retention_days,
-                                     time_budget_s=120.0)
-        return rows + await self.sql.delete_agent_runs_before(
-            now - timedelta(days=AGENT_RUN_RETENTION_DAYS))
-
-    async def _run_archive(self, now: datetime) -> int:
-        """Move finished actions and dead letters past their retention to the audit archive
-        (``campaignd.pipeline.archive``), two minutes of it at most per run."""
-        from campaignd.pipeline.archive import archive_old
-        assert self.sql is not None
-        moved = await archive_old(
-            self.sql, self.settings.parquet_dir, now=self.clock.now(),
-            action_days=self.settings.decision.audit_retention_days,
-            dead_letter_days=self.settings.pipeline.dead_letter_retention_days,
-            time_budget_s=120.0)
-        if any(moved.values()):
-            log.info("audit archive", actions=moved["actions"],
-                     dead_letters=moved["dead_letters"])
-        return sum(moved.values())
-
-    async def _run_monitor(self, now: datetime) -> int:
-        # Agents decide in the DSP's time (the sandbox market's, when sped up).
-        snaps = self.snapshots()
-        recs = await anyio.to_thread.run_sync(self.monitor.run, snaps, self.clock.now())
-        if self.decisions is not None:
-            self.decisions.collect(self.monitor.name, recs)
-        return len(recs)
-
-    async def _run_reallocation(self, now: datetime) -> int:
-        """The reallocation agent, then a decision cycle over every agent's recommendations."""
-        if self.decisions is None:
-            return 0
-        at = self.clock.now()
-        why = self._view_problem()
-        if why is not None:  # no money decision on a broken view
-            self.decisions.hold(why, at)
-            return 0
-        snaps = self.snapshots()
-        recs = await anyio.to_thread.run_sync(self.reallocation.run, snaps, at)
-        self.decisions.collect(self.reallocation.name, recs)
-        await self.decisions.cycle(snaps, self.dsp, at)
-        return len(recs)
-
     def _view_problem(self) -> str | None:
         """Why the counts are not current now (a store or the feed failing), or None."""
         return self.ingest.view_problem() if self.ingest is not None else None
-
-    async def _run_reconcile(self, now: datetime) -> int:
-        drift = await self.dsp.reconcile()
-        return drift
 
     async def _record_run(self, rec: RunRecord) -> None:
         self.metrics.agent_runs.labels(rec.agent, rec.outcome).inc()

@@ -14,7 +14,8 @@ async def test_the_retention_job_deletes_agent_runs_older_than_30_days(
     """Every agent and job run adds a row to ``agent_runs`` (about 4,000 a day at the default
     cadences); the hourly retention job keeps the last 30 days (wall time, as they are
     stamped) and deletes the rest."""
-    from campaignd.daemon import AGENT_RUN_RETENTION_DAYS, Daemon
+    from campaignd.daemon import Daemon
+    from campaignd.daemon_jobs import AGENT_RUN_RETENTION_DAYS
 
     cfg = tmp_path / "campaignd.toml"
     cfg.write_text(f'state_dir = "{tmp_path / "var"}"\n[database]\nurl = "{sql_url}"\n')

@@ -284,7 +284,7 @@ def test_passwords_inside_urls_are_masked_and_scrubbed() -> None:
 
 
 def test_an_empty_generated_token_file_is_replaced(tmp_path: Path) -> None:
-    from campaignd.daemon import load_or_create_token, token_path
+    from campaignd.credentials import load_or_create_token, token_path
 
     s = load_settings(None, environ={"CAMPAIGND_STATE_DIR": str(tmp_path)})
     token_path(s).write_text("\n")  # (a full disk when it was written)
@@ -305,7 +305,7 @@ def test_allowed_hosts_are_bare_names_and_a_bad_one_is_named() -> None:
 
 
 def test_a_generated_token_file_open_to_others_is_refused(tmp_path: Path) -> None:
-    from campaignd.daemon import load_or_create_token, token_path
+    from campaignd.credentials import load_or_create_token, token_path
 
     s = load_settings(None, environ={"CAMPAIGND_STATE_DIR": str(tmp_path)})
     token = load_or_create_token(s)
@@ -326,7 +326,7 @@ def test_a_generated_token_file_open_to_others_is_refused(tmp_path: Path) -> Non
 def test_a_secret_file_open_to_every_user_is_warned_about(tmp_path: Path) -> None:
     from structlog.testing import capture_logs
 
-    from campaignd.daemon import warn_about_secret_files
+    from campaignd.credentials import warn_about_secret_files
 
     private, group, world = (tmp_path / n for n in ("private", "group", "world"))
     for path, mode in ((private, 0o600), (group, 0o640), (world, 0o644)):
