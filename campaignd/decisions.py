@@ -189,7 +189,7 @@ class DecisionService:
         if self.executor is not None:
             t = self.executor.totals
             out["executor"] = {"applied": t.applied, "failed": t.failed, "refused": t.refused,
-                               "last_drain": self.executor.last_drain,
+                               "expired": t.expired, "last_drain": self.executor.last_drain,
                                "held": self.executor.held}
         return out
 
