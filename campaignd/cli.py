@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,11 @@ from rich.table import Table
 
 from campaignd import __version__
 from campaignd.errors import BadInput, CampaigndError, NotFound
+
+# One BLAS/OpenMP thread unless the operator says otherwise (``limit_math_threads``), set before
+# the command modules imported at the bottom load numpy (which reads them once, when it loads).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 # Annotated: the cli_* modules that register commands on these apps import from this module and
 # this one from them, and mypy may check them first (it then cannot infer these types).
@@ -468,8 +474,7 @@ def limit_math_threads() -> None:
     """One BLAS/OpenMP thread unless the operator says otherwise: campaignd's matrices are small
     and it shares its host, so numpy's default of one thread per core only oversubscribes the
     CPU (measured: a 7-day simulation took 295 s instead of 17 s on a loaded 2-core host).
-    Must run before numpy is imported."""
-    import os
+    Must run before numpy is imported (this module does it when it loads)."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
 
