@@ -381,11 +381,11 @@ class PipelineSettings(_Section):
                              description="uncommitted rows before reading pauses")
     warm_retention_days: int = Field(7, ge=1, le=MAX_RETENTION_DAYS,
                                      description="days of minute rows kept in SQL")
-    unknown_line_item_samples: int | None = Field(
+    unknown_line_item_samples: int = Field(
         100, ge=0, le=10**9,
         description="events of a line item campaignd never made (an account-wide log push) "
                     "kept whole per line item and day; the rest are counted, one row per line "
-                    "item and day (unset: keep every one)")
+                    "item and day (0: keep none whole; 1000000000: keep every one)")
     dead_letter_retention_days: int = Field(
         30, ge=1, le=MAX_RETENTION_DAYS,
         description="dead letters not seen again for this long move from SQL to the "

@@ -326,9 +326,10 @@ class Pipeline:
         self._letters.extend(out.letters)
         self._letter_counts.extend([1] * len(out.letters))
         dead = Counter(r for r, _ in out.letters)
-        for (li, day), n in out.unkept.items():
+        self.classifier.commit_samples(out)
+        for li, n in out.unkept.items():
             self.dead_letter("unknown_line_item_counted", unkept_letter(
-                li, day, self.classifier.unknown_samples or 0), n)
+                li, out.sample_day, self.classifier.unknown_samples or 0), n)
             dead["unknown_line_item_counted"] += n
         self.stats.mismatches.update(out.mismatches)
         if self.reference == "clock" and prep.newest_us:

@@ -93,9 +93,13 @@ class Classified:
     usecs: list[int] = field(default_factory=list)
     letters: list[tuple[str, bytes]] = field(default_factory=list)
     mismatches: Counter[str] = field(default_factory=Counter)
-    unkept: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(line item, UTC day) → events of a line item campaignd never made that were counted
-    and not kept (beyond the day's samples)."""
+    unkept: Counter[str] = field(default_factory=Counter)
+    """Line item → events of a line item campaignd never made that were counted and not kept
+    (beyond the day's samples), on ``sample_day``."""
+    sampled: dict[str, int] = field(default_factory=dict)
+    """Line item → its events kept whole as samples in this batch."""
+    sample_day: str = ""
+    """The UTC day (ISO) of ``unkept`` and ``sampled``: the clock's when the batch was read."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -163,6 +167,7 @@ class Classifier:
         """Events kept whole per line item campaignd never made, per UTC day (None: all)."""
         self._unknown_kept: dict[str, int] = {}
         self._unknown_day = -1
+        self._unknown_iso = ""
         self.window_us = dedupe_window_s * 1_000_000
         self.future_us = max_future_s * 1_000_000
         self.context = ImpressionContext(context_capacity)
@@ -207,23 +212,36 @@ class Classifier:
     def _unknown(self, li: str | None, raw: bytes | str, out: Classified, now_us: int) -> None:
         """Refuse an event of a line item with no route: kept whole (``unknown_line_item``),
         unless campaignd never made the line item and its samples of the day are taken --
-        then only counted (``out.unkept``)."""
+        then only counted (``out.unkept``). The samples this batch takes are in
+        ``out.sampled`` until the batch is counted (``commit_samples``): a batch prepared and
+        then dropped (a store outage) takes none."""
         n = self.unknown_samples
         if n is None or li is None or self.registry.managed(li):
             out.letters.append(("unknown_line_item", _bytes(raw)))
             return
         day = now_us // 86_400_000_000
         if day != self._unknown_day:
-            self._unknown_day = day
+            self._unknown_day, self._unknown_iso = day, _iso_day(day)
             self._unknown_kept.clear()
+        out.sample_day = self._unknown_iso
         kept = self._unknown_kept.get(li)
-        if kept is None and len(self._unknown_kept) >= MAX_UNKNOWN_TRACKED:
-            li, kept = "other", n
-        if kept is None or kept < n:
-            self._unknown_kept[li] = (kept or 0) + 1
-            out.letters.append(("unknown_line_item", _bytes(raw)))
+        taken = out.sampled.get(li)
+        if kept is None and taken is None and (
+                len(self._unknown_kept) + len(out.sampled) >= MAX_UNKNOWN_TRACKED):
+            out.unkept["other"] += 1
             return
-        out.unkept[(li, _iso_day(day))] += 1
+        if (kept or 0) + (taken or 0) < n:
+            out.sampled[li] = (taken or 0) + 1
+            out.letters.append(("unknown_line_item", _bytes(raw)))
+        else:
+            out.unkept[li] += 1
+
+    def commit_samples(self, out: Classified) -> None:
+        """The samples a counted batch took (see ``_unknown``)."""
+        if out.sampled and out.sample_day == self._unknown_iso:
+            kept = self._unknown_kept
+            for li, k in out.sampled.items():
+                kept[li] = kept.get(li, 0) + k
 
     def classify(self, msgs: Sequence[AdLogView], raws: Sequence[bytes | str],
                  positions: Sequence[int] | None, *, now_us: int, reference_us: int,

@@ -5,11 +5,18 @@ Each refused event is kept (the dead letter), so nothing is lost; but when most 
 refused — this host's clock is off by more than an hour, or the DSP changed its log format — the
 counts the agents decide on miss most of the delivery, and a dead-letter count growing in a
 corner of ``campaignd status`` is easy to miss. ``RefusalWatch`` compares the events refused for
-what they are (malformed, out of the time window, bad money, a bug of campaignd's) with those
-counted over the last ``window_s`` seconds (real time), and raises a problem above
-``raise_above`` of them, cleared below ``clear_below`` (``LevelAlarm``). The events of line items
-campaignd does not manage (an account-wide log push carries every campaign's) and gaps in the
-feed are not judged here: neither says anything about the events that were counted.
+what they are (malformed, out of the time window, bad money, a bug of campaignd's) with every
+event read, over the last ``window_s`` seconds (real time) — widened, up to ``max_window_s``,
+until it holds ``min_events`` — and raises a problem above ``raise_above`` of them, cleared below
+``clear_below`` (``LevelAlarm``); with fewer events than that in the widest window the alarm
+stays as it is (a quiet feed is no evidence either way).
+
+An account-wide log push carries every campaign's events, and the classifier refuses a bad
+event before it looks at its line item: the other campaigns' events are in both the refused
+and the read counts, so the share is the account's. Not judged: events of line items campaignd
+does not manage (``unknown_line_item``, counted as read), conversions naming neither a line
+item nor an impression of campaignd's (every other campaign's conversion is one), and gaps in
+the feed.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from campaignd.alarms import LevelAlarm
 from campaignd.pipeline.ingest import PipelineStats
 
 NOT_JUDGED: tuple[str, ...] = ("unknown_line_item", "unknown_line_item_counted",
-                               "lost_before_read")
-"""Refusals that say nothing about the events campaignd counts."""
+                               "unattributed_conversion")
+"""Refusals that say nothing about the feed's health (counted as events read)."""
+NOT_READ: tuple[str, ...] = ("lost_before_read",)
+"""Refusals that are not events read (a gap's count)."""
 
 SNAPSHOT_EVERY_S = 5.0
 
@@ -37,8 +46,6 @@ HINTS: dict[str, str] = {
                       "once fixed",
     "bad_money": "prices or values out of range: look at them with `campaignd deadletter list "
                  "--reason bad_money`",
-    "unattributed_conversion": "conversions name neither a line item nor a recent impression: "
-                               "is the conversion feed for this account?",
 }
 FORMAT_HINT = ("the DSP's log format may have changed: look at one with `campaignd deadletter "
                "list --reason {reason}` and `campaignd deadletter show ID`")
@@ -48,10 +55,12 @@ class RefusalWatch:
     """See the module docstring. ``check`` is cheap: call it from every status read."""
 
     def __init__(self, stats: PipelineStats, *, window_s: float = 300.0,
-                 min_events: int = 1000, raise_above: float = 0.5, clear_below: float = 0.2,
+                 max_window_s: float = 3600.0, min_events: int = 1000,
+                 raise_above: float = 0.5, clear_below: float = 0.2,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.stats = stats
         self.window_s = window_s
+        self.max_window_s = max_window_s
         self.min_events = min_events
         self.alarm = LevelAlarm(raise_above=raise_above, clear_below=clear_below)
         self.clock = clock
@@ -62,26 +71,36 @@ class RefusalWatch:
     def check(self) -> str | None:
         """Update the window and the alarm; return the problem, or None."""
         now = self.clock()
-        counted = sum(self.stats.ingested.values()) + self.stats.duplicates
-        refused = Counter({r: n for r, n in self.stats.dead.items() if r not in NOT_JUDGED})
+        st = self.stats
+        refused = Counter({r: n for r, n in st.dead.items()
+                           if r not in NOT_JUDGED and r not in NOT_READ})
+        read = (sum(st.ingested.values()) + st.duplicates
+                + sum(n for r, n in st.dead.items() if r not in NOT_READ))
         snaps = self._snaps
         if not snaps or now - snaps[-1][0] >= SNAPSHOT_EVERY_S:
-            snaps.append((now, counted, refused))
-        # the oldest snapshot kept is the newest at least a window old (or the first)
-        while len(snaps) >= 2 and now - snaps[1][0] >= self.window_s:
+            snaps.append((now, read, refused))
+        # keep the newest snapshot at least the widest window old (or the first)
+        while len(snaps) >= 2 and now - snaps[1][0] >= self.max_window_s:
             snaps.popleft()
-        t0, counted0, refused0 = snaps[0]
+        # the shortest window of at least window_s that holds min_events (else the widest)
+        t0, read0, refused0 = snaps[0]
+        for t, r, f in reversed(snaps):
+            if now - t >= self.window_s and read - r >= self.min_events:
+                t0, read0, refused0 = t, r, f
+                break
+        n = read - read0
+        if n < self.min_events:
+            return self.problem  # too few events to say: the alarm stays as it is
         delta = refused - refused0
         n_refused = sum(delta.values())
-        n = counted - counted0 + n_refused
-        share = n_refused / n if n >= self.min_events else 0.0
+        share = n_refused / n
         if not self.alarm.update(share):
             self.problem = None
             return None
         minutes = max(1, round((now - t0) / 60))
         top = delta.most_common(3)
         reasons = ", ".join(f"{r} {k / n:.0%}" for r, k in top)
-        first = top[0][0]
+        first = top[0][0] if top else "malformed_json"
         hint = HINTS.get(first) or FORMAT_HINT.format(reason=first)
         self.problem = (
             f"{share:.0%} of the events of the last {minutes} min were refused ({reasons}; "
@@ -91,4 +110,4 @@ class RefusalWatch:
         return self.problem
 
 
-__all__ = ["NOT_JUDGED", "RefusalWatch"]
+__all__ = ["NOT_JUDGED", "NOT_READ", "RefusalWatch"]

@@ -224,6 +224,16 @@ async def test_a_line_item_campaignd_never_made_is_sampled_then_counted(seed_spe
     whole = Pipeline(registry, InMemoryHotStore(clock), clock=clock)
     r = await whole.ingest([imp(500 + i, li=999, ts=later - 1_000_000) for i in range(10)])
     assert r.dead == {"unknown_line_item": 10}
+    # 0: none kept whole
+    none = Pipeline(registry, InMemoryHotStore(clock), clock=clock, unknown_samples=0)
+    r = await none.ingest([imp(600 + i, li=997, ts=later - 1_000_000) for i in range(5)])
+    assert r.dead == {"unknown_line_item_counted": 5}
+    # a batch prepared and dropped (a store outage) takes no samples: read again, it keeps them
+    again = Pipeline(registry, InMemoryHotStore(clock), clock=clock, unknown_samples=3)
+    batch = [imp(700 + i, li=996, ts=later - 1_000_000) for i in range(5)]
+    again.prepare(batch)  # (dropped)
+    r = await again.ingest(batch)
+    assert r.dead == {"unknown_line_item": 3, "unknown_line_item_counted": 2}
 
 
 async def test_typed_messages_take_the_same_path(setup) -> None:  # type: ignore[no-untyped-def]

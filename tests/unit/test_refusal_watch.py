@@ -92,3 +92,57 @@ def test_too_few_events_say_nothing() -> None:
     problem = watch.check()
     assert problem is not None and "log format may have changed" in problem
     assert "--reason malformed_json" in problem
+
+
+def test_a_quiet_feed_neither_raises_nor_clears_and_a_small_one_is_judged_over_an_hour() -> None:
+    from campaignd.pipeline.ingest import PipelineStats
+
+    stats = PipelineStats()
+    tick = Ticker()
+    watch = RefusalWatch(stats, clock=tick)
+    watch.check()
+    for _ in range(12):  # busy and all refused: raised
+        stats.dead["timestamp_in_future"] += 500
+        tick.t += 30
+        watch.check()
+    assert watch.problem is not None
+    for _ in range(100):  # the night: 1 event/s, still all refused -- the hold stays
+        stats.dead["timestamp_in_future"] += 2
+        tick.t += 2
+        assert watch.check() is not None
+    for _ in range(900):  # clock fixed, 1 good event/s: cleared once the hour shows it
+        stats.ingested["impression"] += 2
+        tick.t += 2
+        watch.check()
+    assert watch.check() is None
+    # a small account, every event refused at 0.5/s: raised from a window widened to hold 1,000
+    small = PipelineStats()
+    watch = RefusalWatch(small, clock=tick)
+    raised_after = None
+    for i in range(1800):
+        small.dead["malformed_json"] += 1
+        tick.t += 2
+        if watch.check() is not None:
+            raised_after = i
+            break
+    assert raised_after is not None and 900 < raised_after < 1100
+
+
+def test_the_account_wide_push_is_judged_as_a_whole() -> None:
+    """Other campaigns' events are read too: their few bad prices are a small share of all the
+    events read, and their conversions (naming no line item of campaignd's) are not judged."""
+    from campaignd.pipeline.ingest import PipelineStats
+
+    stats = PipelineStats()
+    tick = Ticker()
+    watch = RefusalWatch(stats, clock=tick)
+    watch.check()
+    for _ in range(20):
+        stats.ingested["impression"] += 200
+        stats.dead["unknown_line_item"] += 100
+        stats.dead["unknown_line_item_counted"] += 1900
+        stats.dead["bad_money"] += 30
+        stats.dead["unattributed_conversion"] += 250
+        stats.dead["lost_before_read"] += 5000  # a gap: not events read
+        tick.t += 30
+        assert watch.check() is None
