@@ -406,7 +406,8 @@ class Daemon(DaemonJobs):
         self.executor = ActionExecutor(sql=self.sql, dsp=self.dsp, clock=self.clock,
                                        metrics=self.metrics, mode=d.mode,
                                        poll_s=d.executor_poll_s, max_attempts=d.max_attempts,
-                                       max_age_s=d.max_action_age_s)
+                                       max_age_s=d.max_action_age_s,
+                                       time_scale=s.dsp.sandbox.time_scale if sandbox else 1.0)
         self.decisions.executor = self.executor
         self.executor.hold = self._view_problem
         await tg.start(self.executor.run, name="executor")

@@ -34,11 +34,11 @@ What a drain applies:
 - **Still current.** An action whose line item changed since it was decided (its ``before`` is
   no longer the DSP's state) is refused as stale rather than overwriting a newer change; the
   check is made again just before the request goes out.
-- **Not expired.** An action not yet applied ``max_age_s`` (the daemon's clock) after it was
-  decided -- or, for a person's approval or undo, after the person asked -- is refused as
-  expired: after a long stop or a long DSP outage the evidence it was decided on is out of date
-  (the next cycle decides again from what the DSP holds; a person approves or undoes again).
-  One the DSP already holds is recorded applied whatever its age.
+- **Not expired.** An action not yet applied ``max_age_s`` (real seconds, also in sandbox
+  mode) after it was decided -- or, for a person's approval or undo, after the person asked --
+  is refused as expired: after a long stop or a long DSP outage the evidence it was decided
+  on is out of date (the next cycle decides again from what the DSP holds; a person approves
+  or undoes again). One the DSP already holds is recorded applied whatever its age.
 
 The DSP sync's own changes (a removed cell's line item paused, budgets scaled within lowered
 caps) are recorded ``applying`` before they are sent too, but never sent from here: the sync
@@ -119,7 +119,7 @@ class ActionExecutor:
     def __init__(self, *, sql: Any, dsp: Any, clock: Clock, metrics: Metrics | None = None,
                  mode: str = "live", poll_s: float = 2.0, max_attempts: int = 8,
                  max_wait_s: float = 600.0, concurrency: int = 8,
-                 max_age_s: float = 3600.0) -> None:
+                 max_age_s: float = 3600.0, time_scale: float = 1.0) -> None:
         self.sql = sql
         self.dsp = dsp
         self.clock = clock
@@ -130,8 +130,10 @@ class ActionExecutor:
         self.max_wait_s = max_wait_s
         self.concurrency = concurrency
         self.max_age_s = max_age_s
-        """Seconds (the daemon's clock) after its decision an action may still be applied;
-        0: no limit."""
+        """Real seconds after its decision an action may still be applied; 0: no limit."""
+        self.time_scale = time_scale
+        """The daemon's clock seconds per real second (the sandbox's speed-up): an age on that
+        clock is divided by it, so the limit is real time as every other wait here is."""
         self._wake = anyio.Event()
         self._waiting_since: dict[int, float] = {}
         """Action id → when (monotonic seconds) it started waiting for headroom."""
@@ -195,6 +197,10 @@ class ActionExecutor:
                            "expired": out.expired, "errors": out.errors[:5]}
         for name in ("applied", "failed", "refused", "waiting", "superseded", "expired"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(out, name))
+        if out.expired:  # (after a long stop, thousands: one line for them all)
+            log.warning("executor: actions expired before they could be applied (refused; "
+                        "see each action's error)", actions=out.expired,
+                        max_action_age_s=self.max_age_s)
         if out.applied or out.failed or out.refused or out.superseded:
             log.info("executor: outbox drained", **{k: v for k, v in self.last_drain.items()
                                                     if k not in ("at", "errors")})
@@ -378,7 +384,7 @@ class ActionExecutor:
             setattr(out, name, getattr(out, name) + 1)
             a = by_id[i].action
             if st == "refused" and (err or "").startswith(EXPIRED):
-                expired += 1  # (after a long stop, thousands: one line for them all)
+                expired += 1  # (one warning per drain for them all: ``drain``)
             elif st in ("failed", "refused"):
                 log.warning(f"executor: action {st}", action=i, kind=a.kind, cell=a.cell_id,
                             error=err)
@@ -388,11 +394,7 @@ class ActionExecutor:
                             cell=a.cell_id, error=err)
             if self.metrics is not None and st not in ("pending", "applying"):
                 self.metrics.actions.labels(a.kind, st).inc()
-        if expired:
-            out.expired += expired
-            log.warning("executor: actions expired before they could be applied (refused; "
-                        "see each action's error)", actions=expired,
-                        max_action_age_s=self.max_age_s)
+        out.expired += expired
         if acked:
             await self._store_cells(acked)
 
@@ -484,9 +486,10 @@ class ActionExecutor:
         a = row.action
         person = row.actor is not None and row.decided_at is not None
         since = max(a.created_at, row.decided_at) if person and row.decided_at else a.created_at
-        age = (now - since).total_seconds()
+        age = (now - since).total_seconds() / self.time_scale
         if age <= self.max_age_s:
             return None
+        self._waiting_since.pop(row.id, None)
         limit = f"decision.max_action_age_s ({self.max_age_s:g} s)"
         if person:
             asked = "asked for" if row.undo_of is not None or row.mode == "user" else "approved"

@@ -240,12 +240,17 @@ async def test_an_action_too_old_to_apply_expires_unless_a_person_asked_recently
         await sql_store.undo_action(rows[cells[1]].id, actor="alice", now=NOW)
         assert (await live.drain()).applied == 1
         assert (await dsp_budgets(svc, spec))[cells[1]][0] == 10 * M
-        # no limit: the same old decision applies (the line item still holds its `before`)
-        unlimited = executor(sql_store, svc, max_age_s=0)
+        # a sandbox at 3,600x: three market hours are three real seconds, young enough
+        sped_up = executor(sql_store, svc, time_scale=3600.0)
         third = dataclasses.replace(stale, key=stale.key + "c")
         await sql_store.record_actions([third], mode="live", now=old)
-        assert (await unlimited.drain()).applied == 1
+        assert (await sped_up.drain()).applied == 1
         assert (await dsp_budgets(svc, spec))[cells[0]][0] == 5 * M
+        # no limit: an old decision applies (its line item still holds its `before`)
+        (back,) = plan(svc, spec, {cells[0]: 10 * M}, at=old - timedelta(days=30))
+        await sql_store.record_actions([back], mode="live", now=old)
+        assert (await executor(sql_store, svc, max_age_s=0).drain()).applied == 1
+        assert (await dsp_budgets(svc, spec))[cells[0]][0] == 10 * M
 
 
 async def test_a_raise_is_cut_to_what_todays_spend_leaves_under_the_daily_cap(
