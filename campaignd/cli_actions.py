@@ -18,6 +18,7 @@ import os
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio
 import typer
 from rich.table import Table
 
@@ -249,20 +250,29 @@ def _through_daemon(config: Any, path: str, body: dict[str, Any]) -> dict[str, A
 
     settings = _settings(config)
     token = _api_token(settings)
-    try:
-        with httpx.Client(timeout=API_TIMEOUT_S, trust_env=False) as client:
-            _same_database(client, settings)
+    with httpx.Client(timeout=API_TIMEOUT_S, trust_env=False) as client:
+        try:
+            status = client.get(settings.control_url + "/api/v1/status", timeout=10.0)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            return None  # no daemon: the change is the store's alone
+        except httpx.TransportError as exc:
+            raise CampaigndError(
+                f"the daemon at {settings.control_url} did not answer its status "
+                f"({type(exc).__name__}): nothing was sent; retry shortly, see "
+                "`campaignd status`") from None
+        _same_database(status, settings)
+        try:
             resp = client.post(settings.control_url + path, json=body,
                                headers={"Authorization": f"Bearer {token}"} if token else {})
-    except (httpx.ConnectError, httpx.ConnectTimeout):
-        return None  # no daemon: the change is the store's alone
-    except httpx.TransportError as exc:
-        # it may have been made: asking the store now could stamp it twice, or misreport it
-        raise CampaigndError(
-            f"the daemon at {settings.control_url} did not answer ({type(exc).__name__}): the "
-            "change may or may not have been made; see `campaignd actions show ID` and "
-            "`campaignd status`, then ask again if needed (an approval or undo asked twice "
-            "changes nothing more)") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            return None  # it went away: the change is the store's alone
+        except httpx.TransportError as exc:
+            # it may have been made: asking the store now could stamp it twice, or misreport
+            raise CampaigndError(
+                f"the daemon at {settings.control_url} did not answer ({type(exc).__name__}): "
+                "the change may or may not have been made; see `campaignd actions show ID` and "
+                "`campaignd status`, then ask again if needed (an approval or undo asked twice "
+                "changes nothing more)") from None
     try:
         data = resp.json()
     except ValueError:
@@ -296,22 +306,34 @@ def _through_daemon(config: Any, path: str, body: dict[str, Any]) -> dict[str, A
                          f"{message}; retry shortly, see `campaignd status`")
 
 
-def _same_database(client: Any, settings: Any) -> None:
-    """Refuse to send a change to a daemon that counts into another database than this
-    config's (another campaignd on the same port: its action 5 is not this database's). A
-    daemon that does not say which database it uses is trusted (an older version)."""
-    from campaignd.stores.opening import masked_database_url
+def _same_database(status: Any, settings: Any) -> None:
+    """Refuse to send a change to a daemon that uses another database than this config's
+    (another campaignd on the same port: its action 5 is not this database's). Compared by the
+    database's identity (``SqlStore.database_id``), not its URL: a relative SQLite path names
+    another file from another directory, and one database has several spellings. A daemon that
+    does not publish it is trusted (an older version)."""
+    from campaignd.stores.opening import masked_database_url, open_sql
 
-    resp = client.get(settings.control_url + "/api/v1/status", timeout=10.0)
     try:
-        theirs = resp.json().get("database") if resp.status_code == 200 else None
-    except (ValueError, AttributeError):
-        theirs = None
-    ours = masked_database_url(settings)
-    if isinstance(theirs, str) and theirs != ours:
-        raise BadInput(f"the daemon at {settings.control_url} uses the database {theirs}, not "
-                       f"this config's {ours}: it is another campaignd, and nothing was sent "
-                       "to it", field="database.url",
+        data = status.json() if status.status_code == 200 else {}
+    except ValueError:
+        data = {}
+    theirs = data.get("database_id") if isinstance(data, dict) else None
+    if not isinstance(theirs, str):
+        return
+
+    async def ours() -> str:
+        store = await open_sql(settings)
+        try:
+            return await store.database_id()
+        finally:
+            await store.close()
+
+    if anyio.run(ours) != theirs:
+        raise BadInput(f"the daemon at {settings.control_url} uses another database "
+                       f"({data.get('database')}) than this config's "
+                       f"({masked_database_url(settings)}): it is another campaignd, and "
+                       "nothing was sent to it", field="database.url",
                        fix="run the CLI with that daemon's settings file (--config FILE or "
                            "CAMPAIGND_CONFIG), or set http.port to the port of the daemon "
                            "that uses this database")

@@ -116,6 +116,9 @@ class Daemon(DaemonJobs):
                                 database_url=database_url(settings),
                                 shown_url=masked_database_url(settings))
         self._problems: list[str] = []
+        self.database_id: str | None = None
+        """The database's identity (``SqlStore.database_id``): the CLI checks it before it
+        sends this daemon a change."""
         self._spool_alarm = LevelAlarm(raise_above=0.9, clear_below=0.75)
         """The receiver's spool nearly full (a problem above 90 %, until below 75 %)."""
         self._status_outage = logmod.Outage(log, "could not publish status")
@@ -160,7 +163,7 @@ class Daemon(DaemonJobs):
                 time.monotonic() - self.t0, 3), "heartbeat_at": self.wall.now().isoformat(),
             "market_time": self.clock.now().isoformat(),
             "control_url": self.settings.control_url,
-            "database": masked_database_url(self.settings),
+            "database": masked_database_url(self.settings), "database_id": self.database_id,
             "campaigns": self._campaign_status(), "agents": agents, "events": events,
             "dsp": dsp, "decision": (self.decisions.status() if self.decisions else {
                 "mode": self.settings.decision.mode,
@@ -316,6 +319,7 @@ class Daemon(DaemonJobs):
             log.info("database ready", url=masked_database_url(s), revision=rev)
         try:
             self.sql = await SqlStore.connect(url)
+            self.database_id = await self.sql.database_id()
         except StorageError as exc:
             raise StartupError(str(exc)) from None
         self.hot = await open_hot_store(s, self.clock)

@@ -231,8 +231,10 @@ def test_the_cli_changes_actions_on_the_daemons_clock(tmp_path: Path) -> None:
         _, st = d.status()
         market_before = datetime.fromisoformat(st["market_time"])
         assert market_before - datetime.now(UTC) > timedelta(hours=1)  # the clocks differ
+        # (the database's URL spelt another way: still this daemon's database, by its id)
+        same_db = f"sqlite+aiosqlite:///{tmp_path}/./campaignd.db"
         r = cli("actions", "undo", str(done["id"]), "--config", str(d.config), "--actor",
-                "dave", "--json")
+                "dave", "--json", env={"CAMPAIGND_DATABASE__URL": same_db})
         assert r.returncode == 0, r.stderr
         undo = json.loads(r.stdout)
         wall = datetime.now(UTC)

@@ -39,3 +39,34 @@ async def test_the_retention_job_deletes_agent_runs_older_than_30_days(
             await d.sql.close()
         if d.hot is not None:
             await d.hot.close()
+
+
+async def test_a_database_has_one_identity_however_it_is_reached(sql_url: str,
+                                                                tmp_path: Path) -> None:
+    """The CLI tells whether the daemon answering on its port uses its database by this id,
+    not by the URL's spelling: two connections to one database (two first askers at once
+    included) agree; another database differs."""
+    import anyio
+
+    from campaignd.stores.sql import SqlStore, upgrade
+
+    await upgrade(sql_url)
+    a, b = await SqlStore.connect(sql_url), await SqlStore.connect(sql_url)
+    other_url = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    await upgrade(other_url)
+    other = await SqlStore.connect(other_url)
+    try:
+        ids: list[str] = []
+
+        async def ask(store: SqlStore) -> None:
+            ids.append(await store.database_id())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, a)
+            tg.start_soon(ask, b)
+        assert ids[0] == ids[1] and len(ids[0]) == 32
+        assert await a.database_id() == ids[0]
+        assert await other.database_id() != ids[0]
+    finally:
+        for s in (a, b, other):
+            await s.close()

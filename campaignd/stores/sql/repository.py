@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ from campaignd.stores.sql.models import (
     daemon_status,
     dsp_objects,
 )
+
+DATABASE_ID = "database_id"
+"""The checkpoint holding the database's identity (``SqlStore.database_id``)."""
 
 DEFAULT_URL = "sqlite+aiosqlite:///./campaignd.db"
 _CHUNK = 1000  # ids per IN (...) list: far below SQLite's and asyncpg's parameter limits
@@ -562,6 +566,24 @@ class SqlStore(DeadLetterMethods, AggregateMethods, ActionMethods):
         row = {"name": name, "value": value, "updated_at": _now(now)}
         async with self._tx(f"writing checkpoint {name}") as conn:
             await conn.execute(self._upsert(checkpoints, [row], ["name"]))
+
+    async def database_id(self) -> str:
+        """This database's identity: a random id written the first time it is asked for (kept
+        with the checkpoints), so that two processes can tell whether they use one database
+        however its URL is spelled (a relative SQLite path, a password given apart)."""
+        found = await self.get_checkpoint(DATABASE_ID)
+        if found:
+            return found
+        row = {"name": DATABASE_ID, "value": uuid.uuid4().hex, "updated_at": _now(None)}
+        insert = (postgresql.insert if self.engine.dialect.name == "postgresql"
+                  else sqlite.insert)
+        async with self._tx("writing the database's id") as conn:
+            # two first askers at once: one id wins, both read it back
+            await conn.execute(insert(checkpoints).values(**row).on_conflict_do_nothing(
+                index_elements=["name"]))
+        found = await self.get_checkpoint(DATABASE_ID)
+        assert found is not None
+        return found
 
     async def get_dsp_id(self, kind: str, key: str) -> int | None:
         query = select(dsp_objects.c.dsp_id).where(dsp_objects.c.kind == kind,
