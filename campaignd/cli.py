@@ -243,6 +243,8 @@ def _print_status(st: dict[str, Any]) -> None:
         ex = dec.get("executor")
         if ex:
             line += f"; applied {ex['applied']}, failed {ex['failed']}, refused {ex['refused']}"
+            if ex.get("expired"):
+                line += f" ({ex['expired']} expired)"
         out.print(line)
 
 

@@ -644,3 +644,13 @@ def test_status_says_an_agent_is_running_rather_than_showing_no_duration(
     assert "running" in row, row
     row = next(line for line in text.splitlines() if "monitor" in line)
     assert "12.3 ms" in row, row
+
+
+def test_status_counts_the_expired_actions(capsys: pytest.CaptureFixture[str]) -> None:
+    from campaignd.cli import _print_status
+
+    _print_status({"state": "running", "agents": [], "decision": {
+        "mode": "live", "risk_budget": 0.2, "last_cycle": None,
+        "executor": {"applied": 5, "failed": 0, "refused": 7, "expired": 6}}})
+    text = " ".join(capsys.readouterr().out.split())
+    assert "refused 7 (6 expired)" in text, text
