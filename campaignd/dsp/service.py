@@ -191,73 +191,90 @@ class DSPService:
         assert self.adapter is not None
         drift = 0
         details: list[str] = []
+        unread: list[str] = []
         for st in self.campaigns.values():
             if not st.synced:
                 await self.sync_campaign(st.spec, st.cells)
                 if not st.synced:
                     continue
-            known_now = dict(st.line_items)
-            changed: dict[str, LineItem] = {}
-            more = False  # line items campaignd does not manage take more than they did
-            if st.dsp_campaign_id is not None:
-                # the campaign's whole list (about as many requests as reading the known ids in
-                # batches): line items created in the DSP's UI count against its caps too
-                listed = await self.adapter.get_line_items(campaign_id=st.dsp_campaign_id)
-                current = {li.id: li for li in listed}
-                others = unmanaged_costs(st, listed, self.spent_today_of(st.spec.id))
-                if others[0] > st.retired_lifetime_micros or others[1] > st.other_daily_micros:
-                    # (taking less, e.g. one without a daily budget spending its lifetime
-                    # budget, is only counted)
-                    drift += 1
-                    details.append(
-                        f"{st.spec.id}: line items campaignd does not manage now take "
-                        f"{others[1]} micros of the daily budget and {others[0]} of the "
-                        f"lifetime one (were {st.other_daily_micros} and "
-                        f"{st.retired_lifetime_micros})")
-                    more = True
-                st.retired_lifetime_micros, st.other_daily_micros = others
-            else:
-                ids = [li.id for li in known_now.values()]
-                current = {li.id: li for li in await self.adapter.get_line_items(ids)}
-            for cid, known in known_now.items():
-                if st.line_items.get(cid) is not known:
-                    continue  # the executor changed it while we read: its ack is newer
-                now = current.get(known.id)
-                if now is None:
-                    drift += 1
-                    details.append(f"{cid}: line item {known.id} missing on the DSP")
-                    continue
-                if (now.active != known.active
-                        or now.lifetime_budget_micros != known.lifetime_budget_micros
-                        or now.daily_budget_micros != known.daily_budget_micros):
-                    drift += 1
-                    details.append(f"{cid}: line item {known.id} changed outside campaignd")
-                    changed[cid] = now
-                st.line_items[cid] = now
-            if changed or (more and self._campaign_sync.over_caps(st)):
-                # budgets changed outside campaignd (or its other line items) are the DSP's
-                # truth now, but never above the campaign's caps: scaled back down (and
-                # recorded) as at sync
-                spec = st.spec
-                if st.dsp_campaign_id is not None and self._campaign_sync.over_caps(st):
-                    try:
-                        async with self.writing:
-                            await self._campaign_sync.enforce_caps(st, st.dsp_campaign_id)
-                    except DSPError as exc:
-                        # the next reconciliation runs the whole sync again, which closes
-                        # what this left open and checks the caps afresh
-                        st.synced, st.error = False, f"{type(exc).__name__}: {exc}"
-                        log.error("scaling budgets back within the caps failed; will retry",
-                                  campaign=spec.id, error=st.error)
-                    changed = dict(st.line_items)  # every line item may have been scaled
-                changed = {cid: st.line_items[cid] for cid in changed}
-                await self.sql.update_cell_budgets({
-                    cid: (li.lifetime_budget_micros, li.daily_budget_micros)
-                    for cid, li in changed.items()})
+            try:
+                drift += await self._reconcile_one(st, details)
+            except DSPError as exc:
+                # one campaign the DSP will not show (say, archived in its UI) does not keep
+                # the others from being read back
+                unread.append(f"{st.spec.id}: {type(exc).__name__}: {exc}"[:300])
         self.last_reconcile = {"at": datetime.now(UTC).isoformat(), "drift": drift,
-                               "details": details[:20]}
+                               "details": details[:20], "unread": unread[:20]}
         if drift:
             log.warning("reconciliation found drift", drift=drift, examples=details[:5])
+        if unread:  # the job fails (and alerts after three runs), the others done
+            raise DSPError(f"could not read back {len(unread)} campaign(s)' line items: "
+                           + "; ".join(unread[:3]))
+        return drift
+
+    async def _reconcile_one(self, st: CampaignState, details: list[str]) -> int:
+        """Read one synced campaign's line items back (see ``reconcile``); returns its
+        drift."""
+        assert self.adapter is not None
+        drift = 0
+        known_now = dict(st.line_items)
+        changed: dict[str, LineItem] = {}
+        more = False  # line items campaignd does not manage take more than they did
+        if st.dsp_campaign_id is not None:
+            # the campaign's whole list (about as many requests as reading the known ids in
+            # batches): line items created in the DSP's UI count against its caps too
+            listed = await self.adapter.get_line_items(campaign_id=st.dsp_campaign_id)
+            current = {li.id: li for li in listed}
+            others = unmanaged_costs(st, listed, self.spent_today_of(st.spec.id))
+            if others[0] > st.retired_lifetime_micros or others[1] > st.other_daily_micros:
+                # (taking less, e.g. one without a daily budget spending its lifetime
+                # budget, is only counted)
+                drift += 1
+                details.append(
+                    f"{st.spec.id}: line items campaignd does not manage now take "
+                    f"{others[1]} micros of the daily budget and {others[0]} of the "
+                    f"lifetime one (were {st.other_daily_micros} and "
+                    f"{st.retired_lifetime_micros})")
+                more = True
+            st.retired_lifetime_micros, st.other_daily_micros = others
+        else:
+            ids = [li.id for li in known_now.values()]
+            current = {li.id: li for li in await self.adapter.get_line_items(ids)}
+        for cid, known in known_now.items():
+            if st.line_items.get(cid) is not known:
+                continue  # the executor changed it while we read: its ack is newer
+            now = current.get(known.id)
+            if now is None:
+                drift += 1
+                details.append(f"{cid}: line item {known.id} missing on the DSP")
+                continue
+            if (now.active != known.active
+                    or now.lifetime_budget_micros != known.lifetime_budget_micros
+                    or now.daily_budget_micros != known.daily_budget_micros):
+                drift += 1
+                details.append(f"{cid}: line item {known.id} changed outside campaignd")
+                changed[cid] = now
+            st.line_items[cid] = now
+        if changed or (more and self._campaign_sync.over_caps(st)):
+            # budgets changed outside campaignd (or its other line items) are the DSP's
+            # truth now, but never above the campaign's caps: scaled back down (and
+            # recorded) as at sync
+            spec = st.spec
+            if st.dsp_campaign_id is not None and self._campaign_sync.over_caps(st):
+                try:
+                    async with self.writing:
+                        await self._campaign_sync.enforce_caps(st, st.dsp_campaign_id)
+                except DSPError as exc:
+                    # the next reconciliation runs the whole sync again, which closes
+                    # what this left open and checks the caps afresh
+                    st.synced, st.error = False, f"{type(exc).__name__}: {exc}"
+                    log.error("scaling budgets back within the caps failed; will retry",
+                              campaign=spec.id, error=st.error)
+                changed = dict(st.line_items)  # every line item may have been scaled
+            changed = {cid: st.line_items[cid] for cid in changed}
+            await self.sql.update_cell_budgets({
+                cid: (li.lifetime_budget_micros, li.daily_budget_micros)
+                for cid, li in changed.items()})
         return drift
 
     # --- read model ----------------------------------------------------------------------

@@ -220,6 +220,41 @@ async def test_reconciliation_scales_budgets_changed_outside_campaignd_back_with
         assert await svc.reconcile() == 0
 
 
+async def test_one_campaign_the_dsp_will_not_show_does_not_stop_the_others_reconciling(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """A campaign whose line items the DSP will not list (say, archived in its UI) fails the
+    reconciliation -- an alert after three runs -- but the other campaigns are read back."""
+    from campaignd.errors import DSPTransientError
+
+    a = small(seed_spec)
+    b = dataclasses.replace(small(seed_spec), id="other_campaign", name="Other CTV")
+    async with sandbox_url() as url, service(sql_store, url) as svc:
+        for spec in (a, b):
+            cells = atomize(spec)[:2]
+            await sql_store.upsert_campaign(spec, cells, now=NOW)
+            await svc.sync_campaign(spec, cells)
+        assert svc.adapter is not None
+        adapter = svc.adapter
+        li = next(iter(svc.campaigns[b.id].line_items.values()))
+        await adapter.update_budget(li.id, lifetime_micros=li.lifetime_budget_micros,
+                                    daily_micros=(li.daily_budget_micros or 0) - M)
+        hidden = svc.campaigns[a.id].dsp_campaign_id
+        real = adapter.get_line_items
+
+        async def get_line_items(*args: Any, **kw: Any) -> Any:  # the DSP's answer for a
+            if kw.get("campaign_id") == hidden:
+                raise DSPTransientError("HTTP 404 campaign not found")
+            return await real(*args, **kw)
+
+        adapter.get_line_items = get_line_items  # type: ignore[method-assign]
+        with pytest.raises(DSPError, match="could not read back 1 campaign"):
+            await svc.reconcile()
+        assert svc.last_reconcile is not None
+        assert svc.last_reconcile["drift"] == 1 and "404" in svc.last_reconcile["unread"][0]
+        held = svc.campaigns[b.id].line_items[next(iter(svc.campaigns[b.id].line_items))]
+        assert held.daily_budget_micros == (li.daily_budget_micros or 0) - M  # b was read
+
+
 async def test_reconciliation_counts_a_line_item_created_in_the_dsps_ui(
         sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
     spec, cells = await small_campaign(sql_store, seed_spec)
