@@ -1,6 +1,6 @@
 """Beeswax v2 wire formats ↔ campaignd values: decimal strings ↔ micros, DRF error bodies,
-targeting expressions ↔ ``Targeting``. Pure functions; used only by ``beeswax.py`` (and the
-sandbox server's tests)."""
+targeting expressions ↔ ``Targeting``. Pure functions; used only by the adapter
+(``beeswax.py``, ``beeswax_session.py``) and its contract tests."""
 
 from __future__ import annotations
 
