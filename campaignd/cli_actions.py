@@ -311,8 +311,15 @@ def _same_database(status: Any, settings: Any) -> None:
     (another campaignd on the same port: its action 5 is not this database's). Compared by the
     database's identity (``SqlStore.database_id``), not its URL: a relative SQLite path names
     another file from another directory, and one database has several spellings. A daemon that
-    does not publish it is trusted (an older version)."""
-    from campaignd.stores.opening import masked_database_url, open_sql
+    does not publish it is trusted (an older version). This config's database is only read
+    (connected to, never created or migrated)."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from campaignd.errors import StorageError
+    from campaignd.stores.opening import database_url, masked_database_url
+    from campaignd.stores.sql.repository import SqlStore
 
     try:
         data = status.json() if status.status_code == 200 else {}
@@ -321,19 +328,37 @@ def _same_database(status: Any, settings: Any) -> None:
     theirs = data.get("database_id") if isinstance(data, dict) else None
     if not isinstance(theirs, str):
         return
+    url = make_url(database_url(settings))
+    shown = masked_database_url(settings)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(url.database).resolve()
+        shown = str(path)
+        if not path.exists():
+            raise BadInput(f"the daemon at {settings.control_url} uses the database "
+                           f"{data.get('database')}, and this config's, {path}, does not "
+                           "exist: it is another campaignd, and nothing was sent to it",
+                           field="database.url",
+                           fix="run the CLI with that daemon's settings file (--config FILE or "
+                               "CAMPAIGND_CONFIG) from its directory, or set http.port to the "
+                               "port of the daemon that uses this database")
 
     async def ours() -> str:
-        store = await open_sql(settings)
+        store = await SqlStore.connect(str(url.render_as_string(hide_password=False)))
         try:
             return await store.database_id()
         finally:
             await store.close()
 
-    if anyio.run(ours) != theirs:
+    try:
+        mine = anyio.run(ours)
+    except StorageError as exc:
+        raise StorageError(f"could not tell which database the daemon at "
+                           f"{settings.control_url} uses against this config's ({shown}): "
+                           f"{exc}; nothing was sent") from None
+    if mine != theirs:
         raise BadInput(f"the daemon at {settings.control_url} uses another database "
-                       f"({data.get('database')}) than this config's "
-                       f"({masked_database_url(settings)}): it is another campaignd, and "
-                       "nothing was sent to it", field="database.url",
+                       f"({data.get('database')}) than this config's ({shown}): it is "
+                       "another campaignd, and nothing was sent to it", field="database.url",
                        fix="run the CLI with that daemon's settings file (--config FILE or "
                            "CAMPAIGND_CONFIG), or set http.port to the port of the daemon "
                            "that uses this database")

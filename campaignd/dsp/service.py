@@ -32,7 +32,7 @@ from campaignd.dsp.sync_model import (
     initial_budgets,
     unmanaged_costs,
 )
-from campaignd.errors import DSPError
+from campaignd.errors import DSPError, DSPNotFound, DSPRejected
 from campaignd.logs import get_logger
 from campaignd.settings import Settings
 
@@ -199,9 +199,10 @@ class DSPService:
                     continue
             try:
                 drift += await self._reconcile_one(st, details)
-            except DSPError as exc:
+            except (DSPNotFound, DSPRejected) as exc:
                 # one campaign the DSP will not show (say, archived in its UI) does not keep
-                # the others from being read back
+                # the others from being read back; an error of the whole account (a timeout,
+                # a rate limit, an open circuit, credentials) stops the run at once
                 unread.append(f"{st.spec.id}: {type(exc).__name__}: {exc}"[:300])
         self.last_reconcile = {"at": datetime.now(UTC).isoformat(), "drift": drift,
                                "details": details[:20], "unread": unread[:20]}

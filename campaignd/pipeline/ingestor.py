@@ -204,6 +204,8 @@ class EventIngestor:
         The cursor moves only when a batch is counted; after a failure the loop starts again
         from it (prepared batches are dropped: preparing counts nothing)."""
         send, recv = anyio.create_memory_object_stream[tuple[Prepared, str, int, str | None]](1)
+        # (the last run's batches prepared and not counted were dropped with it)
+        self.pipeline.classifier.clear_pending()
 
         async def count() -> None:
             async with recv:

@@ -60,8 +60,8 @@ REASONS: tuple[str, ...] = (
 NO_PAYLOAD: tuple[str, ...] = ("unknown_line_item_counted", "lost_before_read")
 """Reasons whose letters count events without keeping them: nothing to retry."""
 MAX_UNKNOWN_TRACKED = 100_000
-"""Line items never made by campaignd whose samples are tracked in a day; events of any
-further one are only counted (under line item "other")."""
+"""Line items never made by campaignd tracked in a day (each a counted row at most); events of
+any further one are only counted, in one row (line item "other")."""
 
 DEDUPE_WINDOW_S = 72 * 3600
 """Beeswax accepts impression notifications up to 72 h after the auction: dedupe that long."""
@@ -166,6 +166,9 @@ class Classifier:
         self.unknown_samples = unknown_samples
         """Events kept whole per line item campaignd never made, per UTC day (None: all)."""
         self._unknown_kept: dict[str, int] = {}
+        self._unknown_pending: dict[str, int] = {}
+        self._unknown_seen: set[str] = set()
+        """Line items never made by campaignd seen today (at most ``MAX_UNKNOWN_TRACKED``)."""
         self._unknown_day = -1
         self._unknown_iso = ""
         self.window_us = dedupe_window_s * 1_000_000
@@ -212,9 +215,11 @@ class Classifier:
     def _unknown(self, li: str | None, raw: bytes | str, out: Classified, now_us: int) -> None:
         """Refuse an event of a line item with no route: kept whole (``unknown_line_item``),
         unless campaignd never made the line item and its samples of the day are taken --
-        then only counted (``out.unkept``). The samples this batch takes are in
-        ``out.sampled`` until the batch is counted (``commit_samples``): a batch prepared and
-        then dropped (a store outage) takes none."""
+        then only counted (``out.unkept``). A sample is reserved (``_unknown_pending``) when
+        the batch is prepared and taken (``_unknown_kept``) when it is counted
+        (``commit_samples``), so that batches prepared ahead of counting share the day's
+        allowance, and one prepared and then dropped (a store outage: ``clear_pending``)
+        takes none."""
         n = self.unknown_samples
         if n is None or li is None or self.registry.managed(li):
             out.letters.append(("unknown_line_item", _bytes(raw)))
@@ -223,25 +228,38 @@ class Classifier:
         if day != self._unknown_day:
             self._unknown_day, self._unknown_iso = day, _iso_day(day)
             self._unknown_kept.clear()
+            self._unknown_pending.clear()
+            self._unknown_seen.clear()
         out.sample_day = self._unknown_iso
-        kept = self._unknown_kept.get(li)
-        taken = out.sampled.get(li)
-        if kept is None and taken is None and (
-                len(self._unknown_kept) + len(out.sampled) >= MAX_UNKNOWN_TRACKED):
-            out.unkept["other"] += 1
-            return
-        if (kept or 0) + (taken or 0) < n:
-            out.sampled[li] = (taken or 0) + 1
+        if li not in self._unknown_seen:
+            if len(self._unknown_seen) >= MAX_UNKNOWN_TRACKED:
+                out.unkept["other"] += 1  # (one row for the rest of a day's line items)
+                return
+            self._unknown_seen.add(li)
+        pending = self._unknown_pending.get(li, 0)
+        if self._unknown_kept.get(li, 0) + pending < n:
+            self._unknown_pending[li] = pending + 1
+            out.sampled[li] = out.sampled.get(li, 0) + 1
             out.letters.append(("unknown_line_item", _bytes(raw)))
         else:
             out.unkept[li] += 1
 
     def commit_samples(self, out: Classified) -> None:
-        """The samples a counted batch took (see ``_unknown``)."""
-        if out.sampled and out.sample_day == self._unknown_iso:
-            kept = self._unknown_kept
-            for li, k in out.sampled.items():
-                kept[li] = kept.get(li, 0) + k
+        """The samples a counted batch reserved are taken (see ``_unknown``)."""
+        if not out.sampled or out.sample_day != self._unknown_iso:
+            return  # (a batch of a day gone by: that day's counts are gone)
+        kept, pending = self._unknown_kept, self._unknown_pending
+        for li, k in out.sampled.items():
+            kept[li] = kept.get(li, 0) + k
+            left = pending.get(li, 0) - k
+            if left > 0:
+                pending[li] = left
+            else:
+                pending.pop(li, None)
+
+    def clear_pending(self) -> None:
+        """Batches prepared and not counted were dropped: their reserved samples are free."""
+        self._unknown_pending.clear()
 
     def classify(self, msgs: Sequence[AdLogView], raws: Sequence[bytes | str],
                  positions: Sequence[int] | None, *, now_us: int, reference_us: int,

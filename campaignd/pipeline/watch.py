@@ -8,8 +8,9 @@ corner of ``campaignd status`` is easy to miss. ``RefusalWatch`` compares the ev
 what they are (malformed, out of the time window, bad money, a bug of campaignd's) with every
 event read, over the last ``window_s`` seconds (real time) — widened, up to ``max_window_s``,
 until it holds ``min_events`` — and raises a problem above ``raise_above`` of them, cleared below
-``clear_below`` (``LevelAlarm``); with fewer events than that in the widest window the alarm
-stays as it is (a quiet feed is no evidence either way).
+``clear_below`` (``LevelAlarm``). With fewer events than that in the widest window the share is
+of ``min_events``: a quiet feed raises only on that many refusals, keeps a raised alarm while
+what it reads is refused, and clears it once what it reads is good (or it reads nothing).
 
 An account-wide log push carries every campaign's events, and the classifier refuses a bad
 event before it looks at its line item: the other campaigns' events are in both the refused
@@ -89,21 +90,24 @@ class RefusalWatch:
                 t0, read0, refused0 = t, r, f
                 break
         n = read - read0
-        if n < self.min_events:
-            return self.problem  # too few events to say: the alarm stays as it is
         delta = refused - refused0
         n_refused = sum(delta.values())
-        share = n_refused / n
+        # Out of at least min_events: a quiet feed raises only with that many refused (half
+        # of them), keeps a raised alarm while most of what it reads is refused, and clears
+        # once what it reads is good -- or once it reads nothing.
+        share = n_refused / max(n, self.min_events)
         if not self.alarm.update(share):
             self.problem = None
             return None
+        n = max(n, 1)
         minutes = max(1, round((now - t0) / 60))
         top = delta.most_common(3)
         reasons = ", ".join(f"{r} {k / n:.0%}" for r, k in top)
         first = top[0][0] if top else "malformed_json"
         hint = HINTS.get(first) or FORMAT_HINT.format(reason=first)
         self.problem = (
-            f"{share:.0%} of the events of the last {minutes} min were refused ({reasons}; "
+            f"{n_refused / n:.0%} of the events of the last {minutes} min were refused "
+            f"({reasons}; "
             f"{n_refused} of {n}): {hint}. They are kept as dead letters, but the counts miss "
             f"them, so decisions and changes to the DSP wait until fewer than "
             f"{self.alarm.clear_below:.0%} are refused")

@@ -31,7 +31,12 @@ def database_url(settings: Settings) -> str:
 
 
 def masked_database_url(settings: Settings) -> str:
-    return make_url(settings.database.url).render_as_string(hide_password=True)
+    """The database URL for messages and logs: no password, and a SQLite file's path made
+    absolute (``./campaignd.db`` names another file from another directory)."""
+    url = make_url(settings.database.url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=str(Path(url.database).resolve()))
+    return url.render_as_string(hide_password=True)
 
 
 async def open_sql(settings: Settings) -> SqlStore:

@@ -224,7 +224,7 @@ async def test_one_campaign_the_dsp_will_not_show_does_not_stop_the_others_recon
         sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
     """A campaign whose line items the DSP will not list (say, archived in its UI) fails the
     reconciliation -- an alert after three runs -- but the other campaigns are read back."""
-    from campaignd.errors import DSPTransientError
+    from campaignd.errors import DSPNotFound, DSPTransientError
 
     a = small(seed_spec)
     b = dataclasses.replace(small(seed_spec), id="other_campaign", name="Other CTV")
@@ -243,16 +243,21 @@ async def test_one_campaign_the_dsp_will_not_show_does_not_stop_the_others_recon
 
         async def get_line_items(*args: Any, **kw: Any) -> Any:  # the DSP's answer for a
             if kw.get("campaign_id") == hidden:
-                raise DSPTransientError("HTTP 404 campaign not found")
+                raise failure
             return await real(*args, **kw)
 
         adapter.get_line_items = get_line_items  # type: ignore[method-assign]
+        failure: Exception = DSPNotFound("HTTP 404 campaign not found")
         with pytest.raises(DSPError, match="could not read back 1 campaign"):
             await svc.reconcile()
         assert svc.last_reconcile is not None
         assert svc.last_reconcile["drift"] == 1 and "404" in svc.last_reconcile["unread"][0]
         held = svc.campaigns[b.id].line_items[next(iter(svc.campaigns[b.id].line_items))]
         assert held.daily_budget_micros == (li.daily_budget_micros or 0) - M  # b was read
+        # an error of the whole account (a rate limit, a timeout) stops the run at once
+        failure = DSPTransientError("HTTP 429 too many requests")
+        with pytest.raises(DSPTransientError):
+            await svc.reconcile()
 
 
 async def test_reconciliation_counts_a_line_item_created_in_the_dsps_ui(

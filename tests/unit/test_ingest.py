@@ -228,12 +228,22 @@ async def test_a_line_item_campaignd_never_made_is_sampled_then_counted(seed_spe
     none = Pipeline(registry, InMemoryHotStore(clock), clock=clock, unknown_samples=0)
     r = await none.ingest([imp(600 + i, li=997, ts=later - 1_000_000) for i in range(5)])
     assert r.dead == {"unknown_line_item_counted": 5}
-    # a batch prepared and dropped (a store outage) takes no samples: read again, it keeps them
+    # a batch prepared and dropped (a store outage: the ingestor frees what the batches it
+    # dropped reserved) takes no samples: read again, it keeps them
     again = Pipeline(registry, InMemoryHotStore(clock), clock=clock, unknown_samples=3)
     batch = [imp(700 + i, li=996, ts=later - 1_000_000) for i in range(5)]
     again.prepare(batch)  # (dropped)
+    again.classifier.clear_pending()
     r = await again.ingest(batch)
     assert r.dead == {"unknown_line_item": 3, "unknown_line_item_counted": 2}
+    # batches prepared ahead of counting (the live feed reads while it counts) share the day's
+    # allowance: 3 kept whole in all, not 3 a batch
+    ahead = Pipeline(registry, InMemoryHotStore(clock), clock=clock, unknown_samples=3)
+    preps = [ahead.prepare([imp(800 + 10 * b + i, li=995, ts=later - 1_000_000)
+                            for i in range(4)]) for b in range(3)]
+    results = [await ahead.complete(p) for p in preps]
+    assert sum(r.dead.get("unknown_line_item", 0) for r in results) == 3
+    assert sum(r.dead.get("unknown_line_item_counted", 0) for r in results) == 9
 
 
 async def test_typed_messages_take_the_same_path(setup) -> None:  # type: ignore[no-untyped-def]
