@@ -23,11 +23,6 @@ from rich.table import Table
 from campaignd import __version__
 from campaignd.errors import BadInput, CampaigndError, NotFound
 
-# One BLAS/OpenMP thread unless the operator says otherwise (``limit_math_threads``), set before
-# the command modules imported at the bottom load numpy (which reads them once, when it loads).
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
 # Annotated: the cli_* modules that register commands on these apps import from this module and
 # this one from them, and mypy may check them first (it then cannot infer these types).
 app: typer.Typer = typer.Typer(
@@ -481,6 +476,9 @@ def limit_math_threads() -> None:
         os.environ.setdefault(var, "1")
 
 
+# Before the command modules below load numpy (which reads the thread settings once, then).
+limit_math_threads()
+
 # The simulated market's commands (sandbox serve, simulate), the audit log and approval queue
 # (actions) and the event-pipeline commands (dead letters, replay, export) live in their own
 # modules and register their commands on import. Keep cli_sandbox first: `campaignd --help` lists
@@ -493,7 +491,6 @@ from campaignd import cli_actions, cli_events  # noqa: E402,F401  (register thei
 
 
 def main() -> None:
-    limit_math_threads()
     app()
 
 

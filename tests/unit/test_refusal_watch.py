@@ -5,6 +5,7 @@ manage are not judged (an account-wide push carries every campaign's)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from campaignd.clock import VirtualClock
 from campaignd.domain.campaign import atomize
@@ -94,6 +95,17 @@ def test_a_few_refusals_say_nothing() -> None:
     assert "--reason malformed_json" in problem
 
 
+def feed(stats: Any, tick: Ticker, watch: RefusalWatch, *, every_s: float, times: int,
+         good: int = 0, refused: int = 0) -> None:
+    """``times`` steps of ``every_s`` seconds, each reading ``good`` events and refusing
+    ``refused`` (as timestamp_in_future), the watch checked after each."""
+    for _ in range(times):
+        stats.ingested["impression"] += good
+        stats.dead["timestamp_in_future"] += refused
+        tick.t += every_s
+        watch.check()
+
+
 def test_a_quiet_feed_keeps_a_refused_alarm_and_clears_a_good_one() -> None:
     from campaignd.pipeline.ingest import PipelineStats
 
@@ -101,36 +113,21 @@ def test_a_quiet_feed_keeps_a_refused_alarm_and_clears_a_good_one() -> None:
     tick = Ticker()
     watch = RefusalWatch(stats, clock=tick)
     watch.check()
-    for _ in range(12):  # busy and all refused: raised
-        stats.dead["timestamp_in_future"] += 500
-        tick.t += 30
-        watch.check()
+    feed(stats, tick, watch, refused=500, every_s=30, times=12)  # busy, all refused: raised
     assert watch.problem is not None
     for _ in range(100):  # the night: 1 event/s, still all refused -- the hold stays
         stats.dead["timestamp_in_future"] += 2
         tick.t += 2
         assert watch.check() is not None
-    for _ in range(900):  # clock fixed, 1 good event/s: cleared once the hour shows it
-        stats.ingested["impression"] += 2
-        tick.t += 2
-        watch.check()
-    assert watch.check() is None
+    feed(stats, tick, watch, good=2, every_s=2, times=900)  # clock fixed, 1 good event/s:
+    assert watch.check() is None  # cleared once the hour shows it
     # raised again, then the feed falls quiet with only good events (0.2/s): it clears
-    for _ in range(12):
-        stats.dead["timestamp_in_future"] += 500
-        tick.t += 30
-        watch.check()
+    feed(stats, tick, watch, refused=500, every_s=30, times=12)
     assert watch.problem is not None
-    for _ in range(720):
-        stats.ingested["impression"] += 1
-        tick.t += 5
-        watch.check()
+    feed(stats, tick, watch, good=1, every_s=5, times=720)
     assert watch.check() is None
     # and a feed gone silent clears too (no evidence of refusals)
-    for _ in range(12):
-        stats.dead["timestamp_in_future"] += 500
-        tick.t += 30
-        watch.check()
+    feed(stats, tick, watch, refused=500, every_s=30, times=12)
     assert watch.problem is not None
     tick.t += 3700
     watch.check()

@@ -45,6 +45,8 @@ from campaignd.stores.sql.bookkeeping import (  # noqa: F401  (re-exported)
     AgentRun,
     BookkeepingMethods,
     StatusRecord,
+    _check,
+    _now,
 )
 from campaignd.stores.sql.deadletters import DeadLetterMethods
 from campaignd.stores.sql.models import (
@@ -238,15 +240,6 @@ def check_sqlite_directory(url: URL) -> None:
     directory = Path(database).expanduser().parent
     if not directory.is_dir():
         raise FileNotFoundError(f"directory {directory} does not exist")
-
-
-def _now(now: datetime | None) -> datetime:
-    return datetime.now(UTC) if now is None else now
-
-
-def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what} {value!r} is not one of {', '.join(allowed)}")
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
