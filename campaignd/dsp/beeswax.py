@@ -29,9 +29,9 @@ import csv
 import io
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -60,9 +60,10 @@ from campaignd.dsp.beeswax_codec import (
 )
 from campaignd.dsp.beeswax_session import BeeswaxSession
 from campaignd.dsp.resilience import CircuitBreaker, Sleep, TokenBucket
-from campaignd.errors import DSPError, DSPTransientError
+from campaignd.errors import DSPError, DSPRejected, DSPTransientError
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 ID_BATCH = 40
 
@@ -267,35 +268,38 @@ class BeeswaxAdapter(BeeswaxSession, DSPAdapter):
             raise first
         return [r for r in results if r is not None]
 
+    def _forget_targeting(self, targeting: Targeting) -> None:
+        self._te_ids.pop(targeting_key(targeting), None)
+
+    async def _with_targeting(self, targeting: Targeting,
+                              use: Callable[[int | None], Awaitable[_T]]) -> _T:
+        """``use(te_id)`` with the targeting expression's id. The ids are cached for the
+        adapter's life; one deleted in Beeswax's UI since is refused as an invalid
+        ``targeting_expression_id`` (HTTP 400): forget it, make the expression again, retry
+        once."""
+        te_id = await self._ensure_targeting(targeting)
+        try:
+            return await use(te_id)
+        except DSPRejected as exc:
+            if te_id is None or "targeting_expression_id" not in exc.field_errors:
+                raise
+            log.warning("beeswax.targeting_expression_gone", targeting_expression_id=te_id)
+            self._forget_targeting(targeting)
+            return await use(await self._ensure_targeting(targeting))
+
     async def _create_line_item(self, spec: LineItemSpec,
-                                record: dict[str, Any] | None) -> LineItem:
-        te_id = await self._ensure_targeting(spec.targeting)
-        created = record is None
-        if record is None:
-            body = {
-                "campaign_id": spec.campaign_id, "name": spec.name, "type": spec.type,
-                "active": False,  # Beeswax: active only once a creative is associated
-                "budget_type": "spend",
-                "spend_budget": {"lifetime": micros_to_decimal(spec.lifetime_budget_micros),
-                                 "daily": (None if spec.daily_budget_micros is None
-                                           else micros_to_decimal(spec.daily_budget_micros))},
-                "bidding": {"strategy": spec.bid_strategy,
-                            "values": {"cpm_bid": micros_to_decimal(spec.cpm_bid_micros)},
-                            "pacing": "daily" if spec.daily_budget_micros else "lifetime"},
-                "start_date": self._date(spec.start), "end_date": self._date(spec.end),
-                "targeting_expression_id": te_id, "creative_weighting_method": "WEIGHTED",
-                "alternative_id": spec.alternative_id,
-            }
+                                found: dict[str, Any] | None) -> LineItem:
+        created = found is None
 
-            async def lookup() -> dict[str, Any] | None:
-                return await self._find("/line-items", spec.alternative_id,
-                                        {"campaign_id": spec.campaign_id})
+        async def create_or_target(te_id: int | None) -> dict[str, Any]:
+            if found is None:
+                return await self._create_line_item_record(spec, te_id)
+            if found.get("targeting_expression_id") != te_id:
+                return await self._json("PATCH", f"/line-items/{found['id']}",
+                                        {"targeting_expression_id": te_id})
+            return found
 
-            record = await self._create("/line-items", body, lookup=lookup)
-        elif record.get("targeting_expression_id") != te_id:
-            record = await self._json("PATCH", f"/line-items/{record['id']}",
-                                      {"targeting_expression_id": te_id})
-        assert record is not None
+        record = await self._with_targeting(spec.targeting, create_or_target)
         if spec.creative_weights:
             await self._sync_associations(int(record["id"]), spec.creative_weights,
                                           deactivate_others=False, fresh=created)
@@ -303,6 +307,29 @@ class BeeswaxAdapter(BeeswaxSession, DSPAdapter):
             record = await self._json("PATCH", f"/line-items/{record['id']}", {"active": True})
         assert record is not None
         return self._line_item(record)
+
+    async def _create_line_item_record(self, spec: LineItemSpec,
+                                       te_id: int | None) -> dict[str, Any]:
+        body = {
+            "campaign_id": spec.campaign_id, "name": spec.name, "type": spec.type,
+            "active": False,  # Beeswax: active only once a creative is associated
+            "budget_type": "spend",
+            "spend_budget": {"lifetime": micros_to_decimal(spec.lifetime_budget_micros),
+                             "daily": (None if spec.daily_budget_micros is None
+                                       else micros_to_decimal(spec.daily_budget_micros))},
+            "bidding": {"strategy": spec.bid_strategy,
+                        "values": {"cpm_bid": micros_to_decimal(spec.cpm_bid_micros)},
+                        "pacing": "daily" if spec.daily_budget_micros else "lifetime"},
+            "start_date": self._date(spec.start), "end_date": self._date(spec.end),
+            "targeting_expression_id": te_id, "creative_weighting_method": "WEIGHTED",
+            "alternative_id": spec.alternative_id,
+        }
+
+        async def lookup() -> dict[str, Any] | None:
+            return await self._find("/line-items", spec.alternative_id,
+                                    {"campaign_id": spec.campaign_id})
+
+        return await self._create("/line-items", body, lookup=lookup)
 
     async def _associations(self, line_item_id: int) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
@@ -317,13 +344,12 @@ class BeeswaxAdapter(BeeswaxSession, DSPAdapter):
         # A line item this call just created has no associations yet: skip the read.
         current = {} if fresh else await self._associations(line_item_id)
         path = f"/line-items/{line_item_id}/creatives"
-        for creative_id, weight in sorted(weights.items()):
+        for creative_id, weight in sorted(scale_weights(weights).items()):
             assoc = current.get(creative_id)
             if weight <= 0:
                 if assoc is not None and assoc.get("active"):
                     await self._json("PATCH", f"{path}/{assoc['id']}", {"active": False})
                 continue
-            weight = min(100, weight)
             if assoc is None:
                 async def lookup(cid: int = creative_id) -> dict[str, Any] | None:
                     return (await self._associations(line_item_id)).get(cid)
@@ -357,8 +383,9 @@ class BeeswaxAdapter(BeeswaxSession, DSPAdapter):
         return await self._patch_line_item(line_item_id, {"bidding": bidding})
 
     async def update_targeting(self, line_item_id: int, targeting: Targeting) -> LineItem:
-        te_id = await self._ensure_targeting(targeting)
-        return await self._patch_line_item(line_item_id, {"targeting_expression_id": te_id})
+        async def patch(te_id: int | None) -> LineItem:
+            return await self._patch_line_item(line_item_id, {"targeting_expression_id": te_id})
+        return await self._with_targeting(targeting, patch)
 
     async def set_active(self, line_item_id: int, active: bool) -> LineItem:
         return await self._patch_line_item(line_item_id, {"active": active})
@@ -453,3 +480,13 @@ class BeeswaxAdapter(BeeswaxSession, DSPAdapter):
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+
+
+def scale_weights(weights: Mapping[int, int]) -> dict[int, int]:
+    """Creative weights as Beeswax takes them (1–100): scaled down in proportion when one is
+    above 100, so that their ratios hold (capping each at 100 would make 300:100 into 1:1); a
+    positive weight never rounds to 0 (that would switch its creative off)."""
+    top = max((w for w in weights.values() if w > 0), default=0)
+    if top <= 100:
+        return dict(weights)
+    return {cid: 0 if w <= 0 else max(1, round(w * 100 / top)) for cid, w in weights.items()}

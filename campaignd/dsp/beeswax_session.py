@@ -212,7 +212,13 @@ class BeeswaxSession:
         async with self._auth_lock:
             if self._auth_generation != generation or (self._authenticated and not force):
                 return  # another task authenticated meanwhile
-            await self._authenticate()
+            try:
+                await self._authenticate()
+            except DSPError as exc:
+                # health() shows why the adapter cannot work (wrong password, DSP down)
+                self._authenticated = False
+                self._last_error = str(exc)
+                raise
             self._auth_generation += 1
 
     async def _authenticate(self) -> None:
@@ -276,7 +282,11 @@ class BeeswaxSession:
             if not isinstance(page, dict):
                 raise DSPTransientError(f"Beeswax returned a list page that is not an object: "
                                         f"{_path(str(resp.request.url))}")
-            out.extend(page.get("results", []))
+            results = page.get("results")
+            if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+                raise DSPTransientError(f"Beeswax returned a list page whose results are not a "
+                                        f"list of objects: {_path(str(resp.request.url))}")
+            out.extend(results)
             nxt = page.get("next")
             if not nxt:
                 return out

@@ -12,7 +12,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,11 @@ async def test_wrong_password_is_an_auth_error_that_names_the_fix() -> None:
     async with sandbox(adapter_options={"password": "wrong"}) as env:
         with pytest.raises(DSPAuthError, match="email and password"):
             await env.adapter.ensure_advertiser(alternative_id="x", name="x")
+        # the daemon's status shows why the adapter cannot work, never the password
+        health = env.adapter.health()
+        assert not health.authenticated
+        assert health.last_error and "email and password" in health.last_error
+        assert "wrong" not in health.last_error
 
 
 async def test_session_rejected_again_after_reauthentication_is_an_auth_error() -> None:
@@ -268,7 +273,73 @@ async def test_updates_are_reflected_by_reads() -> None:
         assert again.active and again.creative_weighting_method == "WEIGHTED"
 
 
+async def test_a_targeting_expression_deleted_in_the_ui_is_made_again() -> None:
+    async with sandbox(faults=FaultConfig()) as env:
+        campaign_id, creatives = await setup_campaign(env.adapter)
+        targeting = Targeting(zips=("10001", "10002"), segments=("cord_cutter",))
+
+        def spec(alt: str) -> LineItemSpec:
+            return LineItemSpec(alternative_id=alt, campaign_id=campaign_id, name=alt,
+                                lifetime_budget_micros=10**8, daily_budget_micros=10**7,
+                                cpm_bid_micros=2 * 10**7, start=FLIGHT_START, end=FLIGHT_END,
+                                targeting=targeting,
+                                creative_weights={creatives["hero_30s"]: 100})
+
+        (first,) = await env.adapter.create_line_items([spec("te-1")])
+        gone = env.state.store.get("line-items", first.id)["targeting_expression_id"]
+        # someone deletes the expression in Beeswax's UI (the adapter still has its id cached)
+        other = env.new_adapter()
+        try:
+            await other._request("PATCH", f"/line-items/{first.id}",
+                                 json_body={"targeting_expression_id": None})
+            await other._request("DELETE", f"/targeting-expressions/{gone}")
+        finally:
+            await other.aclose()
+        assert gone not in env.state.store.table("targeting-expressions")
+
+        (second,) = await env.adapter.create_line_items([spec("te-2")])
+        made = env.state.store.get("line-items", second.id)["targeting_expression_id"]
+        assert made is not None and made != gone
+        assert await env.adapter.get_targeting(second.id) == targeting.normalized()
+        await env.adapter.update_targeting(first.id, targeting)
+        assert env.state.store.get("line-items", first.id)["targeting_expression_id"] == made
+
+        # any other error is still the caller's to see
+        with pytest.raises(DSPNotFound):
+            await env.adapter.update_targeting(999_999, targeting)
+        with pytest.raises(DSPRejected):
+            await env.adapter.create_line_items([replace(spec("te-3"), cpm_bid_micros=-1)])
+
+
+async def test_creative_weights_above_100_keep_their_ratio() -> None:
+    from campaignd.dsp.beeswax import scale_weights
+    assert scale_weights({1: 300, 2: 100, 3: 0}) == {1: 100, 2: 33, 3: 0}
+    assert scale_weights({1: 10_000, 2: 1}) == {1: 100, 2: 1}  # never rounded to off
+    assert scale_weights({1: 80, 2: 20}) == {1: 80, 2: 20}
+    async with sandbox(faults=FaultConfig()) as env:
+        campaign_id, creatives = await setup_campaign(env.adapter)
+        (li,) = await env.adapter.create_line_items([LineItemSpec(
+            alternative_id="w", campaign_id=campaign_id, name="w", lifetime_budget_micros=10**8,
+            daily_budget_micros=10**7, cpm_bid_micros=2 * 10**7, start=FLIGHT_START,
+            end=FLIGHT_END, creative_weights={creatives["hero_30s"]: 600,
+                                              creatives["product_15s"]: 200})])
+        assert await env.adapter.get_creative_weights(li.id) == {
+            creatives["hero_30s"]: 100, creatives["product_15s"]: 33}
+
+
 # --- errors ----------------------------------------------------------------------------------
+
+
+async def test_a_list_page_without_results_is_a_dsp_error_not_an_empty_list() -> None:
+    from campaignd.errors import DSPTransientError
+    async with sandbox(faults=FaultConfig()) as env:
+        await setup_campaign(env.adapter)
+        # a 200 whose body is not a page: before, read as "no line items at all"
+        env.state.injector.script(ScriptedFault("status", method="GET", status=200,
+                                                path_prefix="/rest/v2/line-items"))
+        with pytest.raises(DSPTransientError, match="not a list of objects"):
+            await env.adapter.get_line_items()
+        assert await env.adapter.get_line_items() == []
 
 
 async def test_business_rule_violations_are_rejected_with_field_errors() -> None:
