@@ -5,8 +5,9 @@
 """
 
 from campaignd.dsp.sandbox.faults import FaultConfig, ScriptedFault
-from campaignd.dsp.sandbox.server import SandboxState, create_app
+from campaignd.dsp.sandbox.server import create_app
 from campaignd.dsp.sandbox.service import SandboxService, serve_standalone
+from campaignd.dsp.sandbox.state import SandboxState
 
 __all__ = ["FaultConfig", "SandboxService", "SandboxState", "ScriptedFault", "create_app",
            "serve_standalone"]

@@ -19,7 +19,8 @@ from campaignd.clock import Clock, SystemClock
 from campaignd.dsp.sandbox.faults import FaultConfig
 from campaignd.dsp.sandbox.feed import decode_cursor, encode_cursor
 from campaignd.dsp.sandbox.model import MarketProtocol
-from campaignd.dsp.sandbox.server import SandboxState, create_app
+from campaignd.dsp.sandbox.server import create_app
+from campaignd.dsp.sandbox.state import SandboxState
 from campaignd.errors import StartupError
 
 log = structlog.get_logger(__name__)
