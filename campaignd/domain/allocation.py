@@ -62,7 +62,14 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import ndtri
 
-from campaignd.domain.allocation_model import INTERCEPT, AdditiveLogitModel, Prior, effect_name
+from campaignd.domain.allocation_model import (
+    INTERCEPT,
+    AdditiveLogitModel,
+    Prior,
+    effect_name,
+    sigmoid,
+)
+from campaignd.domain.knapsack import greedy_fill, group_fill
 
 DV360_MAX_DAILY_CUT = 0.2
 """Display & Video 360 lets a line item's budget fall by at most 20 % a day."""
@@ -280,7 +287,7 @@ class Allocator:
         if strength is not None:
             t = t * self._vec(strength, "strength")
         self._fit()
-        out: np.ndarray = t * _sigmoid(self.model.eta())
+        out: np.ndarray = t * sigmoid(self.model.eta())
         return out
 
     @property
@@ -369,13 +376,13 @@ class Allocator:
         eta = m.eta()[idx]
         sd = m.eta_sd(sub)
         z = float(ndtri(0.5 + level / 2))
-        mean = _sigmoid(eta) + 0.5 * _sigmoid(eta) * (1 - _sigmoid(eta)) * (
-            1 - 2 * _sigmoid(eta)) * sd**2
+        mean = sigmoid(eta) + 0.5 * sigmoid(eta) * (1 - sigmoid(eta)) * (
+            1 - 2 * sigmoid(eta)) * sd**2
         mean = np.clip(mean, 0.0, 1.0)
         cost = self.cost_per_trial()[idx]
         own = np.clip(self._own(mean, idx), 0.0, 1.0)
         return CellPosterior(self.trials[idx].copy(), self.successes[idx].copy(), mean,
-                             _sigmoid(eta - z * sd), _sigmoid(eta + z * sd), cost,
+                             sigmoid(eta - z * sd), sigmoid(eta + z * sd), cost,
                              own * self._value_per_success() / cost, self.proven()[idx],
                              level)
 
@@ -541,7 +548,7 @@ class Allocator:
         return out
 
     def _own_rate(self, eta: np.ndarray, live: np.ndarray | slice) -> np.ndarray:
-        return self._own(_sigmoid(eta), live)
+        return self._own(sigmoid(eta), live)
 
     def _own(self, p: np.ndarray, live: np.ndarray | slice) -> np.ndarray:
         """The rate a cell itself yields now, from (draws of) its credited rate at full
@@ -597,7 +604,7 @@ class Allocator:
         best = v_s >= vkey[:, key_of]
         cs = np.cumsum(best, axis=1)
         first = best & (cs - (cs - best)[:, starts][:, key_of] == 1)
-        fill_key = self._group_fill(vkey, r_s[starts], g_s[starts], rest)
+        fill_key = group_fill(vkey, r_s[starts], g_s[starts], rest)
         out = np.empty((vpd.shape[0], live.size))
         out[:, ks] = first * fill_key[:, key_of]
         return out
@@ -619,78 +626,8 @@ class Allocator:
         if covered < live.size:
             cand = np.flatnonzero(vpd.max(axis=0) >= vmin[by_min[covered]])
             live, vpd, r_live = live[cand], vpd[:, cand], r_live[cand]
-        out[live] = _greedy(vpd, np.broadcast_to(r_live, vpd.shape), rest).mean(axis=0)
+        out[live] = greedy_fill(vpd, np.broadcast_to(r_live, vpd.shape), rest).mean(axis=0)
         return out
-
-    @staticmethod
-    def _group_fill(vpd: np.ndarray, room: np.ndarray, groups: np.ndarray, rest: float,
-                    iterations: int = 10) -> np.ndarray:
-        """Per-draw fills when the cells of a group buy the same inventory (a multiple-choice
-        knapsack); the group's spend is at most the largest room among its cells.
-
-        For a marginal value per money unit ``lam`` every group funds the one cell that adds most
-        value net of what the money would earn elsewhere, ``room x (v - lam)`` (a cheap cell with
-        little room can lose to a dearer one that buys more), if positive; ``lam`` is the largest
-        for which those cells can take ``rest`` (bisection, per draw: the Lagrangian solution of
-        the LP relaxation). They are filled by value; money left then goes, by value, to the
-        next best cell of each group, within what the group's room has left."""
-        k = vpd.shape[0]
-        perm = np.argsort(groups, kind="stable")
-        g_sorted = groups[perm]
-        starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
-        slot_p = np.searchsorted(g_sorted[starts], g_sorted)  # group slot per permuted column
-        vp = vpd[:, perm]
-        rp = np.broadcast_to(room[perm], vp.shape)
-
-        def chosen(lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            score = rp * (vp - lam[:, None])
-            gmax = np.maximum.reduceat(score, starts, axis=1)
-            pick = (score >= gmax[:, slot_p]) & (score > 0)
-            return pick, (pick * rp).sum(axis=1)
-
-        lo = np.zeros(k)
-        hi = vpd.max(axis=1)
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            _, spend = chosen(mid)
-            ok = spend >= rest
-            lo = np.where(ok, mid, lo)
-            hi = np.where(ok, hi, mid)
-        pick, _ = chosen(lo)
-        # ties could pick two cells of a group: keep the first
-        cs = np.cumsum(pick, axis=1)
-        before_group = (cs - pick)[:, starts]
-        first = pick & (cs - before_group[:, slot_p] == 1)
-        fill = _greedy(vp, np.where(first, rp, 0.0), rest)
-        left = rest - fill.sum(axis=1)
-        if np.any(left > rest * 1e-9):
-            gcap = np.maximum.reduceat(room[perm], starts)
-            used = np.add.reduceat(fill, starts, axis=1)
-            second_v = np.where(first, -np.inf, vp)
-            gbest = np.maximum.reduceat(second_v, starts, axis=1)
-            second = (second_v >= gbest[:, slot_p]) & np.isfinite(second_v) & ~first
-            room2 = np.where(second, np.minimum(rp, (gcap[None, :] - used)[:, slot_p]), 0.0)
-            fill += _greedy(vp, np.maximum(room2, 0.0), left)
-        out = np.empty_like(fill)
-        out[:, perm] = fill
-        return out
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * x))
-    return out
-
-
-def _greedy(value: np.ndarray, room: np.ndarray, budget: float | np.ndarray) -> np.ndarray:
-    """Per row (draw): fill ``budget`` into the cells in decreasing ``value``, each up to its
-    ``room``."""
-    order = np.argsort(-value, axis=1)
-    r = np.take_along_axis(room, order, axis=1)
-    before = np.cumsum(r, axis=1) - r
-    b = np.asarray(budget, dtype=float).reshape(-1, 1) if np.ndim(budget) else budget
-    take = np.clip(b - before, 0.0, r)
-    out = np.zeros_like(take)
-    np.put_along_axis(out, order, take, axis=1)
-    return out
 
 
 __all__ = ["DV360_MAX_DAILY_CUT", "INTERCEPT", "Allocator", "CellPosterior", "ChangeAssessment",

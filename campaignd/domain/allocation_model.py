@@ -46,7 +46,7 @@ class Prior:
     precision: float = 1.0
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * x))
     return out
 
@@ -188,7 +188,7 @@ class AdditiveLogitModel:
         steps = 0
         for _ in range(max_iter):
             eta = self.X @ beta + u
-            mu = _sigmoid(eta)
+            mu = sigmoid(eta)
             r = y - n * mu
             w = n * mu * (1.0 - mu)
             g_b = self._XT @ r - self.prior_prec * (beta - self.prior_mean)
