@@ -132,6 +132,11 @@ class CellTable:
         self.gone_today: dict[str, int] = {}
         """Spend today (micros) of cells the campaign no longer has (removed from the spec
         today): their line items' money still counts against today's cap."""
+        self._later: dict[int, np.ndarray] = {}
+        self._later_gone: dict[int, dict[str, int]] = {}
+        """Rows stamped in a budget day the clock has not reached (a DSP clock ahead of ours,
+        within ``pipeline.max_future_s``): held until that day starts. Never a reason to start
+        it early -- that would zero today's spend while today's money is still being spent."""
 
     def __len__(self) -> int:
         return len(self.cell_ids)
@@ -152,43 +157,58 @@ class CellTable:
         self.by_creative.add(self._creative_of[positions], deltas, at_s)
         self.last_at_s = at_s if self.last_at_s is None else max(self.last_at_s, at_s)
 
-    def add_days(self, positions: np.ndarray, seconds: np.ndarray, deltas: np.ndarray) -> None:
+    def add_days(self, positions: np.ndarray, seconds: np.ndarray, deltas: np.ndarray, *,
+                 now_s: int) -> None:
         """Count rows into ``today``: ``deltas[j, metric]`` of cell ``positions[j]`` (repeats
-        accumulate) at event second ``seconds[j]``. Rows of a later day start a new day; rows
-        of an earlier day are not today's."""
+        accumulate) at event second ``seconds[j]``, counted at clock second ``now_s``. The
+        clock's budget day is today (a later one starts over); rows of an earlier day are not
+        today's; rows of a later day wait for it (``_later``)."""
         if positions.size == 0:
             return
         days = self.budget_day.indices(seconds)
-        self.roll_day(int(days.max()))
+        self.roll_day(self.budget_day.index(now_s))
         m = days == self.day
         if m.any():
             np.add.at(self.today.T, positions[m], deltas[m])
+        for day in np.unique(days[days > self.day]):
+            buf = self._later.setdefault(int(day), np.zeros_like(self.today))
+            md = days == day
+            np.add.at(buf.T, positions[md], deltas[md])
 
     def roll_day(self, day: int) -> None:
-        """Move ``today`` to budget day ``day`` (``BudgetDay`` numbers) if it is a later one."""
+        """Move ``today`` to budget day ``day`` (``BudgetDay`` numbers) if it is a later one,
+        with the rows already counted for it."""
         if self.day is None or day > self.day:
-            if self.day is not None:
-                self.today[:] = 0
-                self.gone_today = {}
+            self.today[:] = 0
+            early = self._later.pop(day, None)
+            if early is not None:
+                self.today += early
+            self.gone_today = self._later_gone.pop(day, {})
+            for later in (self._later, self._later_gone):
+                for d in [d for d in later if d < day]:
+                    del later[d]
             self.day = day
 
     def add_gone_days(self, cell_ids: Sequence[str], seconds: np.ndarray,
-                      spend: np.ndarray) -> None:
-        """Count the spend of cells no longer in the table into ``gone_today`` (rows of
-        another budget day than ``today``'s are not counted)."""
+                      spend: np.ndarray, *, now_s: int) -> None:
+        """Count the spend of cells no longer in the table into ``gone_today``, as
+        ``add_days`` counts rows (at clock second ``now_s``)."""
         if not len(cell_ids):
             return
         days = self.budget_day.indices(seconds)
-        self.roll_day(int(days.max()))
+        self.roll_day(self.budget_day.index(now_s))
         for cell_id, day, micros in zip(cell_ids, days, spend, strict=True):
-            if day == self.day:
-                self.gone_today[cell_id] = self.gone_today.get(cell_id, 0) + int(micros)
+            if day >= self.day:
+                into = self.gone_today if day == self.day else \
+                    self._later_gone.setdefault(int(day), {})
+                into[cell_id] = into.get(cell_id, 0) + int(micros)
 
     def apply_zips(self, zip_index: np.ndarray, deltas: np.ndarray, at_s: int) -> None:
         """Add ``deltas[metric, j]`` to ZIP series key ``zip_index[j]`` (repeats accumulate)."""
         self.by_zip.add(zip_index, deltas, at_s)
 
-    def replay_recent(self, positions: np.ndarray, at_s: np.ndarray, deltas: np.ndarray) -> None:
+    def replay_recent(self, positions: np.ndarray, at_s: np.ndarray, deltas: np.ndarray, *,
+                      now_s: int) -> None:
         """Rebuild the windows and creative series from stored rows (``deltas[j, metric]`` of
         cell ``positions[j]`` at ``at_s[j]``; negative positions are skipped) without touching
         the totals — after a restart, from the warm store's minute rows (which also rebuild
@@ -202,7 +222,7 @@ class CellTable:
             np.add.at(d, inv, deltas[m])
             self.windows.add(pos, d.T, int(t))
             self.by_creative.add(self._creative_of[pos], d.T, int(t))
-        self.add_days(positions, at_s, deltas)
+        self.add_days(positions, at_s, deltas, now_s=now_s)
 
     def restore_creative_totals(self) -> None:
         """Set the creative series' running totals to the sums of its cells' totals — after a
@@ -229,6 +249,9 @@ class CellTable:
         self.last_at_s = None
         self.today[:] = 0
         self.day = None
+        self.gone_today = {}
+        self._later = {}
+        self._later_gone = {}
 
     def snapshot(self, *, at_s: int | None = None, windows: bool = True) -> CellSnapshot:
         """A copy of everything; ``at_s`` first moves the windows to that time (so a quiet

@@ -141,7 +141,7 @@ class Aggregator:
             touched.add(k)
         seconds = keys & ((1 << _SHIFT) - 1)
         for k, mask, pos in reg.locate(slots):  # the budget day's counts, by event time
-            reg.tables[k].add_days(pos, seconds[mask], deltas[mask])
+            reg.tables[k].add_days(pos, seconds[mask], deltas[mask], now_s=at_s)
         for k, table in enumerate(reg.tables):
             if k not in touched:
                 table.windows.roll(at_s)

@@ -496,6 +496,7 @@ async def restore(pipeline: Pipeline, sql: Any, *, now: datetime) -> dict[str, i
                 np.array([r.counts for r in rows], dtype=np.int64))
 
     out: dict[str, int] = {}
+    now_s = int(now.timestamp())
     for table in pipeline.registry.tables:
         cid = table.campaign_id
         totals = await sql.read_cell_totals(cid)
@@ -511,19 +512,19 @@ async def restore(pipeline: Pipeline, sql: Any, *, now: datetime) -> dict[str, i
             if earlier:
                 cells, at_s, day_counts = columns(table, earlier)
                 keep = cells >= 0
-                table.add_days(cells[keep], at_s[keep], day_counts[keep])
+                table.add_days(cells[keep], at_s[keep], day_counts[keep], now_s=now_s)
                 gone += [r for r, k in zip(earlier, keep, strict=True) if not k]
         rows = await sql.minute_rows(cid, since=recent, until=now + timedelta(hours=1))
         if rows:
             cols = columns(table, rows)
-            table.replay_recent(*cols)
+            table.replay_recent(*cols, now_s=now_s)
             gone += [r for r, pos in zip(rows, cols[0], strict=True) if pos < 0]
         table.restore_creative_totals()
         if gone:  # their spend today still counts against the daily cap
             table.add_gone_days([r.cell_id for r in gone],
                                 np.array([int(r.at.timestamp()) for r in gone], dtype=np.int64),
                                 np.array([r.counts[METRIC_INDEX["spend_micros"]] for r in gone],
-                                         dtype=np.int64))
+                                         dtype=np.int64), now_s=now_s)
         if totals:
             await pipeline.hot.set_totals(cid, {
                 cell: dict(zip(METRICS, counts, strict=True))

@@ -95,10 +95,10 @@ def test_a_cell_tables_today_follows_the_account_day(seed_spec: CampaignSpec) ->
     spend = METRIC_INDEX["spend_micros"]
     t = CellTable(seed_spec.id, atomize(seed_spec), budget_day=BudgetDay("America/New_York"))
 
-    def add(at: str, micros: int) -> None:
+    def add(at: str, micros: int) -> None:  # counted as it happens
         row = np.zeros((1, N_METRICS), dtype=np.int64)
         row[0, spend] = micros
-        t.add_days(np.array([0]), np.array([ts(at)]), row)
+        t.add_days(np.array([0]), np.array([ts(at)]), row, now_s=ts(at))
 
     add("2026-11-02T23:00:00+00:00", 5)   # 18:00 in New York, 2 November
     add("2026-11-03T01:00:00+00:00", 7)   # past UTC midnight: still 2 November in New York
@@ -116,8 +116,47 @@ def test_a_cell_tables_today_follows_the_account_day(seed_spec: CampaignSpec) ->
     for at, micros in (("2026-11-02T23:00:00+00:00", 5), ("2026-11-03T01:00:00+00:00", 7)):
         row = np.zeros((1, N_METRICS), dtype=np.int64)
         row[0, spend] = micros
-        u.add_days(np.array([0]), np.array([ts(at)]), row)
+        u.add_days(np.array([0]), np.array([ts(at)]), row, now_s=ts(at))
     assert int(u.today[spend, 0]) == 7
+
+
+def test_an_event_stamped_in_tomorrow_does_not_start_it_early(seed_spec: CampaignSpec) -> None:
+    """The feed takes events stamped up to an hour ahead (a DSP clock ahead of ours). One
+    stamped after midnight, read at 23:10, used to start the next day at once: today's spend
+    went to 0 for the last hour, and the caps let raises spend what was already spent."""
+    from campaignd.domain.campaign import atomize
+    from campaignd.domain.cells import METRIC_INDEX, N_METRICS, CellTable
+
+    spend = METRIC_INDEX["spend_micros"]
+    day = BudgetDay("America/New_York")
+    t = CellTable(seed_spec.id, atomize(seed_spec), budget_day=day)
+
+    def add(cell: int, stamped: str, micros: int, *, read: str) -> None:
+        row = np.zeros((1, N_METRICS), dtype=np.int64)
+        row[0, spend] = micros
+        t.add_days(np.array([cell]), np.array([ts(stamped)]), row, now_s=ts(read))
+
+    # New York: 22:00, 23:10 (an event stamped 00:05 tomorrow), 23:20
+    add(0, "2026-11-03T03:00:00+00:00", 55_000_000, read="2026-11-03T03:00:05+00:00")
+    add(1, "2026-11-03T03:00:00+00:00", 10_000_000, read="2026-11-03T03:00:05+00:00")
+    add(1, "2026-11-03T05:05:00+00:00", 1, read="2026-11-03T04:10:00+00:00")
+    add(0, "2026-11-03T04:20:00+00:00", 3_000_000, read="2026-11-03T04:20:05+00:00")
+    t.add_gone_days(["removed"], np.array([ts("2026-11-03T05:06:00+00:00")]),
+                    np.array([2]), now_s=ts("2026-11-03T04:21:00+00:00"))
+    assert t.day == day.index(ts("2026-11-03T04:20:00+00:00"))
+    assert t.today[spend, :2].tolist() == [58_000_000, 10_000_000]
+    assert t.gone_today == {}
+    # what the daemon reads for the caps at 23:30 (a snapshot rolls to the clock's day)
+    snap = t.snapshot(at_s=ts("2026-11-03T04:30:00+00:00"))
+    assert snap.today["spend_micros"][:2].tolist() == [58_000_000, 10_000_000]
+    # at midnight the early rows are tomorrow's first
+    snap = t.snapshot(at_s=ts("2026-11-03T05:00:00+00:00"))
+    assert snap.today["spend_micros"][:2].tolist() == [0, 1]
+    assert t.gone_today == {"removed": 2}
+    # a clock that jumps two days drops what it held for the day between
+    add(2, "2026-11-04T05:30:00+00:00", 9, read="2026-11-04T04:50:00+00:00")
+    t.roll_day(t.day + 2)
+    assert int(t.today[spend].sum()) == 0 and not t._later
 
 
 def test_the_daemon_counts_days_in_the_configured_account_time_zone(tmp_path: Path) -> None:
