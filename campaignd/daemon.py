@@ -456,7 +456,16 @@ class Daemon(DaemonControl, DaemonJobs):
 
     async def _publish_status(self) -> None:
         st = self.status()
-        self.metrics.dsp_healthy.set(1 if st["dsp"]["healthy"] else 0)
+        m = self.metrics
+        m.dsp_healthy.set(1 if st["dsp"]["healthy"] else 0)
+        # what an alerting rule needs: the health `campaignd status` shows, and why
+        m.healthy.set(1 if st["healthy"] else 0)
+        m.problems.set(len(st["problems"]))
+        for job in st["agents"]:
+            m.job_failing.labels(job["name"]).set(1 if job["failing"] else 0)
+        m.decisions_held.set(1 if self._view_problem() is not None else 0)
+        if self.ingest is not None:
+            m.feed_refused_share.set(round(self.ingest.refusals.share, 4))
         if self.spool is not None:
             self.metrics.spool_bytes.set(self.spool.bytes)
         for c in st["campaigns"]:

@@ -36,6 +36,23 @@ class Metrics:
         self.dsp_healthy = Gauge("campaignd_dsp_healthy", "1 when the DSP adapter is healthy",
                                  registry=r)
         self.up = Gauge("campaignd_up", "1 while the daemon runs", registry=r)
+        self.healthy = Gauge("campaignd_healthy",
+                             "1 while campaignd status says healthy (no problem stands)",
+                             registry=r)
+        self.problems = Gauge("campaignd_problems",
+                              "Problems campaignd status lists now (each says what to do)",
+                              registry=r)
+        self.job_failing = Gauge("campaignd_job_failing",
+                                 "1 while a job's alarm stands (three failed runs in a row; "
+                                 "cleared after two good runs in a row)", ["job"], registry=r)
+        self.decisions_held = Gauge("campaignd_decisions_held",
+                                    "1 while decisions and changes to the DSP wait because the "
+                                    "counts are not current (feed or store failing, most "
+                                    "events refused)", registry=r)
+        self.feed_refused_share = Gauge("campaignd_feed_refused_share",
+                                        "Share of the events read recently that were refused "
+                                        "(the refused-feed problem stands above 0.5, until "
+                                        "below 0.2)", registry=r)
         self.actions = Counter("campaignd_actions_total",
                                "Line-item actions the executor finished, by kind and outcome "
                                "(applied, failed, refused)", ["kind", "outcome"], registry=r)

@@ -68,6 +68,8 @@ class RefusalWatch:
         self._snaps: deque[tuple[float, int, Counter[str]]] = deque()
         self.problem: str | None = None
         """The problem while the alarm is raised (as of the last ``check``), else None."""
+        self.share = 0.0
+        """The share judged at the last ``check`` (refused out of at least ``min_events``)."""
 
     def check(self) -> str | None:
         """Update the window and the alarm; return the problem, or None."""
@@ -95,7 +97,7 @@ class RefusalWatch:
         # Out of at least min_events: a quiet feed raises only with that many refused (half
         # of them), keeps a raised alarm while most of what it reads is refused, and clears
         # once what it reads is good -- or once it reads nothing.
-        share = n_refused / max(n, self.min_events)
+        share = self.share = n_refused / max(n, self.min_events)
         if not self.alarm.update(share):
             self.problem = None
             return None

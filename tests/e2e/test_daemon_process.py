@@ -101,7 +101,13 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  #
 
         with httpx.Client(base_url=d.base_url, timeout=10, trust_env=False) as client:
             assert client.get("/healthz").status_code == 200
-            assert "campaignd_events_ingested_total" in client.get("/metrics").text
+            metrics = client.get("/metrics").text
+            assert "campaignd_events_ingested_total" in metrics
+            # (published with the status every few seconds, as healthy as status says)
+            for line in ("campaignd_healthy 1.0", "campaignd_problems 0.0",
+                         "campaignd_decisions_held 0.0",
+                         'campaignd_job_failing{job="monitor"} 0.0'):
+                assert line in metrics, line
             assert client.get("/").status_code == 200
             r = client.post("/api/v1/agents/monitor/run")
             assert r.status_code == 401 and r.json()["field"] == "Authorization"

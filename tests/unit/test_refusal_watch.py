@@ -88,10 +88,12 @@ def test_a_few_refusals_say_nothing() -> None:
     stats.dead["malformed_json"] += 400  # a quiet feed, all bad: under half of min_events
     tick.t += 60
     assert watch.check() is None
+    assert watch.share == 0.4  # what campaignd_feed_refused_share exposes
     stats.dead["malformed_json"] += 200  # 600: more than half of the 1,000 asked for
     tick.t += 60
     problem = watch.check()
     assert problem is not None and "log format may have changed" in problem
+    assert watch.share == 0.6
     assert "--reason malformed_json" in problem
 
 
