@@ -6,6 +6,7 @@ Registered on ``campaignd.cli``'s apps when that module is imported; same conven
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,7 +30,7 @@ from campaignd.cli import (
     print_json,
     with_store,
 )
-from campaignd.errors import BadInput, NotFound
+from campaignd.errors import BadInput, CampaigndError, NotFound
 
 # --- dead letters ----------------------------------------------------------------------------
 
@@ -227,12 +228,31 @@ def export_parquet(
     if last < first:
         raise BadInput("is before --from", field="--to", value=to,
                        fix=f"give a day on or after {first.isoformat()}")
+    out_fix = "give a directory this user can write to (it is created if missing), e.g. " \
+        "--out ./parquet"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BadInput("is a file, not a directory", field="--out", value=str(out_dir),
+                       fix=out_fix) from None
+    except OSError as exc:
+        raise BadInput(f"cannot be created ({exc.strerror})", field="--out",
+                       value=str(out_dir), fix=out_fix) from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise BadInput("is not writable by this user", field="--out", value=str(out_dir),
+                       fix=out_fix)
 
     async def work(store: Any) -> list[tuple[Any, Path, int]]:
         if await store.get_campaign(campaign_id) is None:
             raise NotFound(f"--campaign: no stored campaign {campaign_id!r}; list them with "
                            "`campaignd campaign list`")
-        return await export_days(store, out_dir, campaign_id, first, last)
+        try:
+            return await export_days(store, out_dir, campaign_id, first, last)
+        except OSError as exc:  # (a disk filling up meanwhile): what was written stays
+            raise CampaigndError(f"--out: writing the Parquet files under {out_dir} failed: "
+                                 f"{exc.strerror or exc}; free space or give another "
+                                 "directory, then run again (days are written whole, one "
+                                 "file each)") from None
 
     written = with_store(config, work)
     rows = [{"date": d.isoformat(), "path": str(p), "rows": n} for d, p, n in written]

@@ -32,6 +32,9 @@ from campaignd.cli import (
 )
 from campaignd.errors import BadInput, SpecError
 
+MAX_TIME_SCALE = 100_000
+"""As ``dsp.sandbox.time_scale``'s limit."""
+
 # --- sandbox ---------------------------------------------------------------------------------
 
 
@@ -63,12 +66,16 @@ def sandbox_serve(
     from campaignd import logs
     from campaignd.dsp.sandbox.scenarios import load_scenario
     from campaignd.dsp.sandbox.service import serve_standalone
-    if time_scale <= 0:
-        raise BadInput("must be greater than 0", field="--time-scale", value=time_scale)
+    if not 0 < time_scale <= MAX_TIME_SCALE:  # (as dsp.sandbox.time_scale; NaN fails too)
+        raise BadInput(f"must be greater than 0 and at most {MAX_TIME_SCALE:,}",
+                       field="--time-scale", value=time_scale,
+                       fix="e.g. --time-scale 60 (a market hour a real minute)")
     if not 0 <= port <= 65535:  # (bind() raised OverflowError: a traceback, exit 1)
         raise BadInput("must be from 0 to 65535 (0: any free port)", field="--port",
                        value=port, fix="e.g. --port 8480")
     from datetime import UTC, datetime
+
+    from campaignd.domain.campaign import MAX_FLIGHT_YEAR, MIN_FLIGHT_YEAR
     sc = load_scenario(scenario)  # validate before binding anything
     from campaignd.domain.budget_day import check_timezone
     try:
@@ -89,6 +96,13 @@ def sandbox_serve(
         if start_at.tzinfo is None:
             raise BadInput("needs a UTC offset", field="--start", value=start,
                            fix="end it with Z or +00:00")
+        try:
+            year = start_at.astimezone(UTC).year
+        except OverflowError:
+            year = 0
+        if not MIN_FLIGHT_YEAR <= year <= MAX_FLIGHT_YEAR:
+            raise BadInput(f"is outside the years {MIN_FLIGHT_YEAR}-{MAX_FLIGHT_YEAR}",
+                           field="--start", value=start, fix="e.g. --start 2026-12-01T00:00:00Z")
     push_token = os.environ.get("CAMPAIGND_SANDBOX_PUSH_TOKEN") or None
     if push_token_file is not None:
         try:

@@ -526,7 +526,7 @@ def run_daemon(settings: Settings) -> int:
     except OSError as exc:
         sys.stderr.write(f"error: log.file: cannot open {settings.log.file}: {exc.strerror}; "
                          "set log.file to a writable path (or remove it to log to stderr)\n")
-        return 1
+        return 2  # a setting to fix, like a state_dir campaignd cannot use
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a hung
     # daemon is stuck without a debugger.
     faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -296,7 +296,7 @@ def _check_environment(env: Mapping[str, str]) -> tuple[list[str], dict[tuple[st
             want = dict if kind == "section" else list
             try:
                 ok = isinstance(json.loads(value), want)
-            except ValueError:
+            except (ValueError, RecursionError):
                 ok = False
             if not ok:
                 key = ".".join(path)

@@ -57,10 +57,18 @@ def _read_secret_file(path: Path | None, key: str) -> SecretStr | None:
     if path is None:
         return None
     try:
-        return SecretStr(Path(path).read_text(encoding="utf-8").rstrip("\r\n"))
+        secret = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ValueError(f"cannot read secret file {str(path)!r} for {key}: {exc.strerror}") \
             from None
+    except UnicodeDecodeError:  # (the message never shows the bytes: they are the secret)
+        raise ValueError(f"{key}: the secret file {str(path)!r} is not UTF-8 text: write the "
+                         "secret as plain text on one line") from None
+    if not secret.strip():
+        # an empty secret would only show later, as the DSP or the database refusing it
+        raise ValueError(f"{key}: the secret file {str(path)!r} is empty: write the secret "
+                         "in it, or remove the key")
+    return SecretStr(secret)
 
 
 def _check_url_port(url: str, key: str, example: str) -> None:

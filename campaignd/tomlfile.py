@@ -25,6 +25,9 @@ def read_toml(path: str | Path, *, field: str, kind: str,
                     fix=f"give the path of {kind}, readable by this user") from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise error("is not valid TOML: nested too deeply", field=str(p),
+                    fix="a campaignd file nests a few tables deep at most") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise error(f"is not valid TOML: {exc}", field=str(p),
                     fix="fix the TOML syntax at the line and column shown") from None

@@ -292,20 +292,35 @@ def _decimal(raw: Any, field: str, errs: _Collector, *, maximum: Decimal,
     return value
 
 
+MIN_FLIGHT_YEAR, MAX_FLIGHT_YEAR = 2000, 2100
+"""Flight dates outside these years are typos (and the calendar's edges overflow in UTC)."""
+
+
 def _datetime(raw: Any, field: str, errs: _Collector) -> datetime | None:
+    dt: datetime | None = None
     if isinstance(raw, datetime):
-        return raw if raw.tzinfo else raw.replace(tzinfo=UTC)
-    if isinstance(raw, date):
-        return datetime.combine(raw, time(0), tzinfo=UTC)
-    if isinstance(raw, str):
+        dt = raw if raw.tzinfo else raw.replace(tzinfo=UTC)
+    elif isinstance(raw, date):
+        dt = datetime.combine(raw, time(0), tzinfo=UTC)
+    elif isinstance(raw, str):
         try:
-            dt = datetime.fromisoformat(raw)
+            parsed = datetime.fromisoformat(raw)
         except ValueError:
             pass
         else:
-            return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-    errs.add(field, "is not a date-time", raw, "use RFC 3339, e.g. 2026-12-01T00:00:00Z")
-    return None
+            dt = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if dt is None:
+        errs.add(field, "is not a date-time", raw, "use RFC 3339, e.g. 2026-12-01T00:00:00Z")
+        return None
+    try:
+        utc = dt.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_FLIGHT_YEAR <= utc.year <= MAX_FLIGHT_YEAR:
+        errs.add(field, f"is outside the years {MIN_FLIGHT_YEAR}-{MAX_FLIGHT_YEAR}", raw,
+                 "give the flight's real date, e.g. 2026-12-01T00:00:00Z")
+        return None
+    return dt
 
 
 def _str_list(raw: Any, field: str, errs: _Collector) -> tuple[str, ...] | None:
@@ -517,6 +532,11 @@ def parse_spec(data: Mapping[str, Any], source: str = "campaign spec") -> Campai
                          f"use one of {', '.join(DIMENSIONS)}")
                 continue
             known = {x.id for x in levels.get(dim, [])}
+            if not isinstance(lvl, str):
+                errs.add(f"{where}.{dim}", f"must be one {dim} id (a string)", lvl,
+                         f"one exclusion names one level per dimension; known: "
+                         f"{', '.join(sorted(known)) or '(none)'}")
+                continue
             if lvl not in known:
                 errs.add(f"{where}.{dim}", f"names an unknown {dim}", lvl,
                          f"known: {', '.join(sorted(known)) or '(none)'}")

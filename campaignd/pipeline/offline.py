@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -234,18 +235,27 @@ class OfflineIngest:
         last = done
         with open_lines(path) as fh:
             raw_fh = getattr(fh, "fileobj", None) or fh
-            for last, msgs, numbers in _batches(fh, done, batch):
-                if msgs:
-                    r = await pipe.ingest(msgs, [base | n for n in numbers])
-                    summary.ingested += r.accepted
-                    summary.duplicates += r.duplicates
-                    summary.dead.update(r.dead)
-                    since_commit += len(msgs)
-                if since_commit >= commit_lines:
-                    await self._commit(pipe, name, last)
-                    since_commit = 0
-                if progress is not None:
-                    progress(str(path), raw_fh.tell())
+            try:
+                for last, msgs, numbers in _batches(fh, done, batch):
+                    if msgs:
+                        r = await pipe.ingest(msgs, [base | n for n in numbers])
+                        summary.ingested += r.accepted
+                        summary.duplicates += r.duplicates
+                        summary.dead.update(r.dead)
+                        since_commit += len(msgs)
+                    if since_commit >= commit_lines:
+                        await self._commit(pipe, name, last)
+                        since_commit = 0
+                    if progress is not None:
+                        progress(str(path), raw_fh.tell())
+            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                # a cut or corrupt gzip file: keep what was counted, say where it broke
+                await self._commit(pipe, name, max(last, done))
+                why = "it ends early" if isinstance(exc, EOFError) else f"corrupt ({exc})"
+                raise BadInput(f"is not valid gzip after line {max(last, done)}: {why}",
+                               field="FILE", value=str(path),
+                               fix="the events before that line are counted; give the whole "
+                                   "file (or gunzip what is left and replay that)") from None
             summary.lines = last
         await self._commit(pipe, name, max(last, done))
         return summary

@@ -258,7 +258,7 @@ async def _body(request: Request, keys: tuple[str, ...] = ("actor", "note")
         return {}
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested a thousand deep: not a body we take)
         raise BadInput("is not valid JSON", field="body",
                        fix='send a JSON object such as {"actor": "alice", "note": "…"}') from None
     if not isinstance(data, dict):
@@ -456,6 +456,7 @@ def create_app(plane: ControlPlane, *, hosts: frozenset[str] | None = LOOPBACK_H
         Route("/api/v1/decisions/{decision_id}/reject", _decision_verdict("reject"),
               methods=["POST"]),
     ], exception_handlers={404: not_found, 405: method_not_allowed})
+    app.router.redirect_slashes = False  # another path is a 404 naming it, not a redirect
     app.state.plane = plane
     return app
 

@@ -312,9 +312,13 @@ def create_receiver_app(spool: Spool, *, token: str, path: str = "/beeswax/event
         return _error(404, f"nothing is served at {request.url.path}", field="path",
                       fix=f"push to {path} (receiver.path)")
 
-    return Starlette(routes=[Route(path, push, methods=["POST"]),
-                             Route("/healthz", healthz, methods=["GET"])],
-                     exception_handlers={404: not_here, 405: not_here})
+    app = Starlette(routes=[Route(path, push, methods=["POST"]),
+                            Route("/healthz", healthz, methods=["GET"])],
+                    exception_handlers={404: not_here, 405: not_here})
+    # A slash too many is a 404 naming the push URL, not a redirect (that would send the
+    # DSP, behind a TLS proxy, to an internal http:// address, its ?token= repeated)
+    app.router.redirect_slashes = False
+    return app
 
 
 def _not_json(ctype: str) -> JSONResponse:

@@ -167,6 +167,31 @@ def test_run_names_a_state_dir_it_cannot_use_and_a_host_that_does_not_resolve(
     assert "another process may hold the port" not in r.stderr and "Traceback" not in r.stderr
 
 
+def test_an_unwritable_log_file_or_a_file_nested_too_deep_exits_2(tmp_path: Path) -> None:
+    r = cli("run", env={"CAMPAIGND_LOG__FILE": "/proc/nope/campaignd.log",
+                        "CAMPAIGND_STATE_DIR": str(tmp_path / "state")}, timeout=60)
+    assert r.returncode == 2, r.stderr  # (2: systemd's RestartPreventExitStatus, no loop)
+    assert "log.file" in r.stderr and "Traceback" not in r.stderr
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 3000 + "]" * 3000 + "\n")
+    r = cli("config", "check", "--config", str(deep))
+    assert r.returncode == 2 and "nested too deeply" in r.stderr, r.stderr
+    r = cli("config", "check", env={"CAMPAIGND_CAMPAIGNS": "[" * 3000 + "]" * 3000})
+    assert r.returncode == 2 and "CAMPAIGND_CAMPAIGNS" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_sandbox_serve_refuses_a_time_scale_or_start_the_market_cannot_run() -> None:
+    scenario = str(ROOT / "config" / "scenarios" / "seed.toml")
+    for args, field in ((["--time-scale", "nan"], "--time-scale"),
+                        (["--time-scale", "1e300"], "--time-scale"),
+                        (["--start", "9999-12-31T23:59:59Z"], "--start"),
+                        (["--start", "0001-01-01T00:00:00+01:00"], "--start")):
+        r = cli("sandbox", "serve", "--scenario", scenario, "--port", "0", *args, timeout=60)
+        assert r.returncode == 2 and field in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
 def test_unknown_command_and_bad_option_exit_2() -> None:
     assert cli("frobnicate").returncode == 2
     assert cli("campaign", "plan").returncode == 2

@@ -135,6 +135,14 @@ async def test_a_huge_body_or_note_is_refused_and_nothing_is_stored(tmp_path: Pa
                               json={"actor": "bob", "note": "why"})
         assert r.status_code == 400 and r.json()["field"] == "note", r.text
         assert "undo takes no note" in r.json()["fix"]
+        # JSON nested a thousand deep (2 KB): a 400, not a 500 with a traceback in the log
+        r = await client.post("/api/v1/actions/1/approve", headers={
+            **AUTH, "content-type": "application/json"},
+            content='{"actor": ' + "[" * 1000 + "]" * 1000 + "}")
+        assert r.status_code == 400 and r.json()["field"] == "body", r.text
+        # a slash too many: a 404 naming the path, not a redirect
+        r = await client.get("/api/v1/status/")
+        assert r.status_code == 404 and "location" not in r.headers, r.text
         assert await _statuses(sql) == before
         # the connection is still usable, and a note at the limit is taken whole
         r = await client.post("/api/v1/actions/1/reject", headers=AUTH,

@@ -144,6 +144,40 @@ def test_bad_input_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert r.returncode == 1 and "pid 4242" in r.stderr and "stop it first" in r.stderr
 
 
+def test_a_cut_or_corrupt_gzip_file_and_an_unusable_out_exit_2_naming_them(
+        tmp_path: Path) -> None:
+    cfg, _ = setup(tmp_path)
+    lines = exhaust(6000)  # 12,240 lines: the cut keeps one batch of 5,000 whole
+    whole = gzip.compress(b"\n".join(lines) + b"\n")
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[:len(whole) // 2])
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4)
+    for f, why in ((cut, "it ends early"), (bad, "corrupt")):
+        r = cli("replay", str(f), "--config", str(cfg))
+        assert r.returncode == 2, r.stderr
+        assert f"FILE ({f})" in r.stderr or str(f) in r.stderr, r.stderr
+        assert "is not valid gzip after line" in r.stderr and why in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    # what came before the cut is counted, and a replay of the whole file adds the rest once
+    whole_f = tmp_path / "whole.jsonl.gz"
+    whole_f.write_bytes(whole)
+    r = cli("replay", str(whole_f), "--config", str(cfg), "--json")
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    assert done["ingested"] + done["duplicates"] == len(lines)
+    assert done["duplicates"] >= 5000  # the part the cut file had already counted
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for out, needle in ((a_file, "is a file, not a directory"),
+                        (Path("/proc/nope/parquet"), "cannot be created")):
+        r = cli("export", "--campaign", "madhive_12345", "--from", "2026-12-01", "--to",
+                "2026-12-01", "--out", str(out), "--config", str(cfg))
+        assert r.returncode == 2 and "--out" in r.stderr and needle in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
 def test_deadletter_retry_counts_events_once_their_line_item_is_known(tmp_path: Path) -> None:
     cfg, cell_ids = setup(tmp_path)
     ts = int(NOW.timestamp() * 1_000_000) - 60_000_000

@@ -182,6 +182,10 @@ async def test_refusals_name_the_field_and_keep_nothing(tmp_path: Path) -> None:
         assert r.status_code == 400 and "truncated" in r.json()["error"]
         r = await client.post(PATH, content=b" \n \n", headers=AUTH)
         assert r.status_code == 400 and r.json()["field"] == "body"
+        # a slash too many: a 404 naming the push URL, never a redirect repeating ?token=
+        r = await client.post(f"{PATH}/?token=t0k", content=msg, headers=AUTH)
+        assert r.status_code == 404 and PATH in r.json()["fix"], r.text
+        assert "location" not in r.headers
         assert spool.next_seq == 0
         # full: 503 with Retry-After, nothing written; what fits is still taken
         r = await client.post(PATH, content=msg, headers=AUTH)

@@ -161,11 +161,32 @@ def test_an_empty_api_token_is_refused(tmp_path: Path) -> None:
     empty.write_text("\n")
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[http]\napi_token_file = "{empty}"\n')
-    with pytest.raises(ConfigError, match=r"http\.api_token_file \(.*token\) is empty: set a "
-                                          r"non-empty token, or remove the key to have one "
-                                          r"generated"):
+    with pytest.raises(ConfigError, match=r"http\.api_token_file: the secret file '.*token' "
+                                          r"is empty: write the secret in it, or remove the "
+                                          r"key"):
         load_settings(cfg, environ={})
     assert load_settings(None, environ={}).http.api_token is None  # generated at start
+
+
+@pytest.mark.parametrize("section", ["dsp.beeswax", "database", "redis", "receiver"])
+def test_a_secret_file_that_is_empty_or_not_text_is_refused_naming_its_key(
+        tmp_path: Path, section: str) -> None:
+    """An empty DSP password file used to pass, and fail later as a 401 from the DSP; a
+    file of binary bytes was reported against the section, with no fix."""
+    key = "token_file" if section == "receiver" else "password_file"
+    table = "[dsp]\nadapter = \"beeswax\"\n[dsp.beeswax]" if section == "dsp.beeswax" \
+        else f"[{section}]"
+    secret = tmp_path / "secret"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'{table}\n{key} = "{secret}"\n')
+    for content, needle in ((b"\n", "is empty: write the secret in it"),
+                            (b"pw\xff\xfe-hunter2", "is not UTF-8 text")):
+        secret.write_bytes(content)
+        with pytest.raises(ConfigError) as info:
+            load_settings(cfg, environ={})
+        text = str(info.value)
+        assert f"{section}.{key}" in text and needle in text, text
+        assert "hunter2" not in text, text  # (the bytes are the secret)
 
 
 def test_the_receiver_is_on_for_beeswax_and_its_token_is_a_secret(tmp_path: Path) -> None:
