@@ -34,7 +34,7 @@ from campaignd.dsp.sync_model import (
 )
 from campaignd.errors import DSPError, DSPNotFound, DSPRejected
 from campaignd.logs import get_logger
-from campaignd.settings import Settings
+from campaignd.settings import Settings, mask_url_password
 
 __all__ = [
     "CAMPAIGN_BUDGET",
@@ -306,7 +306,8 @@ class DSPService:
         out: dict[str, Any] = {
             "adapter": self.settings.dsp.adapter, "healthy": healthy, "detail": detail,
             "line_items": sum(len(st.line_items) for st in self.campaigns.values()),
-            "base_url": self.sandbox_url or self.settings.dsp.beeswax.base_url,
+            # (a password in the URL is a secret: status is read without a token)
+            "base_url": self.sandbox_url or mask_url_password(self.settings.dsp.beeswax.base_url),
             "last_reconcile": self.last_reconcile,
         }
         if self.adapter is not None:

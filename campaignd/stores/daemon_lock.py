@@ -40,6 +40,7 @@ from sqlalchemy.engine import make_url
 
 from campaignd.errors import CampaigndError, StartupError
 from campaignd.logs import Outage, get_logger
+from campaignd.settings import mask_url_password
 
 log = get_logger("campaignd.lock")
 
@@ -71,7 +72,8 @@ class DaemonLock:
     def __init__(self, *, state_dir: Path, database_url: str, shown_url: str = "") -> None:
         self.state_dir = Path(state_dir)
         self.database_url = database_url
-        self.shown_url = shown_url or make_url(database_url).render_as_string(hide_password=True)
+        self.shown_url = shown_url or make_url(mask_url_password(database_url)).render_as_string(
+            hide_password=True)
         """The URL for messages (no password)."""
         self._files: list[IO[str]] = []
         self._engine: Any = None

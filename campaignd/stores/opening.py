@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from campaignd.clock import Clock
 from campaignd.errors import ConfigError, StartupError
-from campaignd.settings import Settings
+from campaignd.settings import Settings, mask_url_password
 from campaignd.stores.base import HotStore
 from campaignd.stores.sql.repository import SqlStore
 
@@ -33,7 +33,9 @@ def database_url(settings: Settings) -> str:
 def masked_database_url(settings: Settings) -> str:
     """The database URL for messages and logs: no password, and a SQLite file's path made
     absolute (``./campaignd.db`` names another file from another directory)."""
-    url = make_url(settings.database.url)
+    # (the password masked first as a URL parser reads it -- up to the last "@" --, then
+    # SQLAlchemy's rendering: a password holding an "@" is hidden whole)
+    url = make_url(mask_url_password(settings.database.url))
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         url = url.set(database=str(Path(url.database).resolve()))
     return url.render_as_string(hide_password=True)
@@ -101,10 +103,8 @@ async def open_hot_store(settings: Settings, clock: Clock) -> HotStore:
 
 
 def make_url_safe(url: str) -> str:
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """``url`` for messages: its password masked whole (even one holding an "@")."""
+    return mask_url_password(url)
 
 
 def short_error(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from campaignd.clock import SystemClock
 from campaignd.errors import ConfigError
 from campaignd.settings import load_settings
 
@@ -302,6 +303,31 @@ def test_passwords_inside_urls_are_masked_and_scrubbed() -> None:
     assert "hunter2secret" not in text and "redispass123" not in text
     assert "postgresql+asyncpg://bob:**********@db:5432/x" in text
     assert {"hunter2secret", "redispass123"} <= set(secret_values(s))
+
+
+def test_every_url_shown_hides_a_password_whole_even_one_holding_an_at_sign(
+        tmp_path: Path) -> None:
+    """A URL parser reads the password up to the last "@"; masking up to the first one
+    showed its end (``redis://***@ss9@host``), and the DSP's base URL was shown whole in the
+    status, which is read without a token."""
+    from campaignd.dsp.service import DSPService
+    from campaignd.stores.daemon_lock import DaemonLock
+    from campaignd.stores.opening import make_url_safe, masked_database_url
+
+    assert make_url_safe("redis://:REDISPW@ss9@127.0.0.1:1/0") == \
+        "redis://:**********@127.0.0.1:1/0"
+    s = load_settings(None, environ={
+        "CAMPAIGND_DATABASE__URL": "postgresql+asyncpg://bob:DBPW@Sec3t@127.0.0.1/db",
+        "CAMPAIGND_DSP__ADAPTER": "beeswax",
+        "CAMPAIGND_DSP__BEESWAX__BASE_URL": "http://svc:URLPW_Secret7@127.0.0.1:18610",
+        "CAMPAIGND_DSP__BEESWAX__PASSWORD": "pw", "CAMPAIGND_DSP__BEESWAX__EMAIL": "a@b.c",
+        "CAMPAIGND_RECEIVER__TOKEN": "t0ken-for-the-push"})
+    shown = [masked_database_url(s),
+             DaemonLock(state_dir=tmp_path, database_url=s.database.url).shown_url,
+             json.dumps(DSPService(s, None, clock=SystemClock()).status())]
+    for text in shown:
+        assert "DBPW" not in text and "Sec3t" not in text and "URLPW" not in text, text
+    assert "http://svc:**********@127.0.0.1:18610" in shown[2]
 
 
 def test_an_empty_generated_token_file_is_replaced(tmp_path: Path) -> None:
