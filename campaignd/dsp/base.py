@@ -135,6 +135,9 @@ class LineItemSpec:
     bid_strategy: str = "CPM"
     targeting: Targeting = field(default_factory=Targeting)
     creative_weights: Mapping[int, int] = field(default_factory=dict)
+    user_timezones: tuple[str, ...] = ()
+    """IANA time zones its viewers are in, when its hours of the week are viewer-local
+    (Beeswax's ``user_timezones``: "if not set properly, pacing will be uneven")."""
     active: bool = True
     activate_existing: bool = True
     """When the line item exists already (found by its alternative id): switch it on if it is

@@ -324,6 +324,8 @@ class BeeswaxAdapter(BeeswaxSession, DSPAdapter):
             "targeting_expression_id": te_id, "creative_weighting_method": "WEIGHTED",
             "alternative_id": spec.alternative_id,
         }
+        if spec.user_timezones:  # (viewer-local hours: Beeswax paces by these zones)
+            body["user_timezones"] = list(spec.user_timezones)
 
         async def lookup() -> dict[str, Any] | None:
             return await self._find("/line-items", spec.alternative_id,

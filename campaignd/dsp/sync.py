@@ -39,6 +39,7 @@ from campaignd.dsp.sync_model import (
     campaign_alt_id,
     campaign_budgets,
     cell_targeting,
+    cell_timezones,
     creative_alt_id,
     initial_budgets,
     line_item_budgets,
@@ -154,6 +155,7 @@ class CampaignSync:
                 cpm_bid_micros=int(bid.cpm_bid * 1_000_000), start=spec.flight_start,
                 end=spec.flight_end, type=cre.type,  # type: ignore[union-attr,arg-type]
                 bid_strategy=bid.strategy, targeting=cell_targeting(spec, cell),
+                user_timezones=cell_timezones(spec, cell),
                 creative_weights={creative_ids[cell.creative]: 100}, active=True,
                 activate_existing=cell.cell_id not in synced_before))
         # Creating (or finding) the line items can take long on a large campaign (requests at

@@ -46,6 +46,25 @@ def cell_targeting(spec: CampaignSpec, cell: Cell) -> Targeting:
                      app_bundles=pf.app_bundles, device_types=pf.device_types)
 
 
+US_TIMEZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Phoenix",
+                "America/Los_Angeles", "America/Anchorage", "Pacific/Honolulu")
+"""Where a national (no ZIP) audience's viewers are."""
+
+
+def cell_timezones(spec: CampaignSpec, cell: Cell) -> tuple[str, ...]:
+    """The time zones of a cell's viewers (its audience's ZIPs'), when its daypart restricts
+    the viewer-local hours; () when it does not (no hour targeting, nothing to pace by)."""
+    from campaignd.domain.geo import zip_timezone
+
+    dp = spec.level("daypart", cell.daypart)
+    aud = spec.level("audience", cell.audience)
+    assert isinstance(dp, Daypart) and isinstance(aud, Audience)
+    if not dp.hours_of_week() or len(set(dp.hours_of_week())) >= 168:
+        return ()
+    zones = {zip_timezone(z) for z in aud.zips}
+    return tuple(sorted(zones)) if zones else US_TIMEZONES
+
+
 def initial_budgets(spec: CampaignSpec, n_cells: int) -> tuple[int, int]:
     """An equal split of the campaign's budgets (micros, floored: the sum never exceeds the
     campaign's caps). The reallocation agent moves money from there."""

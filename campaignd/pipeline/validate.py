@@ -332,7 +332,9 @@ class Classifier:
                 ag = clk.adgroupid
                 li = ag.lineitemid if ag is not None else key.rsplit(".", 1)[-1]
                 ts = clk.rx_timestamp_usecs
-                dkey = "c:" + key
+                # a viewer may click one impression more than once (Beeswax counts each:
+                # the win log's `clicks`); a redelivered click has the same receive time
+                dkey = "c:" + key + ":" + (clk.rx_timestamp_usecs or "")
                 code = CLICK
             elif m.conversion is not None:
                 conv = m.conversion

@@ -621,3 +621,24 @@ async def test_a_dsp_blip_does_not_leave_the_daemon_unhealthy_until_the_next_rec
                 await anyio.sleep(0.05)
         await svc.aclose()
         tg.cancel_scope.cancel()
+
+
+async def test_line_items_with_viewer_local_dayparts_name_their_viewers_time_zones(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """Beeswax paces a line item targeting ``user_time_of_week`` by the ``user_timezones`` it
+    lists ("if not set properly, pacing will be uneven"): its audience's ZIPs' zones."""
+    from campaignd.domain.geo import zip_timezone
+    from campaignd.dsp.beeswax import BeeswaxAdapter
+
+    spec, cells = await small_campaign(sql_store, seed_spec)
+    async with sandbox_url() as url, service(sql_store, url) as svc:
+        await svc.sync_campaign(spec, cells)
+        adapter = svc.adapter
+        assert isinstance(adapter, BeeswaxAdapter)
+        for cell in cells:
+            li = svc.campaigns[spec.id].line_items[cell.cell_id]
+            record = await adapter._json("GET", f"/line-items/{li.id}")
+            aud = spec.level("audience", cell.audience)
+            want = sorted({zip_timezone(z) for z in aud.zips})  # type: ignore[union-attr]
+            assert record["user_timezones"] == want, (cell.cell_id, record["user_timezones"])
+            assert want and all(z.startswith(("America/", "Pacific/")) for z in want)

@@ -64,11 +64,19 @@ def act(n: int, kind: str, li: int = 100, ts: int = NOW_US - 1_000_000) -> bytes
         auction_adgroup_id=f"{auction}.1.7.{li}"),)))
 
 
-def click(n: int, li: int = 100, ts: int = NOW_US - 1_000_000) -> bytes:
+def click(n: int, li: int = 100, ts: int = NOW_US - 1_000_000, after_us: int = 5) -> bytes:
     auction = f"{ts}.3054.{n}.sandbox"
     return s.encode_message(s.AdLogMessage(clicks=(s.ClickLogMessage(
-        auctionid_str=auction, adgroupid=ag(li), rx_timestamp_usecs=str(ts + 5),
+        auctionid_str=auction, adgroupid=ag(li), rx_timestamp_usecs=str(ts + after_us),
         auction_adgroup_id=f"{auction}.1.7.{li}"),)))
+
+
+async def test_a_second_click_on_an_impression_counts_and_a_redelivered_one_does_not(
+        setup) -> None:  # type: ignore[no-untyped-def]
+    pipe, table, cells = setup
+    r = await pipe.ingest([imp(1), click(1), click(1, after_us=9_000_000), click(1)])
+    assert (r.accepted, r.duplicates) == (3, 1)
+    assert table.counts["clicks"][table.index[cells[0].cell_id]] == 2
 
 
 def conv(cid: str, li: int | None = 100, value: str = "45.00", n: int = 1,

@@ -402,7 +402,7 @@ def sample_events(li_id: int, campaign_id: int) -> list[MarketEvent]:
     auction = f"{t}.3054.1.sandbox"
     return [
         ImpressionEvent(t, auction, campaign_id, li_id, "hero_30s", "10001", "com.hulu.plus",
-                        3, "u1", 25_000_000, 21_000_000, 600),
+                        3, "u1", 25_000_000, 21_000, 600),
         ActivityEvent(t + 1, auction, campaign_id, li_id, "hero_30s", "COMPLETE"),
         ClickEvent(t + 2, auction, campaign_id, li_id, "hero_30s"),
         ConversionEvent(t + 3, "conv-1", auction, campaign_id, li_id, "hero_30s", 45_500_000,
@@ -437,7 +437,8 @@ async def test_log_stream_serves_market_events_as_beeswax_messages(api: Any) -> 
     assert imp.auction_adgroup_id == aag == imp.adgroup_key()
     assert imp.creative_id == str(objs["video"]["id"])
     assert imp.advertiser_id == str(objs["advertiser"]["id"])
-    assert imp.win_price_micros_usd == "21000000" and imp.bid_price_micros_usd == "25000000"
+    # per impression both: the CPM bid $25.00 is 25,000 micros an impression
+    assert imp.win_price_micros_usd == "21000" and imp.bid_price_micros_usd == "25000"
     assert imp.auctionid is not None and imp.auctionid.hostid == 3054
     req = msgs[0].request
     assert req.user_time_of_week == 600

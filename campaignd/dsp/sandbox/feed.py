@@ -131,8 +131,10 @@ class MessageEncoder:
                     auctionid=eid, auctionid_str=event.auction_id,
                     requestid_str=event.auction_id, adgroupid=ag, creative_id=creative_id,
                     advertiser_id=advertiser_id,
-                    exchange_bid_price_micros_usd=str(event.bid_price_micros),
-                    bid_price_micros_usd=str(event.bid_price_micros),
+                    # per impression, as win_price_micros_usd is (Beeswax's sample: bid
+                    # 2000, win 1509 micros): the CPM bid / 1000
+                    exchange_bid_price_micros_usd=str(event.bid_price_micros // 1000),
+                    bid_price_micros_usd=str(event.bid_price_micros // 1000),
                     inventory_source="SANDBOX", user_id=event.user_id,
                     win_price_micros_usd=str(event.win_price_micros), rx_timestamp_usecs=ts,
                     data_center="US_EAST_1", auction_id=event.auction_id,

@@ -67,7 +67,9 @@ class ImpressionEvent:
     device_type: int
     user_id: str
     bid_price_micros: int
+    """The line item's bid as a CPM (micros per thousand impressions, as line items set it)."""
     win_price_micros: int
+    """What this one impression cost (micros)."""
     user_time_of_week: int
     """Minutes since Sunday 00:00 in the viewer's local time (Beeswax's convention)."""
     measurable: bool = True
