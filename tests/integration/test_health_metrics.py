@@ -44,23 +44,23 @@ async def test_prometheus_exposes_the_health_and_the_problems_behind_it(
         assert gauge(text, 'campaignd_job_failing{job="monitor"}') == 0
         assert gauge(text, "campaignd_decisions_held") == 0
 
-        # the monitor fails three runs in a row: a second problem, and its gauge says which
         state = d.supervisor.jobs["monitor"]
         t = d.wall.now()
-        for _ in range(3):
-            state.history.append(RunRecord("monitor", t, t, 0.1, "error"))
-            state.judge()
-        await d._publish_status()
-        text = d.metrics.render().decode()
+
+        async def runs(outcome: str, n: int) -> str:
+            """The monitor's next ``n`` runs end in ``outcome``; the metrics then."""
+            for _ in range(n):
+                state.history.append(RunRecord("monitor", t, t, 0.1, outcome))
+                state.judge()
+            await d._publish_status()
+            return d.metrics.render().decode()
+
+        # the monitor fails three runs in a row: a second problem, and its gauge says which
+        text = await runs("error", 3)
         assert gauge(text, "campaignd_problems") == 2
         assert gauge(text, 'campaignd_job_failing{job="monitor"}') == 1
         assert gauge(text, 'campaignd_job_failing{job="reallocation"}') == 0
-        # two good runs clear it
-        for _ in range(2):
-            state.history.append(RunRecord("monitor", t, t, 0.1, "ok"))
-            state.judge()
-        await d._publish_status()
-        text = d.metrics.render().decode()
+        text = await runs("ok", 2)  # two good runs clear it
         assert gauge(text, 'campaignd_job_failing{job="monitor"}') == 0
         assert gauge(text, "campaignd_problems") == 1
     finally:
