@@ -443,7 +443,8 @@ class Flush:
 
 
 async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tuple[str, str] | None,
-                 source: str, now: datetime) -> None:
+                 source: str, now: datetime,
+                 more_checkpoints: Sequence[tuple[str, str]] = ()) -> None:
     """Commit a flush to SQL (one transaction, with the cursor), then publish it to the hot
     store. On a SQL failure the flush is given back to the pipeline and the error re-raised; a
     hot-store failure after the commit is logged (SQL and the registry stay exact), and the next
@@ -451,7 +452,8 @@ async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tupl
     try:
         await sql.commit_ingest(minutes=pipeline.minute_rows(flush.pending), letters=flush.letters,
                                 letter_counts=flush.letter_counts, letter_source=source,
-                                checkpoint=checkpoint, now=now)
+                                checkpoint=checkpoint, more_checkpoints=more_checkpoints,
+                                now=now)
     except BaseException:
         pipeline.give_back(flush)
         raise

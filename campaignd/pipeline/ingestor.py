@@ -70,6 +70,11 @@ class EventIngestor:
         self.flush_failures = 0
         self.last_flush_s: float | None = None
         self._isolated: tuple[str | None, int] | None = None
+        """(cursor, n) while the batch at ``cursor`` is counted message by message and its
+        first n messages are counted (or dead-lettered): committed with the cursor (the
+        ``<checkpoint>:counted_of_batch`` checkpoint), so that neither a retry nor a restart
+        counts them again -- their marks' positions would let them in."""
+        self._committed_part = 0
         """(cursor, messages counted) of a batch ``_isolate`` stopped in on a store failure."""
         self.feed_outage = Outage(log, "event ingestion failed; retrying")
         """Reading and counting the feed (a hot-store or DSP failure)."""
@@ -125,6 +130,11 @@ class EventIngestor:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.cursor = self.committed_cursor = await self.sql.get_checkpoint(
             self.checkpoint_name)
+        part = await self.sql.get_checkpoint(self._part_name)
+        self._committed_part = int(part) if part and part.isdigit() else 0
+        if self._committed_part:
+            # stopped half-way through a batch counted message by message: finish it so
+            self._isolated = (self.cursor, self._committed_part)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._flush_loop)
             task_status.started()
@@ -137,7 +147,7 @@ class EventIngestor:
             await anyio.lowlevel.checkpoint()  # a cancelled loop stops here, not mid-batch
             started_at = self.cursor
             try:
-                if stuck >= ISOLATE_AFTER:
+                if stuck >= ISOLATE_AFTER or self._isolated is not None:
                     await self._isolate()
                     stuck = 0
                 await self._stream()
@@ -178,7 +188,6 @@ class EventIngestor:
                 await self.pipeline.ingest([raw], None if positions is None
                                            else positions[i:i + 1])
             except (DSPError, StorageError):
-                self._isolated = (self.cursor, i)
                 raise
             except Exception as exc:
                 failed += 1
@@ -191,6 +200,8 @@ class EventIngestor:
                     log.error("the pipeline failed on a message; dead-lettered as "
                               "internal_error", error=error, exc_info=True)
                 errors[error] += 1
+            # (a flush from here on commits this progress with the cursor)
+            self._isolated = (self.cursor, i + 1)
         self.cursor = batch.next_cursor
         self._isolated = None
         self.last_error = None
@@ -268,23 +279,33 @@ class EventIngestor:
             with contextlib.suppress(StorageError):
                 await self.flush()
 
+    @property
+    def _part_name(self) -> str:
+        return f"{self.checkpoint_name}:counted_of_batch"
+
     async def flush(self) -> None:
-        """Commit what was ingested, with the cursor after it (also called at shutdown)."""
+        """Commit what was ingested, with the cursor after it (also called at shutdown) -- and,
+        while a batch is counted message by message, how many of its messages are."""
         cursor = self.cursor
+        iso = self._isolated
+        part = iso[1] if iso is not None and iso[0] == cursor else 0
         flush = self.pipeline.take_flush()
-        if not flush and cursor == self.committed_cursor:
+        if not flush and cursor == self.committed_cursor and part == self._committed_part:
             return
         t0 = anyio.current_time()
+        more = [(self._part_name, str(part))] if part != self._committed_part else []
         try:
             await commit(self.pipeline, self.sql, flush,
                          checkpoint=(self.checkpoint_name, cursor) if cursor is not None
-                         else None, source=self.checkpoint_name, now=self.clock.now())
+                         else None, more_checkpoints=more, source=self.checkpoint_name,
+                         now=self.clock.now())
         except StorageError as exc:
             self.flush_failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.commit_outage.failed(self.last_error, backlog=self.pipeline.backlog)
             raise
         self.committed_cursor = cursor
+        self._committed_part = part
         self.commit_outage.ok("ingested events committed again")
         self.flushes += 1
         self.last_flush_s = anyio.current_time() - t0

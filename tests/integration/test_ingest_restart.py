@@ -232,3 +232,60 @@ async def test_a_bug_every_message_hits_logs_one_traceback_a_batch_not_one_an_ev
     assert len(per_message) == 1 and per_message[0]["exc_info"] is True
     [summary] = [e for e in logs if e["event"].startswith("a batch the pipeline kept failing")]
     assert summary["dead_lettered"] == 50 and summary["errors"] == {"ZeroDivisionError: a bug": 50}
+
+
+async def test_a_batch_counted_message_by_message_is_not_counted_twice_after_a_restart(
+        sql_store: SqlStore, seed_spec: CampaignSpec, virtual_clock: VirtualClock,
+        tmp_path: Path) -> None:
+    """While a batch is counted message by message (a pipeline bug on one of its messages),
+    the cursor stays at its start; a flush meanwhile commits the messages counted so far. If
+    the hot store then fails and the daemon restarts, the batch is read again from its start:
+    the messages already counted must not count again (their marks' positions let a re-read at
+    the same position in, as an uncommitted batch's would be). How many of the batch are
+    counted is committed with the cursor."""
+    from campaignd.errors import StorageError
+
+    virtual_clock.set(NOW)
+    registry, _ = await stored_campaign(sql_store, seed_spec, NOW)
+    blip = {"at": 6, "calls": 0}
+
+    class Flaky(InMemoryHotStore):
+        async def mark_seen(self, *args: Any, **kwargs: Any) -> list[bool]:
+            blip["calls"] += 1
+            if blip["calls"] == blip["at"]:
+                raise StorageError("the hot store blipped")
+            return await super().mark_seen(*args, **kwargs)
+
+    async with sandbox_feed() as (state, adapter):
+        state.feed.extend(impression_message(i, line_item=100, ts_usecs=NOW_US - 1000 + i)
+                          for i in range(10))
+        pipe = Pipeline(registry, Flaky(virtual_clock, seen_dir=tmp_path / "marks"),
+                        clock=virtual_clock)
+        ing = EventIngestor(adapter=adapter, sql=sql_store, pipeline=pipe, clock=virtual_clock,
+                            metrics=Metrics(), checkpoint=CHECKPOINT, batch=10)
+        with pytest.raises(StorageError):
+            await ing._isolate()  # (the loop isolates a batch after repeated failures)
+        await ing.flush()  # the flush loop runs meanwhile: 5 counted, the cursor at the start
+        assert counter_totals(await sql_store.read_cell_totals(seed_spec.id))[
+            "impressions"] == 5
+        await pipe.hot.close()
+
+        # restart: the same marks, the committed counts, the batch read again from its start
+        registry2, _ = await stored_campaign(sql_store, seed_spec, NOW)
+        pipe2 = Pipeline(registry2, InMemoryHotStore(virtual_clock, seen_dir=tmp_path / "marks"),
+                         clock=virtual_clock)
+        await restore(pipe2, sql_store, now=NOW)
+        ing2 = EventIngestor(adapter=adapter, sql=sql_store, pipeline=pipe2,
+                             clock=virtual_clock, metrics=Metrics(), checkpoint=CHECKPOINT,
+                             batch=10, poll_s=0.01)
+        async with anyio.create_task_group() as tg:
+            await tg.start(ing2.run)
+            with anyio.fail_after(20):
+                while ing2.cursor == ing2.committed_cursor:
+                    await anyio.sleep(0.02)
+            await ing2.flush()
+            tg.cancel_scope.cancel()
+        await pipe2.hot.close()
+    assert counter_totals(await sql_store.read_cell_totals(seed_spec.id))["impressions"] == 10
+    assert int(registry2.tables[0].counts["impressions"].sum()) == 10
+    assert await sql_store.get_checkpoint(f"{CHECKPOINT}:counted_of_batch") == "0"

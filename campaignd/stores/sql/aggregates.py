@@ -89,6 +89,7 @@ class AggregateMethods:
                             letters: Sequence[tuple[str, bytes]] = (),
                             letter_counts: Sequence[int] | None = None,
                             letter_source: str = "", checkpoint: tuple[str, str] | None = None,
+                            more_checkpoints: Sequence[tuple[str, str]] = (),
                             delete_dead_letters: Sequence[int] = (), now: datetime) -> None:
         """Add ``minutes`` (per-cell minute rows) to the warm rows, to their days' cold rows and
         to the running totals; delete the dead letters ``delete_dead_letters`` (retried), then
@@ -126,11 +127,11 @@ class AggregateMethods:
             if letters:
                 await self._write_dead_letters(conn, letters, source=letter_source, now=now,
                                                counts=letter_counts)
-            if checkpoint is not None:
+            for name, value in ([checkpoint] if checkpoint is not None else []) + list(
+                    more_checkpoints):
                 ins = (postgresql.insert if self.engine.dialect.name == "postgresql"
                        else sqlite.insert)
-                stmt = ins(checkpoints).values(name=checkpoint[0], value=checkpoint[1],
-                                               updated_at=now)
+                stmt = ins(checkpoints).values(name=name, value=value, updated_at=now)
                 await conn.execute(stmt.on_conflict_do_update(
                     index_elements=["name"], set_={"value": stmt.excluded.value,
                                                    "updated_at": stmt.excluded.updated_at}))
