@@ -139,6 +139,10 @@ def deadletter_retry(
               f"{result['duplicates']} already counted, {result['resolved']} resolved; still "
               "refused: " + (", ".join(f"{r} {n}" for r, n in result["still_refused"].items())
                              or "none"))
+    if result["marked_but_maybe_not_counted"]:
+        out.print(f"{result['marked_but_maybe_not_counted']} internal_error letter(s) kept: the "
+                  "pipeline failed on them after marking them seen, so whether they were counted "
+                  "cannot be told; compare `campaignd deadletter show ID` with the cell's counts")
 
 
 # --- replay and export -----------------------------------------------------------------------

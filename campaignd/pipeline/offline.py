@@ -270,19 +270,27 @@ class OfflineIngest:
         """Run refused events through the pipeline again (e.g. after their line item became
         known). An accepted one — or a duplicate of one already counted — leaves the dead
         letter; one refused again stays, under its new reason. A letter with a count of n is
-        one payload delivered n times: it counts once at most."""
+        one payload delivered n times: it counts once at most. An ``internal_error`` letter whose
+        event is already marked seen stays (``marked_but_maybe_not_counted``)."""
         pipe = self.pipeline(reference="clock", sampled=False)
         await restore(pipe, self.sql, now=self.clock.now())
         base = stream_base("deadletter")
         gone: list[int] = []
         still: Counter[str] = Counter()
         moved: dict[bytes, int] = {}
-        ingested = duplicates = resolved = 0
+        ingested = duplicates = resolved = uncertain = 0
         for le in letters:
             if le.reason in NO_PAYLOAD:
                 still[le.reason] += le.count  # no payload: nothing to retry
                 continue
             r = await pipe.ingest([le.raw], [base | le.id])
+            if r.duplicates and le.reason == "internal_error":
+                # The pipeline failed on it after marking it seen (a bug past the dedupe):
+                # whether it was counted cannot be told, so the letter stays, to be judged
+                # against the counts -- never dropped as if counted.
+                still[le.reason] += le.count
+                uncertain += 1
+                continue
             if r.accepted or r.duplicates:
                 ingested += r.accepted
                 duplicates += r.duplicates
@@ -303,7 +311,7 @@ class OfflineIngest:
             now=self.clock.now(), delete_dead_letters=gone)
         return {"retried": len(letters), "ingested": ingested, "duplicates": duplicates,
                 "resolved": resolved, "still_refused": dict(sorted(still.items())),
-                "reason_changed": len(refiled)}
+                "reason_changed": len(refiled), "marked_but_maybe_not_counted": uncertain}
 
 
 def summary_json(files: Sequence[FileSummary], added: dict[str, dict[str, int]],

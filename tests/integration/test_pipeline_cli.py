@@ -178,6 +178,38 @@ def test_a_cut_or_corrupt_gzip_file_and_an_unusable_out_exit_2_naming_them(
         assert "Traceback" not in r.stderr
 
 
+def test_an_internal_error_letter_whose_event_is_marked_seen_is_kept_not_dropped(
+        tmp_path: Path) -> None:
+    """A pipeline bug past the dedupe leaves the event marked seen and its message filed as
+    internal_error; a retry finds the mark. Whether it was counted cannot be told, so the
+    letter stays (before, it was deleted as a duplicate: the event was never counted)."""
+    cfg, _ = setup(tmp_path)
+    ts = int(NOW.timestamp() * 1_000_000) - 60_000_000
+    msg = impression_message(7, line_item=100, ts_usecs=ts)
+    f = tmp_path / "one.jsonl"
+    f.write_bytes(msg + b"\n")
+    r = cli("replay", str(f), "--config", str(cfg), "--json")
+    assert json.loads(r.stdout)["ingested"] == 1  # marked seen (and here, counted)
+
+    async def file_letter() -> None:
+        sql = await SqlStore.connect(f"sqlite+aiosqlite:///{tmp_path / 'campaignd.db'}")
+        try:
+            await sql.commit_ingest(minutes=[], letters=[("internal_error", msg)],
+                                    letter_source="events", now=NOW)
+        finally:
+            await sql.close()
+
+    anyio.run(file_letter)
+    r = cli("deadletter", "retry", "--reason", "internal_error", "--config", str(cfg), "--json")
+    res = json.loads(r.stdout)
+    assert res["resolved"] == 0 and res["marked_but_maybe_not_counted"] == 1, res
+    assert res["still_refused"] == {"internal_error": 1}
+    r = cli("deadletter", "retry", "--reason", "internal_error", "--config", str(cfg))
+    assert r.returncode == 0 and "internal_error letter(s) kept" in r.stdout, r.stdout
+    r = cli("deadletter", "list", "--config", str(cfg), "--json")
+    assert [le["reason"] for le in json.loads(r.stdout)["dead_letters"]] == ["internal_error"]
+
+
 def test_deadletter_retry_counts_events_once_their_line_item_is_known(tmp_path: Path) -> None:
     cfg, cell_ids = setup(tmp_path)
     ts = int(NOW.timestamp() * 1_000_000) - 60_000_000
