@@ -257,7 +257,9 @@ class BudgetReallocationAgent(Agent):
             else:
                 # joint draws cost cells x draws: fewer of them at 100,000 cells
                 draws = max(16, min(self.risk_draws, 2_000_000 // max(len(camp.cell_ids), 1)))
-                assessment = alloc.assess(wanted.astype(float), current.astype(float),
+                baseline = affordable(current, obs.spent_today_micros,
+                                      getattr(camp.policy, "budget_today_micros", None))
+                assessment = alloc.assess(wanted.astype(float), baseline,
                                           getattr(camp.policy, "spend_upper", None),
                                           draws=draws)
                 camp.assessed = (key, assessment)
@@ -304,4 +306,21 @@ class BudgetReallocationAgent(Agent):
             impact=max(impact, 0.0), risk=risk)
 
 
-__all__ = ["BudgetReallocationAgent", "CellEvidence", "observations_from"]
+
+def affordable(current: np.ndarray, spent_today: np.ndarray, today: int | None) -> np.ndarray:
+    """The budgets in force as they could stay: cut in proportion, above what each line item
+    already spent today, to what the campaign may spend today (``today``: its lifetime budget
+    paced over the flight) when they add up to more. A re-plan is judged against that, not
+    against money the day does not have: otherwise every plan that must cut would look worse
+    than standing still, in every draw (risk 1), and never be applied."""
+    cur = np.asarray(current, dtype=float)
+    if today is None or cur.sum() <= today:
+        return cur
+    spent = np.minimum(np.asarray(spent_today, dtype=float), cur)
+    extra = cur - spent
+    room = max(float(today) - float(spent.sum()), 0.0)
+    total = float(extra.sum())
+    out: np.ndarray = spent + (extra * (room / total) if total > 0 else 0.0)
+    return out
+
+__all__ = ["BudgetReallocationAgent", "CellEvidence", "affordable", "observations_from"]

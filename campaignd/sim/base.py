@@ -33,6 +33,19 @@ class PolicyContext:
     def objective(self) -> str:
         return self.spec.objective
 
+    def budget_today(self, spent_total: int, spent_today: int, now: datetime) -> int:
+        """What the campaign may spend today (micros): the lifetime budget left when the day
+        began, spread evenly over the flight's budget days left (today's included) -- paced
+        over the flight, so that it lasts to the flight's end --, at most the daily budget,
+        never less than today's spend, never more than the lifetime budget left. (A day that
+        underspends leaves its money to the days after it.)"""
+        day = self.budget_day
+        days_left = max(1, day.index(self.spec.flight_end.timestamp())
+                        - day.index(now.timestamp()) + 1)
+        before_today = max(0, self.lifetime_budget_micros - (spent_total - spent_today))
+        paced = before_today // days_left
+        return max(0, min(self.daily_budget_micros, max(paced, spent_today), before_today))
+
 
 @dataclass(frozen=True, slots=True)
 class Observations:
@@ -66,6 +79,12 @@ class Policy(Protocol):
         ...
 
 
+def budget_today(ctx: PolicyContext, obs: Observations) -> int:
+    """``ctx.budget_today`` from what ``obs`` says was spent."""
+    return ctx.budget_today(int(obs.spend_micros.sum()), int(obs.spent_today_micros.sum()),
+                            obs.now)
+
+
 def equal_split(total_micros: int, n: int) -> np.ndarray:
     """``total`` split into ``n`` integer shares that sum exactly to ``total``."""
     out = np.full(n, total_micros // n, dtype=np.int64)
@@ -73,4 +92,5 @@ def equal_split(total_micros: int, n: int) -> np.ndarray:
     return out
 
 
-__all__ = ["OBJECTIVE_FIELD", "Observations", "Policy", "PolicyContext", "equal_split"]
+__all__ = ["OBJECTIVE_FIELD", "Observations", "Policy", "PolicyContext", "budget_today",
+           "equal_split"]

@@ -415,7 +415,8 @@ def simulate(scenario_path: str | Path, *, campaign_path: str | Path | None = No
     else:
         otrace = ptrace
     report = _report(scenario, spec, cells, policy, seed, days, ptrace, otrace,
-                     time.perf_counter() - wall0)
+                     time.perf_counter() - wall0,
+                     paced_daily=ctx.budget_today(0, 0, start))
     return SimulationResult(report, scenario, spec, cells, ptrace, otrace)
 
 
@@ -424,7 +425,8 @@ def _money(micros: int) -> str:
 
 
 def _report(scenario: Scenario, spec: CampaignSpec, cells: list[Cell], policy: str, seed: int,
-            days: float, p: RunTrace, o: RunTrace, wall: float) -> dict[str, Any]:
+            days: float, p: RunTrace, o: RunTrace, wall: float, *,
+            paced_daily: int) -> dict[str, Any]:
     assert p.totals is not None and o.totals is not None
     pt = p.totals.sum(axis=1)
     ot = o.totals.sum(axis=1)
@@ -434,7 +436,9 @@ def _report(scenario: Scenario, spec: CampaignSpec, cells: list[Cell], policy: s
     late = _OBJECTIVE_TOTAL[spec.objective]
     achieved = int(pt[key]) + p.after_end.get(late, 0)
     best = int(ot[key]) + o.after_end.get(late, 0)
-    budget = min(spec.lifetime_budget_micros, spec.daily_budget_micros * p.days_touched)
+    # the days' budgets paced over the flight (the lifetime budget spread over its days, at
+    # most the daily budget each)
+    budget = min(spec.lifetime_budget_micros, paced_daily * p.days_touched)
     return {
         "scenario": scenario.name,
         "campaign": spec.id,

@@ -69,7 +69,9 @@ class OraclePolicy:
         day_end = datetime.fromtimestamp(ctx.budget_day.span(now.timestamp())[1], UTC)
         spent = observations.spent_today_micros.astype(np.int64)
         budgets = spent.copy()
-        remaining = ctx.daily_budget_micros - int(spent.sum())
+        # paced over the flight as every policy is (PolicyContext.budget_today)
+        remaining = ctx.budget_today(int(observations.spend_micros.sum()), int(spent.sum()),
+                                     now) - int(spent.sum())
         self.plans += 1
         if remaining <= 0:
             return budgets

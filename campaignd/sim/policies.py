@@ -35,20 +35,20 @@ from typing import Any
 
 import numpy as np
 
-from campaignd.sim.base import Observations, Policy, PolicyContext, equal_split
+from campaignd.sim.base import Observations, Policy, PolicyContext, budget_today, equal_split
 from campaignd.sim.thompson import ThompsonPolicy
 
 
 class UniformPolicy:
-    """An equal static split of the daily budget."""
+    """An equal split of the day's budget (paced over the flight: ``budget_today``)."""
 
     name = "uniform"
 
     def __init__(self, ctx: PolicyContext) -> None:
-        self._budgets = equal_split(ctx.daily_budget_micros, len(ctx.cells))
+        self._ctx = ctx
 
     def decide(self, observations: Observations, now: datetime) -> np.ndarray:
-        return self._budgets.copy()
+        return equal_split(budget_today(self._ctx, observations), len(self._ctx.cells))
 
 
 class SeedPolicy:
@@ -65,9 +65,13 @@ class SeedPolicy:
 
     def decide(self, observations: Observations, now: datetime) -> np.ndarray:
         n = len(self._ctx.cells)
+        today = budget_today(self._ctx, observations)
         if self._budgets is None:
-            self._budgets = equal_split(self._ctx.daily_budget_micros, n)
+            self._budgets = equal_split(today, n)
             return self._budgets.copy()
+        total = int(self._budgets.sum())
+        if total != today and total > 0:  # the day's budget moved: the same shares of it
+            self._budgets = (self._budgets.astype(object) * today // total).astype(np.int64)
         k = int(n * self._fraction)
         if k == 0:
             return self._budgets.copy()

@@ -393,8 +393,8 @@ class ThompsonPolicy:
         ctx = self._ctx
         obs = observations
         spent_today = obs.spent_today_micros.astype(np.int64)
-        left = max(0, ctx.lifetime_budget_micros - int(obs.spend_micros.sum()))
-        today = min(ctx.daily_budget_micros, int(spent_today.sum()) + left)
+        today = ctx.budget_today(int(obs.spend_micros.sum()), int(spent_today.sum()), now)
+        self.budget_today_micros = today
         if self._last is None or self._last_at is None:
             self._start = now
             new_day = True
@@ -408,6 +408,14 @@ class ThompsonPolicy:
         if new_day:
             # the day's cut limit counts from the budgets the DSP holds as the day starts
             self._alloc.begin_day(reference=obs.budgets_micros.astype(float))
+        floor = self._alloc.cut_floor(previous=obs.budgets_micros.astype(float))
+        if floor is not None:
+            # A DSP's cut limits are its rules; pacing is ours: when the limits keep more than
+            # the paced day allows, the day keeps that much (within the daily and lifetime caps)
+            hard = min(ctx.daily_budget_micros, int(spent_today.sum()) + max(
+                0, ctx.lifetime_budget_micros - int(obs.spend_micros.sum())))
+            today = min(max(today, int(np.ceil(floor).sum())), hard)
+            self.budget_today_micros = today
         shape = self._shape(now)
         f_now, day_supply = self._elapsed_and_day(shape, now)
         s = spent_today.astype(float)

@@ -71,7 +71,14 @@ def test_nothing_is_recommended_without_the_budgets_in_force(seed_spec: Campaign
                                                                        dtype=np.int64))}, NOW)
 
 
+def unpaced(spec: CampaignSpec) -> CampaignSpec:
+    """The spec with a lifetime budget that does not bind (a thousand daily budgets): each
+    day's budget is the daily cap, not the lifetime budget paced over the flight."""
+    return replace(spec, lifetime_budget=spec.daily_budget * 1000)
+
+
 def test_the_daily_cut_limit_holds_in_every_recommendation(seed_spec: CampaignSpec) -> None:
+    seed_spec = unpaced(seed_spec)
     cells = atomize(seed_spec)
     budget = seed_spec.daily_budget_micros // len(cells)
     agent = BudgetReallocationAgent(seed=2, policy_options={"max_cut_per_day": 0.2})
@@ -87,6 +94,7 @@ def test_the_daily_cut_limit_holds_in_every_recommendation(seed_spec: CampaignSp
 
 
 def test_a_baseline_chosen_in_settings_is_applied_unassessed(seed_spec: CampaignSpec) -> None:
+    seed_spec = unpaced(seed_spec)
     """The seed rule has no posterior: its changes reach the engine unassessed and are applied
     (before, a neutral risk of 0.5 meant the engine never executed a baseline)."""
     from campaignd.agents.decision import DecisionEngine
@@ -117,6 +125,33 @@ def test_a_baseline_chosen_in_settings_is_applied_unassessed(seed_spec: Campaign
         after[state.index[a.cell_id]] = a.after["daily_budget_micros"]
     assert after.sum() <= seed_spec.daily_budget_micros
     assert after.min() < budget < after.max()  # the rule's cuts and raises
+
+
+def test_a_plan_that_must_cut_to_the_paced_day_is_judged_against_a_proportional_cut(
+        seed_spec: CampaignSpec) -> None:
+    """The budgets in force add up to the daily cap; the lifetime budget paced over the flight
+    allows about half. Every plan must cut: judged against the budgets in force it looked worse
+    in every draw (risk 1) and was never applied; against the same budgets cut in proportion
+    to the day's money, a plan toward the better cells is worth it."""
+    from campaignd.agents.reallocation import affordable
+
+    cells = atomize(seed_spec)
+    n = len(cells)
+    budget = seed_spec.daily_budget_micros // n
+    agent = BudgetReallocationAgent(policy="thompson", seed=1)
+    agent.add_campaign(seed_spec, cells)
+    at = seed_spec.flight_start + timedelta(days=1, hours=1)
+    snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
+                     at=at)
+    (rec,) = agent.run({seed_spec.id: snap}, at)  # type: ignore[dict-item]
+    new = rec.change["daily_budgets_micros"]
+    assert sum(new.values()) < 0.6 * seed_spec.daily_budget_micros  # paced: about half
+    assert rec.impact > 0 and rec.risk < 0.5, (rec.impact, rec.risk)
+    # the baseline: what each spent today kept, the rest cut in proportion
+    cur = np.array([300.0, 100.0, 100.0])
+    got = affordable(cur, np.array([100.0, 0.0, 0.0]), 300)
+    assert got.tolist() == [200.0, 50.0, 50.0]
+    assert affordable(cur, np.zeros(3), 1000).tolist() == cur.tolist()
 
 
 def test_a_restarted_agent_dates_the_counts_from_the_flight_start_and_survives_a_long_flight(

@@ -28,6 +28,9 @@ from campaignd.sim.policies import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "config" / "scenarios" / "seed.toml"
+UNPACED = 1000
+"""A lifetime budget this many daily budgets does not bind: each day's budget is the daily
+cap (the seed campaign's own $150,000 paces its 120 days at about half of it)."""
 
 
 class _Recorder:
@@ -74,7 +77,7 @@ WORN = {"fatigue_half_life": 150_000.0, "spill": 0.26, "half_life_hours": 0.0,
 def test_thompson_never_asks_beyond_the_daily_or_lifetime_budget(
         zone: str, options: dict[str, Any]) -> None:
     daily = 2_500_000_000
-    lifetime = 3_000_000_000  # binds during the second day
+    lifetime = 300_000_000_000  # paced over the flight: about $2,500 a day, the daily cap
     rec, totals = _run(14, seed=2, daily=daily, lifetime=lifetime, zone=zone, **options)
     spent_before = np.zeros(totals.shape[1], dtype=np.int64)
     for obs, budgets in rec.seen:
@@ -87,7 +90,47 @@ def test_thompson_never_asks_beyond_the_daily_or_lifetime_budget(
         assert (obs.spend_micros >= spent_before).all()
         spent_before = obs.spend_micros
     assert totals[1].sum() <= lifetime
-    assert totals[1].sum() > 0.5 * lifetime  # and it does spend
+    assert totals[1].sum() > 0.5 * daily * 14 / 24  # and it does spend
+
+
+def test_the_lifetime_budget_is_paced_over_the_flight() -> None:
+    """$150,000 over a 120-day flight with a $2,500 daily cap: spending the cap every day
+    ran the campaign dry by day 61 and left the flight's last two months dark. Each day gets
+    the lifetime budget left spread over the days left (a day that underspends leaves its
+    money to the others), at most the daily cap."""
+    sc = load_scenario(SEED)
+    spec = sc.campaign
+    cells = atomize(spec)
+    n = len(cells)
+    assert spec.lifetime_budget_micros == 150_000 * 10**6
+    ctx = PolicyContext(spec, cells, spec.lifetime_budget_micros, spec.daily_budget_micros,
+                        seed=1)
+    zero = np.zeros(n, dtype=np.int64)
+    days_total = (spec.flight_end.date() - spec.flight_start.date()).days + 1
+
+    def today(day: int, spent_before: int, spent_today: int = 0) -> int:
+        now = spec.flight_start + timedelta(days=day, hours=1)
+        spent = np.full(n, (spent_before + spent_today) // n, dtype=np.int64)
+        spent[0] += (spent_before + spent_today) - int(spent.sum())
+        obs = Observations(now=now, cell_ids=tuple(c.cell_id for c in cells),
+                           impressions=zero, spend_micros=spent, clicks=zero, completes=zero,
+                           viewable=zero, measurable=zero, conversions=zero,
+                           conversion_value_micros=zero,
+                           spent_today_micros=np.full(n, spent_today // n, dtype=np.int64),
+                           budgets_micros=zero)
+        want = ctx.budget_today(int(spent.sum()), int(obs.spent_today_micros.sum()), now)
+        assert int(ThompsonPolicy(ctx).decide(obs, now).sum()) <= want  # what the policy asks
+        return want
+
+    M = 10**6
+    assert today(0, 0) == 150_000 * M // days_total  # ~$1,240 a day, not the $2,500 cap
+    assert today(30, 75_000 * M) == 75_000 * M // (days_total - 30)  # behind: catches up
+    assert today(100, 140_000 * M) == 10_000 * M // (days_total - 100)  # ahead: slows down
+    assert today(100, 10_000 * M) == spec.daily_budget_micros  # far behind: the cap holds
+    assert today(days_total - 1, 149_000 * M) == 1_000 * M  # the last day: what is left
+    assert today(59, 150_000 * M) == 0  # nothing left: nothing
+    # never below what today already spent (the DSP may run a little over)
+    assert today(0, 0, spent_today=2_000 * M) >= 2_000 * M - n
 
 
 def test_same_seed_same_decisions() -> None:
@@ -336,7 +379,7 @@ def test_the_conversion_lag_is_measured_from_the_market(tmp_path: Path) -> None:
     sc = load_scenario(path)
     spec = sc.campaign
     cells = atomize(spec)
-    ctx = PolicyContext(spec, cells, spec.lifetime_budget_micros, spec.daily_budget_micros,
+    ctx = PolicyContext(spec, cells, UNPACED * spec.daily_budget_micros, spec.daily_budget_micros,
                         seed=1, decision_seconds=600)
     start = sc.default_start
     lags = {}
@@ -370,7 +413,7 @@ def test_a_line_item_with_no_inventory_stops_holding_budget() -> None:
     spec = parse_spec(d)
     cells = atomize(spec)
     assert len(cells) == 2
-    pol = ThompsonPolicy(PolicyContext(spec, cells, spec.lifetime_budget_micros,
+    pol = ThompsonPolicy(PolicyContext(spec, cells, UNPACED * spec.daily_budget_micros,
                                        spec.daily_budget_micros, seed=1))
     true_cap = np.array([2_000e6, 0.0])  # the second platform has no inventory
     n = 2
@@ -422,7 +465,7 @@ def test_a_daypart_limited_to_some_weekdays_gets_no_budget_on_the_others() -> No
     z = np.zeros(n, dtype=np.int64)
 
     def plan(at: datetime) -> tuple[np.ndarray, ThompsonPolicy]:
-        pol = ThompsonPolicy(PolicyContext(spec, cells, spec.lifetime_budget_micros,
+        pol = ThompsonPolicy(PolicyContext(spec, cells, UNPACED * spec.daily_budget_micros,
                                            spec.daily_budget_micros, seed=1,
                                            budget_day=BudgetDay("America/New_York")))
         o = Observations(now=at, cell_ids=tuple(c.cell_id for c in cells), impressions=z,
@@ -456,7 +499,7 @@ def test_on_the_flights_last_day_no_budget_waits_for_supply_after_its_end() -> N
     spec = load_spec(ROOT / "config" / "campaigns" / "madhive_12345.toml")
     cells = atomize(spec)
     n = len(cells)
-    pol = ThompsonPolicy(PolicyContext(spec, cells, spec.lifetime_budget_micros,
+    pol = ThompsonPolicy(PolicyContext(spec, cells, UNPACED * spec.daily_budget_micros,
                                        spec.daily_budget_micros, seed=1,
                                        budget_day=BudgetDay("America/New_York")))
     now = spec.flight_end - timedelta(hours=7)  # 12:00 in New York on the last day
