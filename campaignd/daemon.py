@@ -103,7 +103,7 @@ class Daemon(DaemonControl, DaemonJobs):
         self.dsp: Any = None  # DSPService, built in _start_dsp
         self.ingest: Any = None  # EventIngestor
         self.spool: Any = None  # Spool, when the receiver is on
-        self.monitor = PerformanceMonitor()
+        self.monitor = PerformanceMonitor(rule=settings.agents.monitor_rule)
         d = settings.decision
         self.reallocation = BudgetReallocationAgent(
             policy=d.policy, seed=settings.dsp.sandbox.seed,

@@ -202,6 +202,10 @@ class AgentSettings(_Section):
     """Cadences in seconds (at most a week)."""
 
     monitor_s: float = Field(30.0, gt=0, le=WEEK)
+    monitor_rule: Literal["posterior", "raw"] = Field(
+        "posterior", description="flag a cell when the posterior probability that it is below "
+                                 "half the campaign's rate is high, or by the seed's raw rule "
+                                 "(30-second rate below half; for comparison)")
     reallocation_s: float = Field(120.0, gt=0, le=WEEK)
     discovery_s: float = Field(300.0, gt=0, le=WEEK)
     creative_s: float = Field(600.0, gt=0, le=WEEK)

@@ -408,3 +408,16 @@ def test_a_url_with_a_bad_port_is_named_without_its_password() -> None:
     assert s.database.url.endswith("@db:5432/x")
     # the redactor scrubs the password as written and as the driver sends it
     assert {"p%40ss", "p@ss"} <= set(secret_values(s))
+
+
+def test_the_monitors_raw_rule_is_a_setting(tmp_path: Path) -> None:
+    """The issue: "the raw rule is available as an option for comparison"."""
+    from campaignd.daemon import Daemon
+
+    s = load_settings(None, environ={"CAMPAIGND_AGENTS__MONITOR_RULE": "raw",
+                                     "CAMPAIGND_STATE_DIR": str(tmp_path)})
+    assert Daemon(s).monitor.rule == "raw"
+    assert Daemon(load_settings(None, environ={"CAMPAIGND_STATE_DIR": str(tmp_path)})
+                  ).monitor.rule == "posterior"
+    with pytest.raises(ConfigError, match=r"agents\.monitor_rule"):
+        load_settings(None, environ={"CAMPAIGND_AGENTS__MONITOR_RULE": "gut"})
