@@ -311,8 +311,10 @@ class Pipeline:
         accepted = dups = 0
         if len(out):
             all_usecs = _int64s(out.usecs)
+            # (marks outlive the window by the future allowance: an event stamped up to that
+            # far ahead is inside the window that much longer)
             fresh = np.asarray(await self.hot.mark_seen(
-                self.namespace, out.keys, self.dedupe_window_s,
+                self.namespace, out.keys, self.dedupe_window_s + self.max_future_s,
                 positions=out.positions if prep.positioned else None,
                 hours=(all_usecs // 3_600_000_000).tolist() if self.hot.remote else None),
                 dtype=bool)

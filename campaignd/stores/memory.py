@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import json
+import math
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 
 from campaignd.clock import Clock, SystemClock
 from campaignd.errors import StorageError
+from campaignd.logs import get_logger
 from campaignd.stores.base import (
     BUCKET_TTL_S,
     SECOND_BUCKET_TTL_S,
@@ -34,6 +36,8 @@ from campaignd.stores.base import (
     window_buckets,
 )
 from campaignd.stores.marklog import MarkLog
+
+log = get_logger("campaignd.hot")
 
 DEFAULT_MAX_SEEN = 1_000_000
 
@@ -123,12 +127,15 @@ class _Marks:
                 pop(id_, None)
             self.n -= len(batch.ids) - batch.start
 
-    def evict(self, cap: int) -> None:
-        """Forget the soonest-expiring marks until at most ``cap`` are held."""
+    def evict(self, cap: int) -> int:
+        """Forget the soonest-expiring marks until at most ``cap`` are held; returns how many
+        (marks not yet expired: a redelivery of one is counted again)."""
         batches = self.batches
+        evicted = 0
         while self.n > cap:
             batch = batches[0]
             take = min(self.n - cap, len(batch.ids) - batch.start)
+            evicted += take
             pop = batch.held.pop
             for id_ in batch.ids[batch.start:batch.start + take]:
                 pop(id_, None)
@@ -136,6 +143,7 @@ class _Marks:
             self.n -= take
             if batch.start >= len(batch.ids):
                 batches.popleft()
+        return evicted
 
 
 class InMemoryHotStore(HotStore):
@@ -145,6 +153,9 @@ class InMemoryHotStore(HotStore):
             raise ValueError(f"max_seen must be greater than 0 (got {max_seen!r})")
         self.clock: Clock = clock or SystemClock()
         self.max_seen = max_seen
+        self.evictions = 0
+        """Batches that made the cap forget marks still inside their window."""
+        self._eviction_logged_at = -math.inf
         self._json: dict[str, tuple[str, float | None]] = {}
         self._marks = _Marks()
         self._log: MarkLog | None = None
@@ -240,8 +251,25 @@ class InMemoryHotStore(HotStore):
                         f"{exc.strerror or exc}; free space on that disk or make it writable "
                         "again (state_dir) -- counting resumes by itself") from exc
             marks.add_batch(held, new_ids, expires)
-            marks.evict(self.max_seen)
+            if marks.evict(self.max_seen):
+                self._evicted(now, ttl_s)
         return out
+
+    def _evicted(self, now: float, ttl_s: float) -> None:
+        """Marks still inside the window were forgotten for the cap: say so (at most hourly),
+        with how much of the window the cap covers."""
+        self.evictions += 1
+        if now - self._eviction_logged_at < 3600:
+            return
+        self._eviction_logged_at = now
+        oldest = self._marks.batches[0].expires - ttl_s if self._marks.batches else now
+        covered_h = max(0.0, now - oldest) / 3600
+        log.warning("dedupe marks forgotten before their window ends",
+                    max_seen=self.max_seen, covers_hours=round(covered_h, 1),
+                    window_hours=round(ttl_s / 3600, 1),
+                    fix="a redelivery older than that is counted again: raise "
+                        "pipeline.max_seen (about 190 bytes of memory a mark) or use Redis "
+                        "(redis.url)")
 
     def marks_held(self) -> int:
         """Dedupe marks in memory (all namespaces)."""

@@ -520,3 +520,17 @@ async def test_junk_zip_codes_do_not_grow_the_caches_forever(setup, monkeypatch)
     assert r.accepted == 401  # junk ZIPs are counted (as outside the targeting), not refused
     classifier = pipe.classifier
     assert len(classifier._spans) <= 50 and len(classifier.local._tz_of_zip) <= 50
+
+
+async def test_an_event_stamped_ahead_is_deduplicated_for_its_whole_window(setup) -> None:  # type: ignore[no-untyped-def]
+    """The feed takes events up to an hour ahead, and an event is inside the at-least-once
+    window until 72 h after its own time. Its mark, made when it was read, used to expire 72 h
+    after that: a redelivery in the last stretch of its window was counted again."""
+    pipe, table, cells = setup
+    ahead = NOW_US + 50 * 60 * 1_000_000  # stamped 50 min ahead of our clock
+    r = await pipe.ingest([imp(1, ts=ahead)])
+    assert r.accepted == 1
+    pipe.clock.advance(72 * 3600 + 30 * 60)  # 72 h 30 min on: 71 h 40 min after its time
+    r = await pipe.ingest([imp(1, ts=ahead)])
+    assert (r.accepted, r.duplicates) == (0, 1)
+    assert table.counts["impressions"][table.index[cells[0].cell_id]] == 1
