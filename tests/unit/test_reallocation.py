@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,22 +94,29 @@ def test_the_daily_cut_limit_holds_in_every_recommendation(seed_spec: CampaignSp
     assert new.max() > budget  # and still moving money
 
 
+def _rebalance_a_day_in(spec: CampaignSpec, policy: str) -> tuple[Any, Any, int, datetime]:
+    """One reallocation run an hour into the flight's second day, every cell at an equal
+    share of the daily cap with 4,000 impressions, one audience better: (recommendation,
+    snapshot, the equal share, when)."""
+    cells = atomize(spec)
+    budget = spec.daily_budget_micros // len(cells)
+    agent = BudgetReallocationAgent(policy=policy, seed=1)
+    agent.add_campaign(spec, cells)
+    at = spec.flight_start + timedelta(days=1, hours=1)
+    snap = _snapshot(spec, good=cells[0].audience, imps_per_cell=4000, budget=budget, at=at)
+    (rec,) = agent.run({spec.id: snap}, at)  # type: ignore[dict-item]
+    return rec, snap, budget, at
+
+
 def test_a_baseline_chosen_in_settings_is_applied_unassessed(seed_spec: CampaignSpec) -> None:
-    seed_spec = unpaced(seed_spec)
     """The seed rule has no posterior: its changes reach the engine unassessed and are applied
     (before, a neutral risk of 0.5 meant the engine never executed a baseline)."""
     from campaignd.agents.decision import DecisionEngine
     from campaignd.domain.actions import CampaignState
 
-    cells = atomize(seed_spec)
-    n = len(cells)
-    budget = seed_spec.daily_budget_micros // n
-    agent = BudgetReallocationAgent(policy="seed", seed=1)
-    agent.add_campaign(seed_spec, cells)
-    at = seed_spec.flight_start + timedelta(days=1, hours=1)
-    snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
-                     at=at)
-    (rec,) = agent.run({seed_spec.id: snap}, at)  # type: ignore[dict-item]
+    seed_spec = unpaced(seed_spec)
+    n = len(atomize(seed_spec))
+    rec, snap, budget, at = _rebalance_a_day_in(seed_spec, "seed")
     summary = rec.evidence["summary"]
     assert summary["assessed"] is False and summary["p_worse"] is None
     assert summary["policy"] == "seed" and rec.priority > 0
@@ -135,15 +143,7 @@ def test_a_plan_that_must_cut_to_the_paced_day_is_judged_against_a_proportional_
     to the day's money, a plan toward the better cells is worth it."""
     from campaignd.agents.reallocation import affordable
 
-    cells = atomize(seed_spec)
-    n = len(cells)
-    budget = seed_spec.daily_budget_micros // n
-    agent = BudgetReallocationAgent(policy="thompson", seed=1)
-    agent.add_campaign(seed_spec, cells)
-    at = seed_spec.flight_start + timedelta(days=1, hours=1)
-    snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
-                     at=at)
-    (rec,) = agent.run({seed_spec.id: snap}, at)  # type: ignore[dict-item]
+    rec, _, _, _ = _rebalance_a_day_in(seed_spec, "thompson")
     new = rec.change["daily_budgets_micros"]
     assert sum(new.values()) < 0.6 * seed_spec.daily_budget_micros  # paced: about half
     assert rec.impact > 0 and rec.risk < 0.5, (rec.impact, rec.risk)
