@@ -186,11 +186,12 @@ def _print_status(st: dict[str, Any]) -> None:
         out.print(f"clocks: market time {market} (the sandbox's sped-up time: decisions, "
                   f"actions, events); wall time {st.get('heartbeat_at') or '—'} (agents' runs)")
     if st.get("campaigns"):
-        t = Table("campaign", "cells", "active", "daily budget", "lifetime budget", "spend",
-                  title="Campaigns", title_justify="left")
+        t = Table("campaign", "cells", "active", "daily budget", "today (paced)",
+                  "lifetime budget", "spend", title="Campaigns", title_justify="left")
         for c in st["campaigns"]:
             t.add_row(c["id"], str(c["cells_total"]), str(c["cells_active"]),
                       f"{c['daily_budget']} {c['currency']}",
+                      f"{c.get('budget_today') or '—'} {c['currency']}",
                       f"{c['lifetime_budget']} {c['currency']}", f"{c['spend']} {c['currency']}")
         out.print(t)
     if st.get("agents"):

@@ -15,6 +15,7 @@ from campaignd import __version__
 from campaignd.alarms import LevelAlarm
 from campaignd.clock import Clock
 from campaignd.decisions import DecisionService
+from campaignd.domain.budget_day import paced_budget_today
 from campaignd.domain.campaign import from_micros
 from campaignd.domain.cells import METRIC_INDEX, CellSnapshot
 from campaignd.settings import Settings
@@ -90,14 +91,23 @@ class DaemonControl:
 
     def _campaign_status(self) -> list[dict[str, Any]]:
         out = []
+        now = self.clock.now()
         for cid, rt in self.campaigns.items():
             spend = int(rt.table.counts["spend_micros"].sum())
+            spec, day = rt.spec, rt.table.budget_day
+            today = paced_budget_today(
+                lifetime_micros=spec.lifetime_budget_micros,
+                daily_micros=spec.daily_budget_micros, spent_total_micros=spend,
+                spent_today_micros=sum(self._spent_today(cid).values()),
+                days_left=day.index(spec.flight_end.timestamp()) - day.index(now.timestamp()) + 1)
             out.append({
                 "id": cid, "name": rt.spec.name, "currency": rt.spec.currency,
                 "cells_total": len(rt.cells),
                 "cells_active": (self.dsp.active_count(cid) if self.dsp is not None else 0),
                 "lifetime_budget": str(rt.spec.lifetime_budget),
-                "daily_budget": str(rt.spec.daily_budget), "spend": str(from_micros(spend)),
+                "daily_budget": str(rt.spec.daily_budget),
+                # the lifetime budget paced over the flight: what the policy spends today
+                "budget_today": str(from_micros(today)), "spend": str(from_micros(spend)),
                 "impressions": int(rt.table.counts["impressions"].sum()),
                 "conversions": int(rt.table.counts["conversions"].sum()),
             })

@@ -125,4 +125,16 @@ class BudgetDay:
         return out
 
 
-__all__ = ["DAY_S", "BudgetDay", "check_timezone"]
+
+def paced_budget_today(*, lifetime_micros: int, daily_micros: int, spent_total_micros: int,
+                       spent_today_micros: int, days_left: int) -> int:
+    """What a campaign may spend today (micros): the lifetime budget left when the day began,
+    spread evenly over the flight's budget days left (``days_left``, today's included) --
+    paced over the flight, so that it lasts to the flight's end --, at most the daily budget,
+    never less than today's spend, never more than the lifetime budget left. (A day that
+    underspends leaves its money to the days after it.)"""
+    before_today = max(0, lifetime_micros - (spent_total_micros - spent_today_micros))
+    paced = before_today // max(1, days_left)
+    return max(0, min(daily_micros, max(paced, spent_today_micros), before_today))
+
+__all__ = ["DAY_S", "BudgetDay", "check_timezone", "paced_budget_today"]

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from campaignd.domain.budget_day import BudgetDay
+from campaignd.domain.budget_day import BudgetDay, paced_budget_today
 from campaignd.domain.campaign import OBJECTIVE_COUNTER, CampaignSpec, Cell
 
 OBJECTIVE_FIELD = OBJECTIVE_COUNTER
@@ -34,17 +34,13 @@ class PolicyContext:
         return self.spec.objective
 
     def budget_today(self, spent_total: int, spent_today: int, now: datetime) -> int:
-        """What the campaign may spend today (micros): the lifetime budget left when the day
-        began, spread evenly over the flight's budget days left (today's included) -- paced
-        over the flight, so that it lasts to the flight's end --, at most the daily budget,
-        never less than today's spend, never more than the lifetime budget left. (A day that
-        underspends leaves its money to the days after it.)"""
+        """What the campaign may spend today (micros): ``paced_budget_today``, the lifetime
+        budget paced over the flight's budget days left."""
         day = self.budget_day
-        days_left = max(1, day.index(self.spec.flight_end.timestamp())
-                        - day.index(now.timestamp()) + 1)
-        before_today = max(0, self.lifetime_budget_micros - (spent_total - spent_today))
-        paced = before_today // days_left
-        return max(0, min(self.daily_budget_micros, max(paced, spent_today), before_today))
+        return paced_budget_today(
+            lifetime_micros=self.lifetime_budget_micros, daily_micros=self.daily_budget_micros,
+            spent_total_micros=spent_total, spent_today_micros=spent_today,
+            days_left=day.index(self.spec.flight_end.timestamp()) - day.index(now.timestamp()) + 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,9 @@ def test_daemon_runs_reports_and_stops_cleanly(tmp_path: Path, notify_socket,  #
         camp = st["campaigns"][0]
         assert camp["id"] == "madhive_12345" and camp["cells_total"] == 432
         assert camp["cells_active"] == 432
+        # the lifetime budget paced over the flight's days left, under the daily cap
+        from decimal import Decimal
+        assert Decimal("0") < Decimal(camp["budget_today"]) <= Decimal(camp["daily_budget"])
         assert st["dsp"]["adapter"] == "sandbox" and st["dsp"]["line_items"] == 432
         assert {a["name"] for a in st["agents"]} >= {"monitor"}
         for key in ("ingested", "dead_lettered", "duplicates", "lag_s"):
