@@ -15,7 +15,7 @@ from campaignd import __version__
 from campaignd.alarms import LevelAlarm
 from campaignd.clock import Clock
 from campaignd.decisions import DecisionService
-from campaignd.domain.budget_day import paced_budget_today
+from campaignd.domain.budget_day import flight_days_left, paced_budget_today
 from campaignd.domain.campaign import from_micros
 from campaignd.domain.cells import METRIC_INDEX, CellSnapshot
 from campaignd.settings import Settings
@@ -99,7 +99,7 @@ class DaemonControl:
                 lifetime_micros=spec.lifetime_budget_micros,
                 daily_micros=spec.daily_budget_micros, spent_total_micros=spend,
                 spent_today_micros=sum(self._spent_today(cid).values()),
-                days_left=day.index(spec.flight_end.timestamp()) - day.index(now.timestamp()) + 1)
+                days_left=flight_days_left(day, now, spec.flight_start, spec.flight_end))
             out.append({
                 "id": cid, "name": rt.spec.name, "currency": rt.spec.currency,
                 "cells_total": len(rt.cells),

@@ -126,6 +126,14 @@ class BudgetDay:
 
 
 
+def flight_days_left(day: BudgetDay, now: datetime, start: datetime, end: datetime) -> int:
+    """Budget days of the flight from ``now``'s (or the flight's first, before it starts) to
+    its last, both included; 0 once it has ended."""
+    if now >= end:
+        return 0
+    return day.of(end) - day.of(max(now, start)) + 1
+
+
 def paced_budget_today(*, lifetime_micros: int, daily_micros: int, spent_total_micros: int,
                        spent_today_micros: int, days_left: int) -> int:
     """What a campaign may spend today (micros): the lifetime budget left when the day began,
@@ -133,8 +141,10 @@ def paced_budget_today(*, lifetime_micros: int, daily_micros: int, spent_total_m
     paced over the flight, so that it lasts to the flight's end --, at most the daily budget,
     never less than today's spend, never more than the lifetime budget left. (A day that
     underspends leaves its money to the days after it.)"""
+    if days_left <= 0:  # the flight is over
+        return max(0, spent_today_micros)
     before_today = max(0, lifetime_micros - (spent_total_micros - spent_today_micros))
-    paced = before_today // max(1, days_left)
+    paced = before_today // days_left
     return max(0, min(daily_micros, max(paced, spent_today_micros), before_today))
 
-__all__ = ["DAY_S", "BudgetDay", "check_timezone", "paced_budget_today"]
+__all__ = ["DAY_S", "BudgetDay", "check_timezone", "flight_days_left", "paced_budget_today"]

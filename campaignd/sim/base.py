@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from campaignd.domain.budget_day import BudgetDay, paced_budget_today
+from campaignd.domain.budget_day import BudgetDay, flight_days_left, paced_budget_today
 from campaignd.domain.campaign import OBJECTIVE_COUNTER, CampaignSpec, Cell
 
 OBJECTIVE_FIELD = OBJECTIVE_COUNTER
@@ -40,7 +40,7 @@ class PolicyContext:
         return paced_budget_today(
             lifetime_micros=self.lifetime_budget_micros, daily_micros=self.daily_budget_micros,
             spent_total_micros=spent_total, spent_today_micros=spent_today,
-            days_left=day.index(self.spec.flight_end.timestamp()) - day.index(now.timestamp()) + 1)
+            days_left=flight_days_left(day, now, self.spec.flight_start, self.spec.flight_end))
 
 
 @dataclass(frozen=True, slots=True)

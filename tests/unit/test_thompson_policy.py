@@ -131,6 +131,10 @@ def test_the_lifetime_budget_is_paced_over_the_flight() -> None:
     assert today(59, 150_000 * M) == 0  # nothing left: nothing
     # never below what today already spent (the DSP may run a little over)
     assert today(0, 0, spent_today=2_000 * M) >= 2_000 * M - n
+    # before the flight, the first day's share; after it, nothing more
+    assert ctx.budget_today(0, 0, spec.flight_start - timedelta(days=10)) == \
+        150_000 * M // days_total
+    assert ctx.budget_today(10 * M, 0, spec.flight_end + timedelta(hours=1)) == 0
 
 
 def test_same_seed_same_decisions() -> None:
