@@ -285,6 +285,9 @@ class Daemon(DaemonControl, DaemonJobs):
             metrics=self.metrics, poll_s=s.dsp.events_poll_s, batch=p.batch,
             checkpoint=checkpoint, flush_s=p.flush_s, max_backlog=p.max_backlog,
             on_commit=self._release_spool if self.spool is not None else None)
+        if sandbox:
+            # (a new market: an earlier run's batch counted half-way is not this feed's)
+            await self.sql.set_checkpoint(self.ingest.progress_checkpoint, "0")
         if not sandbox:  # (the sandbox is a new DSP every start: its ids are new too)
             await self._route_known_line_items()
         # Sync changes a crash left open are closed by their campaign's next sync, from what

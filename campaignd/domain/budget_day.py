@@ -14,6 +14,7 @@ epoch seconds (UTC) or aware datetimes.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -131,7 +132,9 @@ def flight_days_left(day: BudgetDay, now: datetime, start: datetime, end: dateti
     its last, both included; 0 once it has ended."""
     if now >= end:
         return 0
-    return day.of(end) - day.of(max(now, start)) + 1
+    # the flight's end is exclusive (an end at midnight is the day before's last moment)
+    last = day.index(math.ceil(end.timestamp()) - 1)
+    return last - day.of(max(now, start)) + 1
 
 
 def paced_budget_today(*, lifetime_micros: int, daily_micros: int, spent_total_micros: int,

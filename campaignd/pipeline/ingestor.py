@@ -130,7 +130,7 @@ class EventIngestor:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self.cursor = self.committed_cursor = await self.sql.get_checkpoint(
             self.checkpoint_name)
-        part = await self.sql.get_checkpoint(self._part_name)
+        part = await self.sql.get_checkpoint(self.progress_checkpoint)
         self._committed_part = int(part) if part and part.isdigit() else 0
         if self._committed_part:
             # stopped half-way through a batch counted message by message: finish it so
@@ -173,14 +173,18 @@ class EventIngestor:
         on is dead-lettered (``internal_error``) instead of stopping the feed. (A message that
         failed half-way through counting may have been marked seen: the dead letter keeps it
         whole for ``campaignd deadletter retry`` once the bug is fixed.)"""
-        batch = await self.adapter.read_events(self.cursor, limit=self.batch)
-        self._gap(batch.skipped, self.cursor)
+        # (a store failure or a restart half-way through: the messages counted before it are
+        # not counted again when the batch is read again -- their marks' positions would let
+        # them in. The read takes at least as many as were counted, whatever pipeline.batch is
+        # now; those the DSP dropped meanwhile were counted, not lost.)
+        done = self._isolated[1] if self._isolated and self._isolated[0] == self.cursor else 0
+        batch = await self.adapter.read_events(self.cursor, limit=max(self.batch, done))
+        already = min(done, batch.skipped)
+        self._gap(batch.skipped - already, self.cursor)
+        done -= already
         positions = self._positions(batch)
         failed = 0
         errors: Counter[str] = Counter()
-        # (a store failure half-way through: the messages counted before it are not counted
-        # again when the batch is read again -- their marks' positions would let them in)
-        done = self._isolated[1] if self._isolated and self._isolated[0] == self.cursor else 0
         for i, raw in enumerate(batch.messages):
             if i < done:
                 continue
@@ -201,7 +205,7 @@ class EventIngestor:
                               "internal_error", error=error, exc_info=True)
                 errors[error] += 1
             # (a flush from here on commits this progress with the cursor)
-            self._isolated = (self.cursor, i + 1)
+            self._isolated = (self.cursor, already + i + 1)
         self.cursor = batch.next_cursor
         self._isolated = None
         self.last_error = None
@@ -280,7 +284,9 @@ class EventIngestor:
                 await self.flush()
 
     @property
-    def _part_name(self) -> str:
+    def progress_checkpoint(self) -> str:
+        """The checkpoint holding how many messages of the batch at the cursor are counted
+        (while one is counted message by message; "0" otherwise)."""
         return f"{self.checkpoint_name}:counted_of_batch"
 
     async def flush(self) -> None:
@@ -293,7 +299,7 @@ class EventIngestor:
         if not flush and cursor == self.committed_cursor and part == self._committed_part:
             return
         t0 = anyio.current_time()
-        more = [(self._part_name, str(part))] if part != self._committed_part else []
+        more = [(self.progress_checkpoint, str(part))] if part != self._committed_part else []
         try:
             await commit(self.pipeline, self.sql, flush,
                          checkpoint=(self.checkpoint_name, cursor) if cursor is not None

@@ -260,6 +260,10 @@ class ThompsonPolicy:
             growth=capacity_growth, optimism=capacity_optimism)
         self._last: Observations | None = None
         self._last_at: datetime | None = None
+        self._held_today = 0
+        """The day's money the cut limits held above the paced day at the last re-plan."""
+        self.budget_today_micros: int | None = None
+        """What the last decision allowed the day (paced; raised to what cut limits hold)."""
         self._pending = np.zeros(n)
         self._pending_spend = np.zeros(n)
         self._budgets = np.zeros(n, dtype=np.int64)
@@ -402,7 +406,8 @@ class ThompsonPolicy:
             day = ctx.budget_day
             new_day = day.of(now) != day.of(self._last_at)
             if (not new_day and (now - self._last_at).total_seconds() < self.replan_seconds
-                    and int(self._budgets.sum()) <= today):  # (spend may have used up the rest)
+                    and int(self._budgets.sum()) <= max(today, self._held_today)):
+                # (spend may have used up the rest; a DSP's cut limits may hold more)
                 return self._budgets.copy()
             self._learn(obs, now, new_day)
         if new_day:
@@ -416,6 +421,7 @@ class ThompsonPolicy:
                 0, ctx.lifetime_budget_micros - int(obs.spend_micros.sum())))
             today = min(max(today, int(np.ceil(floor).sum())), hard)
             self.budget_today_micros = today
+        self._held_today = today if floor is not None else 0
         shape = self._shape(now)
         f_now, day_supply = self._elapsed_and_day(shape, now)
         s = spent_today.astype(float)

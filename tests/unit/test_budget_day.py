@@ -169,3 +169,21 @@ def test_the_daemon_counts_days_in_the_configured_account_time_zone(tmp_path: Pa
     assert d.registry.budget_day == BudgetDay("America/Chicago")
     assert d.reallocation.budget_day == BudgetDay("America/Chicago")
     assert load_settings(None, environ={}).dsp.account_timezone == "America/New_York"
+
+
+def test_a_flight_ending_at_midnight_ends_the_day_before() -> None:
+    """A flight's end is exclusive: one ending at 00:00 has its last day before it (counting
+    that midnight's day too paced the last day at half of what was left)."""
+    from campaignd.domain.budget_day import flight_days_left
+
+    day = BudgetDay("UTC")
+    start = datetime(2027, 2, 1, tzinfo=UTC)
+    at = datetime(2027, 2, 28, 9, tzinfo=UTC)
+    assert flight_days_left(day, at, start, datetime(2027, 3, 1, tzinfo=UTC)) == 1
+    assert flight_days_left(day, at, start, datetime(2027, 2, 28, 23, 59, 59, tzinfo=UTC)) == 1
+    assert flight_days_left(day, at, start, datetime(2027, 3, 1, 0, 0, 1, tzinfo=UTC)) == 2
+    assert flight_days_left(day, at, start, datetime(2027, 2, 28, 9, tzinfo=UTC)) == 0
+    # before the flight: all of its days
+    assert flight_days_left(day, datetime(2027, 1, 1, tzinfo=UTC), start,
+                            datetime(2027, 3, 1, tzinfo=UTC)) == 28
+
