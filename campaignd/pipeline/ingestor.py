@@ -75,7 +75,7 @@ class EventIngestor:
         ``<checkpoint>:counted_of_batch`` checkpoint), so that neither a retry nor a restart
         counts them again -- their marks' positions would let them in."""
         self._committed_part = 0
-        """(cursor, messages counted) of a batch ``_isolate`` stopped in on a store failure."""
+        """The ``n`` of ``_isolated`` as last committed (0: no batch half-counted)."""
         self.feed_outage = Outage(log, "event ingestion failed; retrying")
         """Reading and counting the feed (a hot-store or DSP failure)."""
         self.commit_outage = Outage(
