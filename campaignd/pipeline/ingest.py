@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -205,6 +206,11 @@ class Pipeline:
         """A hot-store update failed after a commit: the next one publishes every cell's
         totals, not only those the flush touched."""
         self.high_water_us = 0
+        self.in_doubt: tuple[str, Flush] | None = None
+        """A flush whose commit failed in a way that may have landed (a timeout or a lost
+        answer during COMMIT) and whose fate could not be read back yet: (its commit id, the
+        flush). The next ``commit`` settles it first -- dropped if it landed, sent again if
+        not -- so it is counted once either way."""
         self._letters: list[tuple[str, bytes]] = []
         self._letter_counts: list[int] = []
 
@@ -384,8 +390,12 @@ class Pipeline:
 
     @property
     def backlog(self) -> int:
-        """Rows and letters waiting for the next flush."""
-        return self.aggregator.pending_rows + len(self._letters)
+        """Rows and letters waiting for the next flush (with a flush in doubt)."""
+        doubt = 0
+        if self.in_doubt is not None:
+            f = self.in_doubt[1]
+            doubt = len(f.pending) + len(f.letters)
+        return self.aggregator.pending_rows + len(self._letters) + doubt
 
     def minute_rows(self, pending: Pending) -> list[AggregateRow]:
         """Pending rows as warm-store rows (per cell and minute of event time)."""
@@ -444,18 +454,63 @@ class Flush:
         return bool(len(self.pending) or self.letters)
 
 
+def commit_checkpoint(source: str) -> str:
+    """The checkpoint holding the id of ``source``'s last commit (``commit``)."""
+    return f"{source}:last_commit"
+
+
+async def _landed(sql: Any, source: str, commit_id: str) -> bool | None:
+    """Whether the commit ``commit_id`` of ``source`` is in SQL (None: SQL does not answer)."""
+    try:
+        return bool(await sql.get_checkpoint(commit_checkpoint(source)) == commit_id)
+    except StorageError:
+        return None
+
+
 async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tuple[str, str] | None,
                  source: str, now: datetime,
                  more_checkpoints: Sequence[tuple[str, str]] = ()) -> None:
     """Commit a flush to SQL (one transaction, with the cursor), then publish it to the hot
     store. On a SQL failure the flush is given back to the pipeline and the error re-raised; a
     hot-store failure after the commit is logged (SQL and the registry stay exact), and the next
-    commit that reaches the hot store publishes every cell's exact totals again."""
+    commit that reaches the hot store publishes every cell's exact totals again.
+
+    Exactly once when the answer is lost: each commit writes a fresh id to the checkpoint
+    ``<source>:last_commit`` in its transaction. A commit that fails (a timeout, a connection
+    lost during COMMIT: it may have landed) is read back: landed, it stands; not landed, the
+    flush is given back; no answer, it is held in ``pipeline.in_doubt`` and settled the same
+    way before the next commit (which fails while SQL still cannot say)."""
+    if pipeline.in_doubt is not None:
+        doubt_id, doubtful = pipeline.in_doubt
+        landed = await _landed(sql, source, doubt_id)
+        if landed is None:
+            pipeline.give_back(flush)
+            raise StorageError("whether the last commit of ingested events reached SQL cannot "
+                               "be read yet (it is held until it can: counted once either way)")
+        pipeline.in_doubt = None
+        if landed:
+            pipeline.hot_totals_stale = True  # its buckets never reached the hot store
+            log.info("a commit whose answer was lost had reached SQL; it is not sent again")
+        else:
+            pipeline.give_back(flush)
+            pipeline.give_back(doubtful)
+            flush = pipeline.take_flush()
+    commit_id = uuid.uuid4().hex
     try:
         await sql.commit_ingest(minutes=pipeline.minute_rows(flush.pending), letters=flush.letters,
                                 letter_counts=flush.letter_counts, letter_source=source,
-                                checkpoint=checkpoint, more_checkpoints=more_checkpoints,
+                                checkpoint=checkpoint, more_checkpoints=[
+                                    *more_checkpoints, (commit_checkpoint(source), commit_id)],
                                 now=now)
+    except StorageError:
+        landed = await _landed(sql, source, commit_id)
+        if landed is None:
+            pipeline.in_doubt = (commit_id, flush)
+            raise
+        if not landed:
+            pipeline.give_back(flush)
+            raise
+        log.warning("a commit of ingested events failed after it reached SQL; it stands")
     except BaseException:
         pipeline.give_back(flush)
         raise

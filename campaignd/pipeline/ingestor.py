@@ -296,7 +296,8 @@ class EventIngestor:
         iso = self._isolated
         part = iso[1] if iso is not None and iso[0] == cursor else 0
         flush = self.pipeline.take_flush()
-        if not flush and cursor == self.committed_cursor and part == self._committed_part:
+        if (not flush and cursor == self.committed_cursor and part == self._committed_part
+                and self.pipeline.in_doubt is None):
             return
         t0 = anyio.current_time()
         more = [(self.progress_checkpoint, str(part))] if part != self._committed_part else []

@@ -216,3 +216,94 @@ async def test_hot_totals_missed_in_an_outage_are_published_again_at_the_next_co
         assert (await hot.cell_totals(seed_spec.id, cells[1].cell_id))["impressions"] == 2
     finally:
         await hot.close()
+
+
+class LostAnswers:
+    """The SQL store with an unreliable link (fault injection on the real database): a commit
+    refused before it reached SQL (``refuse_next``), a commit whose answer is lost after it
+    landed (``lose_next``: a timeout or a connection dropped during COMMIT), and reads of the
+    checkpoints that fail (``reads_fail`` times)."""
+
+    def __init__(self, sql: SqlStore) -> None:
+        self.sql = sql
+        self.refuse_next = self.lose_next = False
+        self.reads_fail = 0
+
+    async def commit_ingest(self, **kwargs: Any) -> None:
+        if self.refuse_next:
+            self.refuse_next = False
+            raise StorageError("connection refused")
+        await self.sql.commit_ingest(**kwargs)
+        if self.lose_next:
+            self.lose_next = False
+            raise StorageError("committing ingested events took longer than 30 s")
+
+    async def get_checkpoint(self, name: str) -> str | None:
+        if self.reads_fail:
+            self.reads_fail -= 1
+            raise StorageError("connection refused")
+        return await self.sql.get_checkpoint(name)
+
+
+async def test_a_commit_whose_answer_was_lost_is_counted_once(
+        sql_store: SqlStore, seed_spec: CampaignSpec, virtual_clock: VirtualClock) -> None:
+    from campaignd.pipeline.ingest import commit
+    from campaignd.stores.sql.models import COUNTER_COLUMNS
+
+    virtual_clock.set(NOW)
+    registry, cells = await stored_campaign(sql_store, seed_spec, NOW, line_items=1)
+    pipe = Pipeline(registry, InMemoryHotStore(virtual_clock), clock=virtual_clock,
+                    metrics=Metrics())
+    link = LostAnswers(sql_store)
+    seq = iter(range(10_000))
+
+    async def count(n: int) -> None:
+        await pipe.ingest([impression_message(next(seq), line_item=100,
+                                              ts_usecs=NOW_US - 5000) for _ in range(n)])
+
+    async def push() -> None:
+        await commit(pipe, link, pipe.take_flush(), checkpoint=("test", "c"), source="test",
+                     now=NOW)
+
+    async def in_sql() -> int:
+        totals = await sql_store.read_cell_totals(seed_spec.id)
+        return totals[cells[0].cell_id][COUNTER_COLUMNS.index("impressions")]
+
+    # the answer is lost, and read back at once: it landed, so it stands (not given back)
+    await count(5)
+    link.lose_next = True
+    await push()
+    assert await in_sql() == 5 and pipe.backlog == 0
+    # lost, and SQL cannot say yet: held in doubt; a commit while it cannot say fails and keeps
+    # its own rows; once it can, the one that landed is not sent again
+    await count(3)
+    link.lose_next, link.reads_fail = True, 1
+    with pytest.raises(StorageError):
+        await push()
+    assert pipe.in_doubt is not None and pipe.backlog > 0
+    await count(2)
+    link.reads_fail = 1
+    with pytest.raises(StorageError, match="cannot be read yet"):
+        await push()
+    await count(1)
+    await push()
+    assert await in_sql() == 5 + 3 + 2 + 1 and pipe.in_doubt is None and pipe.backlog == 0
+    # (the hot store missed the flush that landed in doubt: every total is published again)
+    assert (await pipe.hot.cell_totals(seed_spec.id, cells[0].cell_id))["impressions"] == 11
+    # refused before it reached SQL and SQL cannot say: in doubt until it can, then sent again
+    await count(4)
+    link.refuse_next, link.reads_fail = True, 1
+    with pytest.raises(StorageError):
+        await push()
+    assert await in_sql() == 11
+    await push()
+    assert await in_sql() == 15 and pipe.in_doubt is None and pipe.backlog == 0
+    # refused and read back at once: given back, sent with the next commit
+    await count(2)
+    link.refuse_next = True
+    with pytest.raises(StorageError):
+        await push()
+    assert pipe.in_doubt is None and pipe.backlog > 0
+    await push()
+    assert await in_sql() == 17
+    assert await sql_store.get_checkpoint("test") == "c"
