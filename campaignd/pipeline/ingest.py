@@ -479,7 +479,8 @@ async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tupl
     ``<source>:last_commit`` in its transaction. A commit that fails (a timeout, a connection
     lost during COMMIT: it may have landed) is read back: landed, it stands; not landed, the
     flush is given back; no answer, it is held in ``pipeline.in_doubt`` and settled the same
-    way before the next commit (which fails while SQL still cannot say)."""
+    way before the next commit (which fails while SQL still cannot say). The hot store's dedupe
+    marks are made durable first (``HotStore.sync``)."""
     if pipeline.in_doubt is not None:
         doubt_id, doubtful = pipeline.in_doubt
         landed = await _landed(sql, source, doubt_id)
@@ -495,6 +496,11 @@ async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tupl
             pipeline.give_back(flush)
             pipeline.give_back(doubtful)
             flush = pipeline.take_flush()
+    try:
+        await pipeline.hot.sync()  # the marks before the counts they guard
+    except BaseException:
+        pipeline.give_back(flush)
+        raise
     commit_id = uuid.uuid4().hex
     try:
         await sql.commit_ingest(minutes=pipeline.minute_rows(flush.pending), letters=flush.letters,

@@ -123,6 +123,12 @@ class HotStore(ABC):
         new mark). Stores without such a layout ignore ``hours``.
         """
 
+    async def sync(self) -> None:
+        """Make the marks made so far durable, before the counts they guard are committed
+        (raise ``StorageError`` if they cannot be). Default: nothing -- a server's marks are as
+        durable as its own persistence."""
+        return None
+
     # --- per-cell counters and buckets ----------------------------------------------------
 
     @abstractmethod

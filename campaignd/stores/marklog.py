@@ -3,7 +3,10 @@
 An append-only log in segment files (``<dir>/seg-<n>.log``): each ``mark_seen`` call that made
 new marks appends one JSON line ``[namespace, [ids], [positions], expiry]`` and flushes it
 before returning (a crashed process loses nothing it acknowledged; a torn last line is ignored
-on replay). A line that cannot be written whole (a full disk) is cut off again before the error
+on replay). ``sync`` makes what was written durable (fsync; the directory too after a new
+segment): the pipeline calls it before every SQL commit of the counts the marks guard, so a
+power loss cannot keep the counts and lose their marks (a redelivery would be counted again).
+A line that cannot be written whole (a full disk) is cut off again before the error
 is raised, so the next line never joins a torn one (both would be lost on replay) and no mark
 the store refused reaches the log.
 
@@ -19,6 +22,7 @@ compaction.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +54,7 @@ class MarkLog:
         self._current: BinaryIO | None = None
         self._current_seg: _Segment | None = None
         self._current_marks = 0
+        self._dir_dirty = False
         self._next_number = 1 + max((self._number(p) for p in self._files()), default=0)
 
     @staticmethod
@@ -116,6 +121,28 @@ class MarkLog:
         self._current_seg = _Segment(path, self._written, 0.0)
         self._segments.append(self._current_seg)
         self._current_marks = 0
+        self._dir_dirty = True
+
+    def sync_handles(self) -> list[int]:
+        """Duplicated descriptors to fsync for ``sync`` (taken on the caller's thread, so that
+        the fsync may run on another while appends go on); the caller closes them."""
+        out = []
+        if self._current is not None:
+            out.append(os.dup(self._current.fileno()))
+        if self._dir_dirty:
+            out.append(os.open(self.directory, os.O_RDONLY))
+            self._dir_dirty = False
+        return out
+
+    @staticmethod
+    def sync(handles: Sequence[int]) -> None:
+        """fsync and close ``handles`` (from ``sync_handles``); raises ``OSError``."""
+        try:
+            for fd in handles:
+                os.fsync(fd)
+        finally:
+            for fd in handles:
+                os.close(fd)
 
     def prune(self, now: float) -> None:
         """Delete the segments none of whose marks can be live any more."""

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 
 from campaignd.clock import Clock, SystemClock
@@ -172,6 +174,18 @@ class InMemoryHotStore(HotStore):
 
     async def ping(self) -> None:
         return None
+
+    async def sync(self) -> None:
+        """fsync the dedupe-mark log (``MarkLog.sync``), off the event loop."""
+        if self._log is None:
+            return
+        log_dir = self._log.directory
+        try:
+            await anyio.to_thread.run_sync(MarkLog.sync, self._log.sync_handles())
+        except OSError as exc:
+            raise StorageError(
+                f"cannot make the dedupe marks in {log_dir} durable: {exc.strerror or exc}; "
+                "check the disk under state_dir -- counting resumes by itself") from exc
 
     async def close(self) -> None:
         if self._log is not None:

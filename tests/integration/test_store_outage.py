@@ -307,3 +307,51 @@ async def test_a_commit_whose_answer_was_lost_is_counted_once(
     await push()
     assert await in_sql() == 17
     assert await sql_store.get_checkpoint("test") == "c"
+
+
+async def test_the_dedupe_marks_are_made_durable_before_the_counts_they_guard(
+        sql_store: SqlStore, seed_spec: CampaignSpec, virtual_clock: VirtualClock,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from campaignd.pipeline.ingest import commit
+
+    virtual_clock.set(NOW)
+    registry, cells = await stored_campaign(sql_store, seed_spec, NOW, line_items=1)
+    store = InMemoryHotStore(virtual_clock, seen_dir=tmp_path / "marks")
+    pipe = Pipeline(registry, store, clock=virtual_clock, metrics=Metrics())
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    async def push() -> None:
+        await commit(pipe, sql_store, pipe.take_flush(), checkpoint=None, source="test",
+                     now=NOW)
+
+    await pipe.ingest([impression_message(i, line_item=100, ts_usecs=NOW_US - 5000)
+                       for i in range(3)])
+    await push()
+    assert len(synced) == 2  # the segment and, new, its directory
+    await pipe.ingest([impression_message(3, line_item=100, ts_usecs=NOW_US - 5000)])
+    await push()
+    assert len(synced) == 3  # the segment only
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    await pipe.ingest([impression_message(4, line_item=100, ts_usecs=NOW_US - 5000)])
+    with pytest.raises(StorageError, match="durable: Input/output error"):
+        await push()
+    assert pipe.backlog > 0  # not committed, kept for the next commit
+    totals = await sql_store.read_cell_totals(seed_spec.id)
+    from campaignd.stores.sql.models import COUNTER_COLUMNS
+    assert totals[cells[0].cell_id][COUNTER_COLUMNS.index("impressions")] == 4
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    await push()
+    totals = await sql_store.read_cell_totals(seed_spec.id)
+    assert totals[cells[0].cell_id][COUNTER_COLUMNS.index("impressions")] == 5
+    await store.close()
