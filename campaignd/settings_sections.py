@@ -53,6 +53,10 @@ class _Section(BaseModel):
         return v
 
 
+TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+"""A bearer token as a client can send it (RFC 6750's b64token)."""
+
+
 def _read_secret_file(path: Path | None, key: str) -> SecretStr | None:
     if path is None:
         return None
@@ -328,6 +332,15 @@ class HTTPSettings(_Section):
         if self.api_token is not None and not self.api_token.get_secret_value().strip():
             raise ValueError(f"{where}: set a non-empty token, or remove the key to have one "
                              "generated into state_dir/api-token")
+        if self.api_token is not None and not TOKEN_RE.fullmatch(
+                self.api_token.get_secret_value()):
+            # (a client cannot send it as it is: spaces are stripped, other characters are
+            # not ASCII in a header -- every call would be refused)
+            key = ("http.api_token (or CAMPAIGND_HTTP__API_TOKEN)" if self.api_token_file is None
+                   else f"http.api_token_file ({self.api_token_file})")
+            raise ValueError(f"{key} is not a bearer token a client can send: use only ASCII "
+                             "letters, digits and - . _ ~ + / (then = at the end), with no "
+                             "spaces, e.g. the output of `openssl rand -hex 32`")
         return self
 
 

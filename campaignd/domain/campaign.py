@@ -60,7 +60,8 @@ that thousands of such budgets still sum inside a signed 64-bit integer."""
 MAX_PRICE = Decimal(1_000_000)
 """The largest price (CPM bid, bid parameter, conversion value), in currency units: prices are
 multiplied by counts (value × conversions), so they get a lower bound than budgets."""
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}")
+"""An id (campaign, level): matched whole (``fullmatch``: ``$`` would let a final newline in)."""
 
 
 def to_micros(amount: Decimal) -> int:
@@ -333,7 +334,7 @@ def _str_list(raw: Any, field: str, errs: _Collector) -> tuple[str, ...] | None:
 
 
 def _check_id(raw: Any, field: str, errs: _Collector) -> str | None:
-    if not isinstance(raw, str) or not _ID_RE.match(raw):
+    if not isinstance(raw, str) or not _ID_RE.fullmatch(raw):
         errs.add(field, "is not a valid id", raw,
                  "use 1–64 letters, digits, '_', '-', '.', '+', starting with a letter or digit")
         return None

@@ -169,10 +169,19 @@ class BodyTooLarge(BadInput):
         self.close = close
 
 
+class UnsupportedMedia(BadInput):
+    """A body that is not declared JSON (HTTP 415)."""
+
+    def __init__(self, media: str) -> None:
+        super().__init__("must be application/json", field="Content-Type",
+                         value=media[:80] or None,
+                         fix="send the body as JSON with 'Content-Type: application/json'")
+
+
 def _api_errors(handler: Callable[[Request], Awaitable[Response]]
                 ) -> Callable[[Request], Awaitable[Response]]:
-    """BadInput → 400 (409 for a state conflict, 413 for a body too large), NotFound → 404,
-    StorageError → 503."""
+    """BadInput → 400 (409 for a state conflict, 413 for a body too large, 415 for a body
+    not declared JSON), NotFound → 404, StorageError → 503."""
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
@@ -185,11 +194,15 @@ def _api_errors(handler: Callable[[Request], Awaitable[Response]]
                 resp.headers["connection"] = "close"
             return resp
         except NotFound as exc:
-            return _error(404, str(exc), field=exc.field or "action_id",
-                          fix="list actions with GET /api/v1/actions")
+            field = exc.field or "action_id"
+            return _error(404, str(exc), field=field, fix=(
+                "list the proposed decisions with GET /api/v1/actions?status=proposed (their "
+                "decision field)" if field == "decision_id"
+                else "list actions with GET /api/v1/actions"))
         except BadInput as exc:
-            return _error(409 if isinstance(exc, StateConflict) else 400, str(exc),
-                          field=exc.field, fix=exc.fix)
+            code = (409 if isinstance(exc, StateConflict)
+                    else 415 if isinstance(exc, UnsupportedMedia) else 400)
+            return _error(code, str(exc), field=exc.field, fix=exc.fix)
         except StorageError as exc:
             return _error(503, f"the database is not available: {exc}",
                           fix="retry shortly; see `campaignd status`")
@@ -203,6 +216,16 @@ async def list_actions(request: Request) -> Response:
     if unknown:
         raise BadInput("unknown query parameter", field=sorted(unknown)[0],
                        fix="filter with status, campaign, cell, decision and limit")
+    for name in ("status", "campaign", "cell", "decision", "limit"):
+        if len(q.getlist(name)) > 1:
+            raise BadInput("is given more than once", field=name,
+                           fix=f"give {name} once (a list filters on one value of each)")
+    for name in ("campaign", "cell", "decision"):
+        value = q.get(name)
+        if value is not None and not DECISION_ID.fullmatch(value):
+            raise BadInput("is not an id", field=name, value=value[:80],
+                           fix=f"give the {name} id as `campaignd actions list` shows it "
+                               "(1-64 letters, digits and : . _ + -), or leave it out")
     return JSONResponse(await request.app.state.plane.actions(
         status=q.get("status"), campaign_id=q.get("campaign"), cell_id=q.get("cell"),
         decision_id=q.get("decision"), limit=_int_param(request, "limit", 100)))
@@ -249,13 +272,17 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def _body(request: Request, keys: tuple[str, ...] = ("actor", "note")
-                ) -> dict[str, Any]:
+async def _body(request: Request, keys: tuple[str, ...] = ("actor", "note"), *,
+                no_note: str = "") -> dict[str, Any]:
     """The request's JSON object, with only ``keys`` (an unknown key is refused rather than
-    dropped: a note sent as ``"comment"`` would be lost from the audit log unseen)."""
+    dropped: a note sent as ``"comment"`` would be lost from the audit log unseen; ``no_note``
+    says why a request without ``"note"`` in ``keys`` takes none)."""
     raw = await _read_body(request)
     if not raw.strip():
         return {}
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMedia(media)
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):  # (nested a thousand deep: not a body we take)
@@ -268,12 +295,15 @@ async def _body(request: Request, keys: tuple[str, ...] = ("actor", "note")
         if key not in keys:
             raise BadInput("is not a field this request takes", field=str(key)[:64],
                            fix="send only " + " and ".join(keys)
-                               + (" (an undo takes no note: the audit log records whose undo "
-                                  "it is, of which action)" if key == "note" else ""))
+                               + (f" ({no_note})" if key == "note" and no_note else ""))
     for key in keys:
         if key in data and not isinstance(data[key], str | None):
             raise BadInput("must be a string", field=key, value=data[key],
                            fix=f"send {key} as a string")
+        if isinstance(data.get(key), str) and not _is_text(data[key]):
+            # (a NUL or a lone surrogate: SQLite cannot encode it, PostgreSQL refuses it)
+            raise BadInput("must be text without NUL characters or unpaired surrogates",
+                           field=key, fix=f"send {key} as plain UTF-8 text")
     note = data.get("note")
     if note is not None and len(note) > MAX_NOTE_CHARS:
         raise BadInput(f"is {len(note)} characters long, more than the {MAX_NOTE_CHARS} "
@@ -283,12 +313,29 @@ async def _body(request: Request, keys: tuple[str, ...] = ("actor", "note")
     return data
 
 
+def _is_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_NO_NOTE = {"undo": "an undo takes no note: the audit log records whose undo it is, of which "
+                    "action",
+            "approve": "an approval takes no note: a rejection records one, an approval "
+                       "records who approved"}
+
+
 def _verdict(verb: str) -> Callable[[Request], Awaitable[Response]]:
     @require_token
     @_api_errors
     async def handler(request: Request) -> Response:
         action_id = _int_param(request, "action_id", low=1, high=2**62)
-        body = await _body(request, ("actor",) if verb == "undo" else ("actor", "note"))
+        body = await _body(request, ("actor", "note") if verb == "reject" else ("actor",),
+                           no_note=_NO_NOTE.get(verb, ""))
         actor = str(body.get("actor") or "").strip()[:128] or "api"
         plane = request.app.state.plane
         if verb == "undo":
@@ -315,7 +362,8 @@ def _decision_verdict(verb: str) -> Callable[[Request], Awaitable[Response]]:
             raise BadInput("is not a decision id", field="decision_id", value=decision_id[:80],
                            fix="use a decision id from `campaignd actions list --status "
                                "proposed` (the decision column)")
-        body = await _body(request)
+        body = await _body(request, ("actor", "note") if verb == "reject" else ("actor",),
+                           no_note=_NO_NOTE.get(verb, ""))
         actor = str(body.get("actor") or "").strip()[:128] or "api"
         out = await request.app.state.plane.decide_decision(
             decision_id, approve=verb == "approve", actor=actor, note=body.get("note"))

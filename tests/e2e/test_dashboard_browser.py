@@ -45,6 +45,9 @@ def test_dashboard_shows_the_running_daemon(tmp_path: Path, chromium_path: str) 
                 row = page.locator("#campaigns tbody tr").first
                 expect(row).to_contain_text("madhive_12345")
                 expect(row).to_contain_text("432")
+                # the day's paced budget beside the daily cap, as the API has it
+                today = d.status()[1]["campaigns"][0]["budget_today"]
+                expect(row).to_contain_text(f"{today} USD")
                 expect(page.locator("#agents tbody")).to_contain_text("monitor")
                 expect(page.locator("#dsp tbody")).to_contain_text("sandbox")
                 page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)

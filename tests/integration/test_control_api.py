@@ -152,6 +152,48 @@ async def test_a_huge_body_or_note_is_refused_and_nothing_is_stored(tmp_path: Pa
         assert len(json.dumps(listed)) < 100_000
 
 
+async def test_text_the_database_cannot_hold_a_body_not_json_and_a_note_nobody_keeps_are_refused(
+        tmp_path: Path) -> None:
+    async with control_api(tmp_path) as (client, sql):
+        before = await _statuses(sql)
+        json_type = {**AUTH, "content-type": "application/json"}
+        # a lone surrogate or a NUL: SQLite could not encode it (a 500), PostgreSQL refused it
+        # (a 503 saying the database is down)
+        for body, field in (('{"actor": "\\ud800"}', "actor"),
+                            ('{"actor": "bob", "note": "x\\udfff"}', "note"),
+                            ('{"actor": "a\\u0000b"}', "actor")):
+            for path in ("/api/v1/actions/1/reject", "/api/v1/decisions/d1/reject"):
+                r = await client.post(path, headers=json_type, content=body)
+                assert r.status_code == 400 and r.json()["field"] == field, (path, body, r.text)
+                assert "NUL" in r.json()["error"]
+        for query, field in (("campaign=%00", "campaign"), ("cell=a%00", "cell"),
+                             ("decision=%ED%A0%80", "decision"), ("campaign=", "campaign"),
+                             ("status=proposed&status=applied", "status")):
+            r = await client.get(f"/api/v1/actions?{query}")
+            assert r.status_code == 400 and r.json()["field"] == field, (query, r.text)
+        # a body not declared JSON: 415 naming Content-Type (curl -d sends it as a form)
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {**AUTH, **({"content-type": ctype} if ctype else {})}
+            r = await client.post("/api/v1/actions/1/reject", headers=headers,
+                                  content='{"actor": "bob"}')
+            assert r.status_code == 415 and r.json()["field"] == "Content-Type", r.text
+        # an approval's note would be dropped (only a rejection records one): refused
+        for path in ("/api/v1/actions/1/approve", "/api/v1/decisions/d1/approve"):
+            r = await client.post(path, headers=AUTH,
+                                  json={"actor": "alice", "note": "ticket OPS-42"})
+            assert r.status_code == 400 and r.json()["field"] == "note", r.text
+            assert "approval takes no note" in r.json()["fix"]
+        assert await _statuses(sql) == before
+        # JSON with a charset is JSON; a filter that is an id is a filter
+        r = await client.post("/api/v1/actions/1/reject", content='{"actor": "bob"}', headers={
+            **AUTH, "content-type": "application/json; charset=utf-8"})
+        assert r.status_code == 200, r.text
+        r = await client.get("/api/v1/actions?campaign=madhive_12345&decision=d1")
+        assert r.status_code == 200 and r.json()["actions"], r.text
+        r = await client.post("/api/v1/decisions/nope/approve", headers=AUTH)
+        assert r.status_code == 404 and "status=proposed" in r.json()["fix"], r.text
+
+
 async def test_a_client_waiting_for_100_continue_gets_the_413_before_sending(
         tmp_path: Path) -> None:
     async with control_api(tmp_path) as (client, sql):

@@ -102,6 +102,8 @@ def _problems(data: dict) -> list[SpecError]:
     (lambda d: d["flight"].update(end="2026-01-01T00:00:00Z"), "flight.end", "after"),
     (lambda d: d.update(colour="blue"), "colour", "not a known setting"),
     (lambda d: d["audiences"][0].update(id="has space"), "audiences[0].id", "valid id"),
+    (lambda d: d["audiences"][0].update(id="urban\n"), "audiences[0].id", "valid id"),
+    (lambda d: d.update(id="madhive_12345\n"), "id", "valid id"),
     (lambda d: d.update(currency="JPY"), "currency", "USD only"),
     (lambda d: d.update(currency="EUR"), "currency", 'write currency = "USD"'),
     (lambda d: d.update(currency="usd"), "currency", "ISO 4217"),

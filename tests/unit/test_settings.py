@@ -169,6 +169,25 @@ def test_an_empty_api_token_is_refused(tmp_path: Path) -> None:
     assert load_settings(None, environ={}).http.api_token is None  # generated at start
 
 
+def test_an_api_token_no_client_can_send_is_refused(tmp_path: Path) -> None:
+    """Surrounding spaces are stripped by the server from what a client sends, and a header
+    is not UTF-8: such a token passed and then refused every mutating call (the CLI crashed)."""
+    for value in (" s3cr3t-token", "s3cr3t token", "tök€n-s3cr3t", "tab\tbed"):
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, environ={"CAMPAIGND_HTTP__API_TOKEN": value})
+        assert "not a bearer token a client can send" in str(info.value)
+        assert value not in str(info.value)  # (a secret is never shown)
+    secret = tmp_path / "token"
+    secret.write_text("tök€n\n", encoding="utf-8")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[http]\napi_token_file = "{secret}"\n')
+    with pytest.raises(ConfigError, match=r"http\.api_token_file \(.*token\) is not a bearer"):
+        load_settings(cfg, environ={})
+    for good in ("s3cr3t-token", "abc.DEF_~+/x==", "0123456789abcdef" * 4):
+        token = load_settings(None, environ={"CAMPAIGND_HTTP__API_TOKEN": good}).http.api_token
+        assert token is not None and token.get_secret_value() == good
+
+
 @pytest.mark.parametrize("section", ["dsp.beeswax", "database", "redis", "receiver"])
 def test_a_secret_file_that_is_empty_or_not_text_is_refused_naming_its_key(
         tmp_path: Path, section: str) -> None:
