@@ -11,10 +11,8 @@ is raised, so the next line never joins a torn one (both would be lost on replay
 the store refused reaches the log.
 
 A segment is deleted, never rewritten, once none of its marks can still be live: when ``keep``
-marks (the store's cap) have been written after it — with one TTL the store
-evicts oldest first, so those marks are gone from memory too (with mixed TTLs it evicts the
-soonest-expiring first, and a restart may forget a longer-lived mark early, which the dedupe
-contract allows) — or when all of its marks have expired. Disk use
+marks (the store's cap) have been written after it — the store evicts the oldest-made marks
+first, so those marks are gone from memory too — or when all of its marks have expired. Disk use
 is therefore bounded by about ``keep`` marks plus one segment, and no write ever stalls on a
 compaction.
 """

@@ -67,18 +67,24 @@ def _expiry(batch: _Batch) -> float:
 
 class _Marks:
     """Dedupe marks: per namespace a plain dict id → stream position (-1: none); expiry and the
-    cap kept per batch, in a deque ordered by expiry, so a mark costs one dict entry and one
-    list slot (no tuple per mark, nothing for the cyclic GC to walk, no ``OrderedDict`` node;
-    against an ``OrderedDict`` of ``(namespace, id) -> (expiry, position)``: 1,500 fewer
-    instructions per event in the pipeline, ~190 bytes a mark instead of ~350).
+    cap kept per batch, in a deque ordered by expiry (for expiry) and one in the order the
+    batches were made (for the cap), so a mark costs one dict entry and one list slot (no tuple
+    per mark, nothing for the cyclic GC to walk, no ``OrderedDict`` node; against an
+    ``OrderedDict`` of ``(namespace, id) -> (expiry, position)``: 1,500 fewer instructions per
+    event in the pipeline, ~190 bytes a mark instead of ~350).
 
     Every held id sits in exactly one batch's live ids (``ids[start:]``): a new mark is only
     made for an id not held, and an id leaves the dict only with its batch (expiry) or from the
-    front of the oldest batch (the cap)."""
+    front of the oldest-made batch (the cap). The cap forgets the oldest-made marks, not the
+    soonest-expiring: marks that expire later than new ones (restored after the window was
+    shortened, or a sandbox market restarted behind the last run's sped-up clock) would
+    otherwise make every new batch the first to go, and nothing would be deduplicated."""
 
     def __init__(self) -> None:
         self.by_namespace: dict[str, dict[str, int]] = {}
         self.batches: deque[_Batch] = deque()
+        self.made: deque[_Batch] = deque()
+        """The same batches in the order they were made (exhausted ones dropped lazily)."""
         self.n = 0
 
     def __len__(self) -> int:
@@ -92,7 +98,15 @@ class _Marks:
         else:  # an earlier expiry after a later one: keep the deque ordered by expiry
             # (a shorter TTL, or a sandbox market restarted behind the last run's clock)
             batches.insert(bisect.bisect_right(batches, expires, key=_expiry), batch)
+        self.made.append(batch)
         self.n += len(ids)
+
+    def oldest(self) -> _Batch | None:
+        """The oldest-made batch with live marks."""
+        made = self.made
+        while made and made[0].start >= len(made[0].ids):
+            made.popleft()
+        return made[0] if made else None
 
     def restore(self, entries: Iterable[tuple[str, str, float, int]], cap: int) -> None:
         """The marks replayed from the log, oldest first: (namespace, id, expiry, position).
@@ -115,8 +129,13 @@ class _Marks:
             if ids is None:
                 ids = groups[(namespace, expires)] = []
             ids.append(id_)
-        for (namespace, expires), ids in sorted(groups.items(), key=lambda kv: kv[0][1]):
-            self.add_batch(self.by_namespace[namespace], ids, expires)
+        # the cap's order is the log's (a group where its first mark was written); expiry's
+        # is sorted once
+        made = [_Batch(expires, self.by_namespace[namespace], ids)
+                for (namespace, expires), ids in groups.items()]
+        self.made.extend(made)
+        self.batches.extend(sorted(made, key=_expiry))
+        self.n += sum(len(b.ids) for b in made)
         self.evict(cap)
 
     def purge(self, now: float) -> None:
@@ -128,14 +147,16 @@ class _Marks:
             for id_ in batch.ids[batch.start:]:
                 pop(id_, None)
             self.n -= len(batch.ids) - batch.start
+            batch.ids, batch.start = [], 0  # (left in ``made`` until it reaches the front)
 
     def evict(self, cap: int) -> int:
-        """Forget the soonest-expiring marks until at most ``cap`` are held; returns how many
-        (marks not yet expired: a redelivery of one is counted again)."""
-        batches = self.batches
+        """Forget the oldest-made marks until at most ``cap`` are held; returns how many
+        (marks not yet expired: a redelivery of one is counted again). A batch emptied here
+        stays in the expiry deque, holding nothing, until it expires."""
         evicted = 0
         while self.n > cap:
-            batch = batches[0]
+            batch = self.oldest()
+            assert batch is not None
             take = min(self.n - cap, len(batch.ids) - batch.start)
             evicted += take
             pop = batch.held.pop
@@ -144,7 +165,8 @@ class _Marks:
             batch.start += take
             self.n -= take
             if batch.start >= len(batch.ids):
-                batches.popleft()
+                batch.ids, batch.start = [], 0  # (its memory back now, not at its expiry)
+                self.made.popleft()
         return evicted
 
 
@@ -276,7 +298,8 @@ class InMemoryHotStore(HotStore):
         if now - self._eviction_logged_at < 3600:
             return
         self._eviction_logged_at = now
-        oldest = self._marks.batches[0].expires - ttl_s if self._marks.batches else now
+        first = self._marks.oldest()
+        oldest = first.expires - ttl_s if first is not None else now
         covered_h = max(0.0, now - oldest) / 3600
         log.warning("dedupe marks forgotten before their window ends",
                     max_seen=self.max_seen, covers_hours=round(covered_h, 1),

@@ -5,7 +5,7 @@ clock moves and restarts through the mark log."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -77,7 +77,7 @@ def test_marks_match_the_reference(batches: list) -> None:  # type: ignore[type-
         asyncio.run(run(Path(d)))
 
 
-def test_the_cap_forgets_the_soonest_expiring_first() -> None:
+def test_the_cap_forgets_the_oldest_made_first() -> None:
     async def run() -> None:
         clock = VirtualClock(T0)
         store = InMemoryHotStore(clock, max_seen=4)
@@ -85,10 +85,43 @@ def test_the_cap_forgets_the_soonest_expiring_first() -> None:
         assert await store.mark_seen("ev", ["short1", "short2"], 30) == [True, True]
         assert await store.mark_seen("ev", ["new"], 600) == [True]
         assert store.marks_held() == 4
-        # "short1" expired soonest and was forgotten; the others are still marked
-        assert await store.mark_seen("ev", ["long1", "long2", "short2"], 600) == [False] * 3
-        clock.advance(31)  # "short2" expires
+        # "long1" was made first and was forgotten; the others are still marked
+        assert await store.mark_seen("ev", ["long2", "short1", "short2"], 600) == [False] * 3
+        assert await store.mark_seen("ev", ["long1"], 600) == [True]  # (forgetting "long2")
+        clock.advance(31)  # "short1" and "short2" expire
         assert await store.mark_seen("ev", ["short2"], 600) == [True]
+        assert store.marks_held() == 3
+
+    asyncio.run(run())
+
+
+def test_marks_expiring_after_the_new_ones_do_not_push_every_new_one_out(
+        tmp_path: Path) -> None:
+    """A sandbox market restarted behind the last run's sped-up clock (or a window shortened
+    between runs) restores marks that expire after every new one: a full cap forgot each new
+    batch as soon as it was made, and no redelivery was caught (review finding)."""
+    async def run() -> None:
+        ahead = InMemoryHotStore(VirtualClock(T0 + timedelta(days=3)), max_seen=1000,
+                                 seen_dir=tmp_path)
+        assert await ahead.mark_seen("old", [f"o{i}" for i in range(1000)], 72 * 3600) == \
+            [True] * 1000
+        await ahead.close()
+        store = InMemoryHotStore(VirtualClock(T0), max_seen=1000, seen_dir=tmp_path)
+        assert store.marks_held() == 1000
+        for i in range(20):
+            assert await store.mark_seen("new", [f"n{i}"], 72 * 3600,
+                                         positions=[i]) == [True]
+            # redelivered at another position: a duplicate (the old market's marks go first)
+            assert await store.mark_seen("new", [f"n{i}"], 72 * 3600,
+                                         positions=[1000 + i]) == [False]
+        assert store.marks_held() == 1000
+        await store.close()
+        # the log keeps the same order: after a restart the new marks are still there
+        again = InMemoryHotStore(VirtualClock(T0), max_seen=1000, seen_dir=tmp_path)
+        assert await again.mark_seen("new", ["n0", "n19"], 72 * 3600, positions=[7, 8]) == \
+            [False, False]
+        assert await again.mark_seen("old", ["o0"], 72 * 3600) == [True]  # forgotten first
+        await again.close()
 
     asyncio.run(run())
 
