@@ -393,11 +393,18 @@ class Daemon(DaemonControl, DaemonJobs):
 
         assert self.sql is not None
         if fresh_market:
+            from campaignd.pipeline.rollup import forget_exported
+
             for cid, rt in self.campaigns.items():
                 await self.sql.reset_counts(cid)
                 rt.table.reset()
                 log.info("sandbox: a new simulated market; counts start from zero",
                          campaign=cid)
+            # (the last market's day files would stand as this one's, never rewritten)
+            files = await forget_exported(self.sql, self.settings.parquet_dir,
+                                          list(self.campaigns))
+            if files:
+                log.info("sandbox: the last market's day files deleted", files=files)
             return
         for cid, impressions in (await restore(pipeline, self.sql,
                                                now=self.clock.now())).items():

@@ -31,7 +31,8 @@ PARQUET_SCHEMA = pa.schema(
      pa.field("cell_id", pa.string(), nullable=False),
      *[pa.field(c, pa.string()) for c in LEVEL_COLUMNS],
      *[pa.field(c, pa.int64(), nullable=False) for c in COUNTER_COLUMNS]],
-    metadata={b"campaignd.money": b"integer micros (1 currency unit = 1,000,000)"})
+    metadata={b"campaignd.money": b"integer micros (1 currency unit = 1,000,000)",
+              b"campaignd.date": b"UTC day (not the DSP account's budget day)"})
 EXPORT_CHECKPOINT = "cold:parquet:exported_until"
 
 
@@ -116,6 +117,23 @@ async def export_changed_days(sql: Any, root: Path, *, now: datetime) -> int:
     return written
 
 
+async def forget_exported(sql: Any, root: Path, campaign_ids: Sequence[str]) -> int:
+    """A new sandbox market (its counts reset): delete the campaigns' day files, the last
+    market's, and restart the export's checkpoint -- the new market's clock starts behind the
+    last one's sped-up time, so its days would never pass the checkpoint and be exported.
+    Returns the files deleted."""
+    import shutil
+
+    deleted = 0
+    for campaign_id in campaign_ids:
+        part = root / f"campaign={campaign_id}"
+        if part.is_dir():
+            deleted += sum(1 for _ in part.glob("date=*/part-0.parquet"))
+            shutil.rmtree(part)
+    await sql.set_checkpoint(EXPORT_CHECKPOINT, "")
+    return deleted
+
+
 async def apply_retention(sql: Any, *, now: datetime, retention_days: int,
                           time_budget_s: float | None = None) -> int:
     """Delete warm minute rows of the days older than ``retention_days``, in chunks (at most
@@ -131,6 +149,7 @@ __all__ = [
     "day_path",
     "export_changed_days",
     "export_days",
+    "forget_exported",
     "read_days",
     "write_day",
 ]

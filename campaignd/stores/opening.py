@@ -88,8 +88,11 @@ async def open_hot_store(settings: Settings, clock: Clock) -> HotStore:
                                 seen_dir=settings.state_dir / "dedupe-marks")
     from campaignd.stores.redis import RedisHotStore
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
+    # (in sandbox mode the daemon's clock runs at the market's speed; Redis expires in real
+    # time)
+    scale = settings.dsp.sandbox.time_scale if settings.dsp.adapter == "sandbox" else 1.0
     store = RedisHotStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix,
-                                   password=password)
+                                   password=password, time_scale=scale)
     try:
         with anyio.fail_after(5):
             await store.ping()

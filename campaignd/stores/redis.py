@@ -29,6 +29,7 @@ cluster slot), not a Redis Cluster.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -144,8 +145,16 @@ class RedisHotStore(HotStore):
     remote = True
 
     def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX,
-                 where: str = "Redis") -> None:
-        """Wrap ``client``, which must be built with ``decode_responses=True``."""
+                 where: str = "Redis", time_scale: float = 1.0) -> None:
+        """Wrap ``client``, which must be built with ``decode_responses=True``.
+
+        ``time_scale``: market seconds per real second (the sandbox's speed-up). Redis expires
+        keys on its own, real clock, so the TTLs of marks and buckets -- market durations, as
+        the daemon's clock runs -- are divided by it (a JSON record's TTL, a heartbeat's, is
+        real time already)."""
+        if not (math.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale must be a positive number, got {time_scale!r}")
+        self.time_scale = float(time_scale)
         self._r = client
         self.prefix = prefix
         self._where = where
@@ -156,14 +165,19 @@ class RedisHotStore(HotStore):
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, password: str | None = None,
-                 timeout_s: float = 5.0) -> RedisHotStore:
+                 timeout_s: float = 5.0, time_scale: float = 1.0) -> RedisHotStore:
         """Build a store for ``url`` (``redis://host:port/db``); connects lazily (see ``ping``).
 
         ``password`` is used when the URL carries none (redis-py lets the URL's win).
         """
         client = Redis.from_url(url, password=password, decode_responses=True,
                                 socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        return cls(client, prefix=prefix, where=f"Redis at {mask_url(url)}")
+        return cls(client, prefix=prefix, where=f"Redis at {mask_url(url)}",
+                   time_scale=time_scale)
+
+    def _real_s(self, ttl_s: float) -> int:
+        """A market duration as whole real seconds for EXPIRE (at least 1)."""
+        return max(1, round(ttl_s / self.time_scale))
 
     @asynccontextmanager
     async def _mapped(self, doing: str) -> AsyncIterator[None]:
@@ -211,7 +225,8 @@ class RedisHotStore(HotStore):
             return await self._mark_hours(namespace, ids, ttl_s, pos, hours)
         async with self._mapped("mark_seen"):
             reply = await self._mark_seen(args=[
-                f"{self.prefix}seen:{namespace}:", _ms(ttl_s), msgspec.json.encode(list(ids)),
+                f"{self.prefix}seen:{namespace}:", _ms(ttl_s / self.time_scale),
+                msgspec.json.encode(list(ids)),
                 b"" if pos is None else msgspec.json.encode(pos)])
         return [c == "1" for c in reply]
 
@@ -233,7 +248,7 @@ class RedisHotStore(HotStore):
                                [i + 1 for i in sel]))
         async with self._mapped("mark_seen"):
             reply = await self._mark_seen_hours(args=[
-                f"{self.prefix}seenh:{namespace}:", max(1, round(ttl_s)),
+                f"{self.prefix}seenh:{namespace}:", self._real_s(ttl_s),
                 "1" if pos is not None else "0", msgspec.json.encode(groups)])
         return [c == "1" for c in reply]
 
@@ -258,15 +273,15 @@ class RedisHotStore(HotStore):
                     pipe.hincrby(sec, metric, int(n))
                     pipe.hincrby(mnt, metric, int(n))
                 if metrics:
-                    pipe.expire(sec, min(ttl_s, SECOND_BUCKET_TTL_S))
-                    pipe.expire(mnt, ttl_s)
+                    pipe.expire(sec, self._real_s(min(ttl_s, SECOND_BUCKET_TTL_S)))
+                    pipe.expire(mnt, self._real_s(ttl_s))
             await pipe.execute()
 
     async def add_buckets(self, campaign_id: str,
                           by_second: Mapping[int, Mapping[str, Mapping[str, int]]], *,
                           ttl_s: int = BUCKET_TTL_S) -> None:
         check_ttl(ttl_s)
-        sec_ttl = int(min(ttl_s, SECOND_BUCKET_TTL_S))
+        sec_ttl = self._real_s(min(ttl_s, SECOND_BUCKET_TTL_S))
         minutes: dict[tuple[int, str], dict[str, int]] = defaultdict(dict)
         rows: list[tuple[str, list[str], int]] = []
         for at, counts in by_second.items():
@@ -281,7 +296,8 @@ class RedisHotStore(HotStore):
                 rows.append((f"s:{campaign_id}:{cell_id}:{int(at)}", flat, sec_ttl))
         for (minute, cell_id), metrics in minutes.items():
             rows.append((f"m:{campaign_id}:{cell_id}:{minute}",
-                         [x for m, n in metrics.items() for x in (m, str(n))], int(ttl_s)))
+                         [x for m, n in metrics.items() for x in (m, str(n))],
+                         self._real_s(ttl_s)))
         if not rows:
             return
         async with self._mapped("add_buckets"):

@@ -148,6 +148,32 @@ async def test_reset_forgets_a_campaigns_counts(sql_store: SqlStore,
                                     last=date(2027, 1, 1)) == []
 
 
+async def test_a_new_sandbox_market_forgets_the_last_ones_files(
+        sql_store: SqlStore, seed_spec: CampaignSpec, tmp_path: Path) -> None:
+    """The last market ran ahead on its sped-up clock: its checkpoint kept the new market's
+    finished days from ever being exported, and its files stood as this market's."""
+    from campaignd.pipeline.rollup import forget_exported
+
+    [a] = (await stored(sql_store, seed_spec))[:1]
+    cid = seed_spec.id
+    ahead = NOW + timedelta(days=5)
+    await sql_store.commit_ingest(minutes=[AggregateRow(cid, a, ahead - timedelta(days=1),
+                                                        counts(impressions=7))], now=ahead)
+    assert await export_changed_days(sql_store, tmp_path, now=ahead) == 1
+    (tmp_path / "audit").mkdir()  # (the audit archive beside them is not a day file)
+    # the new market: counts reset, its clock behind the last one's
+    await sql_store.reset_counts(cid)
+    assert await forget_exported(sql_store, tmp_path, [cid]) == 1
+    assert read_days(tmp_path, cid).num_rows == 0 and (tmp_path / "audit").is_dir()
+    yesterday = NOW - timedelta(days=1)
+    await sql_store.commit_ingest(minutes=[AggregateRow(cid, a, yesterday,
+                                                        counts(impressions=3))], now=NOW)
+    assert await export_changed_days(sql_store, tmp_path, now=NOW) == 1
+    assert pq.read_table(day_path(tmp_path, cid, yesterday.date()))["impressions"].to_pylist() \
+        == [3]
+    assert await forget_exported(sql_store, tmp_path / "none", [cid]) == 0
+
+
 async def test_parquet_round_trip_and_changed_days(sql_store: SqlStore, seed_spec: CampaignSpec,
                                                    tmp_path: Path) -> None:
     cells = await stored(sql_store, seed_spec)

@@ -378,3 +378,28 @@ async def test_redis_hour_marks_expire_after_the_ttl(redis_url: str, redis_prefi
         assert 590_000 < await pttl_ms(store, redis_url, f"seenh:evh:{T0 // 3600}") <= 600_000
     finally:
         await store.close()
+
+
+async def test_redis_expires_market_durations_at_the_sandboxs_speed(
+        redis_url: str, redis_prefix: str) -> None:
+    """In sandbox mode the daemon's clock runs at the market's speed and Redis expires in real
+    time: at 1,440x a 30-minute second bucket lived 30 real minutes (a month of market time;
+    94 MB after 40 s of a demo). Marks and buckets are divided by the speed-up; a JSON record's
+    TTL (a heartbeat) is real time already."""
+    store = RedisHotStore.from_url(redis_url, prefix=redis_prefix, time_scale=1440)
+    try:
+        await store.mark_seen("ev", ["a"], ttl_s=72 * 3600)
+        assert 170_000 < await pttl_ms(store, redis_url, "seen:ev:a") <= 180_000
+        await store.mark_seen("evh", ["a"], ttl_s=72 * 3600, hours=[T0 // 3600])
+        assert 170_000 < await pttl_ms(store, redis_url, f"seenh:evh:{T0 // 3600}") <= 180_000
+        await store.add_buckets("c1", {T0: {"cell": {"impressions": 2}}})
+        assert 0 < await pttl_ms(store, redis_url, f"s:c1:cell:{T0}") <= 2_000
+        assert 59_000 < await pttl_ms(store, redis_url, f"m:c1:cell:{T0 // 60}") <= 60_000
+        await store.add_counts("c2", {"cell": {"impressions": 1}}, at_epoch_s=T0)
+        assert 59_000 < await pttl_ms(store, redis_url, f"m:c2:cell:{T0 // 60}") <= 60_000
+        await store.set_json("beat", {"ok": True}, ttl_s=30)
+        assert 29_000 < await pttl_ms(store, redis_url, "json:beat") <= 30_000
+    finally:
+        await store.close()
+    with pytest.raises(ValueError, match="time_scale"):
+        RedisHotStore.from_url(redis_url, time_scale=0)

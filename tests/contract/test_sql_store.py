@@ -326,6 +326,21 @@ async def test_status_record(sql_store: SqlStore) -> None:
     assert await sql_store.read_status("host-2") is None
 
 
+async def test_a_database_from_a_newer_campaignd_is_refused_in_one_line(sql_url: str) -> None:
+    """alembic's "Can't locate revision" came out of every store-backed CLI command as a
+    traceback (review finding)."""
+    await upgrade(sql_url)
+    engine = build_engine(sql_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    finally:
+        await engine.dispose()
+    with pytest.raises(StorageError, match=r"schema revision 0099, newer than this campaignd "
+                                           r"knows \(its newest is 0005\): upgrade campaignd"):
+        await upgrade(sql_url)
+
+
 async def test_concurrent_upgrades_from_several_processes(sql_url: str) -> None:
     """The daemon and a CLI command may both upgrade a fresh database at the same moment."""
     code = ("import asyncio, sys; from campaignd.stores.sql import upgrade; "

@@ -13,6 +13,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
@@ -45,9 +47,23 @@ def head_revision() -> str:
     return head
 
 
+class _NewerSchema(Exception):
+    def __init__(self, revision: str) -> None:
+        super().__init__(revision)
+        self.revision = revision
+
+
 def _upgrade(connection: Connection, revision: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
+    current = _current(connection)
+    if current is not None:
+        try:
+            known = ScriptDirectory.from_config(config).get_revision(current)
+        except (CommandError, RevisionError):
+            known = None
+        if known is None:  # written by a newer campaignd (alembic's own error: a traceback)
+            raise _NewerSchema(current)
     command.upgrade(config, revision)
 
 
@@ -85,6 +101,11 @@ async def upgrade(url: str | URL, *, password: str | None = None, revision: str 
         raise StorageError(f"cannot migrate the database at {masked(engine.url)}: it did not "
                            f"finish within {UPGRADE_TIMEOUT_S:g} s (is another process holding "
                            "a lock on it?)") from None
+    except _NewerSchema as exc:
+        raise StorageError(f"the database at {masked(engine.url)} has schema revision "
+                           f"{exc.revision}, newer than this campaignd knows (its newest is "
+                           f"{head_revision()}): upgrade campaignd, or point database.url at "
+                           "another database") from None
     except (SQLAlchemyError, OSError) as exc:
         raise StorageError(f"cannot migrate the database at {masked(engine.url)}: "
                            f"{error_reason(exc)}; {_FIX}") from exc
