@@ -6,6 +6,9 @@ executor (``campaignd.dsp.executor``) records and applies it. In order:
 1. **Priority.** Every recommendation has priority = score × impact × (1 − risk) (``impact`` in
    objective units per day, ``risk`` the posterior probability that it hurts). A finding
    (priority 0, e.g. ``flag_underperformer``) is kept in the plan as skipped: nothing to apply.
+   A rule (``REQUIRED_KINDS``: ``budget_pace``, the cut of a campaign's budgets to today's share
+   of its lifetime budget) is applied whatever its priority and spends no risk, after the
+   rest, unless its campaign's budget rebalance was selected (which paces it by itself).
 2. **Risk budget.** Recommendations are taken in decreasing priority while their summed risk
    stays within ``risk_budget`` (default 0.2) per campaign (campaigns are separate money, so one
    campaign's decisions never starve another's); one that would exceed it is skipped and
@@ -53,7 +56,11 @@ from campaignd.domain.actions import (
     action_key,
 )
 
-EXECUTABLE_KINDS = ("budget_rebalance", "pause_cell", "activate_cell")
+EXECUTABLE_KINDS = ("budget_rebalance", "budget_pace", "pause_cell", "activate_cell")
+REQUIRED_KINDS = ("budget_pace",)
+"""Rules, not bets: applied whatever their priority, spending no risk -- unless a budget
+rebalance of the same campaign was selected this cycle (it paces the campaign by itself)."""
+_BUDGET_KINDS = ("budget_rebalance", "budget_pace")
 _BUDGET, _PAUSE, _ACTIVATE = 0, 1, 2
 _KIND_NAME = {_BUDGET: "budget", _PAUSE: "pause", _ACTIVATE: "activate"}
 
@@ -146,7 +153,10 @@ class DecisionEngine:
         and gives only ``budgets`` (no keys, evidence or reasons: for the simulator)."""
         rules = self.rules
         plan = DecisionPlan()
-        ranked = sorted(recommendations, key=lambda r: (-r.priority, r.decision_id))
+        # (the required ones last: a selected re-plan supersedes its campaign's pacing cut)
+        ranked = sorted(recommendations, key=lambda r: (r.kind in REQUIRED_KINDS, -r.priority,
+                                                        r.decision_id))
+        replanned: set[str] = set()  # campaigns whose budget rebalance was selected
         recs: list[Recommendation] = []
         claims: dict[str, _Claims] = {}
         claimed: dict[str, np.ndarray] = {}  # campaign → rec index per cell (-1: free)
@@ -155,7 +165,12 @@ class DecisionEngine:
             if rec.kind not in EXECUTABLE_KINDS:
                 plan.skipped.append(_skip(rec, "finding: nothing to apply"))
                 continue
-            if not rec.priority > 0:
+            required = rec.kind in REQUIRED_KINDS
+            if required and rec.campaign_id in replanned:
+                plan.skipped.append(_skip(rec, "superseded: the campaign's re-plan this cycle "
+                                               "paces it"))
+                continue
+            if not required and not rec.priority > 0:
                 plan.skipped.append(_skip(rec, "no expected gain: priority is 0"))
                 continue
             state = campaigns.get(rec.campaign_id)
@@ -163,7 +178,7 @@ class DecisionEngine:
                 plan.skipped.append(_skip(rec, "unknown campaign: not loaded or not synced"))
                 continue
             used = risk.get(rec.campaign_id, 0.0)
-            if used + rec.risk > rules.risk_budget + 1e-12:
+            if not required and used + rec.risk > rules.risk_budget + 1e-12:
                 plan.skipped.append(_skip(
                     rec, f"risk budget: risk {rec.risk:.3f} would bring this cycle's total for "
                          f"the campaign to {used + rec.risk:.3f} > {rules.risk_budget:g}"))
@@ -217,8 +232,11 @@ class DecisionEngine:
             c.value.append(value)
             c.rec.append(np.full(pos.size, len(recs)))
             recs.append(rec)
-            risk[rec.campaign_id] = used + rec.risk
-            plan.risk_used += rec.risk
+            if not required:
+                risk[rec.campaign_id] = used + rec.risk
+                plan.risk_used += rec.risk
+            if rec.kind == "budget_rebalance":
+                replanned.add(rec.campaign_id)
             plan.selected.append(rec)
         budget = rules.max_requests
         for cid, c in claims.items():
@@ -354,7 +372,7 @@ def _ceil(x: np.ndarray) -> np.ndarray:
 def _expand(rec: Recommendation, st: CampaignState
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
     """(positions, kinds, new daily budgets, unknown cells) of what ``rec`` changes."""
-    if rec.kind == "budget_rebalance":
+    if rec.kind in _BUDGET_KINDS:
         budgets: Mapping[str, int] = rec.change.get("daily_budgets_micros", {})
         if isinstance(budgets, CellValues) and (budgets.cell_ids is st.cell_ids
                                                 or budgets.cell_ids == st.cell_ids):
@@ -433,7 +451,7 @@ def _actions(ops: _Ops, st: CampaignState, recs: list[Recommendation],
         cells = rec.evidence.get("cells", {})
         found = cells.get(li.cell_id) if isinstance(cells, Mapping) else None
         cell_evidence = dict(found) if found else {}
-        why = cell_evidence.pop("why", None)
+        why = cell_evidence.pop("why", None) or rec.evidence.get("summary", {}).get("why")
         evidence = {"recommendation": {k2: v for k2, v in rec.evidence.items() if k2 != "cells"},
                     "cell": cell_evidence}
         reason = f"{rec.agent}: {rec.kind}" + (f" — {why}" if why else "")

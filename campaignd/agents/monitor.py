@@ -51,7 +51,7 @@ def campaign_metrics(counts: Mapping[str, np.ndarray]) -> dict[str, Any]:
         "completes", "spend_micros", "conversion_value_micros")}
     rates = derived_metrics({k: np.array([v]) for k, v in tot.items()})
     return {**{k: tot[k] for k in ("impressions", "clicks", "conversions", "spend_micros")},
-            **{k: _num(v[0]) for k, v in rates.items()}}
+            **{k: _num(v[0], k) for k, v in rates.items()}}
 
 
 class PerformanceMonitor(Agent):
@@ -135,7 +135,7 @@ class PerformanceMonitor(Agent):
                     "threshold": float(threshold), "p_below_threshold": float(p_below[i]),
                     "rule": self.rule}
                 if rank < top.size:
-                    evidence["metrics"] = {w: {k: _num(v[rank]) for k, v in m.items()}
+                    evidence["metrics"] = {w: {k: _num(v[rank], k) for k, v in m.items()}
                                            for w, m in per_window.items()}
                     summary["flagged"].append({"cell_id": cell, **{
                         k: evidence[k] for k in ("trials", "successes", "p_below_threshold")}})
@@ -147,5 +147,9 @@ class PerformanceMonitor(Agent):
         return recs
 
 
-def _num(x: float) -> float | None:
-    return None if not np.isfinite(x) else float(x)
+def _num(x: float, name: str = "") -> float | int | None:
+    """JSON-ready: None where undefined; money (``*_micros``) as whole micros (half to even),
+    never a float on the wire."""
+    if not np.isfinite(x):
+        return None
+    return round(float(x)) if name.endswith("_micros") else float(x)

@@ -26,6 +26,13 @@ A re-plan is assessed once: while the policy still wants the same budgets from t
 posterior (some changes wait for the DSP's request budget), the pending remainder is the same
 decision and keeps its assessment.
 
+**Pacing is not a bet.** When the budgets in force add up to more than the campaign may spend
+today (its lifetime budget paced over the flight's days left, at most the daily budget; e.g. the
+line items' first budgets, the daily budget split over the cells), the agent also recommends a
+``budget_pace``: their cut to today's share, each line item's room above its spend cut in
+proportion. The decision engine applies it whenever it does not apply the re-plan (which paces
+by itself), whatever the posterior says.
+
 The same agent runs in the daemon and in the simulator; a restarted daemon's agent first learns
 everything counted so far as one interval (then re-plans from the budgets in force, within the
 cut limits), so a restart never resets the campaign to an equal split.
@@ -200,7 +207,7 @@ class BudgetReallocationAgent(Agent):
                 raise ValueError(f"campaign {cid}: the snapshot's cells are not the agent's; "
                                  "call add_campaign with the campaign's current cells")
             try:
-                rec = self._run_campaign(camp, snap, now)
+                got = self._run_campaign(camp, snap, now)
             except Exception as exc:  # one campaign's failure never stops the others
                 log.error("reallocation: campaign skipped this cycle", campaign=cid,
                           error=f"{type(exc).__name__}: {exc}"[:300], exc_info=True)
@@ -208,18 +215,17 @@ class BudgetReallocationAgent(Agent):
                                                                   f"{exc}"[:300]}
                 self.errors += 1
                 continue
-            if rec is not None:
-                recs.append(rec)
+            recs.extend(got)
         return recs
 
     def _run_campaign(self, camp: _Campaign, snap: CellSnapshot, now: datetime
-                      ) -> Recommendation | None:
+                      ) -> list[Recommendation]:
         cid = camp.spec.id
         if not camp.spec.flight_start <= now < camp.spec.flight_end:
             # outside the flight nothing can be bought: no re-plan, no requests
             self.last[cid] = {"at": now.isoformat(), "cells_changed": 0,
                               "outside_flight": True}
-            return None
+            return []
         obs = observations_from(snap, now)
         if not camp.started:
             camp.started = True
@@ -235,9 +241,46 @@ class BudgetReallocationAgent(Agent):
         current = obs.budgets_micros
         changed = np.nonzero(wanted != current)[0]
         self.last[cid] = {"at": now.isoformat(), "cells_changed": int(changed.size)}
+        out = ([self._recommend(camp, obs, wanted, current, changed, now)] if changed.size
+               else [])
+        pace = self._pace(camp, obs, current, now)
+        if pace is not None:
+            out.append(pace)
+        return out
+
+    def _pace(self, camp: _Campaign, obs: Observations, current: np.ndarray,
+              now: datetime) -> Recommendation | None:
+        """When the budgets in force add up to more than the campaign may spend today (its
+        lifetime budget paced over the flight), their cut to it -- each line item's room
+        above what it already spent cut in proportion (``affordable``), never raised --
+        as a ``budget_pace`` the engine applies whenever the re-plan is not (too risky, no
+        gain): pacing is a rule, not a bet, and must not wait for a confident re-plan."""
+        today = getattr(camp.policy, "budget_today_micros", None)
+        if today is None:
+            return None
+        spent = obs.spent_today_micros
+        # (what each line item may still cost today: a budget below its spend costs its spend)
+        if int(np.maximum(current, spent).sum()) <= today:
+            return None
+        paced = np.minimum(np.floor(affordable(current, spent, today)).astype(np.int64),
+                           current)
+        changed = np.nonzero(paced != current)[0]
         if changed.size == 0:
             return None
-        return self._recommend(camp, obs, wanted, current, changed, now)
+        spec = camp.spec
+        summary = {"budget_before_micros": int(current.sum()),
+                   "budget_after_micros": int(paced.sum()), "budget_today_micros": int(today),
+                   "spent_today_micros": int(spent.sum()), "cells_changed": int(changed.size),
+                   "why": "the budgets in force add up to more than today's share of the "
+                          "lifetime budget (paced over the flight's days left): each line "
+                          "item's room above its spend today is cut in proportion"}
+        self.last[spec.id]["pace"] = summary
+        return Recommendation(
+            agent=self.name, kind="budget_pace", campaign_id=spec.id, target=spec.id,
+            created_at=now,
+            change={"daily_budgets_micros": CellValues(camp.cell_ids, changed,
+                                                       paced[changed])},
+            evidence={"summary": summary}, score=1.0, impact=0.0, risk=0.0)
 
     def _recommend(self, camp: _Campaign, obs: Observations, wanted: np.ndarray,
                    current: np.ndarray, changed: np.ndarray, now: datetime) -> Recommendation:

@@ -190,6 +190,11 @@ class Allocator:
         self.learning_successes = learning_successes
         self.max_cut_per_cycle = max_cut_per_cycle
         self.max_cut_per_day = max_cut_per_day
+        if value_per_success is not None and not (
+                isinstance(value_per_success, int | float)
+                and math.isfinite(value_per_success) and value_per_success > 0):
+            raise ValueError(f"value_per_success must be a finite number > 0 (or None), got "
+                             f"{value_per_success!r}")
         self.value_per_success = value_per_success
         if not (math.isfinite(cost_prior) and cost_prior > 0):
             raise ValueError(f"cost_prior must be a positive money amount per trial, got "
@@ -299,6 +304,20 @@ class Allocator:
     @rate_scale.setter
     def rate_scale(self, scale: np.ndarray | None) -> None:
         self._rate_scale = None if scale is None else self._vec(scale, "rate_scale").copy()
+
+    def _capacity(self, capacity: np.ndarray | Sequence[float]) -> np.ndarray:
+        """Per-cell upper bounds on spend: >= 0, ``inf`` for none (a NaN or a negative bound is
+        a caller's bug, not a cell to defund silently)."""
+        try:
+            cap = np.asarray(capacity, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError("capacity: need one number per cell (inf: no bound)") from None
+        if cap.shape != (self.n_cells,):
+            raise ValueError(f"capacity: need one value per cell ({self.n_cells}), got shape "
+                             f"{cap.shape}")
+        if np.isnan(cap).any() or (cap < 0).any():
+            raise ValueError("capacity: values must be >= 0 (inf: no bound), with no NaN")
+        return cap
 
     def _vec(self, x: np.ndarray | Sequence[float], name: str) -> np.ndarray:
         a = np.asarray(x, dtype=float)
@@ -416,11 +435,7 @@ class Allocator:
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level}")
         if capacity is not None:
-            cap = np.maximum(np.nan_to_num(np.asarray(capacity, dtype=float), nan=0.0,
-                                           posinf=np.inf), 0.0)
-            if cap.shape != (self.n_cells,):
-                raise ValueError(f"capacity: need one value per cell ({self.n_cells}), got "
-                                 f"shape {cap.shape}")
+            cap = self._capacity(capacity)
             x1, x0 = np.minimum(x1, cap), np.minimum(x0, cap)
         delta = x1 - x0
         live = np.flatnonzero(delta != 0)
@@ -482,14 +497,14 @@ class Allocator:
         ``lower`` hold above them); ``lower``: optional
         per-cell lower bounds (committed money); ``previous``: the allocation in force, for the
         cut limits (default: the last one this allocator returned)."""
-        if not np.isfinite(budget) or budget < 0:
+        try:
+            B = float(budget)
+        except (TypeError, ValueError):
+            raise ValueError(f"budget must be a number, got {budget!r}") from None
+        if not math.isfinite(B) or B < 0:
             raise ValueError(f"budget must be finite and >= 0, got {budget}")
         n = self.n_cells
-        B = float(budget)
-        cap = np.full(n, np.inf) if capacity is None else np.maximum(
-            np.nan_to_num(np.asarray(capacity, dtype=float), nan=0.0, posinf=np.inf), 0.0)
-        if cap.shape != (n,):
-            raise ValueError(f"capacity: need one value per cell ({n}), got shape {cap.shape}")
+        cap = np.full(n, np.inf) if capacity is None else self._capacity(capacity)
         lo = np.zeros(n) if lower is None else self._vec(lower, "lower")
         cap = np.maximum(cap, lo)
         total_lo = float(lo.sum())

@@ -67,8 +67,14 @@ class AdditiveLogitModel:
                  main_sd: float = 1.0, interaction_sd: float = 0.5, residual_sd: float = 0.25,
                  intercept_mean: float = -4.6, intercept_sd: float = 10.0,
                  priors: Mapping[str, Prior] | None = None) -> None:
-        if not cells:
-            raise ValueError("cells: at least one cell is needed")
+        if isinstance(cells, str | bytes) or not cells:
+            raise ValueError("cells: at least one cell is needed (a sequence of dimension → "
+                             "level mappings)")
+        for i, c in enumerate(cells):
+            if not isinstance(c, Mapping):
+                raise ValueError(f"cells[{i}]: each cell must be a mapping of dimension → "
+                                 f"level, e.g. {{'audience': 'a1', 'platform': 'hulu'}}; got "
+                                 f"{type(c).__name__}")
         for sd, name in ((main_sd, "main_sd"), (interaction_sd, "interaction_sd"),
                          (residual_sd, "residual_sd"), (intercept_sd, "intercept_sd")):
             if not sd > 0:

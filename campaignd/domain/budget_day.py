@@ -141,8 +141,9 @@ def paced_budget_today(*, lifetime_micros: int, daily_micros: int, spent_total_m
                        spent_today_micros: int, days_left: int) -> int:
     """What a campaign may spend today (micros): the lifetime budget left when the day began,
     spread evenly over the flight's budget days left (``days_left``, today's included) --
-    paced over the flight, so that it lasts to the flight's end --, at most the daily budget,
-    never less than today's spend, never more than the lifetime budget left. (A day that
+    paced over the flight, so that it lasts to the flight's end --, never less than today's
+    spend, but never more than the daily budget or the lifetime budget left (which win over
+    today's spend: a day that overspent them gets no more). (A day that
     underspends leaves its money to the days after it.)"""
     if days_left <= 0:  # the flight is over
         return max(0, spent_today_micros)

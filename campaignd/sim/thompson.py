@@ -437,7 +437,8 @@ class ThompsonPolicy:
         # cells funded up to their capacity: if they then keep pace, the capacity was too low
         self._at_cap = (x - s > 0.5 * (cap - s)) & (cap > s)
         if int(budgets.sum()) > today:  # only if today's spend already exceeds today's budget
-            budgets = np.minimum(budgets, spent_today)
+            # (every line item stops: none is raised, not even one that spent above its budget)
+            budgets = np.minimum(budgets, np.minimum(spent_today, obs.budgets_micros))
         self._budgets = budgets
         self._last, self._last_at = obs, now
         return budgets.copy()

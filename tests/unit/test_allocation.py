@@ -244,6 +244,24 @@ def test_supplied_priors_and_bad_input() -> None:
         alloc.allocate(-1.0)
     with pytest.raises(ValueError, match="discount"):
         alloc.observe(np.ones(4), np.zeros(4), discount=0.0)
+    # what a caller's bug looks like is refused, naming the argument (a NaN or negative
+    # capacity silently defunded the cell; a string budget was a TypeError from numpy)
+    for cap in ([np.nan, 1, 1, 1], [-1.0, 1, 1, 1], ["x", 1, 1, 1]):
+        with pytest.raises(ValueError, match="capacity"):
+            alloc.allocate(10.0, cap)
+        with pytest.raises(ValueError, match="capacity"):
+            alloc.assess(np.ones(4), np.zeros(4), cap)
+    for budget in ("ten", None):
+        with pytest.raises(ValueError, match="budget must be a number"):
+            alloc.allocate(budget)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"cells\[1\]: each cell must be a mapping"):
+        Allocator([{"a": "x"}, "b"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="cells: at least one cell"):
+        Allocator("ab")  # type: ignore[arg-type]
+    for bad in (float("nan"), -1.0, 0.0):
+        with pytest.raises(ValueError, match="value_per_success"):
+            Allocator(cells, value_per_success=bad)
+    assert alloc.allocate(10.0, [np.inf, 0, 1, 2]).sum() <= 10.0
     assert AdditiveLogitModel(cells).names[:3] == (INTERCEPT, "a=a0", "a=a1")
 
 

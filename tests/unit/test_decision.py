@@ -79,6 +79,36 @@ def test_the_risk_budget_takes_the_best_recommendations_that_fit() -> None:
     assert plan.risk_used == pytest.approx(0.19)
 
 
+def pace(budgets: dict[str, int]) -> Recommendation:
+    return Recommendation(agent="reallocation", kind="budget_pace", campaign_id="c1",
+                          target="c1", created_at=NOW, change={"daily_budgets_micros": budgets},
+                          evidence={"summary": {"why": "paced"}}, score=1.0)
+
+
+def test_the_pacing_cut_is_applied_unless_the_re_plan_is() -> None:
+    """Pacing is a rule, not a bet: the cut of a campaign's budgets to today's share of its
+    lifetime budget travelled only inside the re-plan, so a re-plan refused for its risk (or no
+    gain) left the line items at the daily budget split over them, burning the lifetime budget
+    at up to twice its pace (review finding)."""
+    s = state({"a": 40 * M, "b": 30 * M, "c": 30 * M})
+    cut = pace({"a": 20 * M, "b": 15 * M, "c": 15 * M})
+    for refused in (rebalance({"a": 10 * M, "c": 40 * M}, risk=0.5),
+                    rebalance({"a": 10 * M, "c": 40 * M}, impact=0.0)):
+        plan = DecisionEngine().decide([cut, refused], {"c1": s}, NOW)
+        assert {a.cell_id: a.after["daily_budget_micros"] for a in plan.actions} == {
+            "a": 20 * M, "b": 15 * M, "c": 15 * M}
+        assert plan.risk_used == 0.0 and plan.selected == [cut]
+        assert plan.actions[0].reason == "reallocation: budget_pace — paced"
+    # a re-plan selected this cycle paces the campaign by itself: the cut is superseded
+    plan = DecisionEngine().decide([cut, rebalance({"a": 10 * M, "c": 40 * M})], {"c1": s}, NOW)
+    assert {a.cell_id: a.after["daily_budget_micros"] for a in plan.actions} == {
+        "a": 10 * M, "c": 40 * M}
+    assert [x.reason.split(":")[0] for x in plan.skipped] == ["superseded"]
+    # alone (a one-cell campaign, whose re-plan never gains), it is applied too
+    plan = DecisionEngine().decide([cut], {"c1": s}, NOW)
+    assert len(plan.actions) == 3
+
+
 def test_findings_and_changes_without_expected_gain_are_not_applied() -> None:
     s = state({"a": 10 * M})
     flag = Recommendation(agent="monitor", kind="flag_underperformer", campaign_id="c1",

@@ -88,6 +88,11 @@ def test_metrics_over_windows_and_the_raw_rule_uses_the_last_30_seconds(seed_spe
     assert summary["windows"]["30"]["impressions"] == 50 * n
     assert summary["windows"]["3600"]["conversions"] == n - 1
     assert summary["windows"]["totals"]["cpa_micros"] is not None
+    # money goes out as whole micros, never a float (ratios stay floats)
+    for window in summary["windows"].values():
+        for key, value in window.items():
+            if key.endswith("_micros") and value is not None:
+                assert isinstance(value, int), (key, value)
 
 
 def test_each_campaign_is_watched_on_its_objectives_rate(seed_spec) -> None:  # type: ignore[no-untyped-def]

@@ -18,6 +18,13 @@ from campaignd.domain.cells import CellTable
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
+def _replan(recs: list[Any]) -> Any:
+    """The campaign's re-plan among the agent's recommendations (beside it, a ``budget_pace``
+    when the budgets in force exceed today's paced budget)."""
+    (rec,) = [r for r in recs if r.kind == "budget_rebalance"]
+    return rec
+
+
 def _snapshot(spec: CampaignSpec, *, good: str, imps_per_cell: int, budget: int,
               at: datetime) -> object:
     cells = atomize(spec)
@@ -41,8 +48,14 @@ def test_a_restarted_agent_moves_budget_toward_the_better_cells_with_evidence(
     agent.add_campaign(seed_spec, cells)
     at = seed_spec.flight_start + timedelta(days=2, hours=1)
     snap = _snapshot(seed_spec, good=good, imps_per_cell=4000, budget=budget, at=at)
-    (rec,) = agent.run({seed_spec.id: snap}, at)  # type: ignore[dict-item]
+    # the re-plan, and the cut of the budgets in force (the daily budget split over the
+    # cells, as the line items are made) to today's share of the lifetime budget
+    rec, pace = agent.run({seed_spec.id: snap}, at)  # type: ignore[dict-item]
     assert rec.kind == "budget_rebalance" and rec.agent == "reallocation"
+    assert pace.kind == "budget_pace" and pace.risk == 0 and pace.score == 1.0
+    paced = agent.policy(seed_spec.id).budget_today_micros  # type: ignore[attr-defined]
+    assert sum(pace.change["daily_budgets_micros"].values()) <= paced < budget * len(cells)
+    assert len(pace.change["daily_budgets_micros"]) == len(cells)
     new = rec.change["daily_budgets_micros"]
     by_aud: dict[str, list[int]] = {}
     for c in cells:
@@ -87,7 +100,7 @@ def test_the_daily_cut_limit_holds_in_every_recommendation(seed_spec: CampaignSp
     at = seed_spec.flight_start + timedelta(days=2, hours=1)
     snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
                      at=at)
-    (rec,) = agent.run({seed_spec.id: snap}, at)  # type: ignore[dict-item]
+    rec = _replan(agent.run({seed_spec.id: snap}, at))  # type: ignore[dict-item]
     new = np.array(list(rec.change["daily_budgets_micros"].values()))
     # cut by at most 20 % on the day, to the micro (rounding down would cut 1 micro more)
     assert new.min() >= math.ceil(0.8 * budget)
@@ -104,7 +117,7 @@ def _rebalance_a_day_in(spec: CampaignSpec, policy: str) -> tuple[Any, Any, int,
     agent.add_campaign(spec, cells)
     at = spec.flight_start + timedelta(days=1, hours=1)
     snap = _snapshot(spec, good=cells[0].audience, imps_per_cell=4000, budget=budget, at=at)
-    (rec,) = agent.run({spec.id: snap}, at)  # type: ignore[dict-item]
+    rec = _replan(agent.run({spec.id: snap}, at))  # type: ignore[dict-item]
     return rec, snap, budget, at
 
 
@@ -199,7 +212,7 @@ def test_one_campaigns_failure_does_not_stop_the_others(seed_spec: CampaignSpec)
     bad = replace(good, campaign_id=other.id,  # type: ignore[type-var]
                   daily_budgets_micros=np.full(len(cells) - 1, budget, dtype=np.int64))
     recs = agent.run({other.id: bad, seed_spec.id: good}, at)  # type: ignore[dict-item]
-    assert [r.campaign_id for r in recs] == [seed_spec.id]
+    assert {r.campaign_id for r in recs} == {seed_spec.id}
     assert agent.errors == 1 and "error" in agent.last[other.id]
 
 
@@ -217,7 +230,7 @@ def test_nothing_is_planned_outside_the_flight(seed_spec: CampaignSpec) -> None:
     inside = seed_spec.flight_start + timedelta(days=2, hours=1)
     snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000, budget=budget,
                      at=inside)
-    assert len(agent.run({seed_spec.id: snap}, inside)) == 1  # type: ignore[dict-item]
+    assert _replan(agent.run({seed_spec.id: snap}, inside))  # type: ignore[dict-item]
 
 
 def test_the_first_re_plan_before_any_count_says_it_comes_from_the_prior(
@@ -231,7 +244,7 @@ def test_the_first_re_plan_before_any_count_says_it_comes_from_the_prior(
     at = seed_spec.flight_start
     snap = replace(CellTable(seed_spec.id, cells).snapshot(at_s=int(at.timestamp())),
                    daily_budgets_micros=np.zeros(len(cells), dtype=np.int64))
-    (rec,) = agent.run({seed_spec.id: snap}, at)
+    rec = _replan(agent.run({seed_spec.id: snap}, at))
     summary = rec.evidence["summary"]
     assert summary["prior_only"] is True and summary["pooled_rate"] is None
     # at most every impression the day's budget buys at the cheapest bid
@@ -247,6 +260,40 @@ def test_the_first_re_plan_before_any_count_says_it_comes_from_the_prior(
     later = at + timedelta(hours=6)
     snap = _snapshot(seed_spec, good=cells[0].audience, imps_per_cell=4000,
                      budget=seed_spec.daily_budget_micros // len(cells), at=later)
-    (rec,) = agent.run({seed_spec.id: snap}, later)  # type: ignore[dict-item]
+    rec = _replan(agent.run({seed_spec.id: snap}, later))  # type: ignore[dict-item]
     assert "prior_only" not in rec.evidence["summary"]
     assert all("posterior" in e["why"] for e in rec.evidence["cells"].values())
+
+
+def test_a_one_cell_campaign_is_paced_although_no_re_plan_can_gain(
+        seed_spec: CampaignSpec) -> None:
+    """One line item holding the daily budget ($2,500) against a paced $200 a day: the re-plan
+    can never beat the budgets in force, so the cut never reached the DSP and the lifetime
+    budget would be gone in a tenth of the flight (review finding)."""
+    from decimal import Decimal
+
+    from campaignd.agents.decision import DecisionEngine
+    from campaignd.domain.actions import CampaignState, LineItemState
+
+    spec = replace(seed_spec, audiences=seed_spec.audiences[:1],
+                   creatives=seed_spec.creatives[:1], bid_strategies=seed_spec.bid_strategies[:1],
+                   dayparts=seed_spec.dayparts[:1], platforms=seed_spec.platforms[:1],
+                   lifetime_budget=Decimal("24000.00"), exclusions=())
+    cells = atomize(spec)
+    assert len(cells) == 1
+    agent = BudgetReallocationAgent(seed=1)
+    agent.add_campaign(spec, cells)
+    at = spec.flight_start + timedelta(days=2, hours=3)
+    daily = spec.daily_budget_micros
+    snap = _snapshot(spec, good=cells[0].audience, imps_per_cell=3000, budget=daily, at=at)
+    recs = agent.run({spec.id: snap}, at)  # type: ignore[dict-item]
+    paced = agent.policy(spec.id).budget_today_micros  # type: ignore[attr-defined]
+    assert paced < daily / 10
+    state = CampaignState.of(spec.id, daily, spec.lifetime_budget_micros, 100.0, {
+        cells[0].cell_id: LineItemState(cells[0].cell_id, 1, daily,
+                                        spec.lifetime_budget_micros)})
+    plan = DecisionEngine().decide(recs, {spec.id: state}, at)
+    (action,) = plan.actions
+    assert action.before["daily_budget_micros"] == daily
+    assert action.after["daily_budget_micros"] <= paced
+    assert "budget_pace" in action.reason
