@@ -59,13 +59,16 @@ class PerformanceMonitor(Agent):
 
     def __init__(self, *, metric: Literal["objective", "ctr", "cvr", "completion"] = "objective",
                  threshold_ratio: float = 0.5, confidence: float = 0.95,
-                 min_trials: int = 200, rule: Literal["posterior", "raw"] = "posterior",
+                 min_trials: int | None = None,
+                 rule: Literal["posterior", "raw"] = "posterior",
                  prior_successes: float = 2.0,
                  window_s: int | Literal["totals"] | None = None) -> None:
         self.metric = metric
         self.threshold_ratio = threshold_ratio
         self.confidence = confidence
-        self.min_trials = min_trials
+        # (the raw rule is the seed's: any cell with an impression in its 30 s window has a
+        # rate to judge -- 200 impressions in 30 s, a cell of the seed campaign never has)
+        self.min_trials = min_trials if min_trials is not None else (1 if rule == "raw" else 200)
         self.rule = rule
         self.prior_successes = prior_successes
         # None: the rule's own (raw: the last 30 s; posterior: the running totals)

@@ -8,7 +8,7 @@ import numpy as np
 
 from campaignd.agents.monitor import PerformanceMonitor, cell_metrics
 from campaignd.domain.campaign import atomize
-from campaignd.domain.cells import CellTable
+from campaignd.domain.cells import METRIC_INDEX, CellTable
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -116,3 +116,22 @@ def test_each_campaign_is_watched_on_its_objectives_rate(seed_spec) -> None:  # 
     assert mon.run({seed_spec.id: t.snapshot()}, NOW) == []
     assert PerformanceMonitor().metric_for("unknown") == "cvr"
     assert PerformanceMonitor(metric="ctr").metric_for(seed_spec.id) == "ctr"
+
+
+def test_the_raw_rule_as_the_daemon_runs_it_judges_any_cell_seen_in_its_30_seconds(
+        seed_spec) -> None:  # type: ignore[no-untyped-def]
+    """agents.monitor_rule = "raw" builds the monitor with its defaults: the posterior rule's
+    200 trials within the 30-second window meant it never flagged anything (a seed-campaign
+    cell buys about one impression in 30 seconds) -- no comparison at all."""
+    cells = atomize(seed_spec)
+    t = CellTable(seed_spec.id, cells)
+    at = int(NOW.timestamp())
+    n = len(cells)
+    recent = np.zeros((12, n), dtype=np.int64)
+    recent[0, :40] = 1  # 40 cells bought one impression each in the last 30 s
+    recent[METRIC_INDEX["clicks"], :4] = 1  # 4 of them were clicked
+    t.apply(np.arange(n), recent, at - 5)
+    raw = PerformanceMonitor(metric="ctr", rule="raw")
+    flagged = {r.target for r in raw.run({seed_spec.id: t.snapshot(at_s=at)}, NOW)}
+    assert flagged == {t.cell_ids[i] for i in range(4, 40)}  # noise, as the seed's rule does
+    assert PerformanceMonitor().min_trials == 200
