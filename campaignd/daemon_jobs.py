@@ -59,8 +59,9 @@ class DaemonJobs:
         """Parquet files of the finished days that changed (cold store)."""
         from campaignd.pipeline.rollup import export_changed_days
         assert self.sql is not None
+        # (within its 300 s timeout: a backlog is finished by the next runs)
         return await export_changed_days(self.sql, self.settings.parquet_dir,
-                                         now=self.clock.now())
+                                         now=self.clock.now(), time_budget_s=200.0)
 
     async def _run_retention(self, now: datetime) -> int:
         """Delete warm minute rows past ``pipeline.warm_retention_days`` (market time) and the

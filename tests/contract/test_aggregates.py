@@ -174,6 +174,26 @@ async def test_a_new_sandbox_market_forgets_the_last_ones_files(
     assert await forget_exported(sql_store, tmp_path / "none", [cid]) == 0
 
 
+async def test_an_export_backlog_is_finished_run_by_run(
+        sql_store: SqlStore, seed_spec: CampaignSpec, tmp_path: Path) -> None:
+    """A backlog larger than one run can write (its job's timeout) was started over by every
+    run and never finished: the checkpoint follows each file now."""
+    [a] = (await stored(sql_store, seed_spec))[:1]
+    cid = seed_spec.id
+    for d in (3, 2, 1):  # three finished days, changed at one instant
+        await sql_store.commit_ingest(minutes=[AggregateRow(
+            cid, a, NOW - timedelta(days=d), counts(impressions=d))], now=NOW)
+    await sql_store.commit_ingest(minutes=[AggregateRow(  # a fourth, changed later
+        cid, a, NOW - timedelta(days=4), counts(impressions=4))], now=NOW + timedelta(hours=1))
+    later = NOW + timedelta(hours=2)
+    runs = [await export_changed_days(sql_store, tmp_path, now=later, time_budget_s=0.0)
+            for _ in range(5)]
+    # (the days changed at one instant go together: a checkpoint between them could not
+    # tell them apart)
+    assert runs == [3, 1, 0, 0, 0]
+    assert sorted(read_days(tmp_path, cid)["impressions"].to_pylist()) == [1, 2, 3, 4]
+
+
 async def test_parquet_round_trip_and_changed_days(sql_store: SqlStore, seed_spec: CampaignSpec,
                                                    tmp_path: Path) -> None:
     cells = await stored(sql_store, seed_spec)

@@ -170,14 +170,14 @@ class AggregateMethods:
     async def days_changed(self, *, since: datetime | None = None,
                            ) -> list[tuple[str, date, datetime]]:
         """(campaign id, day, last change) of every cold day changed after ``since`` (all days
-        when None), oldest first."""
+        when None), in the order of their last change (then day and campaign)."""
         t = cell_days
         last = func.max(t.c.updated_at)
         query = select(t.c.campaign_id, t.c.day, last).group_by(t.c.campaign_id, t.c.day)
         if since is not None:
             query = query.having(last > since)
         async with self._tx("listing changed days") as conn:
-            rows = (await conn.execute(query.order_by(t.c.day, t.c.campaign_id))).all()
+            rows = (await conn.execute(query.order_by(last, t.c.day, t.c.campaign_id))).all()
         return [(r[0], _as_date(r[1]), _aware(r[2])) for r in rows]
 
     async def delete_minutes_before(self, cutoff_day: date, *,
