@@ -458,8 +458,10 @@ class ActionExecutor:
             cut = _clipped(s, a.before, after, dd, dl)
             if cut is not None:
                 after = cut
+                # (clipped before, in a drain whose answer was lost: the plan is the first's)
+                planned = (a.evidence.get("clipped") or {}).get("planned_after", a.after)
                 clipped = {**a.evidence, "clipped": {
-                    "planned_after": dict(a.after),
+                    "planned_after": dict(planned),
                     "why": f"{problem}: raised by what the cap leaves"}}
                 dd = max(int(after["daily_budget_micros"]), 0) - committed_today(li, spent_li)
                 dl = (max(int(after["lifetime_budget_micros"]), int(li.spend_micros))
@@ -565,12 +567,14 @@ def _headroom_problem(spec: Any, s: _Sums, after: Mapping[str, Any], dd: int,
     if daily > D or life > L:
         return (f"a line item may not exceed the campaign's caps (daily {daily} > {D} or "
                 f"lifetime {life} > {L} micros)")
+    # (only a cap this change raises can it break: a lifetime top-up that leaves the daily
+    # budget as it is must not wait for the day's total to come back under its cap)
     total_d = s.daily + s.daily_reserved + max(dd, 0)
-    if total_d > s.daily_cap:
+    if dd > 0 and total_d > s.daily_cap:
         return (f"the campaign's line items could spend {total_d} today > its daily cap "
                 f"{s.daily_cap} micros")
     total_l = s.lifetime + s.lifetime_reserved + max(dl, 0)
-    if total_l > s.lifetime_cap:
+    if dl > 0 and total_l > s.lifetime_cap:
         return (f"the campaign's line items could spend {total_l} > its lifetime cap "
                 f"{s.lifetime_cap} micros")
     return None

@@ -680,3 +680,67 @@ async def test_in_approve_mode_a_proposal_stands_for_a_person_to_review_it(
         by_decision = {r.action.decision_id: r.status for r in await ours(sql_store)}
         assert by_decision[second.decision_id] == "superseded"
         assert by_decision[third.decision_id] == "proposed"
+
+
+async def test_a_lifetime_top_up_is_not_held_by_a_day_over_its_cap(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """A top-up raises a line item's lifetime budget only: it cannot break the daily cap, yet it
+    waited (then was refused, re-planned, superseded, every cycle) while another line item's
+    overdelivery kept the day's total $1 over the cap -- and its line item, out of lifetime
+    budget, stopped delivering (review finding)."""
+    import numpy as np
+
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        spent_life = {cells[1]: 95 * M, cells[2]: 12 * M}
+        spent_today = {cells[1]: 5 * M, cells[2]: 12 * M}  # cells[2] overdelivered by $2
+        svc.spent_today = lambda campaign_id: spent_today
+        base = campaign_state(svc, spec)
+        state = dataclasses.replace(
+            base, spent=np.array([spent_life.get(c, 0) for c in base.cell_ids]),
+            spent_today=np.array([spent_today.get(c, 0) for c in base.cell_ids]))
+        rec = Recommendation(agent="reallocation", kind="budget_rebalance",
+                             campaign_id=spec.id, target=spec.id, created_at=NOW,
+                             change={"daily_budgets_micros": {cells[0]: 9 * M}}, score=0.9,
+                             impact=5.0, risk=0.05)
+        actions = DecisionEngine().decide([rec], {spec.id: state}, NOW).actions
+        top_up = next(a for a in actions if a.cell_id == cells[1])
+        assert top_up.after["daily_budget_micros"] == top_up.before["daily_budget_micros"]
+        assert top_up.after["lifetime_budget_micros"] > top_up.before["lifetime_budget_micros"]
+        await sql_store.record_actions(actions, mode="live", now=NOW)
+        assert (await executor(sql_store, svc).drain()).applied == 2
+        held = await dsp_budgets(svc, spec)
+        assert held[cells[1]] == (10 * M, top_up.after["lifetime_budget_micros"])
+
+
+async def test_a_raise_clipped_twice_keeps_the_plans_budget_in_its_evidence(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """A clipped raise whose answer was lost is read back and clipped again at the next drain:
+    the evidence said the plan wanted the first clip's budget, losing the plan's from SQL."""
+    from campaignd.errors import DSPTransientError
+
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        cut, raise_ = plan(svc, spec, {cells[0]: 2 * M, cells[1]: 18 * M})
+        spent = {cells[0]: 4 * M}  # $2 of the $8 raise no longer fits
+        svc.spent_today = lambda campaign_id: spent
+        await sql_store.record_actions([cut, raise_], mode="live", now=NOW)
+        ex = executor(sql_store, svc)
+        send = ex._send
+        lost = {"n": 0}
+
+        async def flaky(line_item_id: int, kind: str, after: dict[str, Any]) -> Any:
+            if kind == "budget" and after["daily_budget_micros"] > 10 * M and not lost["n"]:
+                lost["n"] += 1
+                raise DSPTransientError("timeout: the answer was lost")
+            return await send(line_item_id, kind, after)
+
+        ex._send = flaky  # type: ignore[method-assign]
+        await ex.drain()
+        spent[cells[0]] = 5 * M  # a little more spent before the next drain
+        await ex.drain()
+        row = next(r for r in await ours(sql_store) if r.action.cell_id == cells[1])
+        assert row.status == "applied" and row.action.after["daily_budget_micros"] == 15 * M
+        assert row.action.evidence["clipped"]["planned_after"]["daily_budget_micros"] == 18 * M
