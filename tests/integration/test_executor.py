@@ -744,3 +744,39 @@ async def test_a_raise_clipped_twice_keeps_the_plans_budget_in_its_evidence(
         row = next(r for r in await ours(sql_store) if r.action.cell_id == cells[1])
         assert row.status == "applied" and row.action.after["daily_budget_micros"] == 15 * M
         assert row.action.evidence["clipped"]["planned_after"]["daily_budget_micros"] == 18 * M
+
+
+async def test_a_newer_proposal_replaces_the_older_decision_whole(
+        sql_store: SqlStore, seed_spec: CampaignSpec) -> None:
+    """approve mode: a newer re-plan was recorded without the changes it repeated (they stayed
+    under the older decision) and superseded only the line items it changed, so approving the
+    newer decision "whole" approved its raise without the cut paying for it, and the older
+    decision's remnant stayed approvable hours later (review finding)."""
+    from campaignd.errors import StateConflict
+
+    spec = small(seed_spec)
+    async with dsp_service(sql_store, spec) as svc:
+        cells = list(svc.campaigns[spec.id].line_items)
+        older_at = NOW - timedelta(hours=2)
+        older = plan(svc, spec, {cells[0]: 2 * M, cells[1]: 18 * M}, at=older_at)
+        newer = plan(svc, spec, {cells[0]: 2 * M, cells[2]: 18 * M})
+        assert await sql_store.record_actions(older, mode="approve", now=older_at) == 2
+        assert await sql_store.record_actions(newer, mode="approve", now=NOW) == 2
+        by_decision = {r.action.decision_id: [] for r in await ours(sql_store)}
+        for r in await ours(sql_store):
+            by_decision[r.action.decision_id].append(r.status)
+        assert by_decision == {older[0].decision_id: ["superseded"] * 2,
+                               newer[0].decision_id: ["proposed"] * 2}
+        got = await sql_store.decide_decision(newer[0].decision_id, approve=True, actor="alice",
+                                              now=NOW)
+        assert sorted(r.action.cell_id for r in got) == sorted([cells[0], cells[2]])
+        try:
+            await sql_store.decide_decision(older[0].decision_id, approve=True, actor="bob",
+                                            now=NOW)
+            raise AssertionError("the replaced decision was approved")
+        except StateConflict:
+            pass
+        assert (await executor(sql_store, svc, mode="approve").drain()).applied == 2
+        held = await dsp_budgets(svc, spec)
+        assert (held[cells[0]][0], held[cells[1]][0], held[cells[2]][0]) == (
+            2 * M, 10 * M, 18 * M)

@@ -128,7 +128,9 @@ class ActionMethods:
         the latest still-open one of its line item (same change, e.g. a proposal a person has
         not looked at yet, or the same shadow decision cycle after cycle) is not recorded
         again; open actions of the same line items from other decisions become
-        ``superseded`` — unless a person approved them. Returns how many were new."""
+        ``superseded`` — unless a person approved them. A proposal (approve mode) is recorded
+        whole, and every older proposal of its campaign becomes ``superseded``: a decision is
+        approved or rejected as one. Returns how many were new."""
         if mode not in DECISION_MODES:
             raise ValueError(f"mode {mode!r} is not one of {', '.join(DECISION_MODES)}")
         if not items:
@@ -143,9 +145,34 @@ class ActionMethods:
             new = [a for a in items if a.key not in known]
             new = list({a.key: a for a in new}.values())
             if new and not applied and actor is None:
-                new = await self._not_repeated(conn, new)
+                fresh = await self._not_repeated(conn, new)
+                if status != "proposed":
+                    new = fresh
+                elif not fresh and await self._open_proposals(
+                        conn, {a.campaign_id for a in new}) == len(new):
+                    new = []  # the very proposals that stand: nothing new for a person
+                # (otherwise a proposal is recorded whole, repeats and all: a person approves
+                # or rejects a decision as one, and those it replaces are superseded below)
             if not new:
                 return 0
+            if status == "proposed" and actor is None:
+                # a newer re-plan of a campaign replaces every proposal of its older ones, not
+                # only those of the line items it changes: approving an older decision later
+                # would apply a plan the newer one replaced (its cuts and raises apart)
+                newest: dict[str, tuple[datetime, set[str]]] = {}
+                for a in new:
+                    at, ids = newest.setdefault(a.campaign_id, (a.created_at, set()))
+                    ids.add(a.decision_id)
+                for campaign, (at, ids) in newest.items():
+                    await conn.execute(
+                        update(actions)
+                        .where(and_(actions.c.campaign_id == campaign,
+                                    actions.c.status == "proposed",
+                                    actions.c.actor.is_(None),
+                                    actions.c.decision_id.not_in(sorted(ids)),
+                                    actions.c.created_at < at))
+                        .values(status="superseded", updated_at=now,
+                                error=f"superseded by decision {sorted(ids)[0]}"))
             if status in ("pending", "proposed"):
                 by_decision: dict[tuple[str, str], list[str]] = {}
                 for a in new:
@@ -212,6 +239,13 @@ class ActionMethods:
                     select(actions.c.key, actions.c.id)
                     .where(actions.c.key.in_(keys[i:i + 1000])))).all()})
         return ids
+
+    async def _open_proposals(self, conn: AsyncConnection, campaigns: set[str]) -> int:
+        """How many proposals of ``campaigns`` nobody has decided on yet."""
+        return int((await conn.execute(
+            select(func.count()).select_from(actions)
+            .where(and_(actions.c.campaign_id.in_(sorted(campaigns)),
+                        actions.c.status == "proposed", actions.c.actor.is_(None))))).scalar_one())
 
     async def _not_repeated(self, conn: AsyncConnection, items: list[Action]) -> list[Action]:
         """``items`` without those whose line item's latest action is still open (proposed,
