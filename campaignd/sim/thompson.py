@@ -149,6 +149,11 @@ class ThompsonPolicy:
     creative fatigue modelled with an assumed curve (200,000 impressions, floor 0.5), no
     discounting (``half_life_hours`` 0: fatigue and change detection do the forgetting),
     change detection at threshold 8 and the conversion lag measured (``estimate_delay``).
+    Since the sixteenth session the interactions' prior sd is 0.15 (it was 0.3): a cell's
+    draw sums ten pairwise terms, ~0.95 on the logit scale at 0.3 before any count -- more than
+    the main effects it should rank by -- and with the lifetime budget paced (half the money a
+    day, half the data) the narrower prior gained over 12 seeds through the engine: sparse
+    +0.061, drift +0.037, seed +0.005, large (4 seeds) +0.025 (BENCHMARKS.md).
     Set ``fatigue_half_life=None, half_life_hours=24, change_threshold=None,
     estimate_delay=False`` for the policy of before. ``spill`` stays 0: with no discounting it
     cost sparse.toml's early days (0.06 over 3 days).
@@ -175,7 +180,7 @@ class ThompsonPolicy:
                  max_cut_per_cycle: float | None = None, max_cut_per_day: float | None = None,
                  capacity_prior: float = 0.1, capacity_growth: float = 1.5,
                  draws: int | None = None, exploration_scale: float = 0.5, main_sd: float = 0.5,
-                 interaction_sd: float = 0.3, residual_sd: float = 0.05,
+                 interaction_sd: float = 0.15, residual_sd: float = 0.05,
                  capacity_margin: float = 1.3, capacity_groups: float = 4.0,
                  capacity_tolerance: float = 0.15, capacity_optimism: float = 0.5,
                  one_cell_per_group: bool = True, group_choice: str = "mode",
