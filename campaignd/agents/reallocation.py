@@ -262,8 +262,15 @@ class BudgetReallocationAgent(Agent):
         # (what each line item may still cost today: a budget below its spend costs its spend)
         if int(np.maximum(current, spent).sum()) <= today:
             return None
-        paced = np.minimum(np.floor(affordable(current, spent, today)).astype(np.int64),
-                           current)
+        # a DSP's cut limits (max_cut_per_day, …) hold here too: the cut comes off the room
+        # above them
+        alloc = getattr(camp.policy, "allocator", None)
+        floor = None if alloc is None else alloc.cut_floor(previous=current.astype(float))
+        paced = np.minimum(np.floor(affordable(current, spent, today, floor=floor)).astype(
+            np.int64), current)
+        if floor is not None:
+            paced = np.maximum(paced, np.minimum(np.ceil(floor - 1e-6).astype(np.int64),
+                                                 current))
         changed = np.nonzero(paced != current)[0]
         if changed.size == 0:
             return None
@@ -350,16 +357,20 @@ class BudgetReallocationAgent(Agent):
 
 
 
-def affordable(current: np.ndarray, spent_today: np.ndarray, today: int | None) -> np.ndarray:
+def affordable(current: np.ndarray, spent_today: np.ndarray, today: int | None, *,
+               floor: np.ndarray | None = None) -> np.ndarray:
     """The budgets in force as they could stay: cut in proportion, above what each line item
-    already spent today, to what the campaign may spend today (``today``: its lifetime budget
-    paced over the flight) when they add up to more. A re-plan is judged against that, not
-    against money the day does not have: otherwise every plan that must cut would look worse
-    than standing still, in every draw (risk 1), and never be applied."""
+    already spent today (and above ``floor``, a DSP's cut limits), to what the campaign may
+    spend today (``today``: its lifetime budget paced over the flight) when they add up to more.
+    A re-plan is judged against that, not against money the day does not have: otherwise every
+    plan that must cut would look worse than standing still, in every draw (risk 1), and never
+    be applied."""
     cur = np.asarray(current, dtype=float)
     if today is None or cur.sum() <= today:
         return cur
     spent = np.minimum(np.asarray(spent_today, dtype=float), cur)
+    if floor is not None:
+        spent = np.minimum(np.maximum(spent, np.asarray(floor, dtype=float)), cur)
     extra = cur - spent
     room = max(float(today) - float(spent.sum()), 0.0)
     total = float(extra.sum())

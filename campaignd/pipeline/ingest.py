@@ -509,7 +509,11 @@ async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tupl
                                     *more_checkpoints, (commit_checkpoint(source), commit_id)],
                                 now=now)
     except StorageError:
-        landed = await _landed(sql, source, commit_id)
+        try:
+            landed = await _landed(sql, source, commit_id)
+        except BaseException:  # (cancelled while reading it back: still in doubt)
+            pipeline.in_doubt = (commit_id, flush)
+            raise
         if landed is None:
             pipeline.in_doubt = (commit_id, flush)
             raise

@@ -305,6 +305,7 @@ class OfflineIngest:
         flush = pipe.take_flush()
         refiled = [(reason, raw) for reason, raw in flush.letters if raw in moved]
         # Refused again for the same reason: the letter stays as it is (first seen, count).
+        await pipe.hot.sync()  # the marks before the counts they guard
         await self.sql.commit_ingest(
             minutes=pipe.minute_rows(flush.pending), letters=refiled,
             letter_counts=[moved[raw] for _, raw in refiled], letter_source="deadletter retry",

@@ -413,6 +413,7 @@ class ThompsonPolicy:
             if (not new_day and (now - self._last_at).total_seconds() < self.replan_seconds
                     and int(self._budgets.sum()) <= max(today, self._held_today)):
                 # (spend may have used up the rest; a DSP's cut limits may hold more)
+                self.budget_today_micros = max(today, self._held_today)
                 return self._budgets.copy()
             self._learn(obs, now, new_day)
         if new_day:

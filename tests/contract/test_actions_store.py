@@ -3,6 +3,7 @@ superseding, guarded status changes, approve / reject / undo."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -297,3 +298,35 @@ async def test_a_note_above_the_limit_is_refused_not_stored(store: SqlStore) -> 
         await store.decide_decision(row.action.decision_id, approve=False, actor="bob",
                                     now=NOW, note="x" * (MAX_NOTE_CHARS + 1))
     assert (await store.get_action(row.id)).status == "proposed"  # type: ignore[union-attr]
+
+
+def _at(a: Action, t: datetime, decision: str) -> Action:
+    return dataclasses.replace(a, created_at=t, decision_id=decision,
+                               key=action_key(decision, a.cell_id, a.kind, a.after))
+
+
+async def test_a_newer_proposal_leaves_approved_changes_and_other_agents_alone(
+        store: SqlStore) -> None:
+    """approve mode (review findings): a re-plan repeating a change a person approved (not
+    applied yet) is nothing new; a newer re-plan supersedes only the same agent's older budget
+    proposals, not another agent's; and the same proposal again is nothing new whatever else
+    is open."""
+    from datetime import timedelta
+
+    await store.record_actions([_at(act("c1", 5), NOW, "d1")], mode="approve", now=NOW)
+    await store.decide_decision("d1", approve=True, actor="ana", now=NOW)
+    later = NOW + timedelta(minutes=2)
+    assert await store.record_actions([_at(act("c1", 5), later, "d2")], mode="approve",
+                                      now=later) == 0
+    pause = dataclasses.replace(_at(act("c9", 0), NOW, "m1"), kind="pause", agent="monitor",
+                                before={"active": True}, after={"active": False},
+                                key=action_key("m1", "c9", "pause", {"active": False}))
+    await store.record_actions([pause], mode="approve", now=NOW)
+    await store.record_actions([_at(act("c2", 6), NOW, "d3")], mode="approve", now=NOW)
+    hours = NOW + timedelta(hours=2)
+    assert await store.record_actions([_at(act("c2", 6), hours, "d4")], mode="approve",
+                                      now=hours) == 0  # the same re-plan again
+    assert await store.record_actions([_at(act("c3", 4), hours, "d5")], mode="approve",
+                                      now=hours) == 1
+    status = {r.action.decision_id: r.status for r in await store.list_actions()}
+    assert status == {"d1": "pending", "m1": "proposed", "d3": "superseded", "d5": "proposed"}

@@ -146,11 +146,10 @@ class ActionMethods:
             new = list({a.key: a for a in new}.values())
             if new and not applied and actor is None:
                 fresh = await self._not_repeated(conn, new)
-                if status != "proposed":
+                if status != "proposed" or not fresh:
+                    # (a proposal repeating only what is open -- proposed, or approved and not
+                    # applied yet -- is nothing new for a person)
                     new = fresh
-                elif not fresh and await self._open_proposals(
-                        conn, {a.campaign_id for a in new}) == len(new):
-                    new = []  # the very proposals that stand: nothing new for a person
                 # (otherwise a proposal is recorded whole, repeats and all: a person approves
                 # or rejects a decision as one, and those it replaces are superseded below)
             if not new:
@@ -159,14 +158,18 @@ class ActionMethods:
                 # a newer re-plan of a campaign replaces every proposal of its older ones, not
                 # only those of the line items it changes: approving an older decision later
                 # would apply a plan the newer one replaced (its cuts and raises apart)
-                newest: dict[str, tuple[datetime, set[str]]] = {}
+                # (the same agent's budget re-plans only: another agent's proposal stands)
+                newest: dict[tuple[str, str], tuple[datetime, set[str]]] = {}
                 for a in new:
-                    at, ids = newest.setdefault(a.campaign_id, (a.created_at, set()))
+                    if a.kind != "budget":
+                        continue
+                    at, ids = newest.setdefault((a.campaign_id, a.agent), (a.created_at, set()))
                     ids.add(a.decision_id)
-                for campaign, (at, ids) in newest.items():
+                for (campaign, agent), (at, ids) in newest.items():
                     await conn.execute(
                         update(actions)
                         .where(and_(actions.c.campaign_id == campaign,
+                                    actions.c.agent == agent, actions.c.kind == "budget",
                                     actions.c.status == "proposed",
                                     actions.c.actor.is_(None),
                                     actions.c.decision_id.not_in(sorted(ids)),
@@ -239,13 +242,6 @@ class ActionMethods:
                     select(actions.c.key, actions.c.id)
                     .where(actions.c.key.in_(keys[i:i + 1000])))).all()})
         return ids
-
-    async def _open_proposals(self, conn: AsyncConnection, campaigns: set[str]) -> int:
-        """How many proposals of ``campaigns`` nobody has decided on yet."""
-        return int((await conn.execute(
-            select(func.count()).select_from(actions)
-            .where(and_(actions.c.campaign_id.in_(sorted(campaigns)),
-                        actions.c.status == "proposed", actions.c.actor.is_(None))))).scalar_one())
 
     async def _not_repeated(self, conn: AsyncConnection, items: list[Action]) -> list[Action]:
         """``items`` without those whose line item's latest action is still open (proposed,
