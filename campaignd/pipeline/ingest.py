@@ -483,7 +483,11 @@ async def commit(pipeline: Pipeline, sql: Any, flush: Flush, *, checkpoint: tupl
     marks are made durable first (``HotStore.sync``)."""
     if pipeline.in_doubt is not None:
         doubt_id, doubtful = pipeline.in_doubt
-        landed = await _landed(sql, source, doubt_id)
+        try:
+            landed = await _landed(sql, source, doubt_id)
+        except BaseException:  # (cancelled meanwhile: this flush goes out with the next one)
+            pipeline.give_back(flush)
+            raise
         if landed is None:
             pipeline.give_back(flush)
             raise StorageError("whether the last commit of ingested events reached SQL cannot "
