@@ -374,18 +374,17 @@ def _expand(rec: Recommendation, st: CampaignState
     """(positions, kinds, new daily budgets, unknown cells) of what ``rec`` changes."""
     if rec.kind in _BUDGET_KINDS:
         budgets: Mapping[str, int] = rec.change.get("daily_budgets_micros", {})
+        unknown: tuple[str, ...] = ()
         if isinstance(budgets, CellValues) and (budgets.cell_ids is st.cell_ids
                                                 or budgets.cell_ids == st.cell_ids):
             pos, val = budgets.positions, budgets.amounts
-            if rec.kind == "budget_pace":  # a cut, never a raise (the budgets may have moved)
-                val = np.minimum(val, st.daily[pos])
-            return pos, np.full(pos.size, _BUDGET), val, ()
-        idx = st.index
-        known = [(idx[c], int(v)) for c, v in budgets.items() if c in idx]
-        unknown = tuple(c for c in budgets if c not in idx)
-        pos = np.fromiter((p for p, _ in known), dtype=np.int64, count=len(known))
-        val = np.fromiter((v for _, v in known), dtype=np.int64, count=len(known))
-        if rec.kind == "budget_pace":
+        else:
+            idx = st.index
+            known = [(idx[c], int(v)) for c, v in budgets.items() if c in idx]
+            unknown = tuple(c for c in budgets if c not in idx)
+            pos = np.fromiter((p for p, _ in known), dtype=np.int64, count=len(known))
+            val = np.fromiter((v for _, v in known), dtype=np.int64, count=len(known))
+        if rec.kind == "budget_pace":  # a cut, never a raise (the budgets may have moved)
             val = np.minimum(val, st.daily[pos])
         return pos, np.full(pos.size, _BUDGET), val, unknown
     if rec.target not in st.index:

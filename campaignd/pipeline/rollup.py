@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -111,10 +114,6 @@ async def export_changed_days(sql: Any, root: Path, *, now: datetime,
     history: ~0.25 s per 12,000-cell campaign-day) is finished by the runs after it instead of
     being started over by each, past its job's timeout. Files are written on a worker thread
     (the event loop counts events meanwhile)."""
-    import time
-
-    import anyio.to_thread
-
     raw = await sql.get_checkpoint(EXPORT_CHECKPOINT)
     since = datetime.fromisoformat(raw) if raw else None
     today = now.astimezone(UTC).date()
@@ -162,8 +161,6 @@ async def forget_exported(sql: Any, root: Path, campaign_ids: Sequence[str]) -> 
     market's, and restart the export's checkpoint -- the new market's clock starts behind the
     last one's sped-up time, so its days would never pass the checkpoint and be exported.
     Returns the files deleted."""
-    import shutil
-
     deleted = 0
     for campaign_id in campaign_ids:
         part = root / f"campaign={campaign_id}"
